@@ -1,0 +1,1 @@
+"""One module per `synthlearn coordinator` command; each exposes ``command``."""

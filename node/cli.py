@@ -1,0 +1,13 @@
+"""`synthlearn node …`: the hospital admin's commands. Registration only."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Run inside a hospital: ingest DICOMs, train, generate, audit, export.",
+                  no_args_is_help=True)
+
+# One module per command; add a line here when a command works.
+from node.commands import inspect  # noqa: E402
+
+app.command("inspect")(inspect.command)

@@ -1,0 +1,1 @@
+"""One module per `synthlearn node` command; each exposes ``command``."""

@@ -1,0 +1,1 @@
+"""One module per `synthlearn audit` command; each exposes ``command``."""

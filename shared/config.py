@@ -1,0 +1,161 @@
+"""Typed configuration: frozen dataclasses filled from TOML or Flower run config.
+
+Why a loader of our own instead of a schema library: the rules are small and strict. Unknown
+keys are rejected (a typo must never silently fall back to a default), values are checked
+against the annotated type, and every run writes its resolved config next to its outputs so
+a number in a report can always be traced to the settings that produced it.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Demo:
+...     size: int = 256
+...     name: str = "a"
+>>> from_mapping(Demo, {"size": 64})
+Demo(size=64, name='a')
+>>> from_mapping(Demo, {"sise": 64})
+Traceback (most recent call last):
+...
+shared.errors.ConfigError: Demo: unknown key 'sise' (known: name, size)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
+    """Check (and gently coerce int→float, list→tuple) one value against its annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, owner)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{owner}.{key}: {value!r} matches none of {annotation}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{owner}.{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{owner}.{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, key, owner) for v in value]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{owner}.{key}: expected a table, got {value!r}")
+        return from_mapping(annotation, value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is Path and isinstance(value, str):
+        return Path(value)
+    if isinstance(annotation, type):
+        if annotation is int and isinstance(value, bool):
+            raise ConfigError(f"{owner}.{key}: expected int, got {value!r}")
+        if not isinstance(value, annotation):
+            raise ConfigError(
+                f"{owner}.{key}: expected {annotation.__name__}, got {type(value).__name__} "
+                f"{value!r}"
+            )
+    return value
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], source: str | Path | None = None) -> T:
+    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and bad types raise."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})",
+            source,
+        )
+    kwargs = {}
+    for key, value in data.items():
+        try:
+            kwargs[key] = _coerce(value, hints[key], key, cls.__name__)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), source) from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}", source) from None
+
+
+def load_toml(cls: type[T], path: Path, table: str | None = None) -> T:
+    """Load ``cls`` from a TOML file (optionally one table of it)."""
+    try:
+        data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path) from None
+    if table is not None:
+        for part in table.split("."):
+            data = data.get(part, {})
+    return from_mapping(cls, data, source=path)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (Paths become strings)."""
+    raw = dataclasses.asdict(config)
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    result: dict[str, Any] = clean(raw)
+    return result
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_resolved(config: Any, run_dir: Path, name: str = "config.json") -> Path:
+    """Write the resolved config next to a run's outputs and return its path."""
+    path = run_dir / name
+    text = json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path

@@ -1,0 +1,22 @@
+"""Exceptions shared by node and coordinator.
+
+Every message says what went wrong, with which file, and what to do about it, because the
+person reading it is a hospital admin or an auditor, not the author.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SynthlearnError(Exception):
+    """Base class: the CLI prints these as one clean line instead of a traceback."""
+
+
+class ConfigError(SynthlearnError):
+    """A configuration file or mapping is malformed, has unknown keys or bad values."""
+
+    def __init__(self, message: str, source: str | Path | None = None) -> None:
+        where = f"{source}: " if source is not None else ""
+        super().__init__(f"{where}{message}")
+        self.source = source

@@ -1,0 +1,51 @@
+"""One look for every long-running job: a rich progress bar with rate and ETA.
+
+Bars go to stderr so that stdout stays clean for summaries and JSON; under CI (no TTY) rich
+degrades to occasional plain lines instead of a flood of redraws.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr_console = Console(stderr=True)
+
+
+class RateColumn(TextColumn):
+    """Items per second with a unit ('files/s', 'img/s', 'kimg/s')."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):  # type: ignore[no-untyped-def]  # rich's own untyped signature
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="cyan")
+
+
+def progress_bar(unit: str = "it", *, transient: bool = False) -> Progress:
+    """A Progress with count, rate, elapsed and ETA; use as a context manager."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr_console,
+        transient=transient,
+    )

@@ -1,0 +1,99 @@
+"""A labelled set of synthetic images: what `node generate` writes and everything after reads.
+
+On disk (a folder)::
+
+    images.npy        uint8 (N, H, W), never pickled
+    labels.csv        index,label,class_name
+    set.json          class names, class mode, provenance (generator run, seed, ψ, filter)
+
+Pixel convention everywhere in synthlearn: uint8 0–255 on disk, float in [-1, 1] in tensors
+(``to_tensor_range``/``from_tensor_range``), bone bright.
+
+>>> import tempfile, numpy as np
+>>> s = SyntheticSet(np.zeros((2, 4, 4), np.uint8), np.array([0, 1]), ["normal", "abnormal"])
+>>> d = Path(tempfile.mkdtemp()) / "set"
+>>> s.save(d); SyntheticSet.load(d).labels.tolist()
+[0, 1]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.config import atomic_write_bytes
+from shared.errors import SynthlearnError
+
+
+class SyntheticSetError(SynthlearnError):
+    """A synthetic set folder is missing or inconsistent."""
+
+
+def to_tensor_range(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """uint8 0–255 → float32 in [-1, 1]."""
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def from_tensor_range(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
+    """float in [-1, 1] → uint8 0–255 (clipped, rounded)."""
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class SyntheticSet:
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+    class_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.dtype != np.uint8 or self.images.ndim != 3:
+            raise SyntheticSetError(f"images must be uint8 (N, H, W), got {self.images.dtype} "
+                                    f"{self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise SyntheticSetError(
+                f"{len(self.images)} images but {len(self.labels)} labels"
+            )
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise SyntheticSetError("a label is outside the class list")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        return {n: int((self.labels == i).sum()) for i, n in enumerate(self.class_names)}
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, self.images, allow_pickle=False)
+        atomic_write_bytes(folder / "images.npy", buf.getvalue())
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["index", "label", "class_name"])
+        for i, lab in enumerate(self.labels.tolist()):
+            w.writerow([i, lab, self.class_names[lab]])
+        atomic_write_bytes(folder / "labels.csv", out.getvalue().encode())
+        meta = {"class_names": self.class_names, "count": len(self), "info": self.info}
+        atomic_write_bytes(folder / "set.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, folder: Path) -> SyntheticSet:
+        for name in ("images.npy", "labels.csv", "set.json"):
+            if not (folder / name).exists():
+                raise SyntheticSetError(
+                    f"{folder / name}: missing; run `synthlearn node generate` first"
+                )
+        meta = json.loads((folder / "set.json").read_text())
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        with (folder / "labels.csv").open(newline="") as fh:
+            labels = np.array([int(r["label"]) for r in csv.DictReader(fh)], dtype=np.int64)
+        return cls(images, labels, list(meta["class_names"]), dict(meta.get("info", {})))
