@@ -314,7 +314,7 @@ class SiteStore:
             box = tuple(json.loads(bbox)) if bbox else None
             yield Sample(
                 image_id, np.asarray(self._shard(shard)[row]), label, lesion, sp,  # type: ignore[arg-type]
-                box,  # type: ignore[arg-type]
+                box,
             )
 
     def load(

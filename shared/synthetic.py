@@ -62,7 +62,8 @@ class SyntheticSet:
             raise SyntheticSetError(
                 f"{len(self.images)} images but {len(self.labels)} labels"
             )
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+        n_classes = len(self.class_names)
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= n_classes):
             raise SyntheticSetError("a label is outside the class list")
 
     def __len__(self) -> int:

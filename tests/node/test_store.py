@@ -26,8 +26,8 @@ def test_same_patient_never_straddles_splits(tmp_path: Path) -> None:
                      for i in range(50)])
     store = SiteStore.open(tmp_path)
     by_patient: dict[str, set[str]] = {}
-    for image_id, *_rest, split, _ in store._rows:  # noqa: SLF001
-        by_patient.setdefault(str(int(image_id[1:]) % 5), set()).add(split)
+    for sample in store.samples():
+        by_patient.setdefault(str(int(sample.image_id[1:]) % 5), set()).add(sample.split)
     assert all(len(v) == 1 for v in by_patient.values())
 
 
