@@ -1,0 +1,422 @@
+"""Training recipe for the downstream CNN, shared by baselines, pooled CNNs and benchmarks.
+
+The recipe is the seed paper's, so our numbers can be set beside it: horizontal flip p=0.3,
+rotation ±5°, random resized crop (scale 0.8–1.0, ratio 1), Adam lr 1e-3, batch 32.
+
+**The test split never reaches this module.** :func:`train_classifier` takes only training
+images; early stopping and the decision threshold use a validation part carved (stratified,
+seeded) from those training images. Callers load their test split *after* training and
+score it with :func:`predict_scores`. Nothing here can peek at a test set because no test set
+is ever passed in — that is the guarantee, by construction, and tests assert it.
+
+Device: CUDA with automatic mixed precision when available, else CPU (float32).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.nn import functional as F
+
+from shared.classifier import ResNetClassifier
+from shared.errors import SynthlearnError
+
+
+class ClassifierTrainingError(SynthlearnError):
+    """The downstream CNN cannot be trained on the data it was given."""
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Downstream CNN settings. Defaults are the seed paper's recipe."""
+
+    epochs: int = 30
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    """Stratified share of the *training* data held out for early stopping + threshold."""
+    patience: int = 5
+    """Stop after this many epochs without a better validation AUC (0 = never stop early)."""
+    seed: int = 0
+    width: int = 64
+    norm: str = "batch"
+    augment: bool = True
+    hflip_p: float = 0.3
+    rotation_deg: float = 5.0
+    crop_scale_min: float = 0.8
+    max_minutes: float | None = None
+    """Wall-clock budget for the training loop; the best epoch so far is kept."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.batch < 2:
+            raise ValueError(f"batch must be ≥ 2, got {self.batch}")
+        if not 0.0 < self.val_fraction < 0.9:
+            raise ValueError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+
+
+@dataclass
+class TrainedClassifier:
+    """A trained CNN (eval mode, best validation epoch) plus how it was chosen."""
+
+    model: ResNetClassifier
+    threshold: float | None
+    """Binary: probability of class 1 that maximises Youden's J on the validation part."""
+    history: list[dict[str, Any]]
+    config: ClassifierConfig
+    num_classes: int
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    stopped: str = "epochs"
+    """Why training ended: 'epochs', 'early-stopping' or 'time-budget'."""
+    n_train: int = 0
+    n_val: int = 0
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stratified_holdout(
+    labels: npt.NDArray[np.int64],
+    fraction: float,
+    seed: int,
+    eligible: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Boolean mask of a seeded, per-class validation part (≥ 1 per class with ≥ 2 rows).
+
+    ``eligible`` restricts which rows may be held out (e.g. only the real rows of a
+    real + synthetic mix, so early stopping is judged on real images).
+    """
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    ok = np.ones(len(labels), bool) if eligible is None else np.asarray(eligible, bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero((labels == c) & ok)
+        if len(idx) < 2:
+            continue
+        k = max(1, round(fraction * len(idx)))
+        k = min(k, len(idx) - 1)
+        mask[rng.choice(idx, size=k, replace=False)] = True
+    return mask
+
+
+def augment_batch(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    hflip_p: float = 0.3,
+    rotation_deg: float = 5.0,
+    crop_scale_min: float = 0.8,
+) -> torch.Tensor:
+    """Flip, rotate and random-resized-crop a batch in [-1, 1] with one affine warp each.
+
+    One ``grid_sample`` per batch instead of three per image keeps CPU training fast. Pixels
+    coming from outside the image are black (-1), like torchvision's default fill.
+    """
+    n = x.shape[0]
+    r = torch.rand(n, 5, generator=gen)
+    angle = (r[:, 0] * 2 - 1) * math.radians(rotation_deg)
+    side = torch.sqrt(crop_scale_min + (1 - crop_scale_min) * r[:, 1])  # area → side, ratio 1
+    tx = (r[:, 2] * 2 - 1) * (1 - side)
+    ty = (r[:, 3] * 2 - 1) * (1 - side)
+    flip = torch.where(r[:, 4] < hflip_p, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+    ).to(device=x.device, dtype=torch.float32)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float() + 1.0, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return (out - 1.0).to(x.dtype)
+
+
+def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return batch_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).unsqueeze(1)
+
+
+def predict_scores(
+    model: torch.nn.Module, images: npt.NDArray[np.uint8], batch: int = 256
+) -> npt.NDArray[np.float64]:
+    """Softmax probabilities (N, classes) as float64, in eval mode, on the model's device."""
+    if images.ndim != 3:
+        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, got {images.shape}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[npt.NDArray[np.float64]] = []
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            logits = model(_to_input(data[i : i + batch], device)).float()
+            out.append(torch.softmax(logits, 1).double().cpu().numpy())
+    if was_training:
+        model.train()
+    if not out:
+        n_cls = int(getattr(model, "num_classes", 2))
+        return np.zeros((0, n_cls), np.float64)
+    return np.concatenate(out)
+
+
+def youden_threshold(y_true: npt.NDArray[np.int64], p1: npt.NDArray[np.float64]) -> float:
+    """Threshold on P(class 1) maximising sensitivity + specificity − 1 (Youden's J)."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y_true)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, p1)
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    t = float(thr[best])
+    return min(max(t, 0.0), 1.0)  # roc_curve's first threshold is +inf
+
+
+def _val_auc(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], k: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y)
+    if len(present) < 2:
+        return float("nan")
+    if k == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    aucs = [roc_auc_score(y == c, probs[:, c]) for c in present]
+    return float(np.mean(aucs))
+
+
+def train_classifier(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.int64],
+    num_classes: int,
+    cfg: ClassifierConfig,
+    progress: bool = True,
+    device: str | None = None,
+    val_eligible: npt.NDArray[np.bool_] | None = None,
+) -> TrainedClassifier:
+    """Train the CNN on *training* images only; return the best-validation-epoch model.
+
+    ``val_eligible`` (optional bool mask over ``images``) limits which training rows may be
+    carved off as the validation part; by default any row may.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ClassifierTrainingError(
+            f"training images must be uint8 (N, H, W), got {images.dtype} {images.shape}"
+        )
+    if len(images) != len(labels):
+        raise ClassifierTrainingError(f"{len(images)} images but {len(labels)} labels")
+    if len(labels) < 4:
+        raise ClassifierTrainingError(f"need at least 4 training images, got {len(labels)}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ClassifierTrainingError(
+            f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
+    if len(np.unique(labels)) < 2:
+        raise ClassifierTrainingError(
+            "training data holds a single class; a classifier needs at least two"
+        )
+    dev = pick_device(device)
+    use_amp = dev.type == "cuda"
+    val_mask = stratified_holdout(labels, cfg.val_fraction, cfg.seed, val_eligible)
+    tr_x = torch.from_numpy(np.ascontiguousarray(images[~val_mask]))
+    tr_y = torch.from_numpy(labels[~val_mask])
+    va_x, va_y = images[val_mask], labels[val_mask]
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = ResNetClassifier(num_classes, width=cfg.width, norm=cfg.norm).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    n = len(tr_y)
+    steps_per_epoch = max(1, n // cfg.batch) if n >= cfg.batch else 1
+    history: list[dict[str, Any]] = []
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch = 0
+    stopped = "epochs"
+    start = time.monotonic()
+    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+
+    from contextlib import nullcontext
+
+    from shared.progress import progress_bar
+
+    bar = progress_bar("img") if progress else None
+    ctx = bar if bar is not None else nullcontext()
+    with ctx:
+        task = (
+            bar.add_task("CNN", total=cfg.epochs * steps_per_epoch * cfg.batch, status="")
+            if bar is not None
+            else None
+        )
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            losses: list[float] = []
+            for s in range(steps_per_epoch):
+                idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
+                if len(idx) < 2:
+                    continue
+                x = _to_input(tr_x[idx], dev)
+                y = tr_y[idx].to(dev)
+                if cfg.augment:
+                    x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                    loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                if bar is not None and task is not None:
+                    bar.update(task, advance=len(idx), status=f"ep {epoch} loss {losses[-1]:.3f}")
+                if time.monotonic() > deadline:
+                    stopped = "time-budget"
+                    break
+            probs = predict_scores(model, va_x) if len(va_y) else np.zeros((0, num_classes))
+            val_loss = (
+                float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                                 torch.from_numpy(va_y)))
+                if len(va_y)
+                else float("nan")
+            )
+            val_auc = _val_auc(va_y, probs, num_classes) if len(va_y) else float("nan")
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "val_loss": val_loss,
+                    "val_auc": val_auc,
+                    "seconds": round(time.monotonic() - start, 2),
+                }
+            )
+            key = (
+                val_auc if not math.isnan(val_auc) else -math.inf,
+                -val_loss if not math.isnan(val_loss) else -math.inf,
+            )
+            if best_state is None or key > best_key:
+                best_key, best_epoch = key, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if stopped == "time-budget":
+                break
+            if cfg.patience > 0 and epoch - best_epoch >= cfg.patience:
+                stopped = "early-stopping"
+                break
+            if time.monotonic() > deadline:
+                stopped = "time-budget"
+                break
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    threshold: float | None = None
+    val_metrics: dict[str, Any] = {"best_epoch": best_epoch, "n_val": len(va_y)}
+    if len(va_y):
+        probs = predict_scores(model, va_x)
+        val_metrics["val_auc"] = _val_auc(va_y, probs, num_classes)
+        if num_classes == 2:
+            threshold = youden_threshold(va_y, probs[:, 1])
+    elif num_classes == 2:
+        threshold = 0.5
+    return TrainedClassifier(
+        model=model,
+        threshold=threshold,
+        history=history,
+        config=cfg,
+        num_classes=num_classes,
+        val_metrics=val_metrics,
+        device=str(dev),
+        stopped=stopped,
+        n_train=int(n),
+        n_val=len(va_y),
+    )
+
+
+def mix_real_synthetic(
+    real_images: npt.NDArray[np.uint8],
+    real_labels: npt.NDArray[np.int64],
+    synth_images: npt.NDArray[np.uint8],
+    synth_labels: npt.NDArray[np.int64],
+    synthetic_share: float,
+    seed: int = 0,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Real images plus synthetic ones making up ``synthetic_share`` of the mixed set.
+
+    Returns (images, labels, is_real). ``synthetic_share`` s in [0, 1): the number of synthetic
+    images added is s / (1 − s) × n_real, capped by what is available (sampled without
+    replacement, seeded).
+    """
+    if not 0.0 <= synthetic_share < 1.0:
+        raise ValueError(f"synthetic_share must be in [0, 1), got {synthetic_share}")
+    n_real = len(real_labels)
+    want = round(synthetic_share / (1.0 - synthetic_share) * n_real)
+    want = min(want, len(synth_labels))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(synth_labels), size=want, replace=False) if want else np.array([], int)
+    images = np.concatenate([real_images, synth_images[pick]]) if want else real_images
+    labels = np.concatenate([real_labels, synth_labels[pick]]) if want else real_labels
+    is_real = np.zeros(len(labels), bool)
+    is_real[:n_real] = True
+    return images, np.asarray(labels, np.int64), is_real
+
+
+def augmentation_experiment(
+    real_images: npt.NDArray[np.uint8],
+    real_labels: npt.NDArray[np.int64],
+    synth_images: npt.NDArray[np.uint8],
+    synth_labels: npt.NDArray[np.int64],
+    test_images: npt.NDArray[np.uint8],
+    test_labels: npt.NDArray[np.int64],
+    num_classes: int,
+    cfg: ClassifierConfig,
+    synthetic_shares: tuple[float, ...] = (0.0, 0.5),
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Real + synthetic vs real alone (Finlayson et al.; Gupta et al.), one row per share.
+
+    Share 0.0 is the real-only control. Validation is carved from the *real* rows only, so
+    every arm stops on the same kind of evidence; the test set is scored only after training.
+    """
+    from shared.metrics.auc import auc_with_ci, macro_auc_with_ci
+
+    rows: list[dict[str, Any]] = []
+    for share in synthetic_shares:
+        x, y, is_real = mix_real_synthetic(
+            real_images, real_labels, synth_images, synth_labels, share, cfg.seed
+        )
+        t0 = time.monotonic()
+        trained = train_classifier(x, y, num_classes, cfg, progress=progress,
+                                   val_eligible=is_real)
+        probs = predict_scores(trained.model, test_images)
+        if num_classes == 2:
+            res = auc_with_ci(test_labels, probs[:, 1], n_boot=n_boot, seed=cfg.seed)
+        else:
+            res = macro_auc_with_ci(test_labels, probs, n_boot=n_boot, seed=cfg.seed)
+        rows.append(
+            {
+                "synthetic_share": share,
+                "n_real": int(is_real.sum()),
+                "n_synthetic": int((~is_real).sum()),
+                **res.to_dict(),
+                "seconds": round(time.monotonic() - t0, 2),
+                "stopped": trained.stopped,
+            }
+        )
+    return rows

@@ -1,0 +1,118 @@
+"""Training recipe: learns separable data, validation carved from training, never test data."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from shared.cnn_train import (
+    ClassifierConfig,
+    ClassifierTrainingError,
+    augment_batch,
+    augmentation_experiment,
+    mix_real_synthetic,
+    predict_scores,
+    stratified_holdout,
+    train_classifier,
+)
+from shared.config import from_mapping
+from tests.conftest import blob_images
+
+FAST = ClassifierConfig(epochs=2, width=4, batch=16, patience=0)
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images, lesions = blob_images(n, 32, seed)
+    return images, np.array([0 if s == "No finding" else 1 for s in lesions], np.int64)
+
+
+def test_learns_separable_classes_and_returns_eval_model() -> None:
+    x, y = _data(96, 1)
+    # GroupNorm: with BatchNorm, 3 tiny epochs leave running statistics unsettled.
+    cfg = ClassifierConfig(epochs=3, width=8, batch=16, patience=0, norm="group")
+    trained = train_classifier(x, y, 2, cfg, progress=False)
+    assert not trained.model.training
+    assert trained.threshold is not None and 0.0 <= trained.threshold <= 1.0
+    assert len(trained.history) == 3
+    xt, yt = _data(40, 2)
+    p = predict_scores(trained.model, xt)
+    assert p.shape == (40, 2) and p.dtype == np.float64
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(yt, p[:, 1]) > 0.8
+
+
+def test_multiclass_runs() -> None:
+    x, _ = _data(48, 3)
+    y = np.arange(48) % 3
+    trained = train_classifier(x, y, 3, FAST, progress=False)
+    assert trained.threshold is None
+    assert predict_scores(trained.model, x[:5]).shape == (5, 3)
+
+
+def test_validation_is_carved_from_training_rows_only() -> None:
+    y = np.array([0] * 30 + [1] * 10)
+    mask = stratified_holdout(y, 0.1, seed=0)
+    assert mask.sum() == 4 and y[mask].sum() == 1  # stratified: 3 + 1
+    eligible = np.arange(40) < 20
+    mask = stratified_holdout(y, 0.5, seed=0, eligible=eligible)
+    assert not mask[~eligible].any()
+
+
+def test_train_classifier_cannot_receive_a_test_split() -> None:
+    """By construction: the signature has no place for test data."""
+    params = set(inspect.signature(train_classifier).parameters)
+    assert not any("test" in p for p in params)
+    assert params == {"images", "labels", "num_classes", "cfg", "progress", "device",
+                      "val_eligible"}
+
+
+def test_time_budget_stops_training() -> None:
+    x, y = _data(64, 4)
+    cfg = ClassifierConfig(epochs=50, width=4, batch=16, patience=0, max_minutes=1e-6)
+    trained = train_classifier(x, y, 2, cfg, progress=False)
+    assert trained.stopped == "time-budget" and len(trained.history) == 1
+
+
+def test_early_stopping_stops_before_max_epochs() -> None:
+    x, y = _data(64, 5)
+    cfg = ClassifierConfig(epochs=30, width=4, batch=16, patience=1, lr=1e-2)
+    trained = train_classifier(x, y, 2, cfg, progress=False)
+    assert trained.stopped == "early-stopping" and len(trained.history) < 30
+
+
+def test_augmentation_keeps_shape_and_range_and_is_identity_without_change() -> None:
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    out = augment_batch(x, gen)
+    assert out.shape == x.shape and out.min() >= -1.0001 and out.max() <= 1.0001
+    same = augment_batch(x, gen, hflip_p=0.0, rotation_deg=0.0, crop_scale_min=1.0)
+    torch.testing.assert_close(same, x, atol=1e-4, rtol=0)
+    flipped = augment_batch(x, gen, hflip_p=1.0, rotation_deg=0.0, crop_scale_min=1.0)
+    torch.testing.assert_close(flipped, x.flip(-1), atol=1e-4, rtol=0)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    x, y = _data(16, 6)
+    with pytest.raises(ClassifierTrainingError, match="single class"):
+        train_classifier(x, np.zeros(16, np.int64), 2, FAST, progress=False)
+    with pytest.raises(ClassifierTrainingError, match="uint8"):
+        train_classifier(x.astype(np.float32), y, 2, FAST, progress=False)
+    with pytest.raises(Exception, match="unknown key"):
+        from_mapping(ClassifierConfig, {"epoch": 3})
+
+
+def test_mix_and_augmentation_experiment() -> None:
+    x, y = _data(48, 7)
+    sx, sy = _data(48, 8)
+    mx, my, is_real = mix_real_synthetic(x, y, sx, sy, 0.5)
+    assert len(mx) == 96 and is_real.sum() == 48 and len(my) == 96
+    tx, ty = _data(32, 9)
+    rows = augmentation_experiment(x, y, sx, sy, tx, ty, 2, FAST, synthetic_shares=(0.0, 0.5),
+                                   n_boot=50, progress=False)
+    assert [r["n_synthetic"] for r in rows] == [0, 48]
+    assert all(r["ci_low"] <= r["auc"] <= r["ci_high"] for r in rows)
