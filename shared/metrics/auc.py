@@ -75,16 +75,40 @@ def auc_with_ci(
             f"AUC needs both classes in the test set (got {n_pos} positive, {n_neg} negative)"
         )
     auc = float(roc_auc_score(y, s))
-    rng = np.random.default_rng(seed)
-    boots: list[float] = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        yb = y[idx]
-        if yb.min() == yb.max():
-            continue
-        boots.append(float(roc_auc_score(yb, s[idx])))
+    boots = _bootstrap_aucs(y, s, n_boot, np.random.default_rng(seed))
     lo, hi = _percentiles(boots, alpha, auc)
     return AucResult(auc, lo, hi, n_pos, n_neg, len(boots))
+
+
+def _bootstrap_aucs(
+    y: npt.NDArray[np.int64], s: npt.NDArray[np.float64], n_boot: int, rng: np.random.Generator
+) -> list[float]:
+    """AUC of each bootstrap resample (single-class resamples skipped).
+
+    Same numbers as calling ``roc_auc_score`` per resample (the Mann–Whitney statistic with
+    mid-ranks equals scikit-learn's trapezoidal AUC, ties counted one half; a test checks it
+    against a plain scikit-learn loop), but vectorised: 1000 resamples of a 500-image test
+    set take milliseconds instead of seconds, which matters in the multi-site benchmark.
+    """
+    from scipy.stats import rankdata
+
+    out: list[float] = []
+    n = len(y)
+    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))
+    done = 0
+    while done < n_boot:
+        m = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, (m, n)) if m > 1 else rng.integers(0, n, n)[None, :]
+        done += m
+        yb, sb = y[idx], s[idx]
+        n_pos = yb.sum(1)
+        n_neg = n - n_pos
+        ok = (n_pos > 0) & (n_neg > 0)
+        ranks = rankdata(sb, axis=1)
+        u = (ranks * yb).sum(1) - n_pos * (n_pos + 1) / 2.0
+        vals = u[ok] / (n_pos[ok] * n_neg[ok])
+        out.extend(float(v) for v in vals)
+    return out
 
 
 def _percentiles(boots: list[float], alpha: float, point: float) -> tuple[float, float]:
