@@ -11,3 +11,7 @@ app = typer.Typer(help="Run inside a hospital: ingest DICOMs, train, generate, a
 from node.commands import inspect  # noqa: E402
 
 app.command("inspect")(inspect.command)
+from node.commands import baseline, evaluate  # noqa: E402
+
+app.command("baseline")(baseline.command)
+app.command("evaluate")(evaluate.command)

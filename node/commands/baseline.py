@@ -1,0 +1,61 @@
+"""`synthlearn node baseline`: local real CNN, AUC + CI on the site's own real test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def print_record(record: dict[str, object], title: str) -> None:
+    """One small table of an AUC record (shared with `node evaluate`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    auc, lo, hi = record["auc"], record["ci_low"], record["ci_high"]
+    assert isinstance(auc, float) and isinstance(lo, float) and isinstance(hi, float)
+    label = "AUC" if record.get("classes", "binary") == "binary" else "macro AUC"
+    table.add_row(label, f"{auc:.3f}  (95% CI {lo:.3f}–{hi:.3f})")
+    for key in ("sensitivity", "specificity", "threshold", "accuracy", "n_train", "n_test",
+                "n_pos", "n_neg", "stopped", "weights_sha256"):
+        if record.get(key) is not None:
+            v = record[key]
+            table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def command(
+    site_dir: Path = typer.Option(..., "--site-dir", help="The site directory (with a store)."),
+    classes: str = typer.Option("binary", "--classes", help="'binary' or 'lesion'."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30)."),
+    width: int | None = typer.Option(None, "--width", help="CNN base width (default 64)."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes",
+                                             help="Stop training after this wall-clock time."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    config: Path | None = typer.Option(None, "--config",
+                                       help="TOML file; its [classifier] table sets the recipe."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
+    import dataclasses
+
+    from node.baseline import run_baseline
+    from shared.cnn_train import ClassifierConfig
+    from shared.config import load_toml
+
+    cfg = load_toml(ClassifierConfig, config, "classifier") if config else ClassifierConfig()
+    overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("width", width),
+                                   ("max_minutes", max_minutes), ("seed", seed)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print_record(record, f"Local real baseline: {site_dir}")
+        typer.echo(f"saved {site_dir / 'metrics' / 'baseline.json'} and baseline-cnn.npz")

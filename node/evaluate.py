@@ -1,0 +1,127 @@
+"""Score CNN weights on this site's real *test* split: the federated-evaluation primitive.
+
+The coordinator's pooled CNN arrives as an npz state dict (never a pickle); this module loads
+it, scores the site's real test images, and returns model-free numbers only (AUC + bootstrap
+CI, counts, sensitivity/specificity at the threshold the weights carry). No per-image score,
+no pixel, no image id leaves this function's return value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from node.errors import StoreError
+from shared.config import atomic_write_bytes
+
+EVAL_KIND = "evaluation"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def score_test_split(
+    model: Any,
+    site_dir: Path,
+    classes: str,
+    threshold: float | None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUC (+ CI) of ``model`` on the site's real test split; numbers only.
+
+    ``model`` is a :class:`shared.classifier.ResNetClassifier` (any torch module returning
+    logits works). The test split is read here and nowhere in training code.
+    """
+    from node.store import SiteStore
+    from shared.cnn_train import predict_scores
+    from shared.metrics.auc import auc_with_ci, macro_auc_with_ci, sens_spec
+
+    store = SiteStore.open(site_dir)
+    images, labels = store.load("test", classes)  # type: ignore[arg-type]
+    if len(labels) == 0:
+        raise StoreError(
+            f"{site_dir}: the site store has no test images; re-run preprocess with a "
+            "test fraction > 0"
+        )
+    names = store.class_names(classes)  # type: ignore[arg-type]
+    n_out = int(getattr(model, "num_classes", 2))
+    if n_out != len(names):
+        raise StoreError(
+            f"{site_dir}: the CNN predicts {n_out} classes but this site's '{classes}' mode has "
+            f"{len(names)} ({', '.join(names)}); ask for weights trained with the same classes"
+        )
+    probs = predict_scores(model, images)
+    out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels)}
+    if n_out == 2:
+        res = auc_with_ci(labels, probs[:, 1], n_boot=n_boot, seed=seed)
+        out.update(res.to_dict())
+        if threshold is not None:
+            out.update(sens_spec(labels, probs[:, 1], threshold))
+    else:
+        res = macro_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed)
+        out.update(res.to_dict())
+        out["accuracy"] = float((probs.argmax(1) == labels).mean())
+    return out
+
+
+def class_counts(site_dir: Path, classes: str) -> npt.NDArray[np.int64]:
+    """Images per class in the test split (for reports; counts only)."""
+    from node.store import SiteStore
+
+    _, labels = SiteStore.open(site_dir).load("test", classes)  # type: ignore[arg-type]
+    return np.bincount(labels)
+
+
+def evaluate_weights(
+    site_dir: Path,
+    weights: Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate CNN ``weights`` (npz) on the site's real test split.
+
+    Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
+    weights_sha256, ...}`` and, when ``write``, saves it as
+    ``SITE/metrics/evaluation-<sha256[:12]>.json``.
+    """
+    from shared import __version__
+    from shared.weights_io import load_classifier, load_weights
+
+    site_dir, weights = Path(site_dir), Path(weights)
+    t0 = time.monotonic()
+    digest = sha256_file(weights) if weights.is_file() else ""
+    model = load_classifier(weights)  # raises WeightsError for a missing/bad file
+    _, meta = load_weights(weights)
+    classes = str(meta.get("classes", "binary"))
+    if classes not in ("binary", "lesion"):
+        classes = "binary"
+    threshold = meta.get("threshold")
+    record: dict[str, Any] = {
+        "kind": EVAL_KIND,
+        "weights_sha256": digest,
+        **score_test_split(model, site_dir, classes,
+                           float(threshold) if threshold is not None else None, n_boot, seed),
+        "seconds": round(time.monotonic() - t0, 2),
+        "software_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    if "trained_on" in meta:
+        record["weights_trained_on"] = meta["trained_on"]
+    if write:
+        path = site_dir / "metrics" / f"evaluation-{digest[:12]}.json"
+        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return record

@@ -1,0 +1,71 @@
+"""`node baseline`: trains on the train split only, scores the test split, writes npz + JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import shared.cnn_train as cnn_train
+from node.baseline import run_baseline
+from node.store import SiteStore
+from shared.cnn_train import ClassifierConfig
+from shared.weights_io import load_classifier, load_weights
+
+CFG = ClassifierConfig(epochs=2, width=4, batch=16, patience=0, norm="group")
+
+
+def _hashes(images: np.ndarray) -> set[str]:
+    return {hashlib.sha256(im.tobytes()).hexdigest() for im in images}
+
+
+def test_baseline_never_trains_or_stops_on_test_images(
+    tiny_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SiteStore.open(tiny_site)
+    test_x, _ = store.load("test")
+    train_x, _ = store.load("train")
+    assert len(test_x) and not (_hashes(test_x) & _hashes(train_x))
+    seen: list[set[str]] = []
+    real_train = cnn_train.train_classifier
+
+    def spy(images: np.ndarray, *args: object, **kwargs: object) -> object:
+        seen.append(_hashes(images))
+        return real_train(images, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cnn_train, "train_classifier", spy)
+    record = run_baseline(tiny_site, CFG, progress=False, n_boot=100)
+    assert len(seen) == 1
+    # everything the trainer saw (train + its validation part) is training data, none is test
+    assert seen[0] == _hashes(train_x)
+    assert not seen[0] & _hashes(test_x)
+    assert record["n_train"] + record["n_val"] == len(train_x)
+    assert record["n_test"] == len(test_x)
+
+
+def test_baseline_writes_numbers_only_record_and_npz(tiny_site: Path) -> None:
+    record = run_baseline(tiny_site, CFG, progress=False, n_boot=100)
+    saved = json.loads((tiny_site / "metrics" / "baseline.json").read_text())
+    assert saved["kind"] == "local_real_baseline"
+    assert saved["ci_low"] <= saved["auc"] <= saved["ci_high"]
+    assert saved == json.loads(json.dumps(record, sort_keys=True))
+    text = json.dumps(saved)
+    assert "img-" not in text and "src-" not in text  # no image ids or sources
+    weights = tiny_site / "metrics" / "baseline-cnn.npz"
+    _, meta = load_weights(weights)
+    assert meta["classes"] == "binary" and meta["threshold"] == record["threshold"]
+    assert load_classifier(weights).num_classes == 2
+    assert (tiny_site / "metrics" / "baseline-config.json").exists()
+
+
+def test_baseline_cli(tiny_site: Path) -> None:
+    from node.cli import app
+
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--epochs", "1",
+                                   "--width", "4", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["kind"] == "local_real_baseline"
