@@ -11,6 +11,10 @@ app = typer.Typer(help="Run inside a hospital: ingest DICOMs, train, generate, a
 from node.commands import inspect  # noqa: E402
 
 app.command("inspect")(inspect.command)
+from node.commands import make_phantoms, preprocess  # noqa: E402
+
+app.command("make-phantoms")(make_phantoms.command)
+app.command("preprocess")(preprocess.command)
 from node.commands import baseline, evaluate  # noqa: E402
 
 app.command("baseline")(baseline.command)

@@ -1,0 +1,276 @@
+"""`node preprocess`: a hospital's DICOM folder + label sheet → its site store.
+
+Why it is built this way:
+
+* **Streaming, bounded memory.** Workers get file *names*, decode one file at a time and send
+  back only the small store-size image; the main process writes a shard every ``batch_size``
+  images. Peak memory is (workers × one decoded source) + (one batch of store images),
+  whatever the size of the archive.
+* **Parallel.** A ``spawn`` process pool (safe even when the caller has torch threads), one
+  worker per core by default; ``workers=1`` runs in-process.
+* **Incremental and resumable.** Every source ends in the catalog as accepted or skipped, in the
+  same transaction as its pixels (see :mod:`node.store`). A re-run lists the folder, leaves
+  known sources alone and processes the rest, so a killed run simply resumes; sources skipped
+  as ``unlabelled`` or ``unreadable`` are retried on every run, since a new label sheet or a
+  fixed permission can make them usable.
+* **Never fatal for one file.** Each bad file is skipped with a short reason and a one-line
+  detail naming it (printed, stored in the catalog, listed in the report). Only a missing
+  folder, an unusable label sheet or an incompatible store stop a run.
+* **No PHI in the store.** Pixels, the label, a salted hash of PatientID, the label sheet's
+  image id and the source's relative path (the local provenance map) are written; no tag
+  value is. Skip details quote only geometry and transfer syntaxes, never tag values.
+
+The report (this run's counts, every skip, and the store summary) is returned and written to
+``SITE/store/preprocess-report.json``; the resolved settings to
+``SITE/store/preprocess-config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.dicom_pixels import (
+    DUPLICATE,
+    MIN_SIDE,
+    UNLABELLED,
+    UNREADABLE,
+    SkipFileError,
+    read_dataset,
+    store_pixels,
+)
+from node.errors import IngestError
+from node.labels import LabelSheet, load_labels, match_keys
+from node.store import Accepted, SiteStore, Skipped, StoreWriter
+from shared.config import atomic_write_bytes, write_resolved
+
+REPORT_NAME = "preprocess-report.json"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Resolved settings of one preprocessing run (written next to the store)."""
+
+    dicom_dir: str
+    labels: str
+    size: int = 256
+    test_fraction: float = 0.2
+    workers: int = 1
+    min_side: int = MIN_SIDE
+    batch_size: int = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side (module globals are per process; set by _init_worker)
+
+_ROOT: Path | None = None
+_SHEET: LabelSheet | None = None
+_SIZE = 256
+_MIN_SIDE = MIN_SIDE
+
+
+def _init_worker(root: str, labels: str, size: int, min_side: int) -> None:
+    global _ROOT, _SHEET, _SIZE, _MIN_SIDE
+    _ROOT, _SHEET, _SIZE, _MIN_SIDE = Path(root), load_labels(Path(labels)), size, min_side
+
+
+def process_file(rel: str) -> Accepted | Skipped:
+    """One source → Accepted or Skipped; never raises (the run must always finish)."""
+    assert _ROOT is not None and _SHEET is not None, "worker not initialised"
+    try:
+        ds = read_dataset(_ROOT / rel, rel)
+        row = _SHEET.lookup(match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None))
+        if row is None:
+            return Skipped(rel, UNLABELLED, f"{rel}: no row in {_SHEET.path.name} for "
+                           f"image_id '{Path(rel).stem}' or its SOP Instance UID; "
+                           "add one (never guessed)")
+        pixels, geom = store_pixels(ds, _SIZE, rel, _MIN_SIDE)
+        pid = row.patient_id or str(ds.get("PatientID", "") or "").strip() or None
+        return Accepted(
+            image_id=row.image_id,
+            pixels=pixels,
+            lesion=row.lesion,
+            source_key=rel,
+            patient_id=pid,
+            split=row.split,  # type: ignore[arg-type]  # validated by load_labels
+            bbox=geom.map_bbox(row.bbox) if row.bbox is not None else None,
+        )
+    except SkipFileError as exc:
+        return Skipped(rel, exc.reason, exc.detail)
+    except MemoryError:
+        return Skipped(rel, UNREADABLE, f"{rel}: out of memory while decoding; use fewer "
+                       "--workers")
+    except Exception as exc:  # defensive: a decoder bug must not end the run
+        text = " ".join(str(exc).split())[:160]
+        return Skipped(rel, "error", f"{rel}: unexpected {type(exc).__name__} ({text})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main side
+
+
+def scan(dicom_dir: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """Every regular file under ``dicom_dir`` (relative posix paths, sorted), hidden ones
+    and the excluded paths (the label sheet, a site dir inside the folder) left out."""
+    root = dicom_dir.resolve()
+    ex = tuple(p.resolve() for p in exclude)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (here / d).resolve() not in ex)
+        for name in sorted(filenames):
+            p = here / name
+            if name.startswith(".") or p.resolve() in ex or not p.is_file():
+                continue
+            out.append(p.relative_to(root).as_posix())
+    return out
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _results(files: list[str], cfg: PreprocessConfig) -> Iterator[Accepted | Skipped]:
+    init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side)
+    if cfg.workers <= 1 or len(files) <= 1:
+        _init_worker(*init)
+        for rel in files:
+            yield process_file(rel)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=init)
+    try:
+        yield from pool.imap_unordered(process_file, files, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def preprocess(
+    dicom_dir: Path,
+    labels_csv: Path,
+    site_dir: Path,
+    size: int = 256,
+    test_fraction: float = 0.2,
+    workers: int | None = None,
+    progress: bool = True,
+    *,
+    min_side: int = MIN_SIDE,
+    batch_size: int = 64,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest new files of ``dicom_dir`` into the store at ``site_dir``; return the report.
+
+    ``echo`` receives one line per skipped file (default: printed above the progress bar
+    when ``progress`` is on, silent otherwise).
+    """
+    dicom_dir, labels_csv, site_dir = Path(dicom_dir), Path(labels_csv), Path(site_dir)
+    if not dicom_dir.is_dir():
+        raise IngestError(f"{dicom_dir}: not a folder; pass the folder holding the DICOM files")
+    if batch_size < 1:
+        raise IngestError(f"batch size must be ≥ 1, got {batch_size}")
+    sheet = load_labels(labels_csv)  # fail early, in the main process, on a bad sheet
+    n_workers = default_workers() if workers is None or workers < 1 else workers
+    cfg = PreprocessConfig(str(dicom_dir.resolve()), str(labels_csv.resolve()), size,
+                           test_fraction, n_workers, min_side, batch_size)
+    started = time.perf_counter()
+    writer = StoreWriter(site_dir, size=size, test_fraction=test_fraction)
+    try:
+        write_resolved(cfg, site_dir / "store", "preprocess-config.json")
+        retried = writer.forget_skipped(UNLABELLED) + writer.forget_skipped(UNREADABLE)
+        known = writer.known_sources()
+        known_ids = writer.known_image_ids()
+        found = scan(dicom_dir, exclude=(labels_csv, site_dir))
+        todo = [rel for rel in found if rel not in known]
+        accepted_n = 0
+        skipped_rows: list[Skipped] = []
+        batch: list[Accepted] = []
+        skip_batch: list[Skipped] = []
+        last_flush = time.monotonic()
+
+        def flush() -> None:
+            nonlocal batch, skip_batch, last_flush
+            if batch or skip_batch:
+                writer.add_batch(batch, skip_batch)
+            batch, skip_batch, last_flush = [], [], time.monotonic()
+
+        bar_cm = _bar(progress, len(todo))
+        with bar_cm as bar:
+            task = bar.add_task("preprocess", total=len(todo), status="") if bar else None
+            say = echo or ((lambda line: bar.console.print(line, highlight=False, markup=False))
+                           if bar else (lambda line: None))
+            for result in _results(todo, cfg):
+                if isinstance(result, Accepted) and result.image_id in known_ids:
+                    result = Skipped(result.source_key, DUPLICATE,
+                                     f"{result.source_key}: image id '{result.image_id}' is "
+                                     "already in the store from another file")
+                if isinstance(result, Accepted):
+                    known_ids.add(result.image_id)
+                    batch.append(result)
+                    accepted_n += 1
+                else:
+                    skip_batch.append(result)
+                    skipped_rows.append(result)
+                    say(f"skipped [{result.reason}] {result.detail}")
+                if len(batch) >= batch_size or len(skip_batch) >= 256 or (
+                        time.monotonic() - last_flush > 10.0):
+                    flush()
+                if bar is not None and task is not None:
+                    bar.update(task, advance=1,
+                               status=f"{accepted_n} ok, {len(skipped_rows)} skipped")
+            flush()
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - started
+    reasons: dict[str, int] = {}
+    for s in skipped_rows:
+        reasons[s.reason] = reasons.get(s.reason, 0) + 1
+    report: dict[str, Any] = {
+        "kind": "preprocess_report",
+        "config": {"size": size, "test_fraction": test_fraction, "workers": n_workers,
+                   "min_side": min_side, "batch_size": batch_size},
+        "label_sheet": {"layout": sheet.layout, "rows": len(sheet)},
+        "files_found": len(found),
+        "already_in_store": len(found) - len(todo),
+        "retried": retried,
+        "processed": len(todo),
+        "accepted": accepted_n,
+        "skipped": len(skipped_rows),
+        "skip_reasons": dict(sorted(reasons.items())),
+        "skipped_files": [{"file": s.source_key, "reason": s.reason, "detail": s.detail}
+                          for s in skipped_rows],
+        "seconds": round(seconds, 3),
+        "files_per_s": round(len(todo) / seconds, 2) if seconds > 0 else None,
+        "store": SiteStore.open(site_dir).summary(),
+    }
+    atomic_write_bytes(site_dir / "store" / REPORT_NAME,
+                       (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+class _NoBar:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _bar(progress: bool, total: int) -> Any:
+    if not progress:
+        return _NoBar()
+    from shared.progress import progress_bar
+
+    return progress_bar("files")
