@@ -134,7 +134,8 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
                 ds = pydicom.dcmread(path, force=True)
                 if "PixelData" not in ds or "Rows" not in ds:
                     raise SkipFileError(
-                        NOT_DICOM, f"{label}: not a DICOM file (no 'DICM' header, no image)"
+                        NOT_DICOM, f"{label}: not a DICOM image (no 'DICM' file header, and no "
+                        "image found when read without one)"
                     ) from None
     except SkipFileError:
         raise
@@ -244,10 +245,8 @@ def decode(ds: Any, label: str) -> npt.NDArray[Any]:
             arr = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError,
             AttributeError, OSError, IndexError) as exc:
-        msg = _one_line(exc)
-        reason = NO_CODEC if "plugin" in msg.lower() or "no pixel data handler" in msg.lower() \
-            else DECODE_ERROR
-        raise SkipFileError(reason, f"{label}: pixel data could not be decoded ({msg})") from None
+        raise SkipFileError(DECODE_ERROR, f"{label}: pixel data could not be decoded "
+                            f"({_one_line(exc)})") from None
     if arr.ndim != 2:
         raise SkipFileError(UNSUPPORTED, f"{label}: decoded to shape {arr.shape}, expected 2-D")
     return np.asarray(arr)
@@ -280,15 +279,20 @@ def _voi(mod: npt.NDArray[np.float64], ds: Any, mod_range: tuple[float, float],
          ) -> npt.NDArray[np.float64]:
     """Modality values → [0, 1] by the VOI policy in the module docstring."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        from pydicom.pixels import apply_voi_lut
-
         try:
-            out = np.asarray(apply_voi_lut(mod, ds, index=0, prefer_lut=True), np.float64)
             item = ds.VOILUTSequence[0]
-            lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
+            n, first, bits = (int(v) for v in item.LUTDescriptor)
+            n = n or 65536
+            data = item.LUTData
+            if isinstance(data, bytes):
+                lut = np.frombuffer(data, np.uint16 if bits > 8 else np.uint8)
+            else:
+                lut = np.asarray(data).ravel()
+            lut = lut[:n].astype(np.float64)
             lo, hi = float(lut.min()), float(lut.max())
-            if hi > lo:
-                return np.clip((out - lo) / (hi - lo), 0.0, 1.0)
+            if hi > lo:  # out-of-range inputs take the first/last entry (PS3.3 C.11.2.1.1)
+                idx = np.clip(np.rint(mod) - first, 0, len(lut) - 1).astype(np.int64)
+                return (lut[idx] - lo) / (hi - lo)
         except Exception:  # malformed VOI LUT: fall back to the next policy step
             pass
     if "WindowCenter" in ds and "WindowWidth" in ds:

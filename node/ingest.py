@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,12 @@ def process_file(rel: str) -> Accepted | Skipped:
     """One source → Accepted or Skipped; never raises (the run must always finish)."""
     assert _ROOT is not None and _SHEET is not None, "worker not initialised"
     try:
+        try:
+            st = os.stat(_ROOT / rel)
+        except OSError as exc:
+            return Skipped(rel, UNREADABLE, f"{rel}: cannot be opened ({exc.strerror})")
+        if not stat.S_ISREG(st.st_mode):
+            return Skipped(rel, UNREADABLE, f"{rel}: not a regular file")
         ds = read_dataset(_ROOT / rel, rel)
         row = _SHEET.lookup(match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None))
         if row is None:
@@ -107,7 +114,8 @@ def process_file(rel: str) -> Accepted | Skipped:
                        "--workers")
     except Exception as exc:  # defensive: a decoder bug must not end the run
         text = " ".join(str(exc).split())[:160]
-        return Skipped(rel, "error", f"{rel}: unexpected {type(exc).__name__} ({text})")
+        return Skipped(rel, UNREADABLE, f"{rel}: could not be read or decoded "
+                       f"({type(exc).__name__}: {text})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +123,11 @@ def process_file(rel: str) -> Accepted | Skipped:
 
 
 def scan(dicom_dir: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
-    """Every regular file under ``dicom_dir`` (relative posix paths, sorted), hidden ones
-    and the excluded paths (the label sheet, a site dir inside the folder) left out."""
+    """Every non-directory entry under ``dicom_dir`` (relative posix paths, sorted), hidden
+    ones and the excluded paths (the label sheet, a site dir inside the folder) left out.
+
+    Broken links and special files are listed too, so they are reported as unreadable
+    rather than silently ignored."""
     root = dicom_dir.resolve()
     ex = tuple(p.resolve() for p in exclude)
     out: list[str] = []
@@ -126,10 +137,17 @@ def scan(dicom_dir: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
                              and (here / d).resolve() not in ex)
         for name in sorted(filenames):
             p = here / name
-            if name.startswith(".") or p.resolve() in ex or not p.is_file():
+            if name.startswith(".") or _resolved(p) in ex:
                 continue
             out.append(p.relative_to(root).as_posix())
     return out
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # symlink loops
+        return p
 
 
 def default_workers() -> int:
