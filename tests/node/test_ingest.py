@@ -1,0 +1,266 @@
+"""`node preprocess` end to end on phantom DICOMs: labels, split, PHI, bad input, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from node.errors import IngestError
+from node.ingest import REPORT_NAME, preprocess
+from node.phantoms import FAKE_PHI, make_site, phi_strings
+from node.store import NORMAL, SiteStore
+
+SIZE = 32
+SYNTHLEARN = [sys.executable, "-c", "from shared.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def phantom_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 phantom DICOMs of site a at 192 px (all variants), with labels.csv."""
+    return make_site(tmp_path_factory.mktemp("phantoms"), 0, seed=5, scale=0.2, size=192)
+
+
+@pytest.fixture(scope="module")
+def reference(phantom_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted, parallel run (2 workers) over the phantom site."""
+    site = tmp_path_factory.mktemp("ref") / "site"
+    preprocess(phantom_site / "dicom", phantom_site / "labels.csv", site, size=SIZE,
+               workers=2, progress=False)
+    return site
+
+
+def labels_of(site: Path) -> dict[str, str]:
+    with open(site / "labels.csv") as fh:
+        return {r["image_id"]: r["lesion_type"] for r in csv.DictReader(fh)}
+
+
+def store_view(site: Path) -> list[tuple[object, ...]]:
+    """Everything the read API exposes, for store-equality checks."""
+    return [(s.image_id, s.array.tobytes(), s.label, s.lesion, s.split, s.bbox)
+            for s in SiteStore.open(site).samples()]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SYNTHLEARN, *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_phantom_site_is_ingested_with_labels_split_and_boxes(
+    phantom_site: Path, reference: Path
+) -> None:
+    expected = labels_of(phantom_site)
+    store = SiteStore.open(reference)
+    samples = list(store.samples())
+    assert {s.image_id: s.lesion for s in samples} == expected
+    assert all(s.array.shape == (SIZE, SIZE) and s.array.dtype == np.uint8 for s in samples)
+    assert all(s.label == (0 if s.lesion == NORMAL else 1) for s in samples)
+    for s in samples:  # lesion boxes are carried into store pixels, normals have none
+        if s.lesion == NORMAL:
+            assert s.bbox is None
+        else:
+            assert s.bbox is not None and 0 <= s.bbox[0] < s.bbox[2] <= SIZE
+    # Patient-level split: every image of a PatientID on one side.
+    pid = {p.stem: str(pydicom.dcmread(p, stop_before_pixels=True).PatientID)
+           for p in (phantom_site / "dicom").glob("*.dcm")}
+    sides: dict[str, set[str]] = {}
+    for s in samples:
+        sides.setdefault(pid[s.image_id], set()).add(s.split)
+    assert all(len(v) == 1 for v in sides.values())
+    assert len(sides) < len(samples)  # some patients really have several images
+    assert {s.split for s in samples} == {"train", "test"}
+    report = (reference / "store" / REPORT_NAME).read_text()
+    assert '"accepted": 40' in report and '"skipped": 0' in report
+
+
+def test_no_phi_value_appears_in_any_byte_under_the_site_dir(
+    phantom_site: Path, reference: Path
+) -> None:
+    phi = phi_strings(phantom_site / "dicom")
+    kinds = {kw for kw in FAKE_PHI}
+    assert len(phi) > 40 and kinds  # names, IDs, dates, institution, accession, UIDs
+    blobs = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()}
+    assert any(p.name == "catalog.sqlite" for p in blobs)
+    for path, blob in blobs.items():
+        for value in phi:
+            assert value.encode() not in blob, f"PHI {value!r} found in {path}"
+    # And the PatientID is not there in plain form either: only the salted hash.
+    con = sqlite3.connect(reference / "store" / "catalog.sqlite")
+    keys = {r[0] for r in con.execute("SELECT patient_key FROM images")}
+    con.close()
+    assert all(len(k) == 64 for k in keys)
+
+
+def test_parallel_killed_and_resumed_runs_equal_the_uninterrupted_one(
+    phantom_site: Path, reference: Path, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(reference / "salt", site / "salt")  # same salt → same patient split
+    args = ["node", "preprocess", str(phantom_site / "dicom"), "--labels",
+            str(phantom_site / "labels.csv"), "--site-dir", str(site), "--size", str(SIZE),
+            "--workers", "1", "--batch-size", "2", "--quiet"]
+    proc = subprocess.Popen([*SYNTHLEARN, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    catalog = site / "store" / "catalog.sqlite"
+    done = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if catalog.exists():
+            try:
+                con = sqlite3.connect(catalog, timeout=1)
+                done = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+                con.close()
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 4:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = SiteStore.open(site)
+    assert 0 < len(partial) < 40, "the run was not interrupted mid-way"
+    assert all(s.array.shape == (SIZE, SIZE) for s in partial.samples())  # consistent
+    result = cli(*args[:-1])
+    assert result.returncode == 0, result.stderr
+    assert "already in the store" in result.stdout
+    assert store_view(site) == store_view(reference)
+
+
+def test_rerun_is_incremental_and_picks_up_new_files_and_labels(
+    phantom_site: Path, tmp_path: Path
+) -> None:
+    dicom = tmp_path / "dicom"
+    files = sorted((phantom_site / "dicom").glob("*.dcm"))[:6]
+    dicom.mkdir()
+    for f in files[:4]:
+        shutil.copy(f, dicom / f.name)
+    full = labels_of(phantom_site)
+    labels = tmp_path / "labels.csv"
+
+    def write_labels(stems: list[str]) -> None:
+        labels.write_text("image_id,lesion_type\n" + "".join(f"{s},{full[s]}\n" for s in stems))
+
+    write_labels([f.stem for f in files[:3]])  # the 4th file has no row yet
+    site = tmp_path / "site"
+    first = preprocess(dicom, labels, site, size=SIZE, workers=1, progress=False)
+    assert (first["accepted"], first["skip_reasons"]) == (3, {"unlabelled": 1})
+    before = store_view(site)
+    again = preprocess(dicom, labels, site, size=SIZE, workers=1, progress=False)
+    assert again["accepted"] == 0 and again["already_in_store"] == 3
+    assert store_view(site) == before  # nothing lost, nothing redone
+    for f in files[4:]:
+        shutil.copy(f, dicom / f.name)
+    write_labels([f.stem for f in files])
+    third = preprocess(dicom, labels, site, size=SIZE, workers=1, progress=False)
+    assert third["processed"] == 3 and third["accepted"] == 3  # 2 new + the now-labelled one
+    assert len(SiteStore.open(site)) == 6
+    assert store_view(site)[:0] == before[:0] and set(before) <= set(store_view(site))
+
+
+def _plain(path: Path) -> pydicom.Dataset:
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    return ds
+
+
+def _bad_folder(phantom_site: Path, root: Path) -> tuple[Path, Path, dict[str, str]]:
+    """One good file plus one file per bad-input kind; returns (dir, labels, name→reason)."""
+    src = sorted((phantom_site / "dicom").glob("*.dcm"))
+    good = src[0]
+    d = root / "dicom"
+    d.mkdir()
+    shutil.copy(good, d / "good.dcm")
+    data = good.read_bytes()
+    (d / "notes.txt").write_text("this is not a DICOM file\n" * 20)
+    (d / "cut.dcm").write_bytes(data[: len(data) // 2])
+    ds = pydicom.dcmread(src[1])
+    del ds.PixelData
+    ds.save_as(d / "nopixels.dcm")
+    ds = _plain(src[2])
+    ds.Rows = ds.Rows + 7
+    ds.save_as(d / "badlength.dcm")
+    ds = _plain(src[3])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+    ds.save_as(d / "video.dcm")
+    ds = _plain(src[4])
+    arr = ds.pixel_array[:100, :100].copy()
+    ds.Rows, ds.Columns, ds.PixelData = 100, 100, arr.tobytes()
+    ds.save_as(d / "small.dcm")
+    shutil.copy(src[5], d / "nolabel.dcm")
+    (d / "dangling.dcm").symlink_to(root / "does-not-exist.dcm")
+    labels = root / "labels.csv"
+    stems = ["good", "notes", "cut", "nopixels", "badlength", "video", "small", "dangling"]
+    labels.write_text("image_id,lesion_type\n" + "".join(f"{s},No finding\n" for s in stems))
+    reasons = {"notes.txt": "not-dicom", "cut.dcm": "truncated",
+               "nopixels.dcm": "missing-pixel-data", "badlength.dcm": "length-mismatch",
+               "video.dcm": "no-codec", "small.dcm": "too-small", "nolabel.dcm": "unlabelled",
+               "dangling.dcm": "unreadable"}
+    return d, labels, reasons
+
+
+def test_every_bad_input_is_skipped_with_a_one_line_reason_naming_the_file(
+    phantom_site: Path, tmp_path: Path
+) -> None:
+    d, labels, reasons = _bad_folder(phantom_site, tmp_path)
+    site = tmp_path / "site"
+    result = cli("node", "preprocess", str(d), "--labels", str(labels), "--site-dir",
+                 str(site), "--size", str(SIZE), "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for name, reason in reasons.items():
+        hits = [ln for ln in lines if name in ln]
+        assert len(hits) == 1 and f"[{reason}]" in hits[0], (name, reason, hits)
+    store = SiteStore.open(site)
+    assert [s.image_id for s in store.samples()] == ["good"]
+    assert {s.source_key: s.reason for s in store.skipped()} == reasons
+    assert "1 accepted" in result.stdout and "8 skipped" in result.stdout
+    # Nothing already in the store is lost when a later run meets only bad files.
+    (d / "good.dcm").unlink()
+    again = cli("node", "preprocess", str(d), "--labels", str(labels), "--site-dir",
+                str(site), "--size", str(SIZE), "--workers", "1")
+    assert again.returncode == 0 and len(SiteStore.open(site)) == 1
+
+
+def test_a_run_that_accepts_nothing_exits_non_zero_with_a_clear_message(
+    phantom_site: Path, tmp_path: Path
+) -> None:
+    d, labels, _ = _bad_folder(phantom_site, tmp_path)
+    (d / "good.dcm").unlink()
+    result = cli("node", "preprocess", str(d), "--labels", str(labels), "--site-dir",
+                 str(tmp_path / "site"), "--size", str(SIZE), "--workers", "1")
+    assert result.returncode != 0
+    assert "no image was accepted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_generic_label_sheet_and_unusable_inputs(phantom_site: Path, tmp_path: Path) -> None:
+    dicom = tmp_path / "d"
+    dicom.mkdir()
+    files = sorted((phantom_site / "dicom").glob("*.dcm"))[:2]
+    for f in files:
+        shutil.copy(f, dicom / f.name)
+    generic = tmp_path / "generic.csv"
+    generic.write_text(f"image_id,label\n{files[0].stem},0\n{files[1].stem},1\n")
+    report = preprocess(dicom, generic, tmp_path / "site", size=SIZE, workers=1,
+                        progress=False)
+    assert report["accepted"] == 2
+    assert SiteStore.open(tmp_path / "site").lesion_classes() == ["No finding", "Abnormal"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,diagnosis\na,b\n")
+    with pytest.raises(IngestError, match="image_id and lesion_type"):
+        preprocess(dicom, bad, tmp_path / "s2", size=SIZE, progress=False)
+    with pytest.raises(IngestError, match="not a folder"):
+        preprocess(tmp_path / "missing", generic, tmp_path / "s3", size=SIZE, progress=False)
