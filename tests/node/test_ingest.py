@@ -168,7 +168,7 @@ def test_rerun_is_incremental_and_picks_up_new_files_and_labels(
     assert store_view(site)[:0] == before[:0] and set(before) <= set(store_view(site))
 
 
-def _plain(path: Path) -> pydicom.Dataset:
+def _plain(path: Path) -> pydicom.FileDataset:
     ds = pydicom.dcmread(path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()
