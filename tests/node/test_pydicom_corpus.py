@@ -1,0 +1,104 @@
+"""Every file of pydicom's bundled test data and of the `pydicom-data` package, in one run.
+
+Real-world DICOM is messy; this corpus holds truncated files, odd syntaxes, colour, multi-frame,
+DICOMDIRs, non-DICOM READMEs and the RG1/RG3 radiographs. The run must not crash, must account
+for every file (accepted, or skipped with a known reason naming it) and must accept the
+radiographs, identically whether they are stored raw or JPEG 2000 lossless.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node import dicom_pixels as dp
+from node.ingest import preprocess
+from node.store import SiteStore
+
+KNOWN_REASONS = {
+    dp.NOT_DICOM, dp.TRUNCATED, dp.MISSING_PIXELS, dp.LENGTH_MISMATCH, dp.NO_CODEC,
+    dp.TOO_SMALL, dp.UNLABELLED, dp.UNREADABLE, dp.MULTI_FRAME, dp.COLOUR, dp.UNSUPPORTED,
+    dp.DECODE_ERROR,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    from pydicom.data import get_testdata_files
+
+    files = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+    roots = {str(Path(f).parent) for f in files}
+    assert any("data_store" in r for r in roots), "the pydicom-data package is not installed"
+    root = tmp_path_factory.mktemp("corpus")
+    d = root / "dicom"
+    d.mkdir()
+    names = []
+    lines = ["image_id,label"]
+    for i, f in enumerate(files):
+        name = f"{i:03d}-{os.path.basename(f)}"
+        (d / name).symlink_to(f)
+        names.append(name)
+        lines.append(f"{Path(name).stem},{'1' if 'RG' in name else '0'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return d, root / "labels.csv", names
+
+
+@pytest.fixture(scope="module")
+def corpus_run(corpus: tuple[Path, Path, list[str]],
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
+    d, labels, _ = corpus
+    site = tmp_path_factory.mktemp("corpus-site") / "site"
+    report = preprocess(d, labels, site, size=64, workers=2, progress=False)
+    return report, site
+
+
+def test_every_corpus_file_is_accepted_or_skipped_with_a_known_reason(
+    corpus: tuple[Path, Path, list[str]], corpus_run: tuple[dict[str, object], Path]
+) -> None:
+    _, _, names = corpus
+    report, site = corpus_run
+    store = SiteStore.open(site)
+    skipped = {s.source_key: s for s in store.skipped()}
+    import sqlite3
+
+    con = sqlite3.connect(site / "store" / "catalog.sqlite")
+    accepted = {r[0] for r in con.execute("SELECT source_key FROM images")}
+    con.close()
+    assert len(names) > 200
+    assert accepted | set(skipped) == set(names)
+    assert not accepted & set(skipped)
+    assert report["processed"] == len(names)
+    for name, s in skipped.items():
+        assert s.reason in KNOWN_REASONS, (name, s.reason, s.detail)
+        assert name in s.detail and "\n" not in s.detail
+    reasons = {s.reason for s in skipped.values()}
+    # The corpus exercises most bad-input kinds on real files.
+    assert {dp.NOT_DICOM, dp.TRUNCATED, dp.MISSING_PIXELS, dp.TOO_SMALL, dp.MULTI_FRAME,
+            dp.COLOUR} <= reasons
+    assert len(accepted) >= 20
+
+
+def test_radiographs_are_accepted_and_codec_independent(
+    corpus: tuple[Path, Path, list[str]], corpus_run: tuple[dict[str, object], Path]
+) -> None:
+    _, _, names = corpus
+    _, site = corpus_run
+    store = SiteStore.open(site)
+    by_id = {s.image_id: s for s in store.samples()}
+    radiographs = [Path(n).stem for n in names if "RG1_" in n or "RG3_" in n]
+    assert len(radiographs) == 8
+    for rid in radiographs:
+        assert rid in by_id, f"{rid} was not accepted"
+        img = by_id[rid].array
+        assert img.std() > 10, f"{rid} is flat"
+        assert by_id[rid].label == 1
+    for series in ("RG1", "RG3"):
+        # JPEG 2000 lossless gives the same store image as the raw original (UNCR); the
+        # lossy J2KI matches its own decoded copy (UNCI).
+        for coded, raw in (("J2KR", "UNCR"), ("J2KI", "UNCI")):
+            a, b = ([by_id[r].array for r in radiographs if r.endswith(f"{series}_{kind}")]
+                    for kind in (coded, raw))
+            assert len(a) == len(b) == 1 and np.array_equal(a[0], b[0]), (series, coded)
