@@ -329,9 +329,9 @@ def to_dataset(img: FloatImage, variant: Variant, tags: dict[str, str], uid_seed
         ds.WindowWidth = f"{window[1]:.1f}"
     ds.PixelData = arr.tobytes()
     if syntax == "rle":
-        ds.compress(RLELossless, arr)
+        ds.compress(RLELossless, arr, generate_instance_uid=False)
     elif syntax == "j2k":
-        ds.compress(JPEG2000Lossless, arr)
+        ds.compress(JPEG2000Lossless, arr, generate_instance_uid=False)
     return ds
 
 
