@@ -63,7 +63,7 @@ def test_dicom_variety_and_fake_phi(sites: list[Path]) -> None:
                     assert "FAKE" in str(ds.get(kw)) or kw.endswith("Date")
     assert {"Implicit VR Little Endian", "Explicit VR Little Endian", "RLE Lossless",
             "JPEG 2000 Image Compression (Lossless Only)"} <= seen["syntax"]
-    assert {8, 12, 16} <= seen["bits"]  # type: ignore[operator]
+    assert {8, 12, 16} <= seen["bits"]
     assert seen["photometric"] == {"MONOCHROME1", "MONOCHROME2"}
     assert seen["signed"] == {0, 1}
     assert rescaled > 0 and windowed > 0
