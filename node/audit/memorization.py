@@ -1,0 +1,287 @@
+"""Memorization audit: does the synthetic set contain (near-)copies of training patients?
+
+Two views of "nearest training image", because each misses things the other catches:
+
+* **pixel correlation** (Akbar et al., "Beware of diffusion models for synthesizing medical
+  images", 2023): Pearson correlation between flattened images, maximised over the training
+  set. Catches copies, shifted intensities and light noise; blind to small shifts/flips.
+* **embedding distance**: Euclidean distance in a documented encoder's space
+  (``shared.metrics.encoders``, default ``domain-rfconv-v1``), which pools over space and so
+  tolerates small shifts.
+
+In each view the copy threshold τ is calibrated on real data only (Dar et al., "Investigating
+data memorization in 3D latent diffusion models for medical image synthesis", 2023): for every
+held-out real image (the site's test split, never seen in training) take its similarity to the
+nearest training image; τ is the 95th percentile of those (the 5th percentile of distances). A
+synthetic image beyond τ is closer to a training image than 95 % of genuinely new patients are:
+a **copy**. Reported: copy rate; fraction of training images that have a copy; the
+nearest-similarity distributions synthetic→train vs held-out→train (quantiles only).
+
+Membership inference, black box, GAN-Leaks style (Chen et al., 2020): score every real image by
+its closeness to the nearest *synthetic* image; AUC of training members vs held-out
+non-members. 0.5 = nothing to infer. A **member-only control** (two random halves of the
+training set, both members) must also give ≈0.5: if members vs held-out is far from 0.5 while
+the control is at 0.5, the gap comes from the synthetic data; if both drift, the test itself is
+biased ("Membership Inference or Data Split Bias?", Das et al., 2024).
+
+What this cannot catch: copies of a *part* of an image (a distinctive implant pasted into a new
+anatomy), copies of images that are not in the audited subset when subsampling, leakage of
+attributes rather than pixels. DP training bounds all of these; the audit only measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from node.audit.config import AuditConfig
+from shared.errors import SynthlearnError
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+
+class AuditError(SynthlearnError):
+    """The audit cannot run (no synthetic set, too few held-out images, mismatched sizes)."""
+
+
+def _standardize(images: U8) -> torch.Tensor:
+    """Rows of zero mean and unit L2 norm, so a dot product is the Pearson correlation."""
+    x = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1)).float()
+    x = x - x.mean(dim=1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def nearest_correlation(query: U8, reference: U8, chunk: int = 1024
+                        ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """For each query image: the highest Pearson correlation with any reference image, and
+    which one.
+
+    >>> a = np.array([[[0, 1], [2, 3]], [[3, 2], [1, 0]]], np.uint8)
+    >>> c, i = nearest_correlation(a[:1], a)
+    >>> round(float(c[0]), 6), int(i[0])
+    (1.0, 0)
+    """
+    ref = _standardize(reference)
+    best = np.empty(len(query)), np.empty(len(query), np.int64)
+    for s in range(0, len(query), chunk):
+        q = _standardize(query[s:s + chunk])
+        sim = q @ ref.T
+        v, idx = sim.max(dim=1)
+        best[0][s:s + len(q)] = v.double().numpy()
+        best[1][s:s + len(q)] = idx.numpy()
+    return best
+
+
+def nearest_l2(query: F32, reference: F32, chunk: int = 1024
+               ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """For each query embedding: Euclidean distance to the nearest reference, and which one."""
+    ref = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
+    best = np.empty(len(query)), np.empty(len(query), np.int64)
+    for s in range(0, len(query), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(query[s:s + chunk], np.float32))
+        d = torch.cdist(q.double(), ref.double())
+        v, idx = d.min(dim=1)
+        best[0][s:s + len(q)] = v.numpy()
+        best[1][s:s + len(q)] = idx.numpy()
+    return best
+
+
+def quantiles(x: npt.NDArray[np.float64]) -> dict[str, float]:
+    """Aggregate numbers only (what may leave the site), never per-image values."""
+    if len(x) == 0:
+        return {}
+    qs = np.quantile(x, QUANTILES)
+    out = {f"p{int(q * 100):02d}": float(v) for q, v in zip(QUANTILES, qs, strict=True)}
+    out["mean"] = float(np.mean(x))
+    return out
+
+
+@dataclass
+class View:
+    """One nearest-neighbour space. ``closeness`` is higher-is-closer in both spaces
+    (correlation, or minus the distance), so one set of rules serves both."""
+
+    space: str
+    metric: str
+    tau: float
+    syn_closeness: npt.NDArray[np.float64]
+    syn_nn: npt.NDArray[np.int64]
+    held_closeness: npt.NDArray[np.float64]
+    member_closeness: npt.NDArray[np.float64]
+    nonmember_closeness: npt.NDArray[np.float64]
+    is_copy: npt.NDArray[np.bool_]
+
+    def value(self, closeness: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Back to the natural unit (correlation, or distance) for reports."""
+        return closeness if self.metric == "correlation" else -closeness
+
+
+@dataclass
+class AuditResult:
+    """The exportable ``summary`` plus local-only details for the HTML report."""
+
+    summary: dict[str, Any]
+    views: list[View]
+    synthetic: U8
+    synthetic_labels: npt.NDArray[np.int64]
+    train: U8
+    class_names: list[str] = field(default_factory=list)
+
+
+def _auc(members: npt.NDArray[np.float64], nonmembers: npt.NDArray[np.float64],
+         n_boot: int, seed: int) -> dict[str, float]:
+    from shared.metrics.auc import auc_with_ci
+
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    r = auc_with_ci(y, np.r_[members, nonmembers], n_boot=n_boot, seed=seed)
+    return {"auc": float(r.auc), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high)}
+
+
+def _build_view(space: str, metric: str, syn_close: npt.NDArray[np.float64],
+                syn_nn: npt.NDArray[np.int64], held_close: npt.NDArray[np.float64],
+                member_close: npt.NDArray[np.float64], nonmember_close: npt.NDArray[np.float64],
+                cfg: AuditConfig, exact: npt.NDArray[np.bool_] | None = None) -> View:
+    tau = float(np.percentile(held_close, cfg.copy_percentile))
+    is_copy = syn_close > tau
+    if exact is not None:
+        is_copy |= exact
+    return View(space, metric, tau, syn_close, syn_nn, held_close, member_close,
+                nonmember_close, is_copy)
+
+
+def _view_summary(v: View, n_train: int, control: npt.NDArray[np.int64],
+                  cfg: AuditConfig) -> dict[str, Any]:
+    copies = v.is_copy
+    half = len(control) // 2
+    return {
+        "space": v.space,
+        "metric": v.metric,
+        "tau": float(v.value(np.array([v.tau]))[0]),
+        "copy_rate": float(copies.mean()) if len(copies) else 0.0,
+        "copies": int(copies.sum()),
+        "train_with_copy": float(len(np.unique(v.syn_nn[copies])) / max(n_train, 1)),
+        "synthetic_to_train": quantiles(v.value(v.syn_closeness)),
+        "heldout_to_train": quantiles(v.value(v.held_closeness)),
+        "mia": _auc(v.member_closeness, v.nonmember_closeness, cfg.n_boot, cfg.seed),
+        "mia_control": _auc(v.member_closeness[control[:half]],
+                            v.member_closeness[control[half:]], cfg.n_boot, cfg.seed),
+    }
+
+
+def _subset(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    return np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)
+
+
+def audit_arrays(
+    synthetic: U8,
+    train: U8,
+    heldout: U8,
+    cfg: AuditConfig | None = None,
+    *,
+    synthetic_labels: npt.NDArray[np.int64] | None = None,
+    dp: dict[str, Any] | None = None,
+    encoder: Any = None,
+) -> AuditResult:
+    """The audit on arrays (uint8, same H×W). ``encoder=None`` builds ``cfg.encoder``."""
+    cfg = cfg or AuditConfig()
+    if synthetic.ndim != 3 or train.ndim != 3 or heldout.ndim != 3:
+        raise AuditError("images must be uint8 arrays (N, H, W)")
+    if not (synthetic.shape[1:] == train.shape[1:] == heldout.shape[1:]):
+        raise AuditError(f"image sizes differ: synthetic {synthetic.shape[1:]}, train "
+                         f"{train.shape[1:]}, held-out {heldout.shape[1:]}")
+    if len(heldout) < cfg.min_heldout:
+        raise AuditError(
+            f"only {len(heldout)} held-out (test split) real images; the copy threshold needs at "
+            f"least {cfg.min_heldout} to be calibrated. Preprocess more data or lower "
+            "min_heldout in the audit config (the threshold gets noisier)")
+    if len(train) < 2 or len(synthetic) < 2:
+        raise AuditError("need at least 2 training and 2 synthetic images")
+    rng = np.random.default_rng(cfg.seed)
+    si = _subset(len(synthetic), cfg.max_synthetic, rng)
+    ti = _subset(len(train), cfg.max_real, rng)
+    hi = _subset(len(heldout), cfg.max_real, rng)
+    syn, tr, held = synthetic[si], train[ti], heldout[hi]
+    labels = (synthetic_labels[si] if synthetic_labels is not None
+              else np.zeros(len(si), np.int64))
+    control = rng.permutation(len(tr))
+
+    # Pixel correlation view.
+    s_c, s_nn = nearest_correlation(syn, tr)
+    h_c, _ = nearest_correlation(held, tr)
+    m_c, _ = nearest_correlation(tr, syn)
+    n_c, _ = nearest_correlation(held, syn)
+    exact = s_c >= cfg.exact_copy_correlation
+    pixel = _build_view("pixel", "correlation", s_c, s_nn, h_c, m_c, n_c, cfg, exact)
+    views = [pixel]
+
+    # Embedding view.
+    encoder_name = None
+    if cfg.encoder != "none":
+        if encoder is None:
+            from shared.metrics.encoders import get_encoder
+
+            encoder = get_encoder(cfg.encoder)
+        encoder_name = str(encoder.name)
+        e_s, e_t, e_h = (np.asarray(encoder.embed(x), np.float32) for x in (syn, tr, held))
+        d_s, e_nn = nearest_l2(e_s, e_t)
+        d_h, _ = nearest_l2(e_h, e_t)
+        d_m, _ = nearest_l2(e_t, e_s)
+        d_n, _ = nearest_l2(e_h, e_s)
+        views.append(_build_view(encoder_name, "distance", -d_s, e_nn, -d_h, -d_m, -d_n, cfg))
+
+    per_view = {v.space: _view_summary(v, len(tr), control, cfg)
+                for v in views}
+    emb = per_view.get(encoder_name) if encoder_name else None
+    any_copy = np.logical_or.reduce([v.is_copy for v in views])
+    mia_auc = max(pv["mia"]["auc"] for pv in per_view.values())
+    eps = (dp or {}).get("epsilon_spent") if dp else None
+
+    gates: dict[str, dict[str, Any]] = {}
+
+    def gate(name: str, value: float | None, limit: float | None, *, missing_fails: bool = False
+             ) -> None:
+        if limit is None:
+            return
+        passed = (not missing_fails) if value is None else value <= limit
+        gates[name] = {"value": value, "max": limit, "passed": bool(passed)}
+
+    gate("copy_rate", per_view["pixel"]["copy_rate"], cfg.max_copy_rate)
+    if emb is not None:
+        gate("copy_rate_embedding", emb["copy_rate"], cfg.max_copy_rate_embedding)
+    gate("train_with_copy", per_view["pixel"]["train_with_copy"], cfg.max_train_with_copy)
+    gate("mia_auc", mia_auc, cfg.max_mia_auc)
+    gate("epsilon", float(eps) if eps is not None else None, cfg.max_epsilon,
+         missing_fails=True)
+
+    from shared.config import to_dict
+
+    summary: dict[str, Any] = {
+        "kind": "memorization_audit",
+        "version": 1,
+        "encoder": encoder_name,
+        "n_synthetic": len(syn),
+        "n_synthetic_total": len(synthetic),
+        "n_train": len(tr),
+        "n_heldout": len(held),
+        "image_size": [int(synthetic.shape[1]), int(synthetic.shape[2])],
+        "copy_percentile": cfg.copy_percentile,
+        "expected_copy_rate_if_novel": round(1.0 - cfg.copy_percentile / 100.0, 6),
+        "copy_rate": per_view["pixel"]["copy_rate"],
+        "copy_rate_any_view": float(any_copy.mean()),
+        "exact_copies": int(exact.sum()),
+        "train_with_copy": per_view["pixel"]["train_with_copy"],
+        "mia_auc": mia_auc,
+        "views": per_view,
+        "dp": ({"epsilon_spent": eps, "delta": (dp or {}).get("delta")} if eps is not None
+               else None),
+        "gates": gates,
+        "gates_passed": all(g["passed"] for g in gates.values()),
+        "config": to_dict(cfg),
+    }
+    return AuditResult(summary, views, syn, labels, tr)

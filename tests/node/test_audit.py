@@ -1,0 +1,118 @@
+"""Memorization audit: planted copies are caught and fail the gate; honest samples pass."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+
+from node.audit import AuditConfig, AuditError, audit_arrays, run_audit
+
+SIZE = 32
+
+
+def phantoms(n: int, seed: int) -> np.ndarray:
+    """Phantom radiographs from engineer A's generator: every call is a new set of 'patients'."""
+    from node.phantoms import LESION_CLASSES, render
+
+    rng = np.random.default_rng([seed, 7])
+    out = np.empty((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        lesion = LESION_CLASSES[0] if i % 2 == 0 else LESION_CLASSES[1 + (i // 2) % 4]
+        img = render(rng, lesion, SIZE, float(np.exp(rng.normal(0, 0.1))))
+        out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+@cache
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return phantoms(160, 1), phantoms(80, 2), phantoms(200, 3)  # train, held-out, honest
+
+
+@cache
+def encoder() -> Any:
+    from shared.metrics.encoders import get_encoder
+
+    return get_encoder("domain")
+
+
+CFG = AuditConfig(n_boot=200)
+
+
+def test_planted_copies_are_flagged_and_fail_the_gate() -> None:
+    train, held, honest = data()
+    rng = np.random.default_rng(0)
+    syn = honest.copy()
+    planted = rng.choice(len(syn), 20, replace=False)
+    sources = rng.choice(len(train), 20, replace=False)
+    syn[planted[:10]] = train[sources[:10]]  # 5 % exact copies
+    noisy = train[sources[10:]].astype(np.float64) + rng.normal(0, 4.0, (10, SIZE, SIZE))
+    syn[planted[10:]] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)  # 5 % lightly noised
+    result = audit_arrays(syn, train, held, CFG, encoder=encoder())
+    pixel = result.views[0]
+    flagged = pixel.is_copy[planted]
+    assert flagged.mean() >= 0.95
+    # The flagged pairs point at the right training images.
+    assert (pixel.syn_nn[planted][flagged] == sources[flagged]).mean() >= 0.95
+    s = result.summary
+    assert s["exact_copies"] >= 10
+    assert not s["gates"]["copy_rate"]["passed"] and not s["gates_passed"]
+    assert s["train_with_copy"] >= 20 / len(train)
+
+
+def test_honest_samples_pass_the_gates() -> None:
+    train, held, honest = data()
+    s = audit_arrays(honest, train, held, CFG, encoder=encoder()).summary
+    assert s["gates_passed"], s["gates"]
+    assert s["copy_rate"] <= 0.10 and s["exact_copies"] == 0
+    for view in s["views"].values():
+        assert abs(view["mia"]["auc"] - 0.5) < 0.15
+        assert abs(view["mia_control"]["auc"] - 0.5) < 0.15
+        # Honest samples are about as far from training data as new patients are.
+        assert view["synthetic_to_train"]["p50"] == pytest.approx(
+            view["heldout_to_train"]["p50"], rel=0.2)
+
+
+def test_too_few_heldout_images_is_refused() -> None:
+    train, held, honest = data()
+    with pytest.raises(AuditError, match="held-out"):
+        audit_arrays(honest, train, held[:5], AuditConfig(encoder="none"))
+
+
+def test_run_audit_writes_local_report_and_numbers_only_summary(tmp_path: Path) -> None:
+    from node.store import Accepted, StoreWriter
+    from shared.synthetic import SyntheticSet
+
+    train, held, honest = data()
+    site = tmp_path / "site"
+    rows: list[tuple[np.ndarray, Literal["train", "test"]]] = (
+        [(t, "train") for t in train[:60]] + [(h, "test") for h in held[:30]])
+    with StoreWriter(site, size=SIZE) as w:
+        w.add_batch([Accepted(f"real-{i:03d}", img, "No finding", f"src-{i}", split=split)
+                     for i, (img, split) in enumerate(rows)])
+    SyntheticSet(honest[:50], np.arange(50) % 2, ["normal", "abnormal"],
+                 {"run_name": "r1"}).save(site / "synthetic" / "default")
+    runs = site / "runs" / "r1"
+    runs.mkdir(parents=True)
+    (runs / "metrics.json").write_text(json.dumps({"dp": {"epsilon_spent": 4.2, "delta": 1e-3}}))
+    summary = run_audit(site, cfg=AuditConfig(encoder="none", n_boot=100, max_epsilon=5.0),
+                        progress=False)
+    html = (site / "audit" / "report.html").read_text()
+    assert "must stay on site" in html.splitlines()[0]
+    assert html.count("data:image/png;base64,") >= 2 * 24 + 1  # pairs + histogram
+    on_disk = json.loads((site / "audit" / "summary.json").read_text())
+    assert on_disk == summary and summary["dp"]["epsilon_spent"] == 4.2
+    assert summary["gates"]["epsilon"]["passed"]
+
+    def lists(obj: Any) -> list[list[Any]]:
+        if isinstance(obj, dict):
+            return [x for v in obj.values() for x in lists(v)]
+        return [obj] if isinstance(obj, list) else []
+
+    # Numbers only: no per-image vectors, no image ids.
+    assert all(len(x) <= 2 for x in lists(summary))
+    assert "real-0" not in json.dumps(summary)
