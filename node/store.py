@@ -351,3 +351,25 @@ class SiteStore:
 
     def skipped(self) -> list[Skipped]:
         return [Skipped(*s) for s in self._skipped]
+
+    def __iter__(self) -> Iterator[Sample]:
+        """``for sample in store`` is ``store.samples()``: every image in image-id order."""
+        return self.samples()
+
+    def provenance(self) -> dict[str, str]:
+        """The local provenance map: image id → source (path relative to the DICOM folder,
+        or an importer key). It names real files, so it never leaves the site."""
+        catalog = self.site_dir / "store" / "catalog.sqlite"
+        con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+        try:
+            return dict(con.execute("SELECT image_id, source_key FROM images ORDER BY image_id"))
+        finally:
+            con.close()
+
+    def report(self) -> dict[str, object] | None:
+        """The last preprocessing/import report (``store/preprocess-report.json``), if any."""
+        path = self.site_dir / "store" / "preprocess-report.json"
+        if not path.exists():
+            return None
+        data: dict[str, object] = json.loads(path.read_text())
+        return data

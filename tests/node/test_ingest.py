@@ -81,6 +81,10 @@ def test_phantom_site_is_ingested_with_labels_split_and_boxes(
     assert {s.split for s in samples} == {"train", "test"}
     report = (reference / "store" / REPORT_NAME).read_text()
     assert '"accepted": 40' in report and '"skipped": 0' in report
+    assert store.report() is not None and store.report()["accepted"] == 40  # type: ignore[index]
+    # The local provenance map ties each image to its source file; iteration = samples().
+    assert store.provenance() == {i: f"{i}.dcm" for i in expected}
+    assert [s.image_id for s in store] == sorted(expected)
 
 
 def test_no_phi_value_appears_in_any_byte_under_the_site_dir(
