@@ -15,6 +15,10 @@ from node.commands import make_phantoms, preprocess  # noqa: E402
 
 app.command("make-phantoms")(make_phantoms.command)
 app.command("preprocess")(preprocess.command)
+from node.commands import import_npz, import_png  # noqa: E402
+
+app.command("import-npz")(import_npz.command)
+app.command("import-png")(import_png.command)
 from node.commands import baseline, evaluate  # noqa: E402
 
 app.command("baseline")(baseline.command)
