@@ -23,3 +23,8 @@ from node.commands import baseline, evaluate  # noqa: E402
 
 app.command("baseline")(baseline.command)
 app.command("evaluate")(evaluate.command)
+from node.commands import audit, export, keygen  # noqa: E402
+
+app.command("keygen")(keygen.command)
+app.command("audit")(audit.command)
+app.command("export")(export.command)

@@ -8,3 +8,6 @@ app = typer.Typer(help="Check signed bundles, metric records and reports offline
                   no_args_is_help=True)
 
 # One module per command (shared/commands/audit_*.py); add a line here when one works.
+from shared.commands import audit_verify  # noqa: E402
+
+app.command("verify")(audit_verify.command)

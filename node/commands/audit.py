@@ -1,0 +1,54 @@
+"""`synthlearn node audit`: memorization audit of a synthetic set (local HTML + JSON summary)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def command(
+    site_dir: Path = typer.Option(..., "--site-dir", help="The site directory."),
+    synthetic: str = typer.Option("default", "--synthetic",
+                                  help="Name of the synthetic set (SITE/synthetic/NAME)."),
+    config: Path | None = typer.Option(None, "--config",
+                                       help="TOML file; its [audit] table sets the gates."),
+    encoder: str | None = typer.Option(None, "--encoder",
+                                       help="'domain' (default), 'none' (pixels only)."),
+    max_copy_rate: float | None = typer.Option(None, "--max-copy-rate",
+                                               help="Gate on the copy rate (default 0.10)."),
+    max_mia_auc: float | None = typer.Option(None, "--max-mia-auc",
+                                             help="Gate on the membership-inference AUC "
+                                                  "(default 0.60)."),
+    max_epsilon: float | None = typer.Option(None, "--max-epsilon",
+                                             help="Also require DP training with ε ≤ this."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Find copies of training images among synthetic ones; exit 1 when a gate fails."""
+    import dataclasses
+
+    from node.audit import AuditConfig, run_audit
+    from shared.commands.audit_verify import print_gates
+    from shared.config import load_toml
+
+    cfg = load_toml(AuditConfig, config, "audit") if config else AuditConfig()
+    pairs: list[tuple[str, Any]] = [("encoder", encoder), ("max_copy_rate", max_copy_rate),
+                                    ("max_mia_auc", max_mia_auc), ("max_epsilon", max_epsilon)]
+    overrides = {k: v for k, v in pairs if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    summary = run_audit(site_dir, synthetic, cfg, progress=not no_progress)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print_gates(summary)
+        typer.echo(f"copy rate {summary['copy_rate']:.4f} · training images with a copy "
+                   f"{summary['train_with_copy']:.4f} · MIA AUC {summary['mia_auc']:.3f} · "
+                   f"ε {summary['dp']['epsilon_spent'] if summary['dp'] else 'not private'}")
+        typer.echo(f"local report (stays on site): {site_dir / 'audit' / 'report.html'}")
+        typer.echo(f"exportable summary: {site_dir / 'audit' / 'summary.json'}")
+    if not summary["gates_passed"]:
+        typer.echo("audit FAILED: export will be refused without --accept-risk", err=True)
+        raise typer.Exit(1)

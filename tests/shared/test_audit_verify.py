@@ -1,0 +1,91 @@
+"""`synthlearn audit verify`: readable verdicts and exit codes an auditor can script on."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from shared.bundle import write_bundle
+from shared.cli import app
+from shared.signing import PUBLIC_NAME, generate_keypair, sign_record
+from shared.synthetic import SyntheticSet
+
+runner = CliRunner()
+
+
+def setup(tmp: Path) -> tuple[Path, Path]:
+    keys, trust = tmp / "keys", tmp / "trust"
+    generate_keypair(keys)
+    trust.mkdir()
+    (trust / "site-a.pub").write_bytes((keys / PUBLIC_NAME).read_bytes())
+    return keys, trust
+
+
+def bundle(tmp: Path, keys: Path, name: str, audit: dict, risk: str | None = None) -> Path:
+    syn = SyntheticSet(np.full((4, 8, 8), 9, np.uint8), np.array([0, 1, 0, 1]), ["n", "a"])
+    out = tmp / name
+    write_bundle(out, syn, site="site-a", key_dir=keys, metrics={}, audit=audit,
+                 dp={"epsilon_spent": 3.0, "delta": 1e-4}, config={}, accepted_risk=risk)
+    return out
+
+
+GOOD = {"gates_passed": True, "gates": {"copy_rate": {"value": 0.01, "max": 0.1,
+                                                      "passed": True}}}
+BAD = {"gates_passed": False, "gates": {"copy_rate": {"value": 0.3, "max": 0.1,
+                                                     "passed": False}}}
+
+
+def test_bundle_verdicts_and_exit_codes(tmp_path: Path) -> None:
+    keys, trust = setup(tmp_path)
+    good = bundle(tmp_path, keys, "good.slbundle", GOOD)
+    r = runner.invoke(app, ["audit", "verify", str(good), "--trust", str(trust)])
+    assert r.exit_code == 0, r.output
+    assert "VERDICT: VALID" in r.output and "site-a.pub" in r.output and "ε 3.0" in r.output
+
+    tampered = tmp_path / "tampered.slbundle"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tampered, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data.replace(b",1,a", b",0,n") if info.filename == "labels.csv"
+                          else data)
+    r = runner.invoke(app, ["audit", "verify", str(tampered), "--trust", str(trust)])
+    assert r.exit_code == 1 and "hash-mismatch" in r.output and "labels.csv" in r.output
+
+    risky = bundle(tmp_path, keys, "risky.slbundle", BAD, risk="reviewed by the DPO, ok")
+    r = runner.invoke(app, ["audit", "verify", str(risky), "--trust", str(trust)])
+    assert r.exit_code == 3 and "reviewed by the DPO" in r.output and "copy_rate" in r.output
+    unsigned_fail = bundle(tmp_path, keys, "fail.slbundle", BAD)
+    r = runner.invoke(app, ["audit", "verify", str(unsigned_fail), "--trust", str(trust)])
+    assert r.exit_code == 1 and "gates" in r.output
+
+    seen = tmp_path / "seen.txt"
+    bid = json.loads(zipfile.ZipFile(good).read("manifest.json"))["bundle_id"]
+    seen.write_text(bid + "\n")
+    r = runner.invoke(app, ["audit", "verify", str(good), "--trust", str(trust), "--seen",
+                            str(seen), "--json"])
+    assert r.exit_code == 1 and json.loads(r.output)["failed"] == "replayed"
+
+
+def test_signed_records_and_reports(tmp_path: Path) -> None:
+    keys, trust = setup(tmp_path)
+    rec = sign_record({"kind": "evaluation", "auc": 0.88}, keys)
+    single = tmp_path / "eval.json"
+    single.write_text(json.dumps(rec))
+    r = runner.invoke(app, ["audit", "verify", str(single), "--trust", str(trust)])
+    assert r.exit_code == 0 and "evaluation" in r.output and "VERDICT: VALID" in r.output
+
+    forged = json.loads(json.dumps(rec))
+    forged["payload"]["auc"] = 0.99
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"sites": {"a": rec, "b": forged}}))
+    r = runner.invoke(app, ["audit", "verify", str(report), "--trust", str(trust)])
+    assert r.exit_code == 1 and "$.sites.b" in r.output and "bad-signature" in r.output
+
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"auc": 0.9}))
+    r = runner.invoke(app, ["audit", "verify", str(plain), "--trust", str(trust)])
+    assert r.exit_code == 1 and "not-signed" in r.output
