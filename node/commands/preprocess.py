@@ -19,6 +19,9 @@ def command(
                                         help="Share of patients in the test split."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per store shard."),
+    min_side: int = typer.Option(128, "--min-side",
+                                 help="Skip images whose smallest side is under this (the "
+                                      "seed rule is 128; lower it only for small phantoms)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or skip lines."),
 ) -> None:
@@ -33,7 +36,8 @@ def command(
     from node.ingest import REPORT_NAME, preprocess
 
     report = preprocess(dicom_dir, labels, site_dir, size=size, test_fraction=test_fraction,
-                        workers=workers or None, progress=not quiet, batch_size=batch_size)
+                        workers=workers or None, progress=not quiet, batch_size=batch_size,
+                        min_side=min_side)
     store = report["store"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
