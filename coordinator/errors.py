@@ -1,0 +1,29 @@
+"""Errors raised on the coordinator side. Messages name the file and say what to do."""
+
+from __future__ import annotations
+
+from shared.errors import SynthlearnError
+
+
+class CoordinatorError(SynthlearnError):
+    """Base class for coordinator failures the admin can act on."""
+
+
+class FlowerProcessError(CoordinatorError):
+    """A Flower process (SuperLink, SuperNode, `flwr run`) did not start or failed."""
+
+
+class RunFailedError(CoordinatorError):
+    """A Flower run ended in a state other than finished:completed."""
+
+
+class StateError(CoordinatorError):
+    """The coordinator's SQLite state is missing, locked, or from another run."""
+
+
+class PoolError(CoordinatorError):
+    """No bundle could be pooled (every one was rejected, or the folder is empty)."""
+
+
+class ReportError(CoordinatorError):
+    """Evaluation replies or run results cannot be turned into a report."""

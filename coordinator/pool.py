@@ -1,0 +1,194 @@
+"""Verify, de-duplicate and balance site bundles into one pooled synthetic set.
+
+The same function serves both transports: bundles that arrived over Flower are written to
+files first, so an air-gapped site's USB stick and a SuperNode's reply are checked by exactly
+the same code (:func:`shared.bundle.verify_bundle`). A bad bundle never stops the pool: it is
+recorded with its reason (and its site marked *excluded*), and the good ones are pooled.
+
+Checks beyond the bundle's own verification:
+
+* **replay**: a bundle id pooled by an earlier run is refused (``replayed``); so is a second
+  copy of the same bundle inside one pool;
+* **one bundle per site**: a second bundle from the same site in one pool is refused
+  (``duplicate-site``) — the first, in name order, is kept;
+* **compatibility**: every bundle must have the class list and image size of the first good
+  one (``class-mismatch`` / ``size-mismatch``);
+* **duplicate images**: byte-identical images across bundles are kept once;
+* **balance** (optional): undersample each class to the smallest class's count, so the
+  downstream CNN does not learn the site mix instead of the lesions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.errors import PoolError
+from coordinator.state import CoordinatorState
+from shared.synthetic import SyntheticSet
+
+
+@dataclass
+class PoolResult:
+    """The pooled set plus what was accepted and rejected, and why."""
+
+    pooled: SyntheticSet | None
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicates_dropped: int = 0
+    balanced_dropped: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "images": 0 if self.pooled is None else len(self.pooled),
+            "counts": {} if self.pooled is None else self.pooled.counts(),
+            "class_names": [] if self.pooled is None else list(self.pooled.class_names),
+            "duplicates_dropped": self.duplicates_dropped,
+            "balanced_dropped": self.balanced_dropped,
+        }
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _site_hint(path: Path) -> str | None:
+    """Best-effort site name of a bundle that failed verification (for the report only)."""
+    from shared.bundle import read_manifest_unverified
+
+    try:
+        site = read_manifest_unverified(path).get("site")
+        return str(site) if site else None
+    except Exception:  # a corrupt file has no readable manifest; that is what we report
+        return None
+
+
+def pool_bundles(paths: Iterable[Path], trust_dir: Path, state: CoordinatorState,
+                 run: str = "pool", *, balance: bool = True, seed: int = 0,
+                 out_dir: Path | None = None) -> PoolResult:
+    """Verify every bundle in ``paths``, pool the good ones, record every verdict in ``state``.
+
+    ``run`` names this pooling; re-pooling the same run (after a coordinator restart) does not
+    count its own earlier verdicts as replays. When ``out_dir`` is given the pooled set is
+    saved to ``out_dir/pooled`` and the summary to ``out_dir/pool.json``.
+    """
+    from shared.bundle import BundleError, verify_bundle
+    from shared.signing import SigningError
+
+    state.clear_run_bundles(run)
+    seen = state.pooled_ids(exclude_run=run)
+    result = PoolResult(pooled=None)
+    kept: list[Any] = []
+    sites_in_pool: set[str] = set()
+    for path in sorted(Path(p) for p in paths):
+        sha = _sha256(path)
+        try:
+            vb = verify_bundle(path, trust_dir, seen_ids=seen)
+        except (BundleError, SigningError) as exc:
+            reason = getattr(exc, "reason", "invalid")
+            site = _site_hint(path)
+            result.rejected.append({"path": str(path), "site": site, "reason": reason,
+                                    "message": str(exc)})
+            state.record_bundle(run, verdict="rejected", bundle_id=None, sha256=sha, site=site,
+                                path=str(path), reason=reason, message=str(exc))
+            continue
+        problem: tuple[str, str] | None = None
+        if vb.site in sites_in_pool:
+            problem = ("duplicate-site", f"a bundle from site {vb.site} is already in this pool")
+        elif kept:
+            first = kept[0].synthetic
+            if list(vb.synthetic.class_names) != list(first.class_names):
+                problem = ("class-mismatch", f"classes {vb.synthetic.class_names} differ from "
+                           f"the pool's {first.class_names}")
+            elif vb.synthetic.images.shape[1:] != first.images.shape[1:]:
+                problem = ("size-mismatch", f"image size {vb.synthetic.images.shape[1:]} "
+                           f"differs from the pool's {first.images.shape[1:]}")
+        if problem is not None:
+            result.rejected.append({"path": str(path), "site": vb.site, "reason": problem[0],
+                                    "message": f"{path}: {problem[1]}"})
+            state.record_bundle(run, verdict="rejected", bundle_id=vb.bundle_id, sha256=sha,
+                                site=vb.site, path=str(path), reason=problem[0],
+                                message=problem[1])
+            continue
+        seen = set(seen) | {vb.bundle_id}
+        sites_in_pool.add(vb.site)
+        kept.append(vb)
+        state.upsert_site(vb.site, vb.key_fingerprint, vb.key_name)
+        state.record_bundle(run, verdict="pooled", bundle_id=vb.bundle_id, sha256=sha,
+                            site=vb.site, path=str(path), images=len(vb.synthetic))
+        manifest = vb.manifest
+        result.accepted.append({
+            "path": str(path), "site": vb.site, "bundle_id": vb.bundle_id,
+            "key_fingerprint": vb.key_fingerprint, "images": len(vb.synthetic),
+            "counts": vb.synthetic.counts(), "dp": manifest.get("dp"),
+            "audit": manifest.get("audit"), "accepted_risk": manifest.get("accepted_risk"),
+            "metrics": manifest.get("metrics"), "software_version":
+                manifest.get("software_version"), "created_at": manifest.get("created_at"),
+        })
+    if kept:
+        result.pooled = _merge(kept, result, balance=balance, seed=seed)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if result.pooled is not None:
+            result.pooled.save(out_dir / "pooled")
+        (out_dir / "pool.json").write_text(json.dumps(result.summary(), indent=2,
+                                                      sort_keys=True, default=str) + "\n")
+    return result
+
+
+def _merge(kept: list[Any], result: PoolResult, *, balance: bool, seed: int) -> SyntheticSet:
+    images, labels, sources = [], [], []
+    seen_hashes: set[bytes] = set()
+    for vb in kept:
+        for img, lab in zip(vb.synthetic.images, vb.synthetic.labels, strict=True):
+            digest = hashlib.sha256(img.tobytes()).digest()
+            if digest in seen_hashes:
+                result.duplicates_dropped += 1
+                continue
+            seen_hashes.add(digest)
+            images.append(img)
+            labels.append(int(lab))
+            sources.append(vb.site)
+    x = np.stack(images).astype(np.uint8)
+    y = np.asarray(labels, dtype=np.int64)
+    src = np.asarray(sources)
+    class_names = list(kept[0].synthetic.class_names)
+    if balance:
+        counts = np.bincount(y, minlength=len(class_names))
+        present = counts[counts > 0]
+        target = int(present.min()) if len(present) else 0
+        rng = np.random.default_rng(seed)
+        keep = np.zeros(len(y), bool)
+        for c in range(len(class_names)):
+            idx = np.flatnonzero(y == c)
+            if len(idx) > target:
+                idx = rng.choice(idx, target, replace=False)
+            keep[idx] = True
+        result.balanced_dropped = int((~keep).sum())
+        x, y, src = x[keep], y[keep], src[keep]
+    info = {"sites": sorted(set(src.tolist())),
+            "bundle_ids": [vb.bundle_id for vb in kept],
+            "per_site": {s: int((src == s).sum()) for s in sorted(set(src.tolist()))},
+            "synthetic_only": True}
+    return SyntheticSet(x, y, class_names, info)
+
+
+def require_pool(result: PoolResult, where: Path | str) -> SyntheticSet:
+    """The pooled set, or a :class:`PoolError` listing every rejection reason."""
+    if result.pooled is None or len(result.pooled) == 0:
+        reasons = "; ".join(f"{r.get('site') or r['path']}: {r['reason']}"
+                            for r in result.rejected) or "no bundles found"
+        raise PoolError(f"{where}: no bundle could be pooled ({reasons}); fix the rejected "
+                        "bundles or add the sites' public keys to the trust folder")
+    return result.pooled

@@ -1,0 +1,261 @@
+"""The run report: one self-contained HTML page people open, plus the same facts as JSON.
+
+Per site, side by side (DESIGN §4): the **local real** baseline (the site's CNN on its own real
+images), **own synthetic** (same recipe on the site's own synthetic images) and **pooled
+synthetic** (the coordinator's CNN), each as AUC with its bootstrap 95 % CI, measured on that
+site's real test split and signed by the site's key. The **utility ratio** is pooled / local
+real (and pooled / centralised real when a benchmark supplies that upper bound). Sites that
+dropped out or were excluded are listed with the reason, never silently omitted.
+
+The page needs no network (inline CSS and SVG, no scripts), so it opens the same inside a
+hospital network as on the coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from shared.config import atomic_write_bytes
+
+ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
+COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else f"{float(x):.{digits}f}"
+
+
+def utility_ratio(pooled: dict[str, Any] | None, reference: dict[str, Any] | None) -> float | None:
+    """pooled AUC / reference AUC, or None when either is missing."""
+    if not pooled or not reference:
+        return None
+    a, b = pooled.get("auc"), reference.get("auc")
+    if a is None or not b:
+        return None
+    return round(float(a) / float(b), 4)
+
+
+def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, Any] | None,
+                 cnn: dict[str, Any] | None, phases: dict[str, float] | None = None,
+                 mode: str = "", transport: str = "flower",
+                 centralised: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report document. ``sites`` maps a site name to ``{"status", "reason", "baseline",
+    "own", "pooled", "problems", "bundle"}`` (verified records or None)."""
+    from shared import __version__
+
+    rows = []
+    for name in sorted(sites):
+        s = sites[name]
+        row = {
+            "site": name,
+            "status": s.get("status", "ok"),
+            "reason": s.get("reason", ""),
+            "bundle": s.get("bundle"),
+            "problems": list(s.get("problems", [])),
+        }
+        for role, _ in ROLES:
+            rec = s.get(role)
+            row[role] = None if not rec else {
+                k: rec.get(k) for k in ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg",
+                                        "n_boot", "verified", "key_fingerprint",
+                                        "weights_sha256", "sensitivity", "specificity")
+                if k in rec}
+        row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
+        if centralised:
+            row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
+        rows.append(row)
+    return {
+        "format": "synthlearn-report",
+        "run": run,
+        "mode": mode,
+        "transport": transport,
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "software_version": __version__,
+        "sites": rows,
+        "pool": pool,
+        "cnn": cnn,
+        "centralised": centralised,
+        "phases_seconds": phases or {},
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` into ``out_dir``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+    atomic_write_bytes(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)
+                                   + "\n").encode())
+    atomic_write_bytes(html_path, render_html(report).encode("utf-8"))
+    return html_path, json_path
+
+
+# -- HTML -------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;color:#222;padding:0 1rem;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
+border-bottom:1px solid #ddd;padding-bottom:.3rem}
+.sub{color:#666;margin-top:0}table{border-collapse:collapse;width:100%;font-size:.92rem}
+th,td{padding:.45rem .6rem;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#f6f7f9;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a7f37;font-weight:600}.bad{color:#b42318;font-weight:600}
+.warn{color:#9a6700;font-weight:600}.pill{display:inline-block;border-radius:1rem;
+padding:.05rem .55rem;font-size:.8rem;background:#eef}.legend span{margin-right:1.2rem}
+.sw{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;
+vertical-align:middle}.note{background:#f6f7f9;border-left:4px solid #4c72b0;
+padding:.6rem .9rem;font-size:.9rem}code{font-size:.85rem}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{flex:1;min-width:180px;border:1px solid #e3e3e3;
+border-radius:8px;padding:.8rem 1rem}.card b{font-size:1.5rem;display:block}
+"""
+
+
+def _auc_cell(rec: dict[str, Any] | None) -> str:
+    if not rec or rec.get("auc") is None:
+        return '<td class="n">–</td>'
+    mark = ' <span title="signature verified">✔</span>' if rec.get("verified") else ""
+    return (f'<td class="n">{_num(rec["auc"])}{mark}<br><small>[{_num(rec.get("ci_low"))}, '
+            f'{_num(rec.get("ci_high"))}]</small></td>')
+
+
+def _forest_svg(rows: list[dict[str, Any]]) -> str:
+    """AUC with CI per site and role, on a shared 0.4–1.0 axis (inline SVG, no scripts)."""
+    shown = [r for r in rows if any(r.get(role) for role, _ in ROLES)]
+    if not shown:
+        return ""
+    left, width, row_h, lo, hi = 130, 560, 18, 0.4, 1.0
+    height = 30 + len(shown) * (row_h * 3 + 14)
+
+    def x(v: float) -> float:
+        return left + (min(max(v, lo), hi) - lo) / (hi - lo) * width
+
+    parts = [f'<svg role="img" aria-label="AUC with 95% CI per site" width="{left + width + 20}"'
+             f' height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="12">']
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="15" y2="{height - 5}" '
+                     f'stroke="#eee"/><text x="{x(t):.1f}" y="11" text-anchor="middle" '
+                     f'fill="#666">{t:.1f}</text>')
+    y = 30
+    for r in shown:
+        parts.append(f'<text x="0" y="{y + row_h + 4}" font-weight="600">'
+                     f'{html.escape(r["site"])}</text>')
+        for i, (role, _) in enumerate(ROLES):
+            rec = r.get(role)
+            cy = y + i * row_h + 9
+            if rec and rec.get("auc") is not None:
+                c = COLOURS[role]
+                if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
+                    parts.append(f'<line x1="{x(float(rec["ci_low"])):.1f}" '
+                                 f'x2="{x(float(rec["ci_high"])):.1f}" y1="{cy}" y2="{cy}" '
+                                 f'stroke="{c}" stroke-width="2"/>')
+                parts.append(f'<circle cx="{x(float(rec["auc"])):.1f}" cy="{cy}" r="4.5" '
+                             f'fill="{c}"/>')
+        y += row_h * 3 + 14
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _status(row: dict[str, Any]) -> str:
+    st = row["status"]
+    cls = "ok" if st == "ok" else ("warn" if st == "dropped" else "bad")
+    return f'<span class="{cls}">{html.escape(st)}</span>'
+
+
+def render_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+    rows: list[dict[str, Any]] = report["sites"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    pooled = [r["pooled"]["auc"] for r in ok if r.get("pooled") and r["pooled"].get("auc")
+              is not None]
+    ratios = [r["utility_ratio"] for r in ok if r.get("utility_ratio") is not None]
+    pool = report.get("pool") or {}
+    cnn = report.get("cnn") or {}
+    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+           "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+           f"<title>synthlearn report — {esc(str(report['run']))}</title>",
+           f"<style>{_CSS}</style></head><body>",
+           f"<h1>synthlearn federation report</h1><p class='sub'>run <code>"
+           f"{esc(str(report['run']))}</code> · {esc(str(report.get('mode') or ''))} mode over "
+           f"{esc(str(report.get('transport')))} · {esc(str(report['created_at']))} · "
+           f"synthlearn {esc(str(report['software_version']))}</p>",
+           "<div class='cards'>",
+           f"<div class='card'>Sites evaluated<b>{len(ok)} / {len(rows)}</b></div>",
+           f"<div class='card'>Pooled synthetic images<b>{pool.get('images', '–')}</b></div>",
+           "<div class='card'>Mean pooled AUC<b>"
+           f"{_num(sum(pooled) / len(pooled)) if pooled else '–'}</b></div>",
+           "<div class='card'>Mean utility ratio<b>"
+           f"{_num(sum(ratios) / len(ratios), 2) if ratios else '–'}</b></div></div>",
+           "<p class='note'>Every AUC below was computed <b>at the site</b>, on its own real "
+           "test split, and signed with the site's key (✔ = signature verified here against "
+           "the trust folder). The pooled CNN was trained by the coordinator on synthetic "
+           "images only; no real image left any site.</p>",
+           "<h2>AUC per site (95 % bootstrap CI)</h2><table><tr><th>Site</th><th>Status</th>"
+           "<th>Local real</th><th>Own synthetic</th><th>Pooled synthetic</th>"
+           "<th>Utility ratio<br><small>pooled / local</small></th><th>Test images</th></tr>"]
+    for r in rows:
+        ref = r.get("pooled") or r.get("baseline") or {}
+        util = r.get("utility_ratio")
+        out.append(f"<tr><td><b>{esc(r['site'])}</b></td><td>{_status(r)}</td>"
+                   f"{_auc_cell(r.get('baseline'))}{_auc_cell(r.get('own'))}"
+                   f"{_auc_cell(r.get('pooled'))}<td class='n'>"
+                   f"{_num(util, 2) if util is not None else '–'}</td>"
+                   f"<td class='n'>{ref.get('n_test', '–')}</td></tr>")
+    out.append("</table>")
+    legend = "".join(f"<span><i class='sw' style='background:{COLOURS[k]}'></i>{esc(v)}</span>"
+                     for k, v in ROLES)
+    out.append(f"<p class='legend'>{legend}</p>{_forest_svg(rows)}")
+    gone = [r for r in rows if r["status"] != "ok" or r.get("problems")]
+    out.append("<h2>Dropped, excluded and refused sites</h2>")
+    if gone:
+        out.append("<table><tr><th>Site</th><th>Status</th><th>Reason</th></tr>")
+        for r in gone:
+            reason = r.get("reason") or ""
+            if r.get("problems"):
+                reason = (reason + "; " if reason else "") + "; ".join(r["problems"])
+            out.append(f"<tr><td>{esc(r['site'])}</td><td>{_status(r)}</td>"
+                       f"<td>{esc(reason)}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>None: every site sent a verified bundle and signed evaluations.</p>")
+    out.append("<h2>Pooled synthetic set</h2>")
+    acc = pool.get("accepted") or []
+    if acc:
+        out.append("<table><tr><th>Site</th><th>Bundle id</th><th>Images</th><th>Per class</th>"
+                   "<th>Audit gates</th><th>DP ε</th><th>Key</th></tr>")
+        for a in acc:
+            audit = a.get("audit") or {}
+            gates = audit.get("gates_passed")
+            gate_txt = ("passed" if gates else "overridden" if a.get("accepted_risk")
+                        else "failed" if gates is False else "–")
+            dp = a.get("dp") or {}
+            eps = dp.get("epsilon_spent", dp.get("epsilon")) if isinstance(dp, dict) else None
+            counts = ", ".join(f"{esc(str(k))}: {v}" for k, v in (a.get("counts") or {}).items())
+            out.append(f"<tr><td>{esc(str(a.get('site')))}</td><td><code>"
+                       f"{esc(str(a.get('bundle_id')))[:13]}…</code></td><td class='n'>"
+                       f"{a.get('images')}</td><td>{counts}</td><td>{gate_txt}</td>"
+                       f"<td class='n'>{_num(eps, 2) if eps is not None else 'not private'}"
+                       f"</td><td><code>{esc(str(a.get('key_fingerprint')))[:19]}…</code>"
+                       "</td></tr>")
+        out.append("</table>")
+    counts = ", ".join(f"{esc(str(k))}: {v}" for k, v in (pool.get("counts") or {}).items())
+    out.append(f"<p>Pooled: {pool.get('images', 0)} images ({counts}); "
+               f"{pool.get('duplicates_dropped', 0)} duplicate images and "
+               f"{pool.get('balanced_dropped', 0)} for class balance dropped.</p>")
+    if cnn:
+        out.append(f"<h2>Downstream CNN</h2><p>Trained on <b>{cnn.get('n_images')} synthetic "
+                   f"images</b> only ({cnn.get('epochs_run')} epochs, stopped by "
+                   f"{esc(str(cnn.get('stopped')))}, {cnn.get('seconds')} s on "
+                   f"{esc(str(cnn.get('device')))}); weights SHA-256 <code>"
+                   f"{esc(str(cnn.get('weights_sha256')))}</code>.</p>")
+    phases = report.get("phases_seconds") or {}
+    if phases:
+        out.append("<h2>Run phases</h2><table><tr><th>Phase</th><th>Seconds</th></tr>")
+        out.extend(f"<tr><td>{esc(p)}</td><td class='n'>{s}</td></tr>"
+                   for p, s in phases.items())
+        out.append("</table>")
+    out.append("<p class='sub'>Machine-readable copy: <code>report.json</code> (same folder)."
+               "</p></body></html>")
+    return "\n".join(out)

@@ -1,0 +1,118 @@
+"""The site's Flower ClientApp: a thin adapter from Flower messages to :mod:`node.federation`.
+
+Flower starts one ClientApp process per message. The site directory and key come from the
+SuperNode's ``--node-config`` (set by the hospital's admin via ``synthlearn node join``), never
+from the coordinator. Every request is checked against :data:`node.federation.ACTIONS`; a
+request for anything else gets a ``refused`` reply with the reason instead of data.
+
+Message layout (protocol 1):
+
+* request: ``ConfigRecord "request"`` (action, protocol, parameters); for ``evaluate`` also
+  ``ArrayRecord "weights"`` with the npz bytes as uint8 arrays ("pooled", optionally "own");
+* reply: ``ConfigRecord "reply"`` (status, site, numbers, one JSON document of signed
+  records); for ``export-bundle`` also ``ArrayRecord "bundle"`` (the signed bundle file as
+  uint8; Flower chunks it).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from node.federation import (
+    NodeSettings,
+    Reply,
+    RequestRefusedError,
+    handle_evaluate,
+    handle_export,
+    handle_ping,
+    refusal,
+    settings_from_node_config,
+)
+from shared.errors import SynthlearnError
+
+app = ClientApp()
+
+
+def _request(msg: Message) -> dict[str, Any]:
+    if "request" not in msg.content.config_records:
+        raise RequestRefusedError("message has no 'request' config record")
+    return dict(msg.content.config_records["request"])
+
+
+def _to_message(reply: Reply, msg: Message) -> Message:
+    content = RecordDict({"reply": ConfigRecord(dict(reply.config))})
+    if reply.bundle is not None:
+        arr = np.frombuffer(reply.bundle, dtype=np.uint8)
+        content["bundle"] = ArrayRecord({"bundle": Array(arr)})
+    return Message(content=content, reply_to=msg)
+
+
+def _answer(msg: Message, context: Context, expected: str) -> Message:
+    settings: NodeSettings | None = None
+    action = expected
+    try:
+        settings = settings_from_node_config(dict(context.node_config))
+        request = _request(msg)
+        action = str(request.get("action", expected))
+        if action not in _HANDLERS[expected]:
+            raise RequestRefusedError(f"action {action!r} is not answered on a {expected} message")
+        if action == "ping":
+            reply = handle_ping(settings, request)
+        elif action == "export-bundle":
+            reply = handle_export(settings, request, log=print)
+        else:
+            weights: dict[str, bytes] = {}
+            if "weights" in msg.content.array_records:
+                for role, arr in msg.content.array_records["weights"].items():
+                    weights[role] = arr.numpy().astype(np.uint8, copy=False).tobytes()
+            if "pooled" not in weights:
+                raise RequestRefusedError("evaluate request carries no 'pooled' weights")
+            reply = handle_evaluate(settings, request, weights)
+    except RequestRefusedError as exc:
+        reply = refusal(action, str(exc), settings)
+    except SynthlearnError as exc:
+        # A known failure (missing store, failed audit gate…): the message, not a traceback,
+        # goes back, so no local path detail beyond what the error names.
+        reply = refusal(action, f"{type(exc).__name__}: {exc}", settings)
+        reply.config["status"] = "failed"
+    except Exception as exc:  # an unexpected bug: log locally, send only its type
+        traceback.print_exc()
+        reply = refusal(action, f"unexpected {type(exc).__name__} at the site; see the "
+                                "SuperNode log there", settings)
+        reply.config["status"] = "failed"
+    return _to_message(reply, msg)
+
+
+_HANDLERS = {"query": ("ping",), "train": ("export-bundle",), "evaluate": ("evaluate",)}
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """``ping``: site name, software version, key fingerprint."""
+    return _answer(msg, context, "query")
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """``export-bundle``: a fresh signed bundle (optionally after training on request)."""
+    return _answer(msg, context, "train")
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """``evaluate``: signed AUC + CI of the sent CNN weights on the real test split."""
+    return _answer(msg, context, "evaluate")
+
+
+def describe_reply(msg: Message) -> dict[str, Any]:
+    """The reply's config as a plain dict (for logs and tests)."""
+    cfg = dict(msg.content.config_records["reply"])
+    if "reply-json" in cfg:
+        cfg["reply-json"] = json.loads(str(cfg["reply-json"]))
+    return cfg

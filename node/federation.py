@@ -1,0 +1,425 @@
+"""What a site answers to the coordinator, in either transport (Flower or files).
+
+No Flower here: :mod:`node.client_app` turns Flower messages into calls of these functions,
+and ``synthlearn node evaluate --request FILE`` calls the same ones for air-gapped sites.
+
+The rule this module enforces (DESIGN §2): a reply holds only a signed bundle (synthetic
+images, labels, numbers) or signed number-only records (evaluation AUC + CI, the local
+baseline). Requests are checked against a fixed list of actions and keys and refused, with a
+reason, when they ask for anything else — real pixels, weights, per-image scores, or a
+different accepted-risk override than the one the site's admin configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import SynthlearnError
+
+PROTOCOL = 1
+"""Version of the request/reply documents below; both sides refuse another version."""
+
+ACTIONS: dict[str, frozenset[str]] = {
+    "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),
+    "export-bundle": frozenset({
+        "protocol", "action", "software-version", "run-tag", "mode", "gan-config",
+        "n-synthetic", "seed", "baseline-config",
+    }),
+    "evaluate": frozenset({
+        "protocol", "action", "software-version", "run-tag", "request-id", "weights-sha256",
+        "own-weights-sha256", "n-boot",
+    }),
+}
+"""Every action a node performs and the only keys each request may carry."""
+
+REPLY_KEYS = frozenset({
+    "protocol", "action", "status", "reason", "site", "software-version", "bundle-sha256",
+    "bundle-id", "seconds", "reply-json",
+})
+"""The only keys a reply's config part may carry (the bundle bytes travel separately)."""
+
+SIGNED_KINDS = frozenset({"evaluation", "local_real_baseline"})
+"""Kinds of signed record a reply may carry: model-free numbers only."""
+
+FORBIDDEN_GAN_KEYS = frozenset({"device"})
+"""GanConfig keys the coordinator may not set: they are the site's own business."""
+
+MAX_LIST = 64
+"""Longest list a signed record may hold; per-image data would be longer than this."""
+
+
+class RequestRefusedError(SynthlearnError):
+    """The request asks for something a site does not send, or is malformed."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A site's federation settings: the SuperNode's ``--node-config`` (set by its admin).
+
+    Why here and not in the request: what a site is willing to do (train on request, export
+    despite a failed audit gate) is the hospital's decision, never the coordinator's.
+    """
+
+    site_dir: str
+    site_name: str = ""
+    key_dir: str = ""
+    allow_train: bool = True
+    accept_risk: str = ""
+    """Admin's signed override reason for exporting despite failed audit gates ('' = none)."""
+    max_train_minutes: float = 60.0
+    """Upper bound on GAN training time per request, whatever the coordinator asks."""
+
+    @property
+    def site(self) -> Path:
+        return Path(self.site_dir)
+
+    @property
+    def keys(self) -> Path:
+        return Path(self.key_dir) if self.key_dir else self.site / "keys"
+
+    @property
+    def name(self) -> str:
+        """The admin's pseudonym: node-config site-name, else ``keys/pseudonym`` (keygen)."""
+        if self.site_name:
+            return self.site_name
+        path = self.keys / "pseudonym"
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip() or self.site.name
+        return self.site.name
+
+
+def settings_from_node_config(config: Mapping[str, Any]) -> NodeSettings:
+    """NodeSettings from Flower's node config (``site-dir="…" site-name="…"``)."""
+    from shared.config import from_mapping
+
+    data = {str(k).replace("-", "_"): v for k, v in config.items()
+            if str(k) not in ("partition-id", "num-partitions")}
+    if "site_dir" not in data:
+        raise RequestRefusedError(
+            "this SuperNode has no site directory: start it with "
+            "`synthlearn node join --site-dir SITE` (node-config site-dir=\"…\")"
+        )
+    settings = from_mapping(NodeSettings, data, source="--node-config")
+    if not settings.site.is_dir():
+        raise RequestRefusedError(
+            f"{settings.site}: site directory not found (node-config site-dir)")
+    return settings
+
+
+def software_version() -> str:
+    from shared import __version__
+
+    return str(__version__)
+
+
+def check_request(request: Mapping[str, Any]) -> str:
+    """The request's action, or :class:`RequestRefusedError` saying what is wrong with it."""
+    action = request.get("action")
+    if action not in ACTIONS:
+        raise RequestRefusedError(f"unknown action {action!r}; a site only answers "
+                             f"{', '.join(sorted(ACTIONS))}")
+    if request.get("protocol") != PROTOCOL:
+        raise RequestRefusedError(f"protocol {request.get('protocol')!r} is not {PROTOCOL}; "
+                             "coordinator and site run incompatible synthlearn versions")
+    extra = sorted(set(request) - ACTIONS[str(action)])
+    if extra:
+        raise RequestRefusedError(f"request for {action!r} carries keys a site does not accept: "
+                             f"{', '.join(extra)}")
+    return str(action)
+
+
+def _json_field(request: Mapping[str, Any], key: str) -> dict[str, Any]:
+    raw = request.get(key)
+    if raw in (None, ""):
+        return {}
+    try:
+        doc = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise RequestRefusedError(f"{key} is not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RequestRefusedError(f"{key} must be a JSON object")
+    return doc
+
+
+def check_numbers_only(obj: Any, where: str = "record") -> None:
+    """Refuse anything in an outgoing record that could carry per-image data.
+
+    Allowed: numbers, booleans, null, short strings, short lists, nested objects of those.
+    """
+    if obj is None or isinstance(obj, bool | int | float):
+        return
+    if isinstance(obj, str):
+        if len(obj) > 512:
+            raise RequestRefusedError(f"{where}: a string of {len(obj)} characters is not a number "
+                                 "summary; refusing to send it")
+        return
+    if isinstance(obj, list | tuple):
+        if len(obj) > MAX_LIST:
+            raise RequestRefusedError(f"{where}: a list of {len(obj)} values looks like per-image "
+                                 "data; refusing to send it")
+        for i, v in enumerate(obj):
+            check_numbers_only(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_numbers_only(v, f"{where}.{k}")
+        return
+    raise RequestRefusedError(f"{where}: a {type(obj).__name__} cannot leave the site")
+
+
+def sign_numbers(record: dict[str, Any], settings: NodeSettings) -> dict[str, Any]:
+    """Check a number-only record and sign it with the site key."""
+    from shared.signing import sanitize_json, sign_record
+
+    if record.get("kind") not in SIGNED_KINDS:
+        raise RequestRefusedError(f"record kind {record.get('kind')!r} may not leave the site")
+    clean = sanitize_json(record)
+    clean["site"] = settings.name
+    check_numbers_only(clean, str(record.get("kind")))
+    return sign_record(clean, settings.keys)
+
+
+@dataclass
+class Reply:
+    """What goes back: config fields (numbers, short strings, one JSON document) and,
+    for ``export-bundle``, the bundle's bytes."""
+
+    config: dict[str, Any]
+    bundle: bytes | None = None
+
+    def check(self) -> Reply:
+        extra = sorted(set(self.config) - REPLY_KEYS)
+        if extra:
+            raise RequestRefusedError(f"reply would carry unexpected fields {extra}")
+        return self
+
+
+def refusal(action: str, reason: str, settings: NodeSettings | None = None) -> Reply:
+    return Reply({"protocol": PROTOCOL, "action": action, "status": "refused",
+                  "reason": reason[:2000], "site": settings.name if settings else "",
+                  "software-version": software_version()})
+
+
+def _base(action: str, settings: NodeSettings) -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "action": action, "status": "ok", "site": settings.name,
+            "software-version": software_version()}
+
+
+# -- ping ------------------------------------------------------------------------------------
+def handle_ping(settings: NodeSettings, request: Mapping[str, Any]) -> Reply:
+    """Who is there, with which software, and does it hold a site key (nothing else)."""
+    from shared.signing import PUBLIC_NAME, load_public_key, public_key_fingerprint
+
+    check_request(request)
+    cfg = _base("ping", settings)
+    pub = settings.keys / PUBLIC_NAME
+    fp = public_key_fingerprint(load_public_key(pub)) if pub.exists() else "none"
+    cfg["reply-json"] = json.dumps({"key_fingerprint": fp, "allow_train": settings.allow_train})
+    return Reply(cfg).check()
+
+
+# -- export ----------------------------------------------------------------------------------
+Log = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def handle_export(settings: NodeSettings, request: Mapping[str, Any],
+                  log: Log = _noop) -> Reply:
+    """Produce a fresh signed bundle and return its bytes.
+
+    ``collect``: export the site's latest audited synthetic set (trained by its admin).
+    ``train``: train within the stated budget (capped by the site's own ``max-train-minutes``),
+    generate, audit, then export. Either way the export applies the audit gates; only the
+    admin's ``accept-risk`` node setting can override them.
+    """
+    check_request(request)
+    mode = request.get("mode", "collect")
+    if mode not in ("collect", "train"):
+        raise RequestRefusedError(f"mode {mode!r} is neither 'collect' nor 'train'")
+    t0 = time.monotonic()
+    tag = _safe_tag(str(request.get("run-tag", "federation")))
+    synthetic_name = "default"
+    if mode == "train":
+        if not settings.allow_train:
+            raise RequestRefusedError(
+                "this site does not train on request (node-config allow-train=false); ask its "
+                "admin to train and audit locally, then use mode 'collect'")
+        synthetic_name = _train_generate_audit(settings, request, tag, log)
+        _ensure_baseline(settings, request, log)
+    from node.export import export_bundle
+
+    out = settings.site / "exports" / f"{tag}-{int(time.time())}.slbundle"
+    log(f"{settings.name}: exporting {synthetic_name}")
+    manifest = export_bundle(settings.site, out, synthetic_name=synthetic_name,
+                             accept_risk=settings.accept_risk or None, site=settings.name,
+                             key_dir=settings.keys)
+    data = out.read_bytes()
+    _self_check_bundle(out, settings)
+    cfg = _base("export-bundle", settings)
+    cfg.update({"bundle-sha256": hashlib.sha256(data).hexdigest(),
+                "bundle-id": str(manifest.get("bundle_id", "")),
+                "seconds": round(time.monotonic() - t0, 2)})
+    return Reply(cfg, bundle=data).check()
+
+
+def _safe_tag(tag: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)[:48].strip("-.")
+    return clean or "federation"
+
+
+def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
+    """Verify our own bundle before sending it: only the bundle format's members can pass."""
+    from shared.bundle import BundleError, verify_bundle
+
+    try:
+        verify_bundle(path, settings.keys, require_gates=False)
+    except BundleError as exc:
+        raise RequestRefusedError(f"the bundle this site just wrote does not verify ({exc}); "
+                             "not sending it") from None
+
+
+def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], tag: str,
+                          log: Log) -> str:
+    from node.audit import run_audit
+    from node.generate import generate
+    from node.training import GanConfig, train
+    from shared.config import from_mapping
+
+    overrides = _json_field(request, "gan-config")
+    bad = sorted(FORBIDDEN_GAN_KEYS & set(overrides))
+    if bad:
+        raise RequestRefusedError(f"gan-config may not set {', '.join(bad)} (a site setting)")
+    cfg = from_mapping(GanConfig, overrides, source="request gan-config")
+    cap = settings.max_train_minutes
+    if cfg.max_minutes is None or cfg.max_minutes > cap:
+        cfg = dataclasses.replace(cfg, max_minutes=cap)
+    log(f"{settings.name}: training {cfg.model} (≤ {cfg.max_minutes} min, kimg {cfg.kimg})")
+    train(settings.site, cfg, run_name=tag, progress=False)
+    n = int(request.get("n-synthetic", 200))
+    if not 1 <= n <= 200_000:
+        raise RequestRefusedError(f"n-synthetic {n} is out of range 1..200000")
+    log(f"{settings.name}: generating {n} images")
+    generate(settings.site, n, run_name=tag, seed=int(request.get("seed", 0)), out_name=tag)
+    log(f"{settings.name}: memorization audit")
+    run_audit(settings.site, synthetic_name=tag)
+    return tag
+
+
+def _ensure_baseline(settings: NodeSettings, request: Mapping[str, Any], log: Log) -> None:
+    """Train the local real baseline once if the site has none (it is signed at evaluation)."""
+    if (settings.site / "metrics" / "baseline.json").exists():
+        return
+    from node.baseline import run_baseline
+    from shared.cnn_train import ClassifierConfig
+    from shared.config import from_mapping
+
+    doc = _json_field(request, "baseline-config")
+    classes = str(doc.pop("classes", "binary"))
+    cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
+    log(f"{settings.name}: local real baseline CNN")
+    run_baseline(settings.site, cfg, classes=classes, progress=False)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+def load_baseline(settings: NodeSettings) -> dict[str, Any] | None:
+    """The site's signed local baseline, or None when it has not run one."""
+    path = settings.site / "metrics" / "baseline.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict) and "payload" in doc and "signature" in doc:
+        doc = doc["payload"]
+    if not isinstance(doc, dict):
+        return None
+    return sign_numbers(dict(doc), settings)
+
+
+def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
+                       weights: Mapping[str, Path]) -> dict[str, Any]:
+    """Evaluate each weights file on the real test split; the signed reply document.
+
+    ``weights`` maps a role ("pooled", "own") to an npz file whose SHA-256 must equal the one
+    the request names (so the numbers are bound to exactly the weights the coordinator sent).
+    """
+    from node.evaluate import evaluate_weights, sha256_file
+
+    check_request(request)
+    expected = {"pooled": request.get("weights-sha256"),
+                "own": request.get("own-weights-sha256")}
+    n_boot = int(request.get("n-boot", 1000))
+    if not 100 <= n_boot <= 100_000:
+        raise RequestRefusedError(f"n-boot {n_boot} is out of range 100..100000")
+    evaluations: dict[str, Any] = {}
+    for role, path in weights.items():
+        if role not in expected:
+            raise RequestRefusedError(f"unknown weights role {role!r}")
+        digest = sha256_file(path)
+        if expected[role] and digest != expected[role]:
+            raise RequestRefusedError(f"{role} weights have SHA-256 {digest}, the request says "
+                                 f"{expected[role]}; the file was changed in transit")
+        record = evaluate_weights(settings.site, path, n_boot=n_boot)
+        record["role"] = role
+        evaluations[role] = sign_numbers(record, settings)
+    return {"protocol": PROTOCOL, "site": settings.name,
+            "request_id": str(request.get("request-id", "")),
+            "run_tag": str(request.get("run-tag", "")),
+            "evaluations": evaluations, "baseline": load_baseline(settings)}
+
+
+def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
+                    weights: Mapping[str, bytes]) -> Reply:
+    """Flower path: weights arrive as bytes; they are evaluated from a private temp folder."""
+    t0 = time.monotonic()
+    check_request(request)
+    with tempfile.TemporaryDirectory(prefix="synthlearn-eval-") as tmp:
+        paths: dict[str, Path] = {}
+        for role, data in weights.items():
+            path = Path(tmp) / f"{_safe_tag(role)}.npz"
+            path.write_bytes(data)
+            paths[role] = path
+        doc = evaluate_documents(settings, request, paths)
+    cfg = _base("evaluate", settings)
+    cfg["reply-json"] = json.dumps(doc, sort_keys=True)
+    cfg["seconds"] = round(time.monotonic() - t0, 2)
+    return Reply(cfg).check()
+
+
+def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = None,
+                        key_dir: Path | None = None) -> Path:
+    """Air-gapped path: answer ``request.json`` (weights beside it) with a signed reply file."""
+    from shared.config import atomic_write_bytes
+
+    request_file = Path(request_file)
+    try:
+        doc = json.loads(request_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RequestRefusedError(
+            f"{request_file}: not a readable evaluation request ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("request"), dict):
+        raise RequestRefusedError(f"{request_file}: no 'request' object; use the file the "
+                             "coordinator wrote (`synthlearn coordinator train`)")
+    files = doc.get("weights", {})
+    if not isinstance(files, dict):
+        raise RequestRefusedError(f"{request_file}: 'weights' must map role → file name")
+    weights: dict[str, Path] = {}
+    for role, name in files.items():
+        path = request_file.parent / Path(str(name)).name  # never outside the request folder
+        if not path.is_file():
+            raise RequestRefusedError(f"{path}: weights file named by the request is missing")
+        weights[str(role)] = path
+    settings = NodeSettings(site_dir=str(site_dir), key_dir=str(key_dir or ""))
+    reply = evaluate_documents(settings, doc["request"], weights)
+    out = out or request_file.parent / f"reply-{_safe_tag(settings.name)}.json"
+    atomic_write_bytes(out, (json.dumps(reply, indent=2, sort_keys=True) + "\n").encode())
+    return out
