@@ -35,11 +35,12 @@ exist), and minibatch-std is off for the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -204,6 +205,34 @@ def register_layer_grad_samplers() -> None:
     _REGISTERED = True
 
 
+def _skip_backprops_of_frozen_layers(gsm: nn.Module) -> None:
+    """Make Opacus ignore backward passes through layers whose parameters are frozen.
+
+    The G-step runs D with ``requires_grad_(False)``: Opacus' forward hook then records no
+    activations, but its full-backward hook still fires (G's fake images need gradients through
+    D) and fails popping an activation that was never stored. Frozen layers contribute no
+    parameter gradient, so skipping them is exact; the trainer need not toggle hooks itself
+    (``DPSession.frozen()`` does that explicitly too).
+    """
+    capture = getattr(gsm, "capture_backprops_hook", None)
+    if capture is None or not hasattr(gsm, "add_hooks"):
+        return
+
+    def guarded(module: nn.Module, forward_input: Any, forward_output: Any,
+                loss_reduction: str, batch_first: bool) -> None:
+        trainable = any(p.requires_grad for p in module.parameters(recurse=False))
+        if not trainable or not getattr(module, "activations", None):
+            return
+        capture(module, forward_input, forward_output, loss_reduction=loss_reduction,
+                batch_first=batch_first)
+
+    gsm.capture_backprops_hook = guarded  # type: ignore[assignment]
+    loss_reduction = getattr(gsm, "loss_reduction", "mean")
+    batch_first = getattr(gsm, "batch_first", True)
+    gsm.remove_hooks()  # type: ignore[operator]
+    gsm.add_hooks(loss_reduction=loss_reduction, batch_first=batch_first)  # type: ignore[operator]
+
+
 def _rebuild_optimizer(optimizer: torch.optim.Optimizer,
                        module: nn.Module) -> torch.optim.Optimizer:
     """Same optimizer class and hyper-parameters, over a (fixed) module's parameters."""
@@ -275,10 +304,31 @@ class DPSession:
                 module=module, optimizer=optimizer, data_loader=data_loader,
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                 poisson_sampling=True, grad_sample_mode="hooks")
+        _skip_backprops_of_frozen_layers(mod)
         self.module: nn.Module = mod
         self.optimizer: torch.optim.Optimizer = opt
         self.data_loader: torch.utils.data.DataLoader[Any] = loader
         self._eps_cache: tuple[int, float] = (0, 0.0)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[nn.Module]:
+        """D as a fixed function (the G-step): no per-example hooks, no parameter gradients.
+
+        Yields the private module; its parameters' ``requires_grad`` is restored afterwards.
+        """
+        flags = [p.requires_grad for p in self.module.parameters()]
+        disable = getattr(self.module, "disable_hooks", None)
+        enable = getattr(self.module, "enable_hooks", None)
+        self.module.requires_grad_(False)
+        if disable is not None:
+            disable()
+        try:
+            yield self.module
+        finally:
+            for p, f in zip(self.module.parameters(), flags, strict=True):
+                p.requires_grad_(f)
+            if enable is not None:
+                enable()
 
     @property
     def steps(self) -> int:

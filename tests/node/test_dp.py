@@ -133,3 +133,25 @@ def test_equalised_layer_grad_samplers_match_per_example_autograd() -> None:
         for name, p in ref.named_parameters():
             assert p.grad is not None
             assert torch.allclose(per_param[name][i], p.grad, atol=1e-5), name
+
+
+def test_generator_step_through_frozen_private_d_is_free_and_does_not_crash() -> None:
+    """G's step back-propagates through D with D frozen: Opacus must record nothing."""
+    torch.manual_seed(0)
+    D = dp_discriminator()
+    session = DPSession(D, torch.optim.SGD(D.parameters(), lr=0.1), loader(),
+                        target_epsilon=4.0, delta=1 / 64, total_steps=3)
+    raw: nn.Module = session.module._module  # type: ignore[assignment]
+    for use_context in (False, True):
+        fake = torch.randn(5, 1, 8, 8, requires_grad=True)
+        if use_context:
+            with session.frozen() as d:
+                d(fake, torch.zeros(5, dtype=torch.long)).sum().backward()
+        else:  # what the trainer does: requires_grad_(False) and the unwrapped module
+            session.module.requires_grad_(False)
+            raw(fake, torch.zeros(5, dtype=torch.long)).sum().backward()
+            session.module.requires_grad_(True)
+        assert fake.grad is not None and fake.grad.abs().sum() > 0
+        assert all(getattr(p, "grad_sample", None) is None for p in session.module.parameters())
+        assert all(p.requires_grad for p in session.module.parameters())
+    assert session.steps == 0 and session.epsilon_spent() == 0.0
