@@ -132,6 +132,8 @@ def test_a_small_cnn_separates_normal_from_abnormal_phantoms() -> None:
     from torch import nn
 
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny net: extra threads only spin on a shared 2-core box
 
     def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(seed)
@@ -170,5 +172,6 @@ def test_a_small_cnn_separates_normal_from_abnormal_phantoms() -> None:
     features.eval()
     with torch.no_grad():
         scores = forward(x_test).softmax(1)[:, 1].numpy()
+    torch.set_num_threads(threads)
     auc = roc_auc_score(y_test.numpy(), scores)
     assert auc > 0.85, f"AUC {auc:.3f}: phantom classes are not learnable"
