@@ -412,3 +412,70 @@ def compose_reports(reports: Mapping[str, Mapping[str, Any] | None]) -> dict[str
         "composition": "sequential (sum of parts)",
         "parts": parts,
     }
+
+
+def train_classifier_dp(
+    images: Any,
+    labels: Any,
+    num_classes: int,
+    *,
+    target_epsilon: float,
+    delta: float,
+    epochs: int = 5,
+    batch: int = 64,
+    lr: float = 2e-3,
+    width: int = 16,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train SpineGAN's classifier S with DP-SGD; returns (eval-mode model on CPU, DP report).
+
+    ``images`` uint8 (N, H, W), ``labels`` int64 (N,). S is ``shared.classifier``'s ResNet with
+    GroupNorm (Opacus rejects BatchNorm), trained for ``epochs`` passes of Poisson-sampled
+    batches; the noise is planned for exactly those steps, so the report's ε ≤ target. With
+    :func:`split_budget`, D gets the rest of the run's ε and :func:`compose_reports` sums them.
+    A ``max_minutes`` stop only ever spends less than planned.
+    """
+    import time
+
+    import numpy as np
+    from torch.nn import functional as F
+
+    from shared.classifier import ResNetClassifier
+
+    x = torch.from_numpy(np.asarray(images, np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+    n = len(y)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model = ResNetClassifier(num_classes, width=width, norm="group").to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                         batch_size=min(batch, n))
+    steps = max(1, epochs * len(loader))
+    session = DPSession(model, opt, loader, target_epsilon=target_epsilon, delta=delta,
+                        total_steps=steps, max_grad_norm=max_grad_norm)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+    from shared.progress import progress_bar
+
+    with progress_bar("img", transient=True) as bar:
+        task = bar.add_task("S (DP-SGD)", total=steps, status="", visible=progress)
+        session.module.train()
+        while not session.exhausted() and time.monotonic() < deadline:
+            for xb, yb in session.data_loader:
+                if session.exhausted() or time.monotonic() >= deadline:
+                    break
+                xb = xb.to(dev).float() / 127.5 - 1.0
+                session.optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(session.module(xb), yb.to(dev))
+                loss.backward()
+                session.optimizer.step()
+                bar.update(task, advance=1, status=f"loss {float(loss):.3f}")
+    report = session.report()
+    plain = ResNetClassifier(num_classes, width=width, norm="group")
+    raw = getattr(session.module, "_module", session.module)
+    plain.load_state_dict({k: v.detach().cpu() for k, v in raw.state_dict().items()})
+    return plain.eval(), report

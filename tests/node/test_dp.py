@@ -155,3 +155,17 @@ def test_generator_step_through_frozen_private_d_is_free_and_does_not_crash() ->
         assert all(getattr(p, "grad_sample", None) is None for p in session.module.parameters())
         assert all(p.requires_grad for p in session.module.parameters())
     assert session.steps == 0 and session.epsilon_spent() == 0.0
+
+
+def test_dp_classifier_for_spinegan_stays_within_its_share() -> None:
+    from node.dp import split_budget, train_classifier_dp
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (48, 16, 16), generator=g, dtype=torch.uint8).numpy()
+    labels = (torch.arange(48) % 2).numpy()
+    eps_s, delta_s = split_budget(5.0, 1 / 48)["spine_classifier"]
+    model, rep = train_classifier_dp(images, labels, 2, target_epsilon=eps_s, delta=delta_s,
+                                     epochs=1, batch=16, width=4, progress=False)
+    assert 0 < rep["epsilon_spent"] <= eps_s == 1.0 and rep["steps"] == 3
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 2)
