@@ -471,7 +471,16 @@ def verify_bundle(
                     f"member {name!r} does not match its SHA-256 in the signed manifest: it was "
                     "changed after signing", "hash-mismatch", path)
             contents[name] = data
-    synthetic = _decode_contents(manifest, contents, path)
+    try:
+        synthetic = _decode_contents(manifest, contents, path)
+    except BundleError:
+        raise
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+        raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
+                          "bad-content", path) from None
+    if not isinstance(manifest.get("site"), str) or not _SITE_RE.match(manifest["site"]):
+        raise BundleError(f"manifest site pseudonym {manifest.get('site')!r} is invalid",
+                          "bad-manifest", path)
     bundle_id = str(manifest.get("bundle_id"))
     if bundle_id in seen_ids:
         raise BundleError(

@@ -252,3 +252,13 @@ def test_bad_site_pseudonym_and_missing_key(env: dict[str, Path]) -> None:
     with pytest.raises(KeyMissingError):
         make(env, key_dir=env["tmp"] / "nokeys")
     assert not (env["tmp"] / "a.slbundle").exists()
+
+
+def test_signed_but_malformed_contents_are_a_clean_error(env: dict[str, Path]) -> None:
+    path = make(env)
+    code, _ = reason(_resign(path, env, "m1.slbundle", image_size=["x", 4]), env)
+    assert code == "bad-content"
+    code, _ = reason(_resign(path, env, "m2.slbundle", counts={"normal": 99}), env)
+    assert code == "bad-content"
+    code, _ = reason(_resign(path, env, "m3.slbundle", site="../evil"), env)
+    assert code == "bad-manifest"
