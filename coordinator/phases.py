@@ -286,6 +286,10 @@ class Run:
         statuses = self.state.site_statuses(self.run)
         sites = {n: s for n, s in self.sites().items()
                  if statuses.get(s, {}).get("status") in (None, "ok", "excluded")}
+        for site, st in statuses.items():
+            if st["status"] in ("ok", "excluded") and site not in sites.values():
+                self._mark(site, "dropped", "evaluation round: the site's SuperNode did not "
+                           "answer (gone since the bundle round)")
         requests, weights = {}, {}
         for node, site in sites.items():
             own_rec = own.get(site)

@@ -1,0 +1,122 @@
+"""Pooling: good bundles are kept, bad ones rejected with a reason, replays refused, state
+survives a restart."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.errors import PoolError
+from coordinator.pool import pool_bundles, require_pool
+from coordinator.state import CoordinatorState
+from shared.bundle import write_bundle
+from shared.signing import generate_keypair
+from shared.synthetic import SyntheticSet
+
+
+def fake_synthetic(n: int, size: int, seed: int) -> SyntheticSet:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    return SyntheticSet(images, labels, ["normal", "abnormal"])
+
+
+def make_bundle(root: Path, site: str, n: int = 10, seed: int = 0, size: int = 16,
+                trust: Path | None = None, synthetic: SyntheticSet | None = None) -> Path:
+    keys = root / "keys" / site
+    if not (keys / "site.key").exists():
+        generate_keypair(keys)
+    if trust is not None:
+        trust.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(keys / "site.pub", trust / f"{site}.pub")
+    out = root / "bundles" / f"{site}-{seed}.slbundle"
+    write_bundle(out, synthetic or fake_synthetic(n, size, seed), site=site, key_dir=keys,
+                 metrics={}, audit={"gates_passed": True}, dp=None, config={"model": "test"})
+    return out
+
+
+def tamper(path: Path) -> None:
+    """Rewrite one image member's bytes (the signed manifest no longer matches)."""
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "images/000000.png":
+                data = data[:-20] + bytes(20)
+            dst.writestr(info, data)
+    tmp.replace(path)
+
+
+def test_good_bundles_pooled_and_tampered_one_excluded_with_reason(tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", seed=1, trust=trust)
+    b = make_bundle(tmp_path, "site-b", seed=2, trust=trust)
+    c = make_bundle(tmp_path, "site-c", seed=3, trust=trust)
+    tamper(c)
+    state = CoordinatorState(tmp_path / "state.db")
+    res = pool_bundles([a, b, c], trust, state, "r1", balance=False, out_dir=tmp_path / "pool")
+    assert sorted(x["site"] for x in res.accepted) == ["site-a", "site-b"]
+    assert [(r["site"], r["reason"]) for r in res.rejected] == [("site-c", "hash-mismatch")]
+    assert res.pooled is not None and len(res.pooled) == 20
+    assert res.pooled.info["synthetic_only"] is True
+    assert (tmp_path / "pool" / "pooled" / "images.npy").exists()
+    verdicts = {(r["site"], r["verdict"], r["reason"]) for r in state.bundles("r1")}
+    assert ("site-c", "rejected", "hash-mismatch") in verdicts
+
+
+def test_unknown_key_and_replay_are_refused(tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", seed=1, trust=trust)
+    stranger = make_bundle(tmp_path, "site-x", seed=5)  # key never added to the trust folder
+    state = CoordinatorState(tmp_path / "state.db")
+    first = pool_bundles([a, stranger], trust, state, "r1")
+    assert [r["reason"] for r in first.rejected] == ["unknown-key"]
+    # A restart re-pools the same run: its own bundle is not a replay …
+    again = pool_bundles([a], trust, CoordinatorState(tmp_path / "state.db"), "r1")
+    assert len(again.accepted) == 1
+    # … but another run resending the same bundle is.
+    replay = pool_bundles([a], trust, CoordinatorState(tmp_path / "state.db"), "r2")
+    assert [r["reason"] for r in replay.rejected] == ["replayed"]
+    with pytest.raises(PoolError, match="replayed"):
+        require_pool(replay, tmp_path)
+
+
+def test_second_bundle_of_a_site_and_duplicate_images_dropped(tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    shared_set = fake_synthetic(8, 16, seed=9)
+    a = make_bundle(tmp_path, "site-a", seed=1, trust=trust, synthetic=shared_set)
+    a2 = make_bundle(tmp_path, "site-a", seed=2, trust=trust)
+    b = make_bundle(tmp_path, "site-b", seed=3, trust=trust, synthetic=shared_set)
+    res = pool_bundles([a, a2, b], trust, CoordinatorState(tmp_path / "s.db"), "r",
+                       balance=False)
+    assert [r["reason"] for r in res.rejected] == ["duplicate-site"]
+    assert res.duplicates_dropped == 8 and res.pooled is not None and len(res.pooled) == 8
+
+
+def test_balance_undersamples_the_majority_class(tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    syn = fake_synthetic(12, 16, seed=4)
+    syn = SyntheticSet(syn.images, np.array([0] * 9 + [1] * 3), syn.class_names)
+    a = make_bundle(tmp_path, "site-a", trust=trust, synthetic=syn)
+    res = pool_bundles([a], trust, CoordinatorState(tmp_path / "s.db"), "r", balance=True)
+    assert res.pooled is not None and res.pooled.counts() == {"normal": 3, "abnormal": 3}
+    assert res.balanced_dropped == 6
+
+
+def test_state_is_read_back_after_restart(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    st = CoordinatorState(db)
+    st.finish_phase("run", "bundles", {"bundles": {"site-a": "x"}})
+    st.set_site_status("run", "site-b", "dropped", "no reply")
+    st.add_evaluation("run", "site-a", "pooled", {"auc": 0.8})
+    st.close()
+    back = CoordinatorState(db)
+    assert back.completed_phases("run") == ["bundles"]
+    assert back.site_statuses("run")["site-b"] == {"status": "dropped", "reason": "no reply"}
+    assert back.evaluations("run") == {"site-a": {"pooled": {"auc": 0.8}}}
+    back.invalidate_from("run", "bundles")
+    assert back.completed_phases("run") == []
