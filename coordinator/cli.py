@@ -8,7 +8,13 @@ app = typer.Typer(help="Verify and pool site bundles, train the downstream CNN, 
                   no_args_is_help=True)
 
 # One module per command; add a line here when a command works.
+from coordinator.commands import demo, pool, report, run, serve, train  # noqa: E402
+
+for _name, _mod in (("serve", serve), ("run", run), ("pool", pool), ("train", train),
+                    ("report", report)):
+    app.command(_name)(_mod.command)
 
 
 def register_root(root: typer.Typer) -> None:
     """Commands that live at the top level (`synthlearn demo`)."""
+    root.command("demo")(demo.command)

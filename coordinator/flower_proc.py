@@ -251,10 +251,11 @@ def node_config_arg(values: Mapping[str, str | int | float | bool]) -> str:
             parts.append(f"{key}={value}")
         else:
             text = str(value)
-            if '"' in text or "\\" in text or " " in text:
+            if '"' in text or "\\" in text or "\n" in text:
                 raise FlowerProcessError(
-                    f"node-config value {text!r} for {key} contains a space, quote or "
-                    "backslash, which Flower's --node-config cannot carry; use a path without them"
+                    f"node-config value {text!r} for {key} contains a double quote, backslash "
+                    "or newline, which Flower's --node-config cannot carry; use a value "
+                    "without them"
                 )
             parts.append(f'{key}="{text}"')
     return " ".join(parts)
@@ -362,7 +363,12 @@ def flwr_run(app_dir: Path, connection: str, home: Path,
     """Submit the app with ``flwr run``; return the run id (the run itself goes on)."""
     args = ["run", str(app_dir), connection, "--format", "json"]
     if run_config:
-        args += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
+        # A TOML file, not key=value text: Flower's key=value parser cannot carry a value
+        # that itself contains quotes (e.g. the JSON of gan-config).
+        path = Path(home) / f"run-config-{time.time_ns()}.toml"
+        path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()),
+                        encoding="utf-8")
+        args += ["--run-config", str(path)]
     doc = _json_out(flwr_cli(args, home, timeout=300), "flwr run")
     try:
         return int(doc["run-id"])

@@ -28,3 +28,6 @@ from node.commands import audit, export, keygen  # noqa: E402
 app.command("keygen")(keygen.command)
 app.command("audit")(audit.command)
 app.command("export")(export.command)
+from node.commands import join  # noqa: E402
+
+app.command("join")(join.command)

@@ -33,8 +33,21 @@ def test_superlink_flags_are_safe_and_insecure_only_on_loopback(tmp_path: Path) 
         supernode_argv("10.0.0.5:9100", 9101, {"site-dir": "/x"})
 
 
-def test_node_config_quotes_strings_and_rejects_spaces() -> None:
-    assert node_config_arg({"site-dir": "/a/b", "allow-train": False, "n": 3}) == \
-        'site-dir="/a/b" allow-train=false n=3'
-    with pytest.raises(FlowerProcessError, match="space"):
-        node_config_arg({"site-dir": "/a b"})
+def test_node_config_round_trips_through_flowers_own_parser() -> None:
+    from flwr.common.config import parse_config_args
+
+    values = {"site-dir": "/a b/c", "allow-train": False, "n": 3, "accept-risk": "ok: it's x"}
+    assert parse_config_args([node_config_arg(values)]) == values
+    with pytest.raises(FlowerProcessError, match="double quote"):
+        node_config_arg({"site-dir": 'a"b'})
+
+
+def test_run_config_file_carries_json_values(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    from coordinator.flower_proc import toml_value
+
+    cfg = {"gan-config": '{"kimg": 0.5, "model": "gan"}', "n": 2, "on": True, "x": 1.5}
+    path = tmp_path / "rc.toml"
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items()))
+    assert parse_config_args([str(path)]) == cfg

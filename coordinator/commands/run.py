@@ -1,0 +1,61 @@
+"""`synthlearn coordinator run`: submit the federation run and wait for its real outcome."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def command(
+    superlink: str = typer.Option("127.0.0.1:9092", "--superlink", help="HOST:PORT of the "
+                                  "SuperLink (run this on the SuperLink's machine: the "
+                                  "ServerApp writes into --work there)."),
+    work: Path = typer.Option(Path("coordinator-work"), "--work", help="Coordinator folder: "
+                              "state.db, bundles, pool, CNN weights, report."),
+    trust: Path = typer.Option(..., "--trust", help="Folder of trusted site public keys."),
+    mode: str = typer.Option("collect", "--mode", help="'collect' (sites export their latest "
+                             "audited bundle) or 'train' (sites train within the budget)."),
+    sites: int = typer.Option(3, "--sites", help="How many SuperNodes to wait for."),
+    run_name: str = typer.Option("run", "--run-name", help="Same name = resume that run."),
+    root_cert: Path = typer.Option(None, "--root-cert", help="CA certificate of the "
+                                   "SuperLink's TLS (omit only with --insecure on loopback)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Loopback tests only."),
+    config: list[str] = typer.Option([], "--config", "-c", help="Extra run config key=value "
+                                     "(TOML value), e.g. -c n-synthetic=500."),
+    timeout_minutes: float = typer.Option(240.0, "--timeout-minutes"),
+) -> None:
+    """Start the Flower run, follow it phase by phase, and fail unless it completed.
+
+    `flwr run` itself exits 0 even when the run later fails; this command reads the final
+    status with `flwr ls` and exits non-zero with the ServerApp's log tail when it failed.
+    """
+    import tomllib
+
+    from coordinator.errors import CoordinatorError
+    from coordinator.flower_proc import write_connection
+    from coordinator.launch import ConsoleEcho, submit_and_watch
+
+    if mode not in ("collect", "train"):
+        raise CoordinatorError(f"--mode must be 'collect' or 'train', not {mode!r}")
+    work = work.absolute()
+    cli_home = work / "cli-home"
+    write_connection(cli_home, "synthlearn", superlink,
+                     root_cert=root_cert.absolute() if root_cert else None, insecure=insecure)
+    run_config: dict[str, object] = {"work-dir": str(work), "trust-dir": str(trust.absolute()),
+                                     "mode": mode, "expected-sites": sites,
+                                     "run-name": run_name}
+    for item in config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CoordinatorError(f"--config {item!r}: expected key=value")
+        try:
+            run_config[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            run_config[key.strip()] = value
+    with ConsoleEcho() as echo:
+        row = submit_and_watch("synthlearn", cli_home, run_config,
+                               timeout=timeout_minutes * 60, echo=echo)
+    typer.echo(json.dumps({k: row.get(k) for k in ("run_id", "status", "elapsed")}))
+    typer.echo(f"report: {work / 'report' / 'report.html'}")

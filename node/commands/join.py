@@ -1,0 +1,72 @@
+"""`synthlearn node join`: connect this site to the coordinator as a Flower SuperNode."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+
+def command(
+    superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's "
+                                  "SuperLink."),
+    site_dir: Path = typer.Option(..., "--site-dir", help="This site's folder (store, keys)."),
+    root_cert: Path = typer.Option(None, "--root-cert", help="The federation's CA certificate "
+                                   "(ca.crt from the coordinator). Required unless --insecure."),
+    auth_key: Path = typer.Option(None, "--auth-key", help="This SuperNode's private key "
+                                  "(ECDSA, OpenSSH format; its .pub is registered by the "
+                                  "coordinator with `flwr supernode register`)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS: loopback tests only; "
+                                  "refused for any other address."),
+    site: str = typer.Option("", "--site", help="Pseudonym (default: keys/pseudonym)."),
+    allow_train: bool = typer.Option(True, "--allow-train/--no-train", help="Train a GAN when "
+                                     "the coordinator asks ('train' mode), or only export "
+                                     "bundles you trained and audited yourself."),
+    max_train_minutes: float = typer.Option(60.0, "--max-train-minutes", help="Upper bound on "
+                                            "training time per request, whatever is asked."),
+    accept_risk: str = typer.Option("", "--accept-risk", help="Export even when an audit gate "
+                                    "fails, with this reason signed into the bundle."),
+    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API."),
+    work: Path = typer.Option(None, "--work", help="Folder for FLWR_HOME and the log "
+                              "(default: SITE/flower)."),
+) -> None:
+    """Start `flower-supernode` for this site and keep it running until Ctrl-C.
+
+    The site directory and key are passed as node config; the coordinator never chooses
+    them. Only what DESIGN §2 allows ever leaves: signed bundles and signed numbers.
+    """
+    from coordinator.flower_proc import start_supernode
+    from node.errors import StoreError
+
+    if root_cert is None and not insecure:
+        raise StoreError("give --root-cert (the federation's ca.crt), or --insecure for a "
+                         "loopback test")
+    site_dir = site_dir.absolute()
+    if not (site_dir / "site.json").exists():
+        raise StoreError(f"{site_dir}: not a site folder (no site.json); run `synthlearn node "
+                         "preprocess` first")
+    if not (site_dir / "keys" / "site.key").exists():
+        raise StoreError(f"{site_dir / 'keys'}: no site key; run `synthlearn node keygen "
+                         f"--site-dir {site_dir} --name PSEUDONYM` and send keys/site.pub to the "
+                         "coordinator")
+    cfg: dict[str, str | bool | float] = {"site-dir": str(site_dir), "allow-train": allow_train,
+                                          "max-train-minutes": max_train_minutes}
+    if site:
+        cfg["site-name"] = site
+    if accept_risk:
+        cfg["accept-risk"] = accept_risk
+    work = (work or site_dir / "flower").absolute()
+    proc = start_supernode(work, "site", superlink, cfg, port=port,
+                           root_cert=root_cert.absolute() if root_cert else None,
+                           auth_key=auth_key.absolute() if auth_key else None)
+    typer.echo(f"SuperNode started for {site_dir} → {superlink} "
+               f"({'TLS' if root_cert else 'INSECURE loopback'}); log {proc.log_path}")
+    typer.echo("Stop with Ctrl-C.")
+    try:
+        while proc.alive():
+            time.sleep(1.0)
+        raise StoreError(f"the SuperNode exited ({proc.poll()}); see {proc.log_path}:\n"
+                         f"{proc.tail()}")
+    finally:
+        proc.stop()
