@@ -1,0 +1,69 @@
+"""TLS + SuperNode authentication: registered SuperNodes join; an unregistered one is refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.certs import make_ca_and_server, make_supernode_key
+from coordinator.flower_proc import (
+    TlsFiles,
+    register_supernode,
+    start_superlink,
+    start_supernode,
+    write_connection,
+)
+
+pytestmark = [pytest.mark.flower]
+
+
+def test_certificates_name_the_address_and_keys_are_private(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    paths = make_ca_and_server(tmp_path, ["coordinator.example.org", "10.1.2.3"])
+    cert = x509.load_pem_x509_certificate(paths["server_cert"].read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "coordinator.example.org" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    assert paths["server_key"].stat().st_mode & 0o077 == 0
+    priv, pub = make_supernode_key(tmp_path, "site-a")
+    assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert priv.stat().st_mode & 0o077 == 0
+
+
+def test_registered_supernodes_join_and_an_unregistered_one_is_refused(tmp_path: Path) -> None:
+    tls_dir = tmp_path / "tls"
+    paths = make_ca_and_server(tls_dir, ["localhost", "127.0.0.1"])
+    tls = TlsFiles(paths["ca_cert"], paths["server_cert"], paths["server_key"])
+    keys = {name: make_supernode_key(tmp_path / "node-keys", name)
+            for name in ("site-a", "site-b", "intruder")}
+    started = []
+    try:
+        link = start_superlink(tmp_path / "link", tls=tls, auth=True)
+        started.append(link)
+        address = f"127.0.0.1:{link.port}"
+        cli_home = tmp_path / "cli-home"
+        write_connection(cli_home, "fed", address, root_cert=paths["ca_cert"])
+        for name in ("site-a", "site-b"):
+            register_supernode(keys[name][1], "fed", cli_home)
+        for name in ("site-a", "site-b", "intruder"):
+            started.append(start_supernode(
+                tmp_path / "nodes", name, address, {"site-dir": str(tmp_path)},
+                root_cert=paths["ca_cert"], auth_key=keys[name][0], max_wait=20))
+        deadline = time.monotonic() + 90
+        intruder = started[-1]
+        while time.monotonic() < deadline:
+            activated = link.log_text().count("[Fleet.ActivateNode] Activated")
+            if activated >= 2 and ("2004" in intruder.log_text() or not intruder.alive()):
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)  # give a wrongly admitted intruder time to show up in the log
+        assert link.log_text().count("[Fleet.ActivateNode] Activated") == 2
+        assert "SuperNode ID" not in intruder.log_text()
+        for proc in started[1:3]:
+            assert "SuperNode ID" in proc.log_text(), proc.tail()
+    finally:
+        for proc in reversed(started):
+            proc.stop()
