@@ -36,7 +36,8 @@ def test_superlink_flags_are_safe_and_insecure_only_on_loopback(tmp_path: Path) 
 def test_node_config_round_trips_through_flowers_own_parser() -> None:
     from flwr.common.config import parse_config_args
 
-    values = {"site-dir": "/a b/c", "allow-train": False, "n": 3, "accept-risk": "ok: it's x"}
+    values: dict[str, str | int | float | bool] = {
+        "site-dir": "/a b/c", "allow-train": False, "n": 3, "accept-risk": "ok: it's x"}
     assert parse_config_args([node_config_arg(values)]) == values
     with pytest.raises(FlowerProcessError, match="double quote"):
         node_config_arg({"site-dir": 'a"b'})
