@@ -28,6 +28,7 @@ from node.federation import (
     NodeSettings,
     Reply,
     RequestRefusedError,
+    check_request,
     handle_evaluate,
     handle_export,
     handle_ping,
@@ -39,37 +40,39 @@ from shared.errors import SynthlearnError
 app = ClientApp()
 
 
-def _request(msg: Message) -> dict[str, Any]:
-    if "request" not in msg.content.config_records:
+def _request(content: RecordDict) -> dict[str, Any]:
+    if "request" not in content.config_records:
         raise RequestRefusedError("message has no 'request' config record")
-    return dict(msg.content.config_records["request"])
+    return dict(content.config_records["request"])
 
 
-def _to_message(reply: Reply, msg: Message) -> Message:
+def _to_content(reply: Reply) -> RecordDict:
     content = RecordDict({"reply": ConfigRecord(dict(reply.config))})
     if reply.bundle is not None:
         arr = np.frombuffer(reply.bundle, dtype=np.uint8)
         content["bundle"] = ArrayRecord({"bundle": Array(arr)})
-    return Message(content=content, reply_to=msg)
+    return content
 
 
-def _answer(msg: Message, context: Context, expected: str) -> Message:
+def answer_content(content: RecordDict, node_config: dict[str, Any], expected: str) -> RecordDict:
+    """The reply content for one request content (no Flower runtime needed: testable)."""
     settings: NodeSettings | None = None
     action = expected
     try:
-        settings = settings_from_node_config(dict(context.node_config))
-        request = _request(msg)
-        action = str(request.get("action", expected))
-        if action not in _HANDLERS[expected]:
-            raise RequestRefusedError(f"action {action!r} is not answered on a {expected} message")
+        settings = settings_from_node_config(node_config)
+        request = _request(content)
+        action = check_request(request)
+        if action not in _HANDLERS.get(expected, ()):
+            raise RequestRefusedError(
+                f"action {action!r} is not answered on a {expected} message")
         if action == "ping":
             reply = handle_ping(settings, request)
         elif action == "export-bundle":
             reply = handle_export(settings, request, log=print)
         else:
             weights: dict[str, bytes] = {}
-            if "weights" in msg.content.array_records:
-                for role, arr in msg.content.array_records["weights"].items():
+            if "weights" in content.array_records:
+                for role, arr in content.array_records["weights"].items():
                     weights[role] = arr.numpy().astype(np.uint8, copy=False).tobytes()
             if "pooled" not in weights:
                 raise RequestRefusedError("evaluate request carries no 'pooled' weights")
@@ -86,7 +89,12 @@ def _answer(msg: Message, context: Context, expected: str) -> Message:
         reply = refusal(action, f"unexpected {type(exc).__name__} at the site; see the "
                                 "SuperNode log there", settings)
         reply.config["status"] = "failed"
-    return _to_message(reply, msg)
+    return _to_content(reply)
+
+
+def _answer(msg: Message, context: Context, expected: str) -> Message:
+    content = answer_content(msg.content, dict(context.node_config), expected)
+    return Message(content=content, reply_to=msg)
 
 
 _HANDLERS = {"query": ("ping",), "train": ("export-bundle",), "evaluate": ("evaluate",)}
@@ -110,9 +118,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "evaluate")
 
 
-def describe_reply(msg: Message) -> dict[str, Any]:
+def describe_reply(content: RecordDict) -> dict[str, Any]:
     """The reply's config as a plain dict (for logs and tests)."""
-    cfg = dict(msg.content.config_records["reply"])
+    cfg = dict(content.config_records["reply"])
     if "reply-json" in cfg:
         cfg["reply-json"] = json.loads(str(cfg["reply-json"]))
     return cfg

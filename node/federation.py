@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -202,9 +203,24 @@ class Reply:
         return self
 
 
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,'\"\\/]+){2,}[\\/]?")
+
+
+def scrub_paths(text: str) -> str:
+    """Replace file-system paths in a message by ``<path>``: an error text leaving the site
+    must not carry local folder or file names (a DICOM file name can be an identifier).
+
+    >>> scrub_paths("/data/pacs/P123/img.dcm: not DICOM; see /srv/site-a/store")
+    '<path>: not DICOM; see <path>'
+    """
+    return _PATH_RE.sub("<path>", text)
+
+
 def refusal(action: str, reason: str, settings: NodeSettings | None = None) -> Reply:
+    """A reply that says no, and why (paths scrubbed), instead of data."""
     return Reply({"protocol": PROTOCOL, "action": action, "status": "refused",
-                  "reason": reason[:2000], "site": settings.name if settings else "",
+                  "reason": scrub_paths(reason)[:2000],
+                  "site": settings.name if settings else "",
                   "software-version": software_version()})
 
 
@@ -291,24 +307,24 @@ def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
 
 def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], tag: str,
                           log: Log) -> str:
+    overrides = _json_field(request, "gan-config")
+    bad = sorted(FORBIDDEN_GAN_KEYS & set(overrides))
+    if bad:
+        raise RequestRefusedError(f"gan-config may not set {', '.join(bad)} (a site setting)")
+    n = int(request.get("n-synthetic", 200))
+    if not 1 <= n <= 200_000:
+        raise RequestRefusedError(f"n-synthetic {n} is out of range 1..200000")
     from node.audit import run_audit
     from node.generate import generate
     from node.training import GanConfig, train
     from shared.config import from_mapping
 
-    overrides = _json_field(request, "gan-config")
-    bad = sorted(FORBIDDEN_GAN_KEYS & set(overrides))
-    if bad:
-        raise RequestRefusedError(f"gan-config may not set {', '.join(bad)} (a site setting)")
     cfg = from_mapping(GanConfig, overrides, source="request gan-config")
     cap = settings.max_train_minutes
     if cfg.max_minutes is None or cfg.max_minutes > cap:
         cfg = dataclasses.replace(cfg, max_minutes=cap)
     log(f"{settings.name}: training {cfg.model} (≤ {cfg.max_minutes} min, kimg {cfg.kimg})")
     train(settings.site, cfg, run_name=tag, progress=False)
-    n = int(request.get("n-synthetic", 200))
-    if not 1 <= n <= 200_000:
-        raise RequestRefusedError(f"n-synthetic {n} is out of range 1..200000")
     log(f"{settings.name}: generating {n} images")
     generate(settings.site, n, run_name=tag, seed=int(request.get("seed", 0)), out_name=tag)
     log(f"{settings.name}: memorization audit")
