@@ -31,12 +31,13 @@ def keyed_site(tiny_site: Path) -> Path:
 
 
 def ask(site: Path, request: dict[str, Any], kind: str,
-        weights: dict[str, bytes] | None = None, **node: Any) -> dict[str, Any]:
+        weights: dict[str, bytes] | None = None, node: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
     content = RecordDict({"request": ConfigRecord(request)})
     if weights:
         content["weights"] = ArrayRecord({k: Array(np.frombuffer(v, np.uint8))
                                           for k, v in weights.items()})
-    reply = answer_content(content, {"site-dir": str(site), **node}, kind)
+    reply = answer_content(content, {"site-dir": str(site), **(node or {})}, kind)
     cfg = describe_reply(reply)
     assert set(cfg) <= REPLY_KEYS
     return cfg
@@ -67,7 +68,7 @@ def test_requests_for_anything_else_are_refused_with_a_reason(
 
 def test_site_that_does_not_train_on_request_refuses_train_mode(keyed_site: Path) -> None:
     cfg = ask(keyed_site, {"protocol": PROTOCOL, "action": "export-bundle", "mode": "train"},
-              "train", **{"allow-train": False})
+              "train", node={"allow-train": False})
     assert cfg["status"] == "refused" and "allow-train=false" in cfg["reason"]
 
 
