@@ -10,13 +10,23 @@ import typer
 
 def command(
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory (with a store)."),
-    weights: Path = typer.Option(..., "--weights", help="CNN weights (npz from synthlearn)."),
+    weights: Path = typer.Option(None, "--weights", help="CNN weights (npz from synthlearn)."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    request: Path = typer.Option(None, "--request", help="Air-gapped sites: the coordinator's "
+                                 "request.json (weights beside it); writes a signed reply-SITE."
+                                 "json next to it to carry back."),
 ) -> None:
     """Score CNN weights on this site's real test split; numbers only leave this command."""
     from node.commands.baseline import print_record
     from node.evaluate import evaluate_weights
 
+    if request is not None:
+        from node.federation import answer_request_file
+
+        typer.echo(f"signed reply: {answer_request_file(request, site_dir)}")
+        return
+    if weights is None:
+        raise typer.BadParameter("give --weights FILE.npz or --request request.json")
     record = evaluate_weights(site_dir, weights)
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
