@@ -107,7 +107,7 @@ th{background:#f6f7f9;font-weight:600}td.n{text-align:right;font-variant-numeric
 padding:.05rem .55rem;font-size:.8rem;background:#eef}.legend span{margin-right:1.2rem}
 .sw{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;
 vertical-align:middle}.note{background:#f6f7f9;border-left:4px solid #4c72b0;
-padding:.6rem .9rem;font-size:.9rem}code{font-size:.85rem}
+padding:.6rem .9rem;font-size:.9rem}code{font-size:.85rem;word-break:break-all}
 .cards{display:flex;gap:1rem;flex-wrap:wrap}.card{flex:1;min-width:180px;border:1px solid #e3e3e3;
 border-radius:8px;padding:.8rem 1rem}.card b{font-size:1.5rem;display:block}
 """
@@ -178,8 +178,10 @@ def render_html(report: dict[str, Any]) -> str:
            f"<title>synthlearn report — {esc(str(report['run']))}</title>",
            f"<style>{_CSS}</style></head><body>",
            f"<h1>synthlearn federation report</h1><p class='sub'>run <code>"
-           f"{esc(str(report['run']))}</code> · {esc(str(report.get('mode') or ''))} mode over "
-           f"{esc(str(report.get('transport')))} · {esc(str(report['created_at']))} · "
+           f"{esc(str(report['run']))}</code> · "
+           + (f"{esc(str(report['mode']))} mode · " if report.get("mode") else "")
+           + f"over {esc(str(report.get('transport')))} · "
+           f"{esc(str(report['created_at']))} · "
            f"synthlearn {esc(str(report['software_version']))}</p>",
            "<div class='cards'>",
            f"<div class='card'>Sites evaluated<b>{len(ok)} / {len(rows)}</b></div>",
