@@ -19,7 +19,7 @@ def _rec(auc: float) -> dict[str, Any]:
 
 
 def sample_report() -> dict[str, Any]:
-    sites = {
+    sites: dict[str, dict[str, Any]] = {
         "site-a": {"status": "ok", "baseline": _rec(0.9), "own": _rec(0.8), "pooled": _rec(0.85)},
         "site-b": {"status": "ok", "baseline": _rec(0.8), "own": _rec(0.7), "pooled": _rec(0.84)},
         "site-c": {"status": "dropped", "reason": "evaluation round: Flower error code 5"},
