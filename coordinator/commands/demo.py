@@ -73,9 +73,6 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
              fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.flower_proc import loopback_federation
     from coordinator.launch import ConsoleEcho, submit_and_watch
-    from node.ingest import preprocess
-    from node.phantoms import make_sites
-    from shared.signing import generate_keypair
 
     out = out.absolute()
     if fresh and out.exists():
@@ -85,59 +82,31 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
     t_all = time.monotonic()
     with ConsoleEcho() as echo:
         t0 = time.monotonic()
-        echo(f"[bold]1/5[/] phantom DICOMs for {sites} sites → {out / 'raw'}")
-        raw = make_sites(out / "raw", sites=sites, seed=0, scale=scale, size=max(size, 48))
-        site_dirs: dict[str, Path] = {}
-        for src in raw:
-            site = out / "sites" / src.name
-            if not (site / "site.json").exists():
-                preprocess(src / "dicom", src / "labels.csv", site, size=size, workers=1,
-                           progress=False, min_side=min(size, 32))
-            site_dirs[src.name] = site
-        timing["data"] = round(time.monotonic() - t0, 2)
+        echo(f"[bold]1/4[/] phantom DICOMs for {sites} sites → {out / 'raw'}; "
+             "site keys and the coordinator's trust folder")
+        site_dirs, trust = prepare_sites(out, sites=sites, scale=scale, size=size)
+        timing["data_and_keys"] = round(time.monotonic() - t0, 2)
 
         t0 = time.monotonic()
-        echo("[bold]2/5[/] site keys and the coordinator's trust folder")
-        trust = out / "coordinator" / "trust"
-        trust.mkdir(parents=True, exist_ok=True)
-        for name, site in site_dirs.items():
-            if not (site / "keys" / "site.key").exists():
-                generate_keypair(site / "keys")
-                (site / "keys" / "pseudonym").write_text(name)
-            shutil.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
-        timing["keys"] = round(time.monotonic() - t0, 2)
-
-        t0 = time.monotonic()
-        echo("[bold]3/5[/] Flower SuperLink + SuperNodes on 127.0.0.1 (loopback only)")
-        node_cfg = {name: {"site-dir": str(site), "max-train-minutes": gan_minutes * 2,
-                           "accept-risk": "built-in phantom demo data: no patient exists; "
-                                          "tiny training budget"}
-                    for name, site in site_dirs.items()}
+        echo("[bold]2/4[/] Flower SuperLink + SuperNodes on 127.0.0.1 (loopback only)")
+        node_cfg = demo_node_config(site_dirs, gan_minutes)
         work = out / "coordinator"
         with loopback_federation(out / "flower", node_cfg) as fed:
             timing["federation_start"] = round(time.monotonic() - t0, 2)
             echo(f"      SuperLink 127.0.0.1:{fed.superlink.port}, SuperNodes "
                  + ", ".join(f"{n}:{p.port}" for n, p in fed.supernodes.items()))
-            echo("[bold]4/5[/] Flower run (train mode): sites train, generate, audit, export; "
+            echo("[bold]3/4[/] Flower run (train mode): sites train, generate, audit, export; "
                  "coordinator pools, trains the CNN, sites evaluate it")
             t0 = time.monotonic()
-            gan = {"model": "gan", "resolution": size, "max_minutes": gan_minutes,
-                   "min_class_images": 10, "batch": 32}
-            baseline = {"epochs": 8, "width": 16, "max_minutes": 1.0, "classes": "binary"}
-            run_config = {
-                "work-dir": str(work), "trust-dir": str(trust), "run-name": "demo",
-                "mode": "train", "expected-sites": sites, "node-wait-s": 60.0,
-                "bundle-timeout-s": gan_minutes * 60 * 4 + 600, "eval-timeout-s": 600.0,
-                "gan-config": json.dumps(gan), "baseline-config": json.dumps(baseline),
-                "n-synthetic": n_synthetic, "cnn-epochs": 10, "cnn-width": 16,
-                "cnn-max-minutes": cnn_minutes, "cnn-patience": 4,
-            }
+            run_config = demo_run_config(work, trust, sites=sites, size=size,
+                                         gan_minutes=gan_minutes, n_synthetic=n_synthetic,
+                                         cnn_minutes=cnn_minutes)
             row = submit_and_watch(fed.connection, fed.cli_home, run_config, timeout=timeout,
                                    echo=echo)
             timing["flower_run"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
         timing["federation_stop"] = round(time.monotonic() - t0, 2)
-        echo("[bold]5/5[/] all Flower processes stopped")
+        echo("[bold]4/4[/] all Flower processes stopped")
     from coordinator.state import CoordinatorState
 
     state = CoordinatorState(work / "state.db")
@@ -152,3 +121,53 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
     (out / "demo-timing.json").write_text(json.dumps(doc, indent=2) + "\n")
     return {"report_html": str(work / "report" / "report.html"), "total_seconds": total,
             "timing": doc}
+
+
+def prepare_sites(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
+                  seed: int = 0) -> tuple[dict[str, Path], Path]:
+    """Phantom DICOMs → preprocessed site stores with keys; the coordinator's trust folder."""
+    from node.ingest import preprocess
+    from node.phantoms import make_sites
+    from shared.signing import generate_keypair
+
+    raw = make_sites(out / "raw", sites=sites, seed=seed, scale=scale, size=max(size, 48))
+    site_dirs: dict[str, Path] = {}
+    for src in raw:
+        site = out / "sites" / src.name
+        if not (site / "site.json").exists():
+            preprocess(src / "dicom", src / "labels.csv", site, size=size, workers=1,
+                       progress=False, min_side=min(size, 32))
+        site_dirs[src.name] = site
+    trust = out / "coordinator" / "trust"
+    trust.mkdir(parents=True, exist_ok=True)
+    for name, site in site_dirs.items():
+        if not (site / "keys" / "site.key").exists():
+            generate_keypair(site / "keys")
+            (site / "keys" / "pseudonym").write_text(name)
+        shutil.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
+    return site_dirs, trust
+
+
+def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str, dict[str, Any]]:
+    """What each demo site's admin would pass to `synthlearn node join`."""
+    return {name: {"site-dir": str(site), "max-train-minutes": gan_minutes * 2,
+                   "accept-risk": "built-in phantom demo data: no patient exists; tiny "
+                                  "training budget"}
+            for name, site in site_dirs.items()}
+
+
+def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
+                    gan_minutes: float = 1.5, n_synthetic: int = 200,
+                    cnn_minutes: float = 1.5) -> dict[str, Any]:
+    """The demo's run config (train mode, small budgets)."""
+    gan = {"model": "gan", "resolution": size, "max_minutes": gan_minutes,
+           "min_class_images": 10, "batch": 32}
+    baseline = {"epochs": 8, "width": 16, "max_minutes": 1.0, "classes": "binary"}
+    return {
+        "work-dir": str(work), "trust-dir": str(trust), "run-name": "demo",
+        "mode": "train", "expected-sites": sites, "node-wait-s": 60.0,
+        "bundle-timeout-s": gan_minutes * 60 * 4 + 600, "eval-timeout-s": 600.0,
+        "gan-config": json.dumps(gan), "baseline-config": json.dumps(baseline),
+        "n-synthetic": n_synthetic, "cnn-epochs": 10, "cnn-width": 16,
+        "cnn-max-minutes": cnn_minutes, "cnn-patience": 4,
+    }
