@@ -51,4 +51,4 @@ def command(
         typer.echo(f"exportable summary: {site_dir / 'audit' / 'summary.json'}")
     if not summary["gates_passed"]:
         typer.echo("audit FAILED: export will be refused without --accept-risk", err=True)
-        raise typer.Exit(1)
+        raise SystemExit(1)

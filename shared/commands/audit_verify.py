@@ -1,5 +1,8 @@
 """`synthlearn audit verify FILE --trust KEYS_DIR`: an auditor's offline check.
 
+(Exit codes are raised as ``SystemExit``, not ``typer.Exit``: the root CLI runs click with
+``standalone_mode=False``, where click *returns* a ``typer.Exit`` code instead of exiting.)
+
 FILE is a bundle (``*.slbundle``) or a JSON file holding signed records (a metric record, an
 evaluation reply, a report with signed records inside). Exit status: 0 everything verified and
 every gate passed; 1 verification failed (the message names the check: bad-signature,
@@ -30,7 +33,7 @@ def _fail(what: str, message: str, as_json: bool,
 
         Console(stderr=True).print(f"[bold red]VERDICT: FAILED[/] — {what}: {message}",
                                    highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_FAILED)
+    raise SystemExit(EXIT_FAILED)
 
 
 def print_gates(summary: dict[str, Any]) -> None:
@@ -74,7 +77,7 @@ def _verify_bundle(path: Path, trust: Path, seen: set[str], as_json: bool) -> No
                    "accepted_risk": risk, "dp": m.get("dp"), "audit": audit}
         typer.echo(json.dumps(verdict, indent=2, sort_keys=True))
     else:
-        con = Console()
+        con = Console(soft_wrap=True)
         con.print(f"[green]signature[/]  OK — key {vb.key_name} ({vb.key_fingerprint})")
         con.print(f"[green]format[/]     OK — {m['format']} v{m['format_version']}, made by "
                   f"synthlearn {m.get('software_version')} at {m.get('created_at')}")
@@ -97,7 +100,7 @@ def _verify_bundle(path: Path, trust: Path, seen: set[str], as_json: bool) -> No
                 f"[bold yellow]VERDICT: AUTHENTIC, AUDIT FAILED[/] — gate(s) {', '.join(failed)}"
                 f" failed; the site accepted the risk: {(risk or {}).get('reason')!r}",
                 highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ACCEPTED_RISK)
+        raise SystemExit(EXIT_ACCEPTED_RISK)
     if not as_json:
         Console().print("[bold green]VERDICT: VALID[/] — signature, hashes, format and gates "
                         "all pass")
@@ -168,7 +171,7 @@ def _verify_records(path: Path, trust: Path, as_json: bool) -> None:
         if not as_json:
             Console(stderr=True).print("[bold red]VERDICT: FAILED[/] — " + "; ".join(failures),
                                        highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED)
+        raise SystemExit(EXIT_FAILED)
     if not as_json:
         Console().print(f"[bold green]VERDICT: VALID[/] — {len(rows)} signed record(s) verified")
 

@@ -89,3 +89,17 @@ def test_signed_records_and_reports(tmp_path: Path) -> None:
     plain.write_text(json.dumps({"auc": 0.9}))
     r = runner.invoke(app, ["audit", "verify", str(plain), "--trust", str(trust)])
     assert r.exit_code == 1 and "not-signed" in r.output
+
+
+def test_console_script_exit_code_reaches_the_shell(tmp_path: Path) -> None:
+    """Through the real `synthlearn` entry point, not only Typer's test runner."""
+    import subprocess
+    import sys
+
+    keys, trust = setup(tmp_path)
+    risky = bundle(tmp_path, keys, "risky.slbundle", BAD, risk="reviewed by the DPO, ok")
+    code = ("import sys; sys.argv = ['synthlearn', 'audit', 'verify', sys.argv[1], '--trust', "
+            "sys.argv[2]]; from shared.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code, str(risky), str(trust)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
