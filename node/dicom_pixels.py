@@ -21,9 +21,8 @@ anti-aliased LANCZOS filter on float data (box pre-reduction via ``reducing_gap`
 nearest-neighbour, which aliases.
 
 Why a lookup table: for ≤16-bit integer pixels the whole chain (modality → VOI → inversion) is
-folded into one table indexed by the stored value, so the per-pixel work is a single gather on
-the cropped square. That keeps preprocessing close to the raw decode rate (see
-``benchmarks/preprocess_bench.py``).
+folded into one table indexed by the stored value, so the per-pixel work beyond the decode is
+a single gather on the cropped square plus the resize (see ``benchmarks/preprocess_bench.py``).
 
 Multi-frame and colour policy: **skipped with a reason**. A projection radiograph is one
 grayscale frame; taking an arbitrary frame of a cine/CT/MR object or a luminance of a
@@ -275,6 +274,23 @@ def _first(value: Any) -> float:
         return float("nan")
 
 
+def _window(ds: Any) -> tuple[float, float, str] | None:
+    """The primary (first) window as (center, width, function), if present and usable."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if not (np.isfinite(c) and np.isfinite(w) and w > 0):
+        return None
+    if func not in ("SIGMOID", "LINEAR_EXACT") and w < 1:
+        return None
+    return c, w, func
+
+
+def _has_voi_lut(ds: Any) -> bool:
+    return "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+
+
 def _voi(mod: npt.NDArray[np.float64], ds: Any, mod_range: tuple[float, float],
          ) -> npt.NDArray[np.float64]:
     """Modality values → [0, 1] by the VOI policy in the module docstring."""
@@ -295,16 +311,15 @@ def _voi(mod: npt.NDArray[np.float64], ds: Any, mod_range: tuple[float, float],
                 return (lut[idx] - lo) / (hi - lo)
         except Exception:  # malformed VOI LUT: fall back to the next policy step
             pass
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        if np.isfinite(c) and np.isfinite(w) and w > 0:
-            if func == "SIGMOID":
-                return 1.0 / (1.0 + np.exp(-4.0 * (mod - c) / w))
-            if func == "LINEAR_EXACT":
-                return np.clip((mod - c) / w + 0.5, 0.0, 1.0)
-            if w >= 1:  # PS3.3 C.11.2.1.2.1 LINEAR
-                return np.clip((mod - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5, 0.0, 1.0)
+    win = _window(ds)
+    if win is not None:
+        c, w, func = win
+        if func == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(-4.0 * (mod - c) / w))
+        if func == "LINEAR_EXACT":
+            return np.clip((mod - c) / w + 0.5, 0.0, 1.0)
+        # PS3.3 C.11.2.1.2.1 LINEAR
+        return np.clip((mod - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5, 0.0, 1.0)
     lo, hi = mod_range
     if hi <= lo:
         return np.zeros_like(mod)
@@ -340,19 +355,23 @@ def _modality_range(crop: npt.NDArray[Any], ds: Any) -> tuple[float, float]:
 
 
 def displayed(crop: npt.NDArray[Any], ds: Any) -> FloatImage:
-    """Stored values (any region) → float32 [0, 1], bone bright."""
-    needs_range = "VOILUTSequence" not in ds and not (
-        "WindowCenter" in ds and "WindowWidth" in ds
-    )
+    """Stored values (any region) → float32 [0, 1], bone bright.
+
+    ≤16-bit integers go through one gather from a table computed in float64 (so MONOCHROME1
+    and MONOCHROME2 copies of an image give bit-identical floats); anything else is computed
+    directly. (A float32 fused multiply-add for affine chains was measured: ≤ 15 % faster per
+    file but not bit-exact between MONOCHROME1 and 2, so it is not used.)
+    """
+    needs_range = not _has_voi_lut(ds) and _window(ds) is None
     mod_range = _modality_range(crop, ds) if needs_range else (0.0, 1.0)
     if crop.dtype.kind in "iu" and crop.dtype.itemsize <= 2:
         lut = display_lut(ds, crop.dtype, mod_range)
         index = crop.view(np.uint8 if crop.dtype.itemsize == 1 else np.uint16)
         return lut[index]
-    out = _voi(_modality(crop, ds), ds, mod_range)
+    out64 = _voi(_modality(crop, ds), ds, mod_range)
     if _is_mono1(ds):
-        out = 1.0 - out
-    return out.astype(np.float32)
+        out64 = 1.0 - out64
+    return out64.astype(np.float32)
 
 
 def centre_square(rows: int, columns: int) -> tuple[int, int, int]:
@@ -367,7 +386,8 @@ def resize_square(image: FloatImage, size: int) -> FloatImage:
 
     if image.shape == (size, size):
         return image.astype(np.float32, copy=False)
-    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    arr = np.ascontiguousarray(image, dtype=np.float32)
+    pil = Image.frombuffer("F", (arr.shape[1], arr.shape[0]), arr, "raw", "F", 0, 1)  # no copy
     out = pil.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return np.asarray(out, dtype=np.float32)
 

@@ -213,3 +213,11 @@ def test_voi_lut_sequence_takes_precedence_over_window() -> None:
     ds.VOILUTSequence = Sequence([item])
     out = dp.normalised(ds)
     assert out[0, 0] == pytest.approx(1.0) and out[0, 255] == pytest.approx(0.0)
+
+
+def test_unusable_window_falls_back_to_min_max() -> None:
+    ramp = np.tile(np.linspace(100, 3000, 200).round().astype(np.uint16), (160, 1))
+    ds = make_ds(ramp, WindowCenter="1000", WindowWidth="0")  # width 0: invalid
+    out = dp.normalised(ds)
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+    assert np.allclose(out, (ramp - 100.0) / 2900.0, atol=1e-5)
