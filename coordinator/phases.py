@@ -237,6 +237,12 @@ class Run:
 
         got = self.state.phase_result(self.run, "bundles") or {}
         paths = [Path(p) for p in (got.get("bundles") or {}).values()]
+        if not paths:
+            from coordinator.errors import PoolError
+
+            why = "; ".join(f"{site}: {st['status']} ({st['reason']})" for site, st in
+                            self.state.site_statuses(self.run).items()) or "no site answered"
+            raise PoolError(f"no site sent a bundle: {why}")
         res = pool_bundles(paths, Path(self.s.trust_dir), self.state, self.run,
                            balance=self.s.balance, seed=self.s.seed,
                            out_dir=self.work / "pool")
