@@ -61,9 +61,15 @@ def command(
             "--engine simulation: not available in this version (the simulation engine passes "
             "only partition-id/num-partitions as node config, so each virtual site cannot be "
             "given its own site folder and key); use the default --engine deployment")
-    result = run_demo(out, sites=sites, scale=scale, size=size, gan_minutes=gan_minutes,
-                      n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
-                      timeout=timeout_minutes * 60)
+    try:
+        result = run_demo(out, sites=sites, scale=scale, size=size, gan_minutes=gan_minutes,
+                          n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
+                          timeout=timeout_minutes * 60)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every process the demo started has been stopped; "
+                   "`synthlearn demo --resume` continues from the last completed phase",
+                   err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"\nReport: {result['report_html']}")
     typer.echo(f"Timing: {out / 'demo-timing.json'} (total {result['total_seconds']:.0f} s)")
 
