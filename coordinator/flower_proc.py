@@ -308,7 +308,11 @@ def start_supernode(work: Path, name: str, superlink: str, node_config: Mapping[
 # -- the flwr CLI ----------------------------------------------------------------------------------
 def write_connection(home: Path, name: str, address: str, *, root_cert: Path | None = None,
                      insecure: bool | None = None) -> Path:
-    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (Flower reads it there)."""
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (Flower reads it there).
+
+    Without ``root_cert`` the connection is insecure, which is allowed for loopback only
+    (``insecure`` is accepted for symmetry with the CLI flag; it cannot widen that).
+    """
     home.mkdir(parents=True, exist_ok=True)
     lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]",
              f'address = "{address}"']
@@ -316,10 +320,10 @@ def write_connection(home: Path, name: str, address: str, *, root_cert: Path | N
         lines.append(f'root-certificates = "{Path(root_cert).absolute()}"')
     else:
         host = address.rsplit(":", 1)[0].strip("[]")
-        if host not in LOOPBACK_HOSTS and not insecure:
+        if host not in LOOPBACK_HOSTS:
             raise FlowerProcessError(
-                f"a connection to {address} needs the federation's CA certificate; "
-                "--insecure is for loopback only"
+                f"a connection to {address} needs the federation's CA certificate "
+                "(--root-cert ca.crt); --insecure is for loopback only"
             )
         lines.append("insecure = true")
     path = home / "config.toml"

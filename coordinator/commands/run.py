@@ -39,6 +39,9 @@ def command(
 
     if mode not in ("collect", "train"):
         raise CoordinatorError(f"--mode must be 'collect' or 'train', not {mode!r}")
+    if root_cert is None and not insecure:
+        raise CoordinatorError("give --root-cert (the federation's ca.crt), or --insecure for "
+                               "a loopback test")
     work = work.absolute()
     cli_home = work / "cli-home"
     write_connection(cli_home, "synthlearn", superlink,

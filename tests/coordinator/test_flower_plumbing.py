@@ -52,3 +52,17 @@ def test_run_config_file_carries_json_values(tmp_path: Path) -> None:
     path = tmp_path / "rc.toml"
     path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items()))
     assert parse_config_args([str(path)]) == cfg
+
+
+def test_cli_connection_is_insecure_only_on_loopback(tmp_path: Path) -> None:
+    from coordinator.flower_proc import write_connection
+
+    text = write_connection(tmp_path, "fed", "127.0.0.1:9092").read_text()
+    assert "insecure = true" in text
+    with pytest.raises(FlowerProcessError, match="CA certificate"):
+        write_connection(tmp_path, "fed", "coordinator.example.org:9092", insecure=True)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    text = write_connection(tmp_path, "fed", "coordinator.example.org:9092",
+                            root_cert=ca).read_text()
+    assert "root-certificates" in text and "insecure" not in text
