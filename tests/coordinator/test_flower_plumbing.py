@@ -66,3 +66,20 @@ def test_cli_connection_is_insecure_only_on_loopback(tmp_path: Path) -> None:
     text = write_connection(tmp_path, "fed", "coordinator.example.org:9092",
                             root_cert=ca).read_text()
     assert "root-certificates" in text and "insecure" not in text
+
+
+def test_fab_carries_only_package_code_and_stays_small(tmp_path: Path) -> None:
+    import zipfile
+
+    from coordinator.flower_proc import flwr_cli
+    from tests.coordinator.fedutil import REPO
+
+    proc = flwr_cli(["build", "--app", str(REPO)], tmp_path / "home", cwd=tmp_path)
+    fabs = list(tmp_path.glob("*.fab"))
+    assert len(fabs) == 1, proc.stdout + proc.stderr
+    assert fabs[0].stat().st_size < 10 * 1024 * 1024
+    names = zipfile.ZipFile(fabs[0]).namelist()
+    assert "node/client_app.py" in names and "coordinator/server_app.py" in names
+    code = [n for n in names if not n.startswith(".info/") and n != "pyproject.toml"]
+    assert all(n.endswith(".py") and n.split("/")[0] in ("node", "coordinator", "shared")
+               for n in code), [n for n in code if not n.endswith(".py")]
