@@ -295,7 +295,7 @@ class Run:
         for site, st in statuses.items():
             if st["status"] in ("ok", "excluded") and site not in sites.values():
                 self._mark(site, "dropped", "evaluation round: the site's SuperNode did not "
-                           "answer (gone since the bundle round)")
+                           "answer the ping before it (no reply within the round's timeout)")
         requests, weights = {}, {}
         for node, site in sites.items():
             own_rec = own.get(site)
