@@ -13,7 +13,6 @@ Run config comes from ``[tool.flwr.app.config]`` in pyproject.toml, overridden p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -111,7 +110,3 @@ def main(grid: Grid, context: Context) -> None:
             for r in transport.rounds:
                 fh.write(json.dumps(r) + "\n")
 
-
-def fab_digest(path: Path) -> str:
-    """SHA-256 of a file (for logs that name which FAB ran)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
