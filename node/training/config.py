@@ -1,0 +1,133 @@
+"""`GanConfig`: every knob of `synthlearn node train`, frozen and fully recorded per run.
+
+Defaults are the benchmarked CPU settings (benchmarks/results-gan.md). Fields split into two
+groups: *structural* ones (network shape, class set, seed, DP setting) that a resumed run must
+share with its checkpoint, and *schedule* ones (``kimg``, ``max_minutes``, checkpoint interval,
+logging) that may change between invocations, so "train 10 more minutes" is just re-running
+the command with a larger budget.
+
+>>> GanConfig(kimg=1.0).model
+'gan'
+>>> GanConfig(kimg=1.0, resolution=48)
+Traceback (most recent call last):
+...
+ValueError: resolution must be a power of two between 8 and 1024, got 48; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.networks.generator import check_resolution
+
+STRUCTURAL = (
+    "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
+    "channel_base", "channel_max", "channel_min", "d_norm", "mbstd", "dp_epsilon", "dp_delta",
+    "dp_max_grad_norm", "spine_width",
+)
+"""Fields a checkpoint must agree on to be resumed (see :func:`config_differences`)."""
+
+HARD_MIN_CLASS_IMAGES = 50
+"""Default refusal threshold per class. Below ~50 images a GAN can only memorise (and the audit
+would flag copies); see :data:`WARN_CLASS_IMAGES` for the softer warning."""
+
+WARN_CLASS_IMAGES = 500
+"""GIST (the GAN-based synthetic-data study cited in DESIGN.md) saw visible artefacts when a
+class had fewer than ~500 training images; we warn below it and still train."""
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    model: Literal["gan", "spinegan"] = "gan"
+    resolution: int | None = None
+    """Power of two; None → the smallest power of two ≥ the store size (28 → 32), clamped to
+    [32, 256]. Smaller stores are reflect-padded when the gap is ≤ 1/4 of the side (28 → 32:
+    2 px each side, cropped off again in `node generate`), else resized."""
+    kimg: float | None = None
+    """Stop after this many thousand real images shown to D (cumulative over resumes)."""
+    max_minutes: float | None = None
+    """Stop after this many minutes of training in this invocation."""
+    classes: Literal["binary", "lesion"] = "binary"
+    batch: int = 64
+    seed: int = 0
+    augment: Literal["ada", "fixed", "none"] = "ada"
+    aug_p: float | None = None
+    """Initial p for ADA (default 0) or the constant p in fixed mode (default 0.5)."""
+    ada_target: float = 0.6
+    ada_kimg: float = 50.0
+    checkpoint_kimg: float = 10.0
+    spine_gamma: float = 0.1
+    spine_epochs: int = 3
+    spine_width: int = 8
+    spine_max_minutes: float | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_max_grad_norm: float = 1.0
+    lr_g: float = 0.002
+    lr_d: float = 0.002
+    beta1: float = 0.0
+    beta2: float = 0.99
+    r1_gamma: float | None = None
+    """None → StyleGAN2-ADA's heuristic 0.0002·R²/batch."""
+    r1_interval: int = 16
+    ema_kimg: float = 2.5
+    ema_rampup: float | None = 0.05
+    z_dim: int = 64
+    w_dim: int = 128
+    mapping_layers: int = 2
+    channel_base: int = 512
+    channel_max: int = 256
+    channel_min: int = 16
+    d_norm: Literal["none", "group"] = "none"
+    mbstd: bool = True
+    min_class_images: int = HARD_MIN_CLASS_IMAGES
+    warn_class_images: int = WARN_CLASS_IMAGES
+    log_every: int = 25
+    """Steps between metrics.jsonl lines and progress-bar refreshes of the losses."""
+    grid_per_class: int = 8
+    device: str | None = None
+    """None → CUDA (with bf16 autocast) when available, else CPU with all cores."""
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None:
+            check_resolution(self.resolution)
+        for name in ("kimg", "max_minutes", "checkpoint_kimg", "ada_kimg", "ema_kimg"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
+        if self.batch < 2:
+            raise ValueError(f"batch must be ≥ 2, got {self.batch}")
+        if self.aug_p is not None and not 0.0 <= self.aug_p <= 1.0:
+            raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ValueError(f"dp_epsilon must be > 0, got {self.dp_epsilon}")
+        if self.min_class_images < 1:
+            raise ValueError("min_class_images must be ≥ 1")
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_epsilon is not None
+
+    def effective(self) -> GanConfig:
+        """The settings DP forces (fixed augmentation, GroupNorm D, no minibatch-std)."""
+        if not self.dp:
+            return self
+        return dataclasses.replace(self, augment="fixed", d_norm="group", mbstd=False)
+
+    def initial_p(self) -> float:
+        if self.augment == "none":
+            return 0.0
+        if self.aug_p is not None:
+            return self.aug_p
+        return 0.0 if self.augment == "ada" else 0.5
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable list of structural fields that differ between two resolved configs."""
+    out = []
+    for key in STRUCTURAL:
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: checkpoint has {old.get(key)!r}, now {new.get(key)!r}")
+    return out
