@@ -31,3 +31,7 @@ app.command("export")(export.command)
 from node.commands import join  # noqa: E402
 
 app.command("join")(join.command)
+from node.commands import generate, train  # noqa: E402
+
+app.command("train")(train.command)
+app.command("generate")(generate.command)

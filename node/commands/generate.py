@@ -1,0 +1,28 @@
+"""`synthlearn node generate`: sample a labelled synthetic set from a trained run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def command(
+    site_dir: Path = typer.Option(..., "--site-dir"),
+    n: int = typer.Option(..., "-n", "--n", help="Number of images to keep."),
+    run_name: str = typer.Option("default", "--run-name"),
+    truncation: float = typer.Option(1.0, "--truncation", help="ψ: 1 = no truncation."),
+    per_class: str = typer.Option("balanced", "--per-class", help="balanced or real."),
+    seed: int = typer.Option(0, "--seed"),
+    filter_threshold: float | None = typer.Option(
+        None, "--filter", help="Keep a sample only if S gives its class ≥ this probability."),
+    out_name: str = typer.Option("default", "--out-name", help="Folder under SITE/synthetic/."),
+) -> None:
+    """Same seed and options → the same images. Writes SITE/synthetic/<out-name>/."""
+    from node.generate import generate
+
+    s = generate(site_dir, n, run_name=run_name, truncation=truncation, per_class=per_class,
+                 seed=seed, filter_threshold=filter_threshold, out_name=out_name)
+    typer.echo(json.dumps({"images": len(s), "counts": s.counts(), "filter": s.info["filter"],
+                           "folder": str(site_dir / "synthetic" / out_name)}, indent=2))
