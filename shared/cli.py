@@ -40,7 +40,9 @@ _register()
 def main() -> None:
     """Entry point: known errors become one red line and exit status 2, not a traceback."""
     try:
-        app(standalone_mode=False)
+        # In non-standalone mode click *returns* the code of a `typer.Exit(n)` raised by a
+        # command instead of raising it; pass it on so `raise typer.Exit(130)` reaches the shell.
+        rc = app(standalone_mode=False)
     except SynthlearnError as exc:
         from shared.progress import stderr_console
 
@@ -59,3 +61,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -19,7 +19,10 @@ def command(
         None, "--filter", help="Keep a sample only if S gives its class ≥ this probability."),
     out_name: str = typer.Option("default", "--out-name", help="Folder under SITE/synthetic/."),
 ) -> None:
-    """Same seed and options → the same images. Writes SITE/synthetic/<out-name>/."""
+    """Sample labelled synthetic images from a trained run into SITE/synthetic/<out-name>/.
+
+    Same seed and options give the same images.
+    """
     from node.generate import generate
 
     s = generate(site_dir, n, run_name=run_name, truncation=truncation, per_class=per_class,

@@ -20,6 +20,11 @@ def command(
     batch: int = typer.Option(64, "--batch"),
     seed: int = typer.Option(0, "--seed"),
     run_name: str = typer.Option("default", "--run-name", help="Folder under SITE/runs/."),
+    dp_epsilon: float | None = typer.Option(
+        None, "--dp-epsilon", help="Train D (and S) with DP-SGD so the whole run spends at most "
+        "this ε; needs --kimg to plan the noise."),
+    dp_delta: float | None = typer.Option(None, "--dp-delta",
+                                          help="δ of the DP guarantee (default 1/n_train)."),
     config: Path | None = typer.Option(None, "--config",
                                        help="TOML with more GanConfig keys (table [gan])."),
 ) -> None:
@@ -32,7 +37,8 @@ def command(
     base = load_toml(GanConfig, config, "gan") if config else GanConfig()
     data = to_dict(base)
     data.update(model=model, classes=classes, batch=batch, seed=seed)
-    for key, value in (("resolution", resolution), ("kimg", kimg), ("max_minutes", max_minutes)):
+    for key, value in (("resolution", resolution), ("kimg", kimg), ("max_minutes", max_minutes),
+                       ("dp_epsilon", dp_epsilon), ("dp_delta", dp_delta)):
         if value is not None:
             data[key] = value
     cfg = from_mapping(GanConfig, data)
