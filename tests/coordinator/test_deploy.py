@@ -1,6 +1,7 @@
-"""deploy/: the compose file parses and every `synthlearn …` command line it, the Dockerfiles,
-the SLURM example, deploy/README.md and the root README use is accepted by the real CLI (Docker itself cannot run
-on the development machines; deploy/README.md says what was not exercised)."""
+"""deploy/: the compose file parses, and every `synthlearn …` command line in it, the
+Dockerfiles, the SLURM example, deploy/README.md and the root README is accepted by the real
+CLI (Docker itself cannot run on the development machines; deploy/README.md says what was not
+exercised)."""
 
 from __future__ import annotations
 
