@@ -473,7 +473,7 @@ def train_classifier_dp(
                 loss = F.cross_entropy(session.module(xb), yb.to(dev))
                 loss.backward()
                 session.optimizer.step()
-                bar.update(task, advance=1, status=f"loss {float(loss):.3f}")
+                bar.update(task, advance=1, status=f"loss {loss.item():.3f}")
     report = session.report()
     plain = ResNetClassifier(num_classes, width=width, norm="group")
     raw = getattr(session.module, "_module", session.module)

@@ -122,17 +122,31 @@ def generate(
 
 
 def _spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:
-    """The run's S (SpineGAN) or, for a plain GAN run, one trained now and kept in the run."""
-    from node.training.spine_classifier import ensure_spine_classifier
+    """The run's S (SpineGAN) or, for a plain GAN run, one trained now and kept in the run.
+
+    A DP run only uses an S that was trained inside its budget (SpineGAN with DP): training
+    one now would read real images outside the run's ε.
+    """
+    from node.training.spine_classifier import ensure_spine_classifier, spine_path
 
     cfg = meta["config"]
     run_dir = site_dir / "runs" / run_name
+    dp_budget = None
+    if cfg.get("dp_epsilon") is not None:
+        if not spine_path(run_dir).exists():
+            raise TrainingError(
+                f"{run_dir}: --filter needs a classifier trained on the real images, and this "
+                "DP run has none inside its privacy budget; train with --model spinegan "
+                "--dp-epsilon (S gets its share of ε), or generate without --filter")
+        from node.dp import split_budget
+
+        dp_budget = split_budget(float(cfg["dp_epsilon"]),
+                                 float(meta["dp"]["delta"]))["spine_classifier"]
     images, labels, names, _ = load_site_data(site_dir, cfg["classes"])
     x = images_to_model_space(images, meta["transform"])
     model = ensure_spine_classifier(
         run_dir, tensor_to_uint8(x), labels, len(names), resolution=int(cfg["resolution"]),
         epochs=int(cfg["spine_epochs"]), width=int(cfg["spine_width"]), seed=int(cfg["seed"]),
-        max_minutes=cfg.get("spine_max_minutes"), dp=cfg.get("dp_epsilon") is not None,
-        progress=False)
+        max_minutes=cfg.get("spine_max_minutes"), dp_budget=dp_budget, progress=False)
     out: torch.nn.Module = model.eval()
     return out

@@ -45,14 +45,21 @@ def synthetic_digest(synthetic: SyntheticSet) -> str:
 
 def run_name_of(synthetic: SyntheticSet) -> str:
     info = synthetic.info or {}
-    for key in ("run_name", "run"):
+    for key in ("generator_run", "run_name", "run"):  # node.generate writes generator_run
         if isinstance(info.get(key), str):
             return str(info[key])
     return "default"
 
 
 def find_dp_report(site_dir: Path, synthetic: SyntheticSet) -> dict[str, Any] | None:
-    """The DP accounting of the GAN run that made the set (``runs/<run>/metrics.json``)."""
+    """The DP accounting of the GAN run that made the set.
+
+    ``node generate`` copies it into the set's info from the checkpoint it sampled; sets made
+    otherwise fall back to ``runs/<run>/metrics.json``.
+    """
+    info = synthetic.info or {}
+    if "dp" in info:
+        return info["dp"] if isinstance(info["dp"], dict) else None
     path = Path(site_dir) / "runs" / run_name_of(synthetic) / "metrics.json"
     if not path.exists():
         return None

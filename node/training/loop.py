@@ -9,8 +9,11 @@ last checkpoint continues exactly as if it had never stopped.
 Under DP (``cfg.dp_epsilon``), D, its optimizer and the real-data loader are handed to
 :class:`node.dp.DPSession`; the D-step becomes one forward/backward over
 ``cat([real, fake.detach()])``, R1 and ADA are off, D uses GroupNorm, and training stops when
-the privacy budget is spent. G's step runs D with its parameters frozen, so Opacus' per-example
-hooks record nothing for it.
+the planned steps are done (never on images shown, which Poisson sampling makes data-dependent).
+Every D-step sees a full batch of fakes whatever the real count, so one real image changes the
+step by one clipped gradient. G's step runs D with its parameters frozen, so Opacus'
+per-example hooks record nothing for it. SpineGAN's S gets its own share of ε
+(:func:`node.dp.split_budget`) and the run reports the composed total.
 """
 
 from __future__ import annotations
@@ -130,16 +133,22 @@ class Trainer:
         self.augment = Augment(mode=e.augment, p=e.initial_p(), target=e.ada_target,
                                ada_kimg=e.ada_kimg)
         self.spine: nn.Module | None = None
-        if e.model == "spinegan" and e.spine_gamma > 0:
+        uses_spine = e.model == "spinegan" and e.spine_gamma > 0
+        self.dp_budgets = self._plan_dp_budgets(uses_spine)
+        self.spine_dp: dict[str, Any] | None = None
+        if uses_spine:
             if run_dir is None:
                 raise TrainingError("SpineGAN needs a run folder to keep its classifier in")
-            from node.training.spine_classifier import ensure_spine_classifier
+            from node.training.spine_classifier import ensure_spine_classifier, spine_dp_report
 
             s = ensure_spine_classifier(
                 run_dir, tensor_to_uint8(x), np.asarray(labels, dtype=np.int64),
                 self.num_classes, resolution=res, epochs=e.spine_epochs, width=e.spine_width,
-                seed=e.seed, max_minutes=e.spine_max_minutes, dp=e.dp, progress=progress)
+                seed=e.seed, max_minutes=e.spine_max_minutes,
+                dp_budget=self.dp_budgets.get("spine_classifier"), progress=progress)
             self.spine = s.to(self.device).eval().requires_grad_(False)
+            if e.dp:
+                self.spine_dp = spine_dp_report(run_dir)
         self.loss = GanLoss(self.G, self.D, self.augment, r1_gamma=self.r1_gamma,
                             r1_interval=e.r1_interval, spine=self.spine,
                             spine_gamma=e.spine_gamma)
@@ -151,16 +160,38 @@ class Trainer:
         self.last_stats: dict[str, float] = {}
 
     # -- DP ------------------------------------------------------------------------------
+    def _plan_dp_budgets(self, uses_spine: bool) -> dict[str, tuple[float, float]]:
+        """(ε, δ) per network that reads real pixels: D alone, or D and S (sequential
+        composition, :func:`node.dp.split_budget`). Empty when the run is not private."""
+        e = self.eff
+        if not e.dp:
+            return {}
+        from node.dp import split_budget
+
+        delta = e.dp_delta if e.dp_delta is not None else 1.0 / len(self.labels)
+        epsilon = float(e.dp_epsilon)  # type: ignore[arg-type]
+        if uses_spine:
+            return split_budget(epsilon, delta)
+        return {"discriminator": (epsilon, delta)}
+
+    def dp_report(self) -> dict[str, Any] | None:
+        """The run's DP accounting: D's, or D's and S's composed."""
+        if self.dp_session is None:
+            return None
+        from node.dp import compose_reports
+
+        return compose_reports({"discriminator": self.dp_session.report(),
+                                "spine_classifier": self.spine_dp})
+
     def enable_dp(self, total_steps: int) -> None:
         """Hand D, its optimizer and the real data to :class:`node.dp.DPSession`."""
         from node.dp import DPSession
 
         e = self.eff
-        n = len(self.labels)
         dataset = torch.utils.data.TensorDataset(self.data_u8.cpu(), self.labels.cpu())
         loader = torch.utils.data.DataLoader(dataset, batch_size=e.batch, shuffle=True)
-        delta = e.dp_delta if e.dp_delta is not None else 1.0 / n
-        session = DPSession(self.D, self.opt_D, loader, target_epsilon=float(e.dp_epsilon),  # type: ignore[arg-type]
+        epsilon, delta = self.dp_budgets["discriminator"]
+        session = DPSession(self.D, self.opt_D, loader, target_epsilon=epsilon,
                             delta=delta, total_steps=total_steps,
                             max_grad_norm=e.dp_max_grad_norm)
         self.dp_session = session
@@ -204,7 +235,11 @@ class Trainer:
         e = self.eff
         real, c_real = self._real_batch()
         n_real = real.shape[0]
-        n_fake = n_real if (self.dp_session is None or n_real > 0) else e.batch
+        # Always a full batch of fakes, whatever the (Poisson-sampled) real count: under DP the
+        # joint real+fake step then changes by one clipped gradient when one real image is
+        # added or removed (sensitivity C). Tying the fake count to the real count would let a
+        # neighbouring data set add a fake example too, doubling the sensitivity.
+        n_fake = e.batch
         z = torch.randn(n_fake, e.z_dim, device=self.device)
         c_fake = self._fake_labels(n_fake)
         stats: dict[str, float] = {}
@@ -279,7 +314,7 @@ class Trainer:
             "opt_D": self.opt_D.state_dict(),
             "augment": self.augment.state_dict(),
             "rng": rng_state(self.data_gen),
-            "dp": self.dp_session.report() if self.dp_session is not None else None,
+            "dp": self.dp_report(),
         }
 
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -420,7 +455,9 @@ def train_arrays(
                                  "kimg": trainer.nimg / 1000, "device": str(trainer.device),
                                  "time": time.time()})
 
-    target_nimg = cfg.kimg * 1000 if cfg.kimg is not None else math.inf
+    # Under DP the run stops on its planned number of steps (DPSession.exhausted), never on
+    # the images shown: with Poisson sampling that count depends on the data and is not noised.
+    target_nimg = cfg.kimg * 1000 if cfg.kimg is not None and not cfg.dp else math.inf
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     ckpt_every = cfg.checkpoint_kimg * 1000
     next_ckpt = (math.floor(trainer.nimg / ckpt_every) + 1) * ckpt_every
@@ -440,7 +477,7 @@ def train_arrays(
 
     bar_cm = progress_bar("img") if progress else contextlib.nullcontext()
     with bar_cm as bar, _SigintGuard() as guard:
-        total = target_nimg if math.isfinite(target_nimg) else None
+        total = cfg.kimg * 1000 if cfg.kimg is not None else None
         task = bar.add_task(f"train {cfg.model}", total=total, completed=trainer.nimg,
                             status="") if bar is not None else None
         while True:
@@ -495,7 +532,7 @@ def train_arrays(
         "stopped": stopped,
         "warnings": warnings,
         "aug_p": trainer.augment.p,
-        "dp": trainer.dp_session.report() if trainer.dp_session is not None else None,
+        "dp": trainer.dp_report(),
     }
     atomic_write_bytes(run_dir / "metrics.json",
                        (json.dumps(summary, indent=2, default=str) + "\n").encode())
