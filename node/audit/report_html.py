@@ -105,7 +105,8 @@ def render_report(result: AuditResult, title: str = "Memorization audit") -> str
 <p>τ = {pv['tau']:.4f} · copy rate {pv['copy_rate']:.4f} ({pv['copies']} of
 {s['n_synthetic']}) · training images with a copy {pv['train_with_copy']:.4f} ·
 MIA AUC {pv['mia']['auc']:.3f} (95% CI {pv['mia']['ci_low']:.3f}–{pv['mia']['ci_high']:.3f}) ·
-member-only control AUC {pv['mia_control']['auc']:.3f}</p>
+member-only control AUC {pv['mia_control']['auc']:.3f} · split-bias baseline AUC
+{_auc_text(pv.get('split_bias_baseline'))}</p>
 <img class="hist" src="{_histogram(v)}">
 <h3>Closest synthetic / real training pairs (left synthetic, right real)</h3>
 <div class="pairs">{_pairs(result, v, int(s['config']['pairs_in_report']))}</div>""")
@@ -139,7 +140,15 @@ Only <code>summary.json</code> (numbers only) may be exported, inside a signed b
 {s['copy_percentile']:g}% of held-out real images are (threshold τ calibrated on real data
 only); an honest generator whose samples are as novel as new patients has an expected copy
 rate of {s['expected_copy_rate_if_novel']:.2f}. Membership-inference AUC should be ≈0.5; the
-member-only control shows what "no signal" looks like for this split.</p>
+member-only control shows the AUC's noise at this sample size, and the split-bias baseline (a
+blind attack that never looks at the synthetic images) shows how far training and held-out
+images differ by themselves: an MIA AUC at or below it is not evidence of leakage.</p>
 {''.join(sections)}
 </body></html>
 """
+
+
+def _auc_text(r: dict[str, float] | None) -> str:
+    if not r:
+        return "n/a"
+    return f"{r['auc']:.3f} (95% CI {r['ci_low']:.3f}–{r['ci_high']:.3f})"

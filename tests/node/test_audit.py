@@ -77,6 +77,20 @@ def test_honest_samples_pass_the_gates() -> None:
             view["heldout_to_train"]["p50"], rel=0.2)
 
 
+def test_split_bias_baseline_flags_a_held_out_set_that_differs_by_itself() -> None:
+    # Held-out images from another "scanner" (noisier, darker): a blind attack that never sees
+    # the synthetic set already separates them from training images, so the baseline rises
+    # well above 0.5, while for exchangeable new patients it stays near 0.5.
+    train, held, honest = data()
+    same = audit_arrays(honest, train, held, CFG, encoder=encoder()).summary
+    noise = np.random.default_rng(0).normal(0, 25, held.shape)
+    shifted = np.clip(held * 0.7 + noise, 0, 255).astype(np.uint8)
+    other = audit_arrays(honest, train, shifted, CFG, encoder=encoder()).summary
+    for space in same["views"]:
+        assert abs(same["views"][space]["split_bias_baseline"]["auc"] - 0.5) < 0.15
+        assert other["views"][space]["split_bias_baseline"]["auc"] > 0.75
+
+
 def test_too_few_heldout_images_is_refused() -> None:
     train, held, honest = data()
     with pytest.raises(AuditError, match="held-out"):
