@@ -6,14 +6,25 @@ hospital admin can fix the source instead of guessing.
 
 Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
 
-1. **Modality LUT.** The Modality LUT Sequence when present, else Rescale Slope/Intercept
-   (pydicom's ``apply_modality_lut``). A missing slope/intercept means 1/0.
+1. **Modality LUT.** A non-empty Modality LUT Sequence when present (pydicom's
+   ``apply_modality_lut``), else Rescale Slope/Intercept (also when the sequence is present but
+   empty). A missing slope/intercept means 1/0.
 2. **VOI.** When several transforms are present, the **first VOI LUT in the VOI LUT Sequence**
-   wins (the vendor's display curve, as pydicom prefers), else the **first Window
-   Center/Width pair** (the primary window; later pairs are alternatives) with its VOI LUT
-   Function (LINEAR, LINEAR_EXACT or SIGMOID), else the **min–max of the modality values in the
-   kept square**. A VOI LUT's output is scaled by the min/max of its own table.
+   wins (the vendor's display curve, as pydicom prefers) if it is usable, else the **first
+   Window Center/Width pair** (the primary window; later pairs are alternatives) with its VOI
+   LUT Function (LINEAR, LINEAR_EXACT or SIGMOID), else the **min–max of the modality values in
+   the kept square** (padding excluded, see 4). A VOI LUT is unusable, and skipped for the next
+   step, when it cannot be parsed, holds fewer entries than its LUT Descriptor declares, or is
+   flat (every entry equal). Its output is normalised by 2^bits − 1, bits being the
+   descriptor's third value (PS3.3 C.11.2.1.1), or by the table's maximum when that exceeds
+   2^bits − 1 (a known vendor error); 8-bit entries are read one per 16-bit word when the data
+   holds ≥ 2 bytes per entry, else one per byte. A LINEAR window of width 1 is the step function
+   of PS3.3 C.11.2.1.2.1 (maximum where x > c − 0.5, else minimum).
 3. **MONOCHROME1** is inverted after VOI, so bone is always bright.
+4. **Pixel padding.** Stored values equal to Pixel Padding Value (0028,0120), or within
+   [Pixel Padding Value, Pixel Padding Range Limit (0028,0121)] when the limit is present, are
+   not image: they are left out of the min–max range and shown black (0 after step 3, i.e. a
+   dark background), whatever the VOI.
 
 Geometry: centre-crop to the square of the smallest side (the seed method), refuse images
 whose smallest side is under ``min_side`` (128 px, the seed rule), then resize with PIL's
@@ -30,7 +41,10 @@ secondary-capture photo would silently put non-radiographs into the store.
 
 Decoding: compressed syntaxes go through pydicom's pixel decoders backed by the declared
 plugins (pylibjpeg + openjpeg for JPEG 2000, libjpeg for JPEG/JPEG-LS, rle, or gdcm when
-installed). A syntax with no available decoder is skipped as ``no-codec``.
+installed). A syntax with no available decoder, or a private/unknown Transfer Syntax UID, is
+skipped as ``no-codec``. A file without a file meta header (no preamble, no group 0002; read by
+force) gets the transfer syntax of the encoding pydicom detected (implicit or explicit VR
+little endian, or explicit big endian), so that it decodes like any other.
 
 >>> import numpy as np
 >>> from pydicom.dataset import Dataset
@@ -153,7 +167,29 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
         if "End of file reached" in str(w.message):
             raise SkipFileError(TRUNCATED, f"{label}: file ends before the pixel data is complete")
     _check_not_truncated(ds, label)
+    _fill_transfer_syntax(ds)
     return ds
+
+
+def _fill_transfer_syntax(ds: Any) -> None:
+    """A file read without a file meta header has no Transfer Syntax UID, which pydicom needs
+    to decode the pixels; take it from the encoding the dataset was actually read with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    if implicit:
+        uid = ImplicitVRLittleEndian
+    else:
+        uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = uid
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
@@ -215,7 +251,13 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
                        f"≥ {min_side} px")
     tsyntax = UID(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or
                   "1.2.840.10008.1.2.1")
-    if tsyntax.is_compressed:
+    try:
+        compressed = tsyntax.is_compressed
+    except ValueError:  # not a transfer syntax pydicom knows (private or invalid UID)
+        raise SkipFileError(
+            NO_CODEC, f"{label}: transfer syntax {tsyntax} is not a known transfer syntax "
+            "(private or invalid UID); no decoder is available for it") from None
+    if compressed:
         try:
             decoder = get_decoder(tsyntax)
         except NotImplementedError:
@@ -258,7 +300,7 @@ def decode(ds: Any, label: str) -> npt.NDArray[Any]:
 def _modality(values: npt.NDArray[Any], ds: Any) -> npt.NDArray[np.float64]:
     from pydicom.pixels import apply_modality_lut
 
-    if "ModalityLUTSequence" in ds:
+    if ds.get("ModalityLUTSequence"):  # an empty sequence means: use the rescale
         return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -287,30 +329,69 @@ def _window(ds: Any) -> tuple[float, float, str] | None:
     return c, w, func
 
 
-def _has_voi_lut(ds: Any) -> bool:
-    return "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+@dataclass(frozen=True)
+class VoiLut:
+    """A usable VOI LUT: entries already normalised to [0, 1], and the first mapped value."""
+
+    table: npt.NDArray[np.float64]
+    first: int
+
+
+def voi_lut(ds: Any) -> VoiLut | None:
+    """The first VOI LUT of the VOI LUT Sequence, or None when absent or unusable.
+
+    The single decision "is there a usable VOI LUT" for both the display table and the
+    min–max fallback: unparseable, shorter than declared or flat (every entry equal) → None.
+    """
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    try:
+        item = seq[0]
+        n, first, bits = (int(v) for v in item.LUTDescriptor)
+        n = n or 65536
+        if not 1 <= bits <= 16:
+            return None
+        data = item.LUTData
+        if isinstance(data, bytes):
+            if bits <= 8 and len(data) < 2 * n:
+                lut = np.frombuffer(data, np.uint8)  # one entry per byte
+            else:  # one entry per 16-bit word (8-bit entries too, when there is room)
+                little = _little_endian(ds)
+                lut = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little else ">u2")
+        else:
+            lut = np.asarray(data).ravel()
+        if len(lut) < n:
+            return None
+        table = lut[:n].astype(np.float64)
+        lo, hi = float(table.min()), float(table.max())
+        if not hi > lo:
+            return None
+        # Normalise by the declared output range; a table exceeding it (a vendor error) by its
+        # own maximum.
+        scale = max(float((1 << bits) - 1), hi)
+        return VoiLut(np.clip(table / scale, 0.0, 1.0), first)
+    except Exception:  # malformed VOI LUT: fall back to the next policy step
+        return None
+
+
+def _little_endian(ds: Any) -> bool:
+    little = ds.original_encoding[1]
+    if little is None:
+        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        little = tsyntax != "1.2.840.10008.1.2.2"  # Explicit VR Big Endian
+    return bool(little)
 
 
 def _voi(mod: npt.NDArray[np.float64], ds: Any, mod_range: tuple[float, float],
-         ) -> npt.NDArray[np.float64]:
-    """Modality values → [0, 1] by the VOI policy in the module docstring."""
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        try:
-            item = ds.VOILUTSequence[0]
-            n, first, bits = (int(v) for v in item.LUTDescriptor)
-            n = n or 65536
-            data = item.LUTData
-            if isinstance(data, bytes):
-                lut = np.frombuffer(data, np.uint16 if bits > 8 else np.uint8)
-            else:
-                lut = np.asarray(data).ravel()
-            lut = lut[:n].astype(np.float64)
-            lo, hi = float(lut.min()), float(lut.max())
-            if hi > lo:  # out-of-range inputs take the first/last entry (PS3.3 C.11.2.1.1)
-                idx = np.clip(np.rint(mod) - first, 0, len(lut) - 1).astype(np.int64)
-                return (lut[idx] - lo) / (hi - lo)
-        except Exception:  # malformed VOI LUT: fall back to the next policy step
-            pass
+         lut: VoiLut | None = None) -> npt.NDArray[np.float64]:
+    """Modality values → [0, 1] by the VOI policy in the module docstring.
+
+    ``lut`` is :func:`voi_lut` of ``ds`` (the caller decided already).
+    """
+    if lut is not None:  # out-of-range inputs take the first/last entry (PS3.3 C.11.2.1.1)
+        idx = np.clip(np.rint(mod) - lut.first, 0, len(lut.table) - 1).astype(np.int64)
+        return lut.table[idx]
     win = _window(ds)
     if win is not None:
         c, w, func = win
@@ -318,12 +399,47 @@ def _voi(mod: npt.NDArray[np.float64], ds: Any, mod_range: tuple[float, float],
             return 1.0 / (1.0 + np.exp(-4.0 * (mod - c) / w))
         if func == "LINEAR_EXACT":
             return np.clip((mod - c) / w + 0.5, 0.0, 1.0)
-        # PS3.3 C.11.2.1.2.1 LINEAR
-        return np.clip((mod - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5, 0.0, 1.0)
+        # PS3.3 C.11.2.1.2.1 LINEAR; width 1 is a step at c - 0.5
+        if w <= 1.0:
+            return np.where(mod > c - 0.5, 1.0, 0.0)
+        return np.clip((mod - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
     lo, hi = mod_range
     if hi <= lo:
         return np.zeros_like(mod)
     return np.clip((mod - lo) / (hi - lo), 0.0, 1.0)
+
+
+def padding_range(ds: Any, dtype: np.dtype[Any]) -> tuple[int, int] | None:
+    """Stored values that are padding, as an inclusive (low, high), or None.
+
+    Pixel Padding Value alone pads one value; with Pixel Padding Range Limit, every value
+    between the two (either order). A value written with the other signedness (US for a signed
+    image) is read as the same bit pattern; one that fits neither is ignored.
+    """
+    if "PixelPaddingValue" not in ds or dtype.kind not in "iu":
+        return None
+    try:
+        value = _as_stored(ds.PixelPaddingValue, dtype)
+        limit = _as_stored(ds.get("PixelPaddingRangeLimit", ds.PixelPaddingValue), dtype)
+    except (TypeError, ValueError):
+        return None
+    if value is None or limit is None:
+        return None
+    return min(value, limit), max(value, limit)
+
+
+def _as_stored(raw: Any, dtype: np.dtype[Any]) -> int | None:
+    if isinstance(raw, (bytes, str)) or (hasattr(raw, "__len__") and len(raw) != 1):
+        return None
+    value = int(raw[0] if hasattr(raw, "__len__") else raw)
+    info = np.iinfo(dtype)
+    if info.min <= value <= info.max:
+        return value
+    bits = dtype.itemsize * 8
+    if -(1 << (bits - 1)) <= value < (1 << bits):  # same bit pattern, other signedness
+        return int(np.array(value & ((1 << bits) - 1), dtype=f"u{dtype.itemsize}")
+                   .view(dtype))
+    return None
 
 
 def _is_mono1(ds: Any) -> bool:
@@ -334,23 +450,43 @@ def display_lut(ds: Any, dtype: np.dtype[Any], mod_range: tuple[float, float]) -
     """Table indexed by the stored value's bit pattern (uint view) → displayed value in [0, 1].
 
     ``mod_range`` (modality-value min/max of the kept region) is used only when the file has
-    no VOI LUT and no window.
+    no usable VOI LUT and no window. Padding values (module docstring, 4) map to 0.
     """
+    return _display_table(ds, dtype, mod_range, voi_lut(ds))
+
+
+def _display_table(ds: Any, dtype: np.dtype[Any], mod_range: tuple[float, float],
+                   lut: VoiLut | None) -> FloatImage:
     if dtype.itemsize not in (1, 2) or dtype.kind not in "iu":
         raise ValueError(f"no lookup table for {dtype}")
     bits = dtype.itemsize * 8
     domain = np.arange(1 << bits, dtype=np.uint8 if bits == 8 else np.uint16).view(dtype)
-    out = _voi(_modality(domain, ds), ds, mod_range)
+    out = _voi(_modality(domain, ds), ds, mod_range, lut)
     if _is_mono1(ds):
         out = 1.0 - out
+    pad = padding_range(ds, dtype)
+    if pad is not None:
+        out[(domain >= pad[0]) & (domain <= pad[1])] = 0.0
     return out.astype(np.float32)
 
 
-def _modality_range(crop: npt.NDArray[Any], ds: Any) -> tuple[float, float]:
-    if "ModalityLUTSequence" in ds:
-        vals = _modality(crop, ds)
+def _padding_mask(crop: npt.NDArray[Any], ds: Any) -> npt.NDArray[np.bool_] | None:
+    pad = padding_range(ds, crop.dtype)
+    if pad is None:
+        return None
+    return (crop >= pad[0]) & (crop <= pad[1])
+
+
+def _modality_range(crop: npt.NDArray[Any], ds: Any,
+                    padding: npt.NDArray[np.bool_] | None = None) -> tuple[float, float]:
+    """Min/max modality value of the region, padding pixels left out ((0, 0) if all padding)."""
+    values = crop if padding is None else crop[~padding]
+    if values.size == 0:
+        return 0.0, 0.0
+    if ds.get("ModalityLUTSequence"):
+        vals = _modality(values, ds)
         return float(vals.min()), float(vals.max())
-    ends = _modality(np.array([crop.min(), crop.max()]), ds)
+    ends = _modality(np.array([values.min(), values.max()]), ds)
     return float(ends.min()), float(ends.max())
 
 
@@ -362,15 +498,19 @@ def displayed(crop: npt.NDArray[Any], ds: Any) -> FloatImage:
     directly. (A float32 fused multiply-add for affine chains was measured: ≤ 15 % faster per
     file but not bit-exact between MONOCHROME1 and 2, so it is not used.)
     """
-    needs_range = not _has_voi_lut(ds) and _window(ds) is None
-    mod_range = _modality_range(crop, ds) if needs_range else (0.0, 1.0)
+    lut = voi_lut(ds)
+    needs_range = lut is None and _window(ds) is None  # the min–max fallback is taken
+    padding = _padding_mask(crop, ds) if needs_range or crop.dtype.itemsize > 2 else None
+    mod_range = _modality_range(crop, ds, padding) if needs_range else (0.0, 1.0)
     if crop.dtype.kind in "iu" and crop.dtype.itemsize <= 2:
-        lut = display_lut(ds, crop.dtype, mod_range)
+        table = _display_table(ds, crop.dtype, mod_range, lut)  # padding → 0 in the table
         index = crop.view(np.uint8 if crop.dtype.itemsize == 1 else np.uint16)
-        return lut[index]
-    out64 = _voi(_modality(crop, ds), ds, mod_range)
+        return table[index]
+    out64 = _voi(_modality(crop, ds), ds, mod_range, lut)
     if _is_mono1(ds):
         out64 = 1.0 - out64
+    if padding is not None:
+        out64[padding] = 0.0
     return out64.astype(np.float32)
 
 

@@ -221,3 +221,123 @@ def test_unusable_window_falls_back_to_min_max() -> None:
     out = dp.normalised(ds)
     assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
     assert np.allclose(out, (ramp - 100.0) / 2900.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: VOI LUT usability and scaling, padding, LINEAR width 1, odd syntaxes, rescale
+
+
+def _voi_item(descriptor: list[int], data: Any, vr: str | None = None) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    if vr is None:
+        item.LUTData = data
+    else:
+        item.add_new(0x00283006, vr, data)  # LUT Data as raw words/bytes
+    return item
+
+
+def _with_voi_lut(ds: Dataset, item: Dataset) -> Dataset:
+    from pydicom.sequence import Sequence
+
+    ds.VOILUTSequence = Sequence([item])
+    return ds
+
+
+RAMP8 = np.tile(np.arange(256, dtype=np.uint16), (160, 1))
+
+
+@pytest.mark.parametrize("item", [
+    _voi_item([256, 0, 8], [77] * 256),  # flat: every entry equal
+    _voi_item([256, 0, 8], [1, 2, 3]),  # fewer entries than declared
+    _voi_item([256, 0, 16], b"\x01\x02\x03", "OW"),  # odd byte count for 16-bit words
+])
+def test_unusable_voi_lut_falls_back_to_a_real_min_max(item: Dataset) -> None:
+    ds = _with_voi_lut(make_ds(RAMP8, bits_stored=8), item)
+    out = dp.normalised(ds)
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)  # not a blank (all-1) image
+    assert np.allclose(out, RAMP8 / 255.0, atol=1e-6)
+    assert dp.voi_lut(ds) is None
+
+
+def test_voi_lut_is_normalised_by_its_declared_bit_depth() -> None:
+    half = _with_voi_lut(make_ds(RAMP8, bits_stored=8),
+                         _voi_item([256, 0, 8], [i // 2 for i in range(256)]))
+    out = dp.normalised(half)
+    assert out.max() == pytest.approx(127 / 255) and out.min() == 0.0  # not stretched to 1
+    # A table exceeding 2^bits − 1 (vendor error) is scaled by its own maximum instead.
+    over = _with_voi_lut(make_ds(RAMP8, bits_stored=8),
+                         _voi_item([256, 0, 8], [4 * i for i in range(256)]))
+    assert np.allclose(dp.normalised(over), RAMP8 / 255.0, atol=1e-6)
+
+
+def test_8_bit_voi_lut_entries_in_16_bit_words_and_in_bytes() -> None:
+    entries = np.arange(255, -1, -1, dtype=np.uint16)  # inverting curve
+    words = _with_voi_lut(make_ds(RAMP8, bits_stored=8),
+                          _voi_item([256, 0, 8], entries.astype("<u2").tobytes(), "OW"))
+    expected = (255 - RAMP8) / 255.0
+    assert np.allclose(dp.normalised(roundtrip(words)), expected, atol=1e-6)
+    packed = _with_voi_lut(make_ds(RAMP8, bits_stored=8),
+                           _voi_item([256, 0, 8], entries.astype(np.uint8).tobytes(), "OB"))
+    assert np.allclose(dp.normalised(packed), expected, atol=1e-6)
+
+
+def test_linear_window_of_width_one_is_a_step_at_c_minus_half() -> None:
+    arr = np.tile(np.arange(95, 105, dtype=np.uint16), (160, 16))
+    out = dp.normalised(make_ds(arr, WindowCenter="100.5", WindowWidth="1"))
+    assert np.array_equal(out, np.where(arr > 100, 1.0, 0.0).astype(np.float32))
+
+
+def test_pixel_padding_is_excluded_from_min_max_and_shown_black() -> None:
+    inner = np.tile(np.linspace(0, 1000, 128).round().astype(np.int16), (128, 1))
+    arr = np.full((160, 160), -2000, np.int16)
+    arr[16:144, 16:144] = inner
+    expected = np.zeros((160, 160))
+    expected[16:144, 16:144] = inner / 1000.0
+    ds = roundtrip(make_ds(arr, bits_stored=16, PixelPaddingValue=-2000))
+    assert np.allclose(dp.normalised(ds), expected, atol=1e-6)
+    # MONOCHROME1: the image is inverted, the padding stays black.
+    mono1 = roundtrip(make_ds(arr, "MONOCHROME1", bits_stored=16, PixelPaddingValue=-2000))
+    expected1 = np.where(expected > 0, 1.0 - expected, 0.0)
+    expected1[16:144, 16:144] = 1.0 - inner / 1000.0
+    assert np.allclose(dp.normalised(mono1), expected1, atol=1e-6)
+    # A padding range [value, limit] (here a noisy border) is excluded as a whole.
+    noisy = arr.copy()
+    noisy[:16] = -1990
+    rng = make_ds(noisy, bits_stored=16, PixelPaddingValue=-2000, PixelPaddingRangeLimit=-1900)
+    assert np.allclose(dp.normalised(roundtrip(rng)), expected, atol=1e-6)
+    assert dp.store_pixels(ds, 32, "pad")[0][0, 0] == 0
+
+
+def test_file_without_meta_header_decodes(image12: np.ndarray, tmp_path: Path) -> None:
+    reference = dp.store_pixels(make_ds(image12), 32, "ref")[0]
+    for implicit in (True, False):
+        ds = make_ds(image12)
+        del ds.file_meta
+        path = tmp_path / f"bare-{implicit}.dcm"
+        ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        assert b"DICM" not in path.read_bytes()[:132]
+        image, _, read = dp.load_file(path, 32)
+        assert np.array_equal(image, reference)
+        assert read.file_meta.TransferSyntaxUID.is_implicit_VR is implicit
+
+
+def test_private_transfer_syntax_is_skipped_as_no_codec(image12: np.ndarray) -> None:
+    ds = make_ds(image12)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.826.0.1.3680043.99.1.2")
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.check_image(ds, "private.dcm")
+    assert e.value.reason == dp.NO_CODEC
+    assert "1.2.826.0.1.3680043.99.1.2" in e.value.detail and "private.dcm" in e.value.detail
+
+
+def test_empty_modality_lut_sequence_does_not_stop_the_rescale() -> None:
+    from pydicom.sequence import Sequence
+
+    stored = np.full((160, 160), 100, np.uint16)
+    stored[:, 80:] = 300
+    ds = make_ds(stored, RescaleSlope="2", WindowCenter="400.5", WindowWidth="801")
+    ds.ModalityLUTSequence = Sequence([])
+    out = dp.normalised(ds)  # 100 → 200 → 0.25, 300 → 600 → 0.75 (intercept missing = 0)
+    assert out[0, 0] == pytest.approx(0.25, abs=1e-3) and out[0, 100] == pytest.approx(0.75,
+                                                                                       abs=1e-3)
