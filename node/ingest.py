@@ -6,8 +6,16 @@ Why it is built this way:
   back only the small store-size image; the main process writes a shard every ``batch_size``
   images. Peak memory is (workers × one decoded source) + (one batch of store images),
   whatever the size of the archive.
-* **Parallel.** A ``spawn`` process pool (safe even when the caller has torch threads), one
-  worker per core by default; ``workers=1`` runs in-process.
+* **Parallel.** A ``spawn`` process pool (``concurrent.futures.ProcessPoolExecutor``; safe
+  even when the caller has torch threads), one worker per core by default, at most two files
+  in flight per worker. ``workers=1`` runs in-process.
+* **A crashing decoder costs one file, not the run.** A worker that dies (a segfault in a C
+  codec, an out-of-memory kill) breaks the pool; the files that were in flight are retried
+  one at a time in a fresh pool, and the one that kills a worker on its own is skipped as
+  ``decode-error`` ("worker process died while decoding …"); the run then goes on in a fresh
+  pool and nothing already in the store is lost. With ``workers=1`` decoding runs in the main
+  process, where such a crash cannot be caught: it ends the run (which, being resumable,
+  can be re-run with ``--workers 2`` or more to get the file skipped instead).
 * **Incremental and resumable.** Every source ends in the catalog as accepted or skipped, in the
   same transaction as its pixels (see :mod:`node.store`). A re-run lists the folder, leaves
   known sources alone and processes the rest, so a killed run simply resumes; sources skipped
@@ -31,12 +39,14 @@ import json
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.dicom_pixels import (
+    DECODE_ERROR,
     DUPLICATE,
     MIN_SIDE,
     UNLABELLED,
@@ -158,22 +168,105 @@ def default_workers() -> int:
 
 
 def _results(files: list[str], cfg: PreprocessConfig) -> Iterator[Accepted | Skipped]:
+    """One result per file, in completion order (``process_file`` is looked up per call, so a
+    test can substitute a picklable stand-in)."""
     init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side)
     if cfg.workers <= 1 or len(files) <= 1:
         _init_worker(*init)
         for rel in files:
             yield process_file(rel)
         return
+    yield from _pool_results(files, cfg.workers, init)
+
+
+def _ping() -> bool:
+    """A no-op task: a fresh pool that cannot run it cannot run anything."""
+    return True
+
+
+def _worker_died(rel: str) -> Skipped:
+    return Skipped(rel, DECODE_ERROR, f"{rel}: worker process died while decoding it (a crash "
+                   "in a pixel decoder, or the process was killed, e.g. for memory)")
+
+
+def _worker_failed(rel: str, exc: BaseException) -> Skipped:
+    text = " ".join(str(exc).split())[:160]
+    return Skipped(rel, UNREADABLE, f"{rel}: the worker's result could not be received "
+                   f"({type(exc).__name__}: {text})")
+
+
+def _pool_results(files: list[str], workers: int,
+                  init: tuple[str, str, int, int]) -> Iterator[Accepted | Skipped]:
+    """``process_file`` over a spawn process pool that survives workers dying.
+
+    At most ``2 × workers`` futures are in flight (bounded memory). When a worker dies the pool
+    is broken and every in-flight file fails with it; those files become suspects, run one at a
+    time in a fresh pool: a suspect that breaks the pool alone is skipped as decode-error, the
+    others get their normal result. Then the pool runs at full width again. A fresh pool
+    first runs a no-op task, so a pool that cannot start at all stops the run (IngestError)
+    instead of being blamed on the files.
+    """
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=init)
-    try:
-        yield from pool.imap_unordered(process_file, files, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    todo = deque(files)
+    suspects: deque[str] = deque()
+    limit = 2 * workers
+    while todo or suspects:
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=init)
+        inflight: dict[Future[Accepted | Skipped], str] = {}
+        broken = False
+        try:
+            try:
+                pool.submit(_ping).result()
+            except BrokenProcessPool as exc:
+                raise IngestError(f"the worker processes could not start ({exc}); run with "
+                                  "--workers 1 to see why") from None
+            while (todo or suspects or inflight) and not broken:
+                solo = bool(suspects)  # isolating a crash: one file at a time
+                queue = suspects if solo else todo
+                while queue and len(inflight) < (1 if solo else limit):
+                    rel = queue.popleft()
+                    try:
+                        inflight[pool.submit(process_file, rel)] = rel
+                    except BrokenProcessPool:
+                        queue.appendleft(rel)
+                        broken = True
+                        break
+                if not inflight:
+                    continue
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rel = inflight.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        if solo:  # it broke the pool on its own
+                            yield _worker_died(rel)
+                        else:
+                            suspects.append(rel)
+                        continue
+                    except Exception as exc:  # e.g. a result that cannot be unpickled
+                        yield _worker_failed(rel, exc)
+                        continue
+                    yield result
+            if broken:  # every other in-flight future fails with the pool (or has finished)
+                for fut in wait(inflight).done:
+                    rel = inflight.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        suspects.append(rel)
+                        continue
+                    except Exception as exc:
+                        result = _worker_failed(rel, exc)
+                    yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def preprocess(

@@ -268,3 +268,32 @@ def test_generic_label_sheet_and_unusable_inputs(phantom_site: Path, tmp_path: P
         preprocess(dicom, bad, tmp_path / "s2", size=SIZE, progress=False)
     with pytest.raises(IngestError, match="not a folder"):
         preprocess(tmp_path / "missing", generic, tmp_path / "s3", size=SIZE, progress=False)
+
+
+def test_a_worker_dying_on_one_file_skips_that_file_and_the_run_finishes(
+    phantom_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node import ingest
+    from tests.node import _crashing_worker
+
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    files = sorted((phantom_site / "dicom").glob("*.dcm"))[:5]
+    for f in files:
+        shutil.copy(f, dicom / f.name)
+    full = labels_of(phantom_site)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,lesion_type\n" + "".join(f"{f.stem},{full[f.stem]}\n"
+                                                          for f in files))
+    crash = files[1].name
+    monkeypatch.setenv(_crashing_worker.CRASH_ON, crash)
+    monkeypatch.setattr(ingest, "process_file", _crashing_worker.process_file)
+    report = preprocess(dicom, labels, tmp_path / "site", size=SIZE, workers=2,
+                        progress=False)
+    assert report["accepted"] == 4 and report["skip_reasons"] == {"decode-error": 1}
+    (skip,) = report["skipped_files"]
+    assert skip["file"] == crash and "worker process died while decoding" in skip["detail"]
+    assert crash in skip["detail"]
+    store = SiteStore.open(tmp_path / "site")
+    assert sorted(s.image_id for s in store.samples()) == sorted(f.stem for f in files
+                                                                 if f.name != crash)
