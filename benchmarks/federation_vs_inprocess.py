@@ -6,6 +6,15 @@ node handlers, no Flower), and compares each site's AUCs (local real, own synthe
 synthetic): agreement means the 95 % CIs overlap. Prints JSON and writes it to OUT/compare.json.
 
     python benchmarks/federation_vs_inprocess.py --out /tmp/fl-compare --gan-minutes 1
+
+``--data pneumoniamnist`` uses the multi-site benchmark's three PneumoniaMNIST sites instead
+(``benchmarks/multisite.py``'s seeded partition, each site's own real test split). With
+``--gan-kimg K`` every site trains exactly K thousand images in both transports (a wall-clock
+budget would give the parallel SuperNodes less training per site than the sequential
+in-process run)::
+
+    python benchmarks/federation_vs_inprocess.py --out /tmp/fl-pmnist --data pneumoniamnist \
+        --gan-kimg 6
 """
 
 from __future__ import annotations
@@ -27,12 +36,43 @@ def _aucs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def pneumoniamnist_sites(root: Path) -> tuple[dict[str, Path], Path]:
+    """The multi-site benchmark's three PneumoniaMNIST site stores, with keys and trust."""
+    import shutil as _sh
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from multisite import DATA, SITES, load_split, partition, write_site
+
+    from shared.signing import generate_keypair
+
+    images, labels = load_split(DATA, "train")
+    parts = partition(labels, seed=0)
+    trust = root / "coordinator" / "trust"
+    trust.mkdir(parents=True, exist_ok=True)
+    sites: dict[str, Path] = {}
+    for spec in SITES:
+        name = f"site-{spec.name}"
+        site = root / "sites" / name
+        write_site(site, images, labels, parts[spec.name])
+        if not (site / "keys" / "site.key").exists():
+            generate_keypair(site / "keys")
+            (site / "keys" / "pseudonym").write_text(name)
+        _sh.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
+        sites[name] = site
+    return sites, trust
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("/tmp/synthlearn-fl-compare"))
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--gan-minutes", type=float, default=1.0)
     parser.add_argument("--cnn-minutes", type=float, default=1.0)
+    parser.add_argument("--data", choices=("phantoms", "pneumoniamnist"), default="phantoms")
+    parser.add_argument("--gan-kimg", type=float, default=None,
+                        help="train exactly this many kimg per site (overrides the minutes)")
+    parser.add_argument("--n-synthetic", type=int, default=200)
     args = parser.parse_args()
 
     from coordinator.commands.demo import demo_node_config, demo_run_config, prepare_sites
@@ -46,11 +86,21 @@ def main() -> None:
     result: dict[str, Any] = {}
     for how in ("flower", "inprocess"):
         root = args.out / how
-        sites, trust = prepare_sites(root, sites=args.sites)
+        if args.data == "pneumoniamnist":
+            sites, trust = pneumoniamnist_sites(root)
+        else:
+            sites, trust = prepare_sites(root, sites=args.sites)
         work = root / "coordinator"
-        cfg = demo_run_config(work, trust, sites=args.sites, gan_minutes=args.gan_minutes,
-                              cnn_minutes=args.cnn_minutes)
-        node_cfg = demo_node_config(sites, args.gan_minutes)
+        cfg = demo_run_config(work, trust, sites=len(sites), gan_minutes=args.gan_minutes,
+                              n_synthetic=args.n_synthetic, cnn_minutes=args.cnn_minutes)
+        node_cap = args.gan_minutes
+        if args.gan_kimg is not None:
+            gan = json.loads(cfg["gan-config"])
+            gan.update(kimg=args.gan_kimg, max_minutes=600.0)
+            cfg["gan-config"] = json.dumps(gan)
+            cfg["bundle-timeout-s"] = 7200.0
+            node_cap = 300.0  # the site's cap (minutes × 2) must not cut the kimg budget
+        node_cfg = demo_node_config(sites, node_cap)
         t0 = time.monotonic()
         if how == "flower":
             with loopback_federation(root / "flower", node_cfg) as fed:

@@ -31,6 +31,8 @@ Scenario (everything in one process; the Flower wiring is benchmarked elsewhere)
 5. **Augmentation** (Finlayson et al., Gupta et al.): per site, its real train split plus pooled
    synthetic images making up ``--augment-share`` of the mix (0 turns it off), early-stopped on
    real images only, next to its local-real CNN.
+6. **Memorization audit** of each site's synthetic set against its real train / test split
+   (``node.audit.run_audit``, default gates): copy rates, MIA AUC, split-bias baseline, ε.
 
 Every CNN uses the same recipe (``shared.cnn_train``; the CNN flags below), early-stopped on
 a validation part of its own training source; test sets are scored only after training.
@@ -160,6 +162,24 @@ def peak_rss_mb() -> dict[str, float]:
     return {"self_mb": round(own, 1), "children_mb": round(kids, 1)}
 
 
+def audit_numbers(summary: dict[str, Any]) -> dict[str, Any]:
+    """The memorization audit's headline numbers for one site (node.audit, default gates)."""
+    pixel = summary["views"]["pixel"]
+    emb = next((v for k, v in summary["views"].items() if k != "pixel"), None)
+    return {
+        "copy_rate_pixel": summary["copy_rate"],
+        "copy_rate_embedding": emb["copy_rate"] if emb else None,
+        "train_with_copy": summary["train_with_copy"],
+        "exact_copies": summary["exact_copies"],
+        "mia_auc_pixel": pixel["mia"],
+        "mia_auc_embedding": emb["mia"] if emb else None,
+        "split_bias_baseline_pixel": pixel.get("split_bias_baseline"),
+        "epsilon_spent": (summary.get("dp") or {}).get("epsilon_spent"),
+        "gates_passed": summary["gates_passed"],
+        "failed_gates": [k for k, g in summary["gates"].items() if not g["passed"]],
+    }
+
+
 def fmt(r: dict[str, Any] | None) -> str:
     if r is None:
         return "—"
@@ -267,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from node.audit import run_audit
     from node.generate import generate
     from node.training import GanConfig, train
     from shared.cnn_train import (
@@ -323,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                            "threshold": trained.threshold}
 
     synth: dict[str, tuple[U8, I64]] = {}
+    audits: dict[str, dict[str, Any]] = {}
     gan_info: dict[str, Any] = {}
     dist: dict[str, Any] = {}
     encoder = get_encoder("domain")
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             s = generate(site_dirs[name], n_syn, run_name="bench", truncation=args.truncation,
                          per_class=args.per_class, seed=args.seed, out_name="bench")
         synth[name] = (s.images, s.labels)
+        with clock.stage(f"audit site-{name}"):
+            audits[name] = audit_numbers(run_audit(site_dirs[name], "bench", progress=False))
         dist[name] = distribution_scores(x, s.images, encoder).to_dict()
         fit(f"own-{name}", s.images, s.labels)
         sample_grid(out / f"samples-site-{name}.png", (x, y), synth[name],
@@ -421,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "cnn_training": train_info,
         "gan_metrics": gan_info,
         "distribution_real_train_vs_own_synthetic": dist,
+        "memorization_audit": audits,
         "seconds_per_stage": clock.stages,
         "seconds_per_stage_group": stage_sum,
         "dominant_stage": dominant,
@@ -455,6 +480,18 @@ def main(argv: list[str] | None = None) -> int:
     for k in models:
         tab2.add_row(k, fmt(common[k]))
     con.print(tab2)
+    tab3 = Table(title="Memorization audit per site (node.audit, default gates)")
+    for col in ("site", "copy rate pixel / emb.", "MIA AUC pixel", "split-bias baseline",
+                "ε spent", "gates"):
+        tab3.add_column(col, justify="right")
+    for n, a in audits.items():
+        emb = a["copy_rate_embedding"]
+        eps = a["epsilon_spent"]
+        tab3.add_row(n, f"{a['copy_rate_pixel']:.3f} / {'—' if emb is None else f'{emb:.3f}'}",
+                     fmt(a["mia_auc_pixel"]), fmt(a["split_bias_baseline_pixel"]),
+                     "—" if eps is None else f"{eps:.2f}",
+                     "pass" if a["gates_passed"] else "FAIL " + ",".join(a["failed_gates"]))
+    con.print(tab3)
     con.print(f"utility ratio pooled ÷ centralised (common val): {ratio_common:.4f}")
     con.print(f"small site {small}: pooled − local real on its own test = {small_gain:+.3f}")
     con.print(f"stages (s): {stage_sum}; dominant: {dominant}; total {total:.0f} s; "
