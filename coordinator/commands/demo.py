@@ -33,9 +33,11 @@ def command(
     scale: float = typer.Option(1.0, "--scale", min=0.05, help="Phantom image count factor "
                                 "(1.0 ≈ 150–250 images per site)."),
     size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two)."),
-    gan_minutes: float = typer.Option(1.5, "--gan-minutes", help="GAN training budget per "
+    model: str = typer.Option("spinegan", "--model", help="gan or spinegan (each site's "
+                              "generator)."),
+    gan_minutes: float = typer.Option(3.5, "--gan-minutes", help="GAN training budget per "
                                       "site (the sites train in parallel)."),
-    n_synthetic: int = typer.Option(200, "--n-synthetic", help="Synthetic images per site."),
+    n_synthetic: int = typer.Option(1000, "--n-synthetic", help="Synthetic images per site."),
     cnn_minutes: float = typer.Option(1.5, "--cnn-minutes", help="Downstream CNN budget."),
     engine: str = typer.Option("deployment", "--engine", help="'deployment' (real SuperLink "
                                "and SuperNodes) or 'simulation' (needs synthlearn[simulation])."),
@@ -62,7 +64,8 @@ def command(
             "only partition-id/num-partitions as node config, so each virtual site cannot be "
             "given its own site folder and key); use the default --engine deployment")
     try:
-        result = run_demo(out, sites=sites, scale=scale, size=size, gan_minutes=gan_minutes,
+        result = run_demo(out, sites=sites, scale=scale, size=size, model=model,
+                          gan_minutes=gan_minutes,
                           n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
                           timeout=timeout_minutes * 60)
     except KeyboardInterrupt:
@@ -75,7 +78,8 @@ def command(
 
 
 def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
-             gan_minutes: float = 1.5, n_synthetic: int = 200, cnn_minutes: float = 1.5,
+             model: str = "spinegan", gan_minutes: float = 3.5, n_synthetic: int = 1000,
+             cnn_minutes: float = 1.5,
              fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.flower_proc import loopback_federation
     from coordinator.launch import ConsoleEcho, submit_and_watch
@@ -105,7 +109,8 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
                  "coordinator pools, trains the CNN, sites evaluate it")
             t0 = time.monotonic()
             run_config = demo_run_config(work, trust, sites=sites, size=size,
-                                         gan_minutes=gan_minutes, n_synthetic=n_synthetic,
+                                         model=model, gan_minutes=gan_minutes,
+                                         n_synthetic=n_synthetic,
                                          cnn_minutes=cnn_minutes)
             row = submit_and_watch(fed.connection, fed.cli_home, run_config, timeout=timeout,
                                    echo=echo)
@@ -123,7 +128,8 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
     doc = {"total_seconds": total, "steps_seconds": timing, "run_phases_seconds": phases,
            "flower_rounds": rounds, "run_id": row.get("run_id"),
            "flower_status": row.get("status"), "sites": sites, "scale": scale, "size": size,
-           "gan_minutes": gan_minutes, "cnn_minutes": cnn_minutes}
+           "model": model, "gan_minutes": gan_minutes, "n_synthetic": n_synthetic,
+           "cnn_minutes": cnn_minutes}
     (out / "demo-timing.json").write_text(json.dumps(doc, indent=2) + "\n")
     return {"report_html": str(work / "report" / "report.html"), "total_seconds": total,
             "timing": doc}
@@ -163,10 +169,10 @@ def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str
 
 
 def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
-                    gan_minutes: float = 1.5, n_synthetic: int = 200,
+                    model: str = "gan", gan_minutes: float = 1.5, n_synthetic: int = 200,
                     cnn_minutes: float = 1.5) -> dict[str, Any]:
     """The demo's run config (train mode, small budgets)."""
-    gan = {"model": "gan", "resolution": size, "max_minutes": gan_minutes,
+    gan = {"model": model, "resolution": size, "max_minutes": gan_minutes,
            "min_class_images": 10, "batch": 32}
     baseline = {"epochs": 8, "width": 16, "max_minutes": 1.0, "classes": "binary"}
     return {
