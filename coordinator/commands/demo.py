@@ -35,9 +35,9 @@ def command(
     size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two)."),
     model: str = typer.Option("spinegan", "--model", help="gan or spinegan (each site's "
                               "generator)."),
-    gan_minutes: float = typer.Option(3.5, "--gan-minutes", help="GAN training budget per "
+    gan_minutes: float = typer.Option(2.5, "--gan-minutes", help="GAN training budget per "
                                       "site (the sites train in parallel)."),
-    n_synthetic: int = typer.Option(1000, "--n-synthetic", help="Synthetic images per site."),
+    n_synthetic: int = typer.Option(500, "--n-synthetic", help="Synthetic images per site."),
     cnn_minutes: float = typer.Option(1.5, "--cnn-minutes", help="Downstream CNN budget."),
     engine: str = typer.Option("deployment", "--engine", help="'deployment' (real SuperLink "
                                "and SuperNodes) or 'simulation' (needs synthlearn[simulation])."),
@@ -78,7 +78,7 @@ def command(
 
 
 def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
-             model: str = "spinegan", gan_minutes: float = 3.5, n_synthetic: int = 1000,
+             model: str = "spinegan", gan_minutes: float = 2.5, n_synthetic: int = 500,
              cnn_minutes: float = 1.5,
              fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.flower_proc import loopback_federation

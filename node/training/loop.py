@@ -65,12 +65,18 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or asked for), else CPU with every core."""
+    """CUDA when present (or asked for), else CPU with every core.
+
+    Unless ``OMP_NUM_THREADS`` is set: then whoever started this process (a loopback
+    federation running several sites on one machine, a SLURM job) has shared the cores out,
+    and taking all of them would make the sites' OpenMP threads spin against each other.
+    """
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    torch.set_num_threads(os.cpu_count() or 1)
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(os.cpu_count() or 1)
     return torch.device("cpu")
 
 

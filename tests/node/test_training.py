@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,3 +79,19 @@ def test_dp_path_trains_and_reports_epsilon(tiny_site: Path) -> None:
     assert metrics["aug_p"] == 0.5  # fixed augmentation forced under DP
     ckpt = load_checkpoint(run / "checkpoint.pt")
     assert ckpt["D_arch"]["norm"] == "group" and ckpt["D_arch"]["mbstd"] is False
+
+
+def test_cpu_threads_follow_omp_num_threads_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three SuperNodes on two cores each get OMP_NUM_THREADS=1; taking every core anyway made
+    # each site's GAN crawl at 6 img/s in the loopback demo.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert loop.pick_device().type == "cpu"
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        loop.pick_device()
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
