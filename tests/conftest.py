@@ -33,7 +33,11 @@ def blob_images(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
 
 @pytest.fixture
 def tiny_site(tmp_path: Path) -> Path:
-    """A 32² site store with 64 images of two classes, written through the real writer."""
+    """A 32² site store with 64 images of two classes, written through the real writer.
+
+    The split is forced (16 test images, 8 per class): the salted patient hash would draw a
+    new split size on every run.
+    """
     from node.store import Accepted, StoreWriter
 
     images, lesions = blob_images(64, 32, seed=0)
@@ -41,7 +45,8 @@ def tiny_site(tmp_path: Path) -> Path:
     with StoreWriter(site, size=32, test_fraction=0.25) as w:
         w.add_batch(
             [
-                Accepted(f"img-{i:03d}", images[i], lesions[i], f"src-{i}", patient_id=f"P{i}")
+                Accepted(f"img-{i:03d}", images[i], lesions[i], f"src-{i}", patient_id=f"P{i}",
+                         split="test" if (i // 2) % 4 == 3 else "train")
                 for i in range(len(images))
             ]
         )

@@ -70,6 +70,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     phi: set[str] = set()
     for i, (name, src) in enumerate(zip(SITES, raw, strict=True)):
         site = root / "sites" / name
+        site.mkdir(parents=True)
+        (site / "salt").write_text(f"e2e-salt-{name}")  # a fixed salt pins the patient split
         preprocess(src / "dicom", src / "labels.csv", site, size=32, workers=1, progress=False,
                    min_side=32)
         generate_keypair(site / "keys")
