@@ -8,9 +8,18 @@ Defaults, and why:
   genuinely new patients are is called a copy. By construction an honest generator whose
   samples are as novel as new patients has an expected copy rate of 5 %
   (``1 − copy_percentile/100``); anything above that is excess closeness to training data.
-* ``max_copy_rate = 0.10`` — twice that base rate: leaves room for the sampling noise of τ
-  (estimated from a few hundred held-out images) while a generator that reproduces even 5 % of
+  τ is the conformal order statistic ⌈q·(n+1)⌉ of the n held-out values, so the base rate is
+  exactly (n + 1 − k)/(n + 1) ≤ 5 % under exchangeability.
+* ``max_copy_rate = 0.10`` — twice that base rate: a generator that reproduces even 5 % of
   its outputs from training images (plus its honest 5 %) fails.
+* ``copy_significance = 0.05`` — τ comes from the held-out set, and with few held-out images it
+  is noisy: at 20 of them an honest generator's copy rate exceeds 10 % in one audit of eight
+  (in a third of them with the interpolated percentile used before). A copy-rate gate above
+  its limit therefore fails only if the count is also significant against the exact null of a
+  novel generator (beta-binomial over the noise of τ, p below this); otherwise it passes with
+  a note. The test never excuses a pixel copy rate that includes exact copies
+  (``exact_copy_correlation``). With a few hundred held-out images the limit, not the test,
+  decides.
 * ``max_mia_auc = 0.60`` — black-box membership inference (GAN-Leaks style, distance to the
   nearest synthetic image) should be at chance (0.5). 0.6 is the usual "weak but real leak"
   line. The gate fails only when the AUC is above it *and* its bootstrap 95 % CI excludes
@@ -39,6 +48,8 @@ class AuditConfig:
     """Gate on the pixel-correlation copy rate."""
     max_copy_rate_embedding: float | None = 0.10
     """Gate on the embedding copy rate (same calibration, in the encoder's space)."""
+    copy_significance: float = 0.05
+    """A copy-rate gate over its limit fails only if p (novel-generator null) is below this."""
     max_train_with_copy: float | None = None
     """Optional gate on the fraction of training images that have at least one copy."""
     max_mia_auc: float | None = 0.60
@@ -62,6 +73,8 @@ class AuditConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if not 0.0 < self.copy_significance < 1.0:
+            raise ValueError(f"copy_significance must be in (0, 1), got {self.copy_significance}")
         if self.max_mia_auc is not None and not 0.5 <= self.max_mia_auc <= 1.0:
             raise ValueError(f"max_mia_auc must be in [0.5, 1], got {self.max_mia_auc}")
         if self.max_synthetic < 10 or self.max_real < 10 or self.min_heldout < 5:

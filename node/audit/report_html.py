@@ -91,6 +91,8 @@ def render_report(result: AuditResult, title: str = "Memorization audit") -> str
     rows = []
     for name, g in s["gates"].items():
         verdict = '<b class="ok">PASS</b>' if g["passed"] else '<b class="bad">FAIL</b>'
+        if g.get("note"):
+            verdict += f" ({html.escape(str(g['note']))})"
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{value}</td><td>≤ {g['max']}</td>"
                     f"<td>{verdict}</td></tr>")
@@ -103,7 +105,8 @@ def render_report(result: AuditResult, title: str = "Memorization audit") -> str
         sections.append(f"""
 <h2>{html.escape(v.space)} ({html.escape(v.metric)})</h2>
 <p>τ = {pv['tau']:.4f} · copy rate {pv['copy_rate']:.4f} ({pv['copies']} of
-{s['n_synthetic']}) · training images with a copy {pv['train_with_copy']:.4f} ·
+{s['n_synthetic']}; {pv['copy_rate_if_novel']:.4f} expected of a novel generator, p =
+{pv['copy_p_value']:.3g}) · training images with a copy {pv['train_with_copy']:.4f} ·
 MIA AUC {pv['mia']['auc']:.3f} (95% CI {pv['mia']['ci_low']:.3f}–{pv['mia']['ci_high']:.3f}) ·
 member-only control AUC {pv['mia_control']['auc']:.3f} · split-bias baseline AUC
 {_auc_text(pv.get('split_bias_baseline'))}</p>

@@ -77,6 +77,49 @@ def test_honest_samples_pass_the_gates() -> None:
             view["heldout_to_train"]["p50"], rel=0.2)
 
 
+def test_copy_p_value_holds_its_level_where_the_raw_rate_does_not() -> None:
+    """A novel generator with 20 held-out images: τ's noise alone pushes the raw copy rate over
+    10 % in one audit of eight; the beta-binomial p-value stays at its 5 % level."""
+    from node.audit.memorization import copy_count_p_value, novel_copy_rate, tau_rank
+
+    rng = np.random.default_rng(0)
+    n_held, m, reps = 20, 400, 3000
+    rank = tau_rank(n_held, 95.0)
+    rates, ps = np.empty(reps), np.empty(reps)
+    for r in range(reps):
+        held, syn = rng.random(n_held), rng.random(m)  # exchangeable: as novel as new patients
+        copies = int((syn > np.sort(held)[rank - 1]).sum())
+        rates[r], ps[r] = copies / m, copy_count_p_value(copies, m, n_held, rank)
+    assert rates.mean() == pytest.approx(novel_copy_rate(n_held, rank), abs=0.005)
+    assert (rates > 0.10).mean() > 0.10
+    assert (ps < 0.05).mean() <= 0.06
+
+
+def test_small_held_out_set_passes_honest_samples_and_still_fails_planted_copies() -> None:
+    train, held, honest = data()
+    cfg = AuditConfig(n_boot=100, encoder="none", min_heldout=20)
+    # An unlucky draw of 20 held-out patients (nineteen of the farthest from training, then
+    # one at the 85th percentile) puts τ low, so honest samples cross 10 % by τ's noise alone.
+    from node.audit.memorization import nearest_correlation
+
+    order = np.argsort(nearest_correlation(held, train)[0])
+    unlucky = held[np.r_[order[:19], order[68]]]
+    ok = audit_arrays(honest, train, unlucky, cfg).summary
+    gate = ok["gates"]["copy_rate"]
+    assert gate["value"] > 0.10 and gate["p_value"] >= 0.05, gate
+    assert gate["passed"] and "not significantly above" in gate["note"]
+    rng = np.random.default_rng(1)
+    syn = honest.copy()
+    planted = rng.choice(len(syn), 60, replace=False)  # 30 % lightly noised copies
+    noisy = train[rng.choice(len(train), 60)].astype(np.float64) + rng.normal(0, 6.0,
+                                                                             (60, SIZE, SIZE))
+    syn[planted] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    bad = audit_arrays(syn, train, held[:20], cfg).summary
+    assert bad["exact_copies"] == 0  # the τ test, not the exact-copy rule, must catch these
+    gate = bad["gates"]["copy_rate"]
+    assert not gate["passed"] and gate["p_value"] < 0.05, gate
+
+
 def test_split_bias_baseline_flags_a_held_out_set_that_differs_by_itself() -> None:
     # Held-out images from another "scanner" (noisier, darker): a blind attack that never sees
     # the synthetic set already separates them from training images, so the baseline rises
