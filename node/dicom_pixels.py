@@ -20,7 +20,12 @@ Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
    2^bits − 1 (a known vendor error); 8-bit entries are read one per 16-bit word when the data
    holds ≥ 2 bytes per entry, else one per byte. A LINEAR window of width 1 is the step function
    of PS3.3 C.11.2.1.2.1 (maximum where x > c − 0.5, else minimum).
-3. **MONOCHROME1** is inverted after VOI, so bone is always bright.
+3. **Inversion** after VOI, once, when Photometric Interpretation is MONOCHROME1 **or**
+   Presentation LUT Shape (2050,0020) is INVERSE, so bone is always bright. INVERSE turns the
+   VOI output into P-values by inversion (PS3.3 C.11.6); in the DX family it accompanies
+   MONOCHROME1 and names that same inversion, so MONOCHROME1 + INVERSE is inverted once, not
+   twice (the double inversion was a viewer bug, e.g. Weasis #372). IDENTITY adds nothing; a
+   non-conformant MONOCHROME1 + IDENTITY keeps the Photometric Interpretation's inversion.
 4. **Pixel padding.** Stored values equal to Pixel Padding Value (0028,0120), or within
    [Pixel Padding Value, Pixel Padding Range Limit (0028,0121)] when the limit is present, are
    not image: they are left out of the min–max range and shown black (0 after step 3, i.e. a
@@ -446,6 +451,12 @@ def _is_mono1(ds: Any) -> bool:
     return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
 
 
+def _inverted(ds: Any) -> bool:
+    """Step 3 of the module docstring: MONOCHROME1 or Presentation LUT Shape INVERSE."""
+    shape = ds.get("PresentationLUTShape", "")
+    return _is_mono1(ds) or str(shape or "").strip().upper() == "INVERSE"
+
+
 def display_lut(ds: Any, dtype: np.dtype[Any], mod_range: tuple[float, float]) -> FloatImage:
     """Table indexed by the stored value's bit pattern (uint view) → displayed value in [0, 1].
 
@@ -462,7 +473,7 @@ def _display_table(ds: Any, dtype: np.dtype[Any], mod_range: tuple[float, float]
     bits = dtype.itemsize * 8
     domain = np.arange(1 << bits, dtype=np.uint8 if bits == 8 else np.uint16).view(dtype)
     out = _voi(_modality(domain, ds), ds, mod_range, lut)
-    if _is_mono1(ds):
+    if _inverted(ds):
         out = 1.0 - out
     pad = padding_range(ds, dtype)
     if pad is not None:
@@ -507,7 +518,7 @@ def displayed(crop: npt.NDArray[Any], ds: Any) -> FloatImage:
         index = crop.view(np.uint8 if crop.dtype.itemsize == 1 else np.uint16)
         return table[index]
     out64 = _voi(_modality(crop, ds), ds, mod_range, lut)
-    if _is_mono1(ds):
+    if _inverted(ds):
         out64 = 1.0 - out64
     if padding is not None:
         out64[padding] = 0.0
@@ -537,7 +548,7 @@ def to_uint8(image: FloatImage) -> npt.NDArray[np.uint8]:
 
 
 def normalised(ds: Any, label: str = "dataset") -> FloatImage:
-    """The whole image, displayed (modality → VOI → MONOCHROME1 inversion), float32 [0, 1]."""
+    """The whole image, displayed (modality → VOI → inversion), float32 [0, 1]."""
     return displayed(decode(ds, label), ds)
 
 
