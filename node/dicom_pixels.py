@@ -8,7 +8,9 @@ Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
 
 1. **Modality LUT.** A non-empty Modality LUT Sequence when present (pydicom's
    ``apply_modality_lut``), else Rescale Slope/Intercept (also when the sequence is present but
-   empty). A missing slope/intercept means 1/0.
+   empty). A missing slope/intercept means 1/0; a slope of 0 (invalid: a flat image) means no
+   rescale at all, as in dcmtk; a slope or intercept that is not a number is skipped as
+   ``unsupported-pixels``.
 2. **VOI.** When several transforms are present, the **first VOI LUT in the VOI LUT Sequence**
    wins (the vendor's display curve, as pydicom prefers) if it is usable, else the **first
    Window Center/Width pair** (the primary window; later pairs are alternatives) with its VOI
@@ -43,6 +45,13 @@ a single gather on the cropped square plus the resize (see ``benchmarks/preproce
 Multi-frame and colour policy: **skipped with a reason**. A projection radiograph is one
 grayscale frame; taking an arbitrary frame of a cine/CT/MR object or a luminance of a
 secondary-capture photo would silently put non-radiographs into the store.
+
+Header defaults: a grayscale image missing Samples per Pixel, Photometric Interpretation, Bits
+Stored or Pixel Representation (old and hand-made files) is read as 1, MONOCHROME2, Bits
+Allocated, 0 (unsigned); a Photometric Interpretation in lower case or padded with spaces is
+read normalised; Bits Stored outside 1..Bits Allocated is read as Bits Allocated. A header
+integer that is not a number (e.g. Number of Frames ``1A``) is skipped as
+``unsupported-pixels``, naming the element.
 
 Decoding: compressed syntaxes go through pydicom's pixel decoders backed by the declared
 plugins (pylibjpeg + openjpeg for JPEG 2000, libjpeg for JPEG/JPEG-LS, rle, or gdcm when
@@ -237,16 +246,18 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if ds.get(kw) in (None, "", 0):
             raise SkipFileError(UNSUPPORTED, f"{label}: PixelData present but {kw} is missing")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _header_int(ds, "NumberOfFrames", 1, label)
     if frames > 1:
         raise SkipFileError(MULTI_FRAME, f"{label}: {frames} frames; only single-frame radiographs "
                        "are ingested (policy: multi-frame objects are skipped)")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    spp = _header_int(ds, "SamplesPerPixel", 1, label)
+    photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise SkipFileError(COLOUR, f"{label}: {photometric} with {spp} samples/pixel; only "
                        "grayscale (MONOCHROME1/2) radiographs are ingested")
     bits = int(ds.BitsAllocated)
+    _fill_image_header(ds, photometric, label)
+    _rescale(ds, label)  # an unusable Rescale Slope/Intercept is skipped here, before decoding
     if bits not in (8, 16, 32):
         raise SkipFileError(UNSUPPORTED, f"{label}: {bits} bits allocated per pixel is not "
                             "supported")
@@ -283,6 +294,29 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
             )
 
 
+def _header_int(ds: Any, keyword: str, default: int, label: str) -> int:
+    """An integer header value (missing or empty → ``default``), or SkipFileError."""
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        raise SkipFileError(UNSUPPORTED, f"{label}: {keyword} is not a whole number; the image "
+                            "header is damaged") from None
+
+
+def _fill_image_header(ds: Any, photometric: str, label: str) -> None:
+    """Give a checked grayscale header what pydicom's decoders require (module docstring)."""
+    if ds.get("PhotometricInterpretation") != photometric:
+        ds.PhotometricInterpretation = photometric
+    if "SamplesPerPixel" not in ds:
+        ds.SamplesPerPixel = 1
+    allocated = int(ds.BitsAllocated)
+    if not 1 <= _header_int(ds, "BitsStored", 0, label) <= allocated:
+        ds.BitsStored = allocated
+    if _header_int(ds, "PixelRepresentation", -1, label) not in (0, 1):
+        ds.PixelRepresentation = 0
+
+
 def decode(ds: Any, label: str) -> npt.NDArray[Any]:
     """The stored pixel values of a checked single-frame grayscale dataset."""
     try:
@@ -307,9 +341,29 @@ def _modality(values: npt.NDArray[Any], ds: Any) -> npt.NDArray[np.float64]:
 
     if ds.get("ModalityLUTSequence"):  # an empty sequence means: use the rescale
         return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _rescale(ds)
     return values.astype(np.float64) * slope + intercept
+
+
+def _rescale(ds: Any, label: str = "dataset") -> tuple[float, float]:
+    """(slope, intercept) by the module docstring, step 1, or SkipFileError when unusable."""
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            raw = ds.get(keyword)
+            if hasattr(raw, "__len__") and not isinstance(raw, str):  # VM > 1: the first
+                raw = raw[0] if len(raw) else None
+            value = default if raw in (None, "") else float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise SkipFileError(UNSUPPORTED, f"{label}: {keyword} is not a number; the modality "
+                                "rescale cannot be applied")
+        values.append(value)
+    slope, intercept = values
+    if slope == 0.0:  # invalid (every pixel the same value): ignore the rescale, as dcmtk does
+        return 1.0, 0.0
+    return slope, intercept
 
 
 def _first(value: Any) -> float:
