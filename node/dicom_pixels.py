@@ -34,7 +34,8 @@ Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
    dark background), whatever the VOI.
 
 Geometry: centre-crop to the square of the smallest side (the seed method), refuse images
-whose smallest side is under ``min_side`` (128 px, the seed rule), then resize with PIL's
+whose smallest side is under ``min_side`` (128 px, the seed rule) or whose Rows × Columns is
+over :data:`MAX_PIXELS` (``too-large``, decided from the header), then resize with PIL's
 anti-aliased LANCZOS filter on float data (box pre-reduction via ``reducing_gap``), never
 nearest-neighbour, which aliases.
 
@@ -85,6 +86,11 @@ from shared.errors import SynthlearnError
 MIN_SIDE = 128
 """The seed rule: images whose smallest side is under 128 px are excluded."""
 
+MAX_PIXELS = 1 << 27
+"""Rows × Columns above this (134 M pixels, e.g. 11585²; a 35 × 43 cm film digitised at 50 µm is
+61 M) is skipped as ``too-large`` before decoding: a compressed file's header can declare any
+size, and the decoder allocates what it declares (60000² at 16 bits: 7 GB per worker)."""
+
 # Reason categories (short codes shown in summaries; the detail line names the file).
 NOT_DICOM = "not-dicom"
 TRUNCATED = "truncated"
@@ -92,6 +98,7 @@ MISSING_PIXELS = "missing-pixel-data"
 LENGTH_MISMATCH = "length-mismatch"
 NO_CODEC = "no-codec"
 TOO_SMALL = "too-small"
+TOO_LARGE = "too-large"
 UNLABELLED = "unlabelled"
 UNREADABLE = "unreadable"
 MULTI_FRAME = "multi-frame"
@@ -265,6 +272,9 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
     if min(rows, cols) < min_side:
         raise SkipFileError(TOO_SMALL, f"{label}: {rows}×{cols} px; the smallest side must be "
                        f"≥ {min_side} px")
+    if rows * cols > MAX_PIXELS:
+        raise SkipFileError(TOO_LARGE, f"{label}: {rows}×{cols} px is over the {MAX_PIXELS} "
+                            "pixel limit of one radiograph; not decoded")
     tsyntax = UID(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or
                   "1.2.840.10008.1.2.1")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
 
 from node import dicom_pixels as dp
 from node.phantoms import dataset_bytes
@@ -88,3 +89,21 @@ def test_rescale_slope_zero_is_ignored_and_a_multi_valued_slope_uses_the_first()
     out = dp.normalised(roundtrip(multi))  # 100 → 200 → 0.25, 300 → 600 → 0.75
     assert out[0, 0] == pytest.approx(0.25, abs=1e-3) and out[0, 100] == pytest.approx(0.75,
                                                                                        abs=1e-3)
+
+
+def test_huge_declared_size_is_skipped_before_decoding() -> None:
+    # A compressed file's header can declare any size; the decoder would allocate it (60000² at
+    # 16 bits is 7 GB) before finding that the codestream is 160².
+    ds = make_ds(RAMP12)
+    ds.compress(RLELossless, RAMP12)
+    ds.Rows = ds.Columns = 60000
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(roundtrip(ds), 32, "huge.dcm")
+    assert e.value.reason == dp.TOO_LARGE and "60000×60000" in e.value.detail
+    assert "huge.dcm" in e.value.detail
+    # Uncompressed and under the limit, but the data is cut short: a length mismatch.
+    cut = make_ds(RAMP12)
+    cut.Rows = cut.Columns = 4000
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(roundtrip(cut), 32, "cut.dcm")
+    assert e.value.reason == dp.LENGTH_MISMATCH and "4000×4000" in e.value.detail
