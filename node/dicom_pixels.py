@@ -222,6 +222,9 @@ def _check_not_truncated(ds: Any, label: str) -> None:
     """pydicom silently shortens the last element of a cut file; compare it with its header."""
     keys = list(ds.keys())
     if not keys:
+        if getattr(ds, "preamble", None) is not None:  # 'DICM' was there: a cut file
+            raise SkipFileError(TRUNCATED, f"{label}: file ends in its DICOM file header, "
+                                "before any data element; copy it again from the archive")
         raise SkipFileError(NOT_DICOM, f"{label}: no DICOM elements")
     raw = ds.get_item(keys[-1])
     length = getattr(raw, "length", None)

@@ -107,3 +107,11 @@ def test_huge_declared_size_is_skipped_before_decoding() -> None:
     with pytest.raises(dp.SkipFileError) as e:
         dp.store_pixels(roundtrip(cut), 32, "cut.dcm")
     assert e.value.reason == dp.LENGTH_MISMATCH and "4000×4000" in e.value.detail
+
+
+@pytest.mark.parametrize("keep", [132, 140, 200])
+def test_file_cut_inside_its_file_meta_header_is_truncated(keep: int) -> None:
+    data = dataset_bytes(make_ds(RAMP12))
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.dataset_from_bytes(data[:keep], "cut.dcm")
+    assert e.value.reason == dp.TRUNCATED and "cut.dcm" in e.value.detail
