@@ -20,7 +20,10 @@ Why it is built this way:
   same transaction as its pixels (see :mod:`node.store`). A re-run lists the folder, leaves
   known sources alone and processes the rest, so a killed run simply resumes; sources skipped
   as ``unlabelled`` or ``unreadable`` are retried on every run, since a new label sheet or a
-  fixed permission can make them usable.
+  fixed permission can make them usable. A file's header is checked as an image before its
+  label is looked up, so an SR, a presentation state, a DICOMDIR, a colour or multi-frame
+  object is skipped for what it is (``missing-pixel-data``, ``colour``, …) and never asks for
+  a label row.
 * **Never fatal for one file.** Each bad file is skipped with a short reason and a one-line
   detail naming it (printed, stored in the catalog, listed in the report). Only a missing
   folder, an unusable label sheet or an incompatible store stop a run.
@@ -52,6 +55,7 @@ from node.dicom_pixels import (
     UNLABELLED,
     UNREADABLE,
     SkipFileError,
+    check_image,
     read_dataset,
     store_pixels,
 )
@@ -101,6 +105,7 @@ def process_file(rel: str) -> Accepted | Skipped:
         if not stat.S_ISREG(st.st_mode):
             return Skipped(rel, UNREADABLE, f"{rel}: not a regular file")
         ds = read_dataset(_ROOT / rel, rel)
+        check_image(ds, rel, _MIN_SIDE)  # a non-image is skipped as such, not as unlabelled
         row = _SHEET.lookup(match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None))
         if row is None:
             return Skipped(rel, UNLABELLED, f"{rel}: no row in {_SHEET.path.name} for "

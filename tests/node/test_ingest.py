@@ -238,6 +238,45 @@ def test_every_bad_input_is_skipped_with_a_one_line_reason_naming_the_file(
     assert again.returncode == 0 and len(SiteStore.open(site)) == 1
 
 
+def test_non_images_without_a_label_row_are_skipped_for_what_they_are(
+    phantom_site: Path, tmp_path: Path
+) -> None:
+    """A hospital export holds SRs, presentation states, a DICOMDIR, colour and multi-frame
+    objects that no label sheet names: they are not 'unlabelled' (add a row), but not images."""
+    from pydicom.data import get_testdata_file
+
+    src = sorted((phantom_site / "dicom").glob("*.dcm"))
+    d = tmp_path / "dicom"
+    d.mkdir()
+    shutil.copy(src[0], d / "good.dcm")
+    for name, sop_class in (("report.dcm", "1.2.840.10008.5.1.4.1.1.88.11"),  # Basic Text SR
+                            ("state.dcm", "1.2.840.10008.5.1.4.1.1.11.1")):  # GSPS
+        ds = pydicom.dcmread(src[1])
+        del ds.PixelData
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.save_as(d / name)
+    shutil.copy(str(get_testdata_file("DICOMDIR")), d / "DICOMDIR")
+    ds = _plain(src[2])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(d / "cine.dcm")
+    ds = _plain(src[3])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 1
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 3)
+    ds.save_as(d / "photo.dcm")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,lesion_type\ngood,No finding\n")
+    report = preprocess(d, labels, tmp_path / "site", size=SIZE, workers=1, progress=False)
+    got = {s["file"]: s for s in report["skipped_files"]}
+    assert {k: v["reason"] for k, v in got.items()} == {
+        "report.dcm": "missing-pixel-data", "state.dcm": "missing-pixel-data",
+        "DICOMDIR": "missing-pixel-data", "cine.dcm": "multi-frame", "photo.dcm": "colour"}
+    assert all(name in s["detail"] for name, s in got.items())
+    assert report["accepted"] == 1
+
+
 def test_a_run_that_accepts_nothing_exits_non_zero_with_a_clear_message(
     phantom_site: Path, tmp_path: Path
 ) -> None:
