@@ -10,6 +10,13 @@ Two layouts are accepted (header row required, extra columns ignored):
 * **Generic** ``image_id,label``: ``0``/``normal``/``No finding`` → "No finding";
   ``1``/``abnormal`` → "Abnormal"; any other text is taken as the lesion name (abnormal).
 
+The sheet as spreadsheets save it is read too: UTF-8 with or without a byte-order mark,
+UTF-16 with one (Excel's "Unicode text"), else Windows-1252 (Excel's "CSV" on Western
+European Windows); comma, semicolon (locales with a decimal comma) or tab separators, taken
+from the header line; CRLF or CR line ends; header names in any case; spaces around cells;
+rows whose cells are all empty are ignored. In both layouts the rows of one image id combine
+as above (a lesion row wins over a normal one), whatever their order.
+
 An optional ``patient_id`` column overrides the DICOM PatientID (research importers), and an
 optional ``split`` column (``train``/``test``) forces the split.
 
@@ -92,14 +99,17 @@ def load_labels(path: Path) -> LabelSheet:
     """Read a VinDr-style or generic label sheet; raise IngestError when it is unusable."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _decode(path.read_bytes())
     except FileNotFoundError:
         raise IngestError(f"{path}: label sheet not found; pass --labels with a CSV of "
                           "image_id,lesion_type (VinDr) or image_id,label") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise IngestError(f"{path}: label sheet cannot be read ({exc})") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    delimiter = "," if "," in first else next((d for d in ";\t" if d in first), ",")
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
     if "image_id" not in header or not ({"lesion_type", "label"} & set(header)):
         raise IngestError(
@@ -110,6 +120,8 @@ def load_labels(path: Path) -> LabelSheet:
     column = "lesion_type" if layout == "vindr" else "label"
     sheet = LabelSheet(path=path, layout=layout)
     for line_no, raw in enumerate(reader, start=2):
+        if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
+            continue  # a row of empty cells (spreadsheets leave them at the end)
         image_id = (raw.get("image_id") or "").strip()
         value = (raw.get(column) or "").strip()
         if not image_id or not value:
@@ -133,6 +145,17 @@ def load_labels(path: Path) -> LabelSheet:
     if not sheet.rows:
         raise IngestError(f"{path}: label sheet has a header but no rows")
     return sheet
+
+
+def _decode(data: bytes) -> str:
+    """UTF-16 with a byte-order mark, else UTF-8 (BOM or not), else Windows-1252 (module
+    docstring)."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252")
 
 
 def match_keys(rel_path: str, sop_uid: str | None = None) -> list[str | None]:

@@ -336,3 +336,23 @@ def test_a_worker_dying_on_one_file_skips_that_file_and_the_run_finishes(
     store = SiteStore.open(tmp_path / "site")
     assert sorted(s.image_id for s in store.samples()) == sorted(f.stem for f in files
                                                                  if f.name != crash)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    # UTF-8 BOM, CRLF, spaces around cells, several rows per image (a lesion row wins).
+    ("\ufeffimage_id , lesion_type\r\n img1 , No finding \r\nimg2,No finding\r\n"
+     "img2, Osteophytes\r\n".encode(), {"img1": NORMAL, "img2": "Osteophytes"}),
+    # Excel "CSV" on a Western European Windows: cp1252, semicolons, empty rows at the end.
+    ("Image_ID;Lesion_Type\r\nimg1;Fracture vertébrale\r\nimg2;No finding\r\n;\r\n;\r\n"
+     .encode("cp1252"), {"img1": "Fracture vertébrale", "img2": NORMAL}),
+    # Excel "Unicode text": UTF-16 with a BOM, tab separated; generic duplicates 0 then 1.
+    ("image_id\tlabel\nimg1\t0\nimg1\t1\nimg2\t0\n".encode("utf-16"),
+     {"img1": "Abnormal", "img2": NORMAL}),
+], ids=["utf8-bom-crlf-spaces", "cp1252-semicolon", "utf16-tab"])
+def test_label_sheets_as_spreadsheets_save_them(tmp_path: Path, data: bytes,
+                                                expected: dict[str, str]) -> None:
+    from node.labels import load_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(data)
+    assert {k: r.lesion for k, r in load_labels(path).rows.items()} == expected
