@@ -6,10 +6,23 @@ file; none may raise anything but :class:`~node.dicom_pixels.SkipFileError`.
 
 from __future__ import annotations
 
+import io
+import struct
+from typing import Any
+
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
 
 from node import dicom_pixels as dp
 from node.phantoms import dataset_bytes
@@ -115,3 +128,127 @@ def test_file_cut_inside_its_file_meta_header_is_truncated(keep: int) -> None:
     with pytest.raises(dp.SkipFileError) as e:
         dp.dataset_from_bytes(data[:keep], "cut.dcm")
     assert e.value.reason == dp.TRUNCATED and "cut.dcm" in e.value.detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases that were already right, pinned (each assertion fails if the behaviour regresses)
+
+
+def test_signed_bits_stored_below_allocated_are_sign_extended_and_unsigned_high_bits_masked(
+) -> None:
+    signed = np.tile(np.linspace(-2048, 2047, 160).round().astype(np.int16), (160, 1))
+    ds = make_ds(signed, bits_stored=12)
+    ds.PixelData = (signed.astype(np.int32) & 0x0FFF).astype(np.uint16).tobytes()  # 12-bit
+    out = dp.normalised(roundtrip(ds))  # two's complement, upper 4 bits left zero
+    assert np.allclose(out, (signed + 2048) / 4095.0, atol=1e-6)
+    garbage = RAMP12.copy()
+    garbage[::2] |= 0xF000  # overlay / garbage bits above Bits Stored (PS3.5 8.1.1)
+    ds = make_ds(RAMP12)
+    ds.PixelData = garbage.tobytes()
+    assert np.allclose(dp.normalised(roundtrip(ds)), RAMP12 / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("keyword", "vr", "dtype"), [("FloatPixelData", "OF", np.float32),
+                                                      ("DoubleFloatPixelData", "OD", np.float64)])
+def test_float_pixel_data_is_skipped_as_unsupported(keyword: str, vr: str, dtype: type) -> None:
+    ds = make_ds(RAMP12)
+    del ds.PixelData
+    ds.BitsAllocated = np.dtype(dtype).itemsize * 8
+    for kw in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, kw)
+    ds.add_new(keyword, vr, RAMP12.astype(dtype).tobytes())
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(roundtrip(ds), 32, "float.dcm")
+    assert e.value.reason == dp.UNSUPPORTED
+    assert "float.dcm" in e.value.detail and keyword in e.value.detail
+
+
+def _ds_element(tag: int, value: bytes) -> bytes:
+    """One explicit VR little endian DS element, byte for byte (pydicom refuses bad DS)."""
+    value += b" " * (len(value) % 2)
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"DS", len(value)) + value
+
+
+def _with_window(center: bytes, width: bytes, **tags: Any) -> Dataset:
+    """RAMP12 with Window Center (0028,1050) / Width (0028,1051) written as given."""
+    data = dataset_bytes(make_ds(RAMP12, WindowCenter="0", WindowWidth="1", **tags))
+    for tag, placeholder, value in ((0x00281050, b"0", center), (0x00281051, b"1", width)):
+        assert data.count(_ds_element(tag, placeholder)) == 1
+        data = data.replace(_ds_element(tag, placeholder), _ds_element(tag, value))
+    return dp.dataset_from_bytes(data, "window.dcm")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize(("center", "width", "window"), [
+    (b"1000\\3000", b"501 \\4000", (1000.0, 501.0)),  # several windows: the first
+    (b" 1000 ", b"501 ", (1000.0, 501.0)),  # spaces around the value
+    (b"1e3 ", b"5.01E2", (1000.0, 501.0)),  # exponent notation
+    (b"1000\\", b"501\\", (1000.0, 501.0)),  # trailing backslash (an empty second value)
+    (b"1000,5", b"501 ", None),  # decimal comma: not a DS, no window
+    (b"1000", b"abc ", None),  # not a number
+    (b"1000", b"0 ", None),  # width 0
+    (b"1000", b"-50 ", None),  # negative width
+])
+def test_odd_window_values_give_the_first_valid_window_or_min_max(
+    center: bytes, width: bytes, window: tuple[float, float] | None
+) -> None:
+    out = dp.normalised(_with_window(center, width))
+    x = RAMP12.astype(np.float64)
+    if window is None:  # no usable window: min–max of the image
+        expected = (x - x.min()) / (x.max() - x.min())
+    else:
+        c, w = window
+        expected = np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+    assert np.allclose(out, expected, atol=1e-5)
+
+
+def test_voi_lut_functions_sigmoid_and_linear_exact() -> None:
+    x = RAMP12.astype(np.float64)
+    sigmoid = dp.normalised(_with_window(b"2000", b"800 ", VOILUTFunction="SIGMOID"))
+    assert np.allclose(sigmoid, 1 / (1 + np.exp(-4 * (x - 2000) / 800)), atol=1e-5)  # C.11.2.1.3
+    exact = dp.normalised(_with_window(b"2000", b"800 ", VOILUTFunction="LINEAR_EXACT"))
+    assert np.allclose(exact, np.clip((x - 2000) / 800 + 0.5, 0, 1), atol=1e-5)
+    # LINEAR_EXACT and SIGMOID allow a width under 1 (LINEAR does not).
+    narrow = dp.normalised(_with_window(b"2000", b"0.5 ", VOILUTFunction="LINEAR_EXACT"))
+    assert np.array_equal(narrow, np.clip((x - 2000) / 0.5 + 0.5, 0, 1).astype(np.float32))
+
+
+def _jpeg_baseline(ramp8: np.ndarray) -> Dataset:
+    """An 8-bit JPEG Baseline file, the codestream made by Pillow (pydicom has no encoder)."""
+    buf = io.BytesIO()
+    Image.fromarray(ramp8).save(buf, "JPEG", quality=95)
+    ds = make_ds(ramp8, bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def test_transfer_syntaxes_give_the_same_store_image() -> None:
+    reference = dp.store_pixels(roundtrip(make_ds(RAMP12)), 32, "ref")[0]
+    deflated = make_ds(RAMP12)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    big = make_ds(RAMP12)
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    big.PixelData = RAMP12.astype(">u2").tobytes()
+    fragmented = []
+    for syntax in (RLELossless, JPEG2000Lossless):  # one frame split over 3 fragments
+        ds = make_ds(RAMP12)
+        ds.compress(syntax, RAMP12)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        ds.PixelData = encapsulate([frame], fragments_per_frame=3)
+        fragmented.append(ds)
+    for ds in (deflated, big, *fragmented):
+        read = roundtrip(ds)
+        assert read.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert np.array_equal(dp.store_pixels(read, 32, "ts.dcm")[0], reference)
+    # Lossy: JPEG 2000 at 10:1 and JPEG Baseline stay within a few grey levels.
+    lossy = make_ds(RAMP12)
+    lossy.compress(JPEG2000, RAMP12, j2k_cr=[10])
+    assert np.abs(dp.store_pixels(roundtrip(lossy), 32, "j2k.dcm")[0].astype(int)
+                  - reference).max() <= 2
+    ramp8 = (RAMP12 >> 4).astype(np.uint8)
+    reference8 = dp.store_pixels(roundtrip(make_ds(ramp8, bits_stored=8)), 32, "ref8")[0]
+    jpeg = roundtrip(_jpeg_baseline(ramp8))
+    assert jpeg.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert np.abs(dp.store_pixels(jpeg, 32, "jpeg.dcm")[0].astype(int) - reference8).max() <= 2

@@ -102,3 +102,28 @@ def test_radiographs_are_accepted_and_codec_independent(
             a, b = ([by_id[r].array for r in radiographs if r.endswith(f"{series}_{kind}")]
                     for kind in (coded, raw))
             assert len(a) == len(b) == 1 and np.array_equal(a[0], b[0]), (series, coded)
+
+
+def test_codecs_without_an_encoder_here_decode_real_files() -> None:
+    """JPEG-LS, JPEG Lossless SV1, RLE, JPEG 2000 and big endian copies of one MR image give
+    the same store image; no installed plugin can encode JPEG-LS or JPEG Lossless to make one."""
+    from pydicom.data import get_testdata_file
+
+    def load(name: str) -> tuple[np.ndarray, str]:
+        path = get_testdata_file(name)
+        assert path is not None, name
+        image, _, ds = dp.load_file(Path(str(path)), 64, name, min_side=1)
+        return image, str(ds.file_meta.TransferSyntaxUID)
+
+    reference, _ = load("MR_small.dcm")
+    syntaxes = set()
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
+                 "MR_small_jp2klossless.dcm"):
+        image, syntax = load(name)
+        assert np.array_equal(image, reference), name
+        syntaxes.add(syntax)
+    assert syntaxes == {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.2",
+                        "1.2.840.10008.1.2.4.90"}
+    for name in ("JPGLosslessP14SV1_1s_1f_8b.dcm", "JPEG-LL.dcm"):  # pydicom-data
+        image, syntax = load(name)
+        assert syntax == "1.2.840.10008.1.2.4.70" and image.std() > 10, name
