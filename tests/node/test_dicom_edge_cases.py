@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,3 +253,17 @@ def test_transfer_syntaxes_give_the_same_store_image() -> None:
     jpeg = roundtrip(_jpeg_baseline(ramp8))
     assert jpeg.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert np.abs(dp.store_pixels(jpeg, 32, "jpeg.dcm")[0].astype(int) - reference8).max() <= 2
+
+
+def test_files_that_are_not_dicom_are_skipped_naming_them(tmp_path: Path) -> None:
+    jpg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(jpg, "JPEG")
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(png, "PNG")
+    files = {"photo.jpg": jpg.getvalue(), "scan.png": png.getvalue(), "empty.dcm": b"",
+             "notes.txt": b"patient list\r\n" * 40, "DI": b"DI",
+             "noise.bin": np.random.default_rng(0).bytes(4096), "zeros.dcm": bytes(4096)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(dp.SkipFileError) as e:
+            dp.load_file(tmp_path / name, 32, name)
+        assert e.value.reason == dp.NOT_DICOM and name in e.value.detail, name
