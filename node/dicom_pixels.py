@@ -267,7 +267,8 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
                        "grayscale (MONOCHROME1/2) radiographs are ingested")
     bits = int(ds.BitsAllocated)
     _fill_image_header(ds, photometric, label)
-    _rescale(ds, label)  # an unusable Rescale Slope/Intercept is skipped here, before decoding
+    if not ds.get("ModalityLUTSequence"):  # an unusable rescale is skipped before decoding
+        _rescale(ds, label)
     if bits not in (8, 16, 32):
         raise SkipFileError(UNSUPPORTED, f"{label}: {bits} bits allocated per pixel is not "
                             "supported")
