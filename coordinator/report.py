@@ -232,6 +232,10 @@ def render_html(report: dict[str, Any]) -> str:
             gates = audit.get("gates_passed")
             gate_txt = ("passed" if gates else "overridden" if a.get("accepted_risk")
                         else "failed" if gates is False else "–")
+            notes = [f"{k}: {g['note']}" for k, g in (audit.get("gates") or {}).items()
+                     if isinstance(g, dict) and g.get("note")]
+            if notes:  # passed, but only because the sample could not show significance
+                gate_txt += "<br><small>" + esc("; ".join(notes)) + "</small>"
             dp = a.get("dp") or {}
             eps = dp.get("epsilon_spent", dp.get("epsilon")) if isinstance(dp, dict) else None
             counts = ", ".join(f"{esc(str(k))}: {v}" for k, v in (a.get("counts") or {}).items())

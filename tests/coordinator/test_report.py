@@ -27,7 +27,10 @@ def sample_report() -> dict[str, Any]:
     }
     pool = {"images": 400, "counts": {"normal": 200, "abnormal": 200}, "accepted": [
         {"site": "site-a", "bundle_id": "1234-5678-9abc", "images": 200, "counts": {"normal": 100},
-         "audit": {"gates_passed": True}, "dp": {"epsilon_spent": 7.5}, "key_fingerprint": "ab"}]}
+         "audit": {"gates_passed": True, "gates": {"copy_rate": {
+             "value": 0.12, "max": 0.1, "passed": True,
+             "note": "above the limit but not significantly above the rate of new patients"}}},
+         "dp": {"epsilon_spent": 7.5}, "key_fingerprint": "ab"}]}
     return build_report(run="r", sites=sites, pool=pool,
                         cnn={"n_images": 400, "epochs_run": 3, "seconds": 5, "device": "cpu",
                              "stopped": "epochs", "weights_sha256": "f" * 64})
@@ -41,7 +44,7 @@ def test_report_lists_every_site_with_ratio_and_reasons(tmp_path: Path) -> None:
     assert rows["site-c"]["pooled"] is None and rows["site-c"]["status"] == "dropped"
     page = html_path.read_text()
     for text in ("site-a", "Flower error code 5", "hash-mismatch", "0.850", "[0.800, 0.900]",
-                 "7.50", "<svg"):
+                 "7.50", "<svg", "copy_rate: above the limit but not significantly"):
         assert text in page, text
     assert "site-<d>" not in page and "site-&lt;d&gt;" in page  # names are escaped
     assert "<script" not in page  # opens offline, inside a hospital network
