@@ -38,29 +38,20 @@ def _aucs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def pneumoniamnist_sites(root: Path) -> tuple[dict[str, Path], Path]:
     """The multi-site benchmark's three PneumoniaMNIST site stores, with keys and trust."""
-    import shutil as _sh
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from multisite import DATA, SITES, load_split, partition, write_site
 
-    from shared.signing import generate_keypair
+    from coordinator.commands.demo import keys_and_trust
 
     images, labels = load_split(DATA, "train")
     parts = partition(labels, seed=0)
-    trust = root / "coordinator" / "trust"
-    trust.mkdir(parents=True, exist_ok=True)
     sites: dict[str, Path] = {}
     for spec in SITES:
-        name = f"site-{spec.name}"
-        site = root / "sites" / name
-        write_site(site, images, labels, parts[spec.name])
-        if not (site / "keys" / "site.key").exists():
-            generate_keypair(site / "keys")
-            (site / "keys" / "pseudonym").write_text(name)
-        _sh.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
-        sites[name] = site
-    return sites, trust
+        sites[f"site-{spec.name}"] = root / "sites" / f"site-{spec.name}"
+        write_site(sites[f"site-{spec.name}"], images, labels, parts[spec.name])
+    return sites, keys_and_trust(sites, root / "coordinator" / "trust")
 
 
 def main() -> None:

@@ -625,6 +625,11 @@ def store_pixels(
 ) -> tuple[npt.NDArray[np.uint8], Geometry]:
     """A read dataset → uint8 (size, size) store image and the crop geometry, or SkipFileError."""
     check_image(ds, label, min_side)
+    return checked_store_pixels(ds, size, label)
+
+
+def checked_store_pixels(ds: Any, size: int, label: str) -> tuple[npt.NDArray[np.uint8], Geometry]:
+    """:func:`store_pixels` for a dataset that already passed :func:`check_image`."""
     arr = decode(ds, label)
     rows, cols = arr.shape
     top, left, side = centre_square(rows, cols)

@@ -56,8 +56,8 @@ from node.dicom_pixels import (
     UNREADABLE,
     SkipFileError,
     check_image,
+    checked_store_pixels,
     read_dataset,
-    store_pixels,
 )
 from node.errors import IngestError
 from node.labels import LabelSheet, load_labels, match_keys
@@ -111,7 +111,7 @@ def process_file(rel: str) -> Accepted | Skipped:
             return Skipped(rel, UNLABELLED, f"{rel}: no row in {_SHEET.path.name} for "
                            f"image_id '{Path(rel).stem}' or its SOP Instance UID; "
                            "add one (never guessed)")
-        pixels, geom = store_pixels(ds, _SIZE, rel, _MIN_SIDE)
+        pixels, geom = checked_store_pixels(ds, _SIZE, rel)
         pid = row.patient_id or str(ds.get("PatientID", "") or "").strip() or None
         return Accepted(
             image_id=row.image_id,

@@ -459,7 +459,7 @@ def phantom_store(site_dir: Path, n: int, size: int, seed: int = 0,
     ``binary``: half "No finding", half spread over the lesion classes; ``lesion``: all
     classes equally often. Two images per patient, so the patient-level split is exercised.
     Every fifth patient is held out: the salted patient hash would make the test split's size
-    a coin toss (3 of 30 patients, now and then), and tests that need a calibrated held-out
+    a coin toss (2 of 30 patients, now and then), and tests that need a calibrated held-out
     set would fail at random.
     """
     from node.store import Accepted, StoreWriter

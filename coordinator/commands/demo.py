@@ -140,7 +140,6 @@ def prepare_sites(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 
     """Phantom DICOMs → preprocessed site stores with keys; the coordinator's trust folder."""
     from node.ingest import preprocess
     from node.phantoms import make_sites
-    from shared.signing import generate_keypair
 
     raw = make_sites(out / "raw", sites=sites, seed=seed, scale=scale, size=max(size, 48))
     site_dirs: dict[str, Path] = {}
@@ -150,14 +149,21 @@ def prepare_sites(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 
             preprocess(src / "dicom", src / "labels.csv", site, size=size, workers=1,
                        progress=False, min_side=min(size, 32))
         site_dirs[src.name] = site
-    trust = out / "coordinator" / "trust"
+    return site_dirs, keys_and_trust(site_dirs, out / "coordinator" / "trust")
+
+
+def keys_and_trust(site_dirs: dict[str, Path], trust: Path) -> Path:
+    """Each site's key and pseudonym (what `node keygen` leaves, made once) and the
+    coordinator's trust folder of their public keys."""
+    from shared.signing import generate_keypair
+
     trust.mkdir(parents=True, exist_ok=True)
     for name, site in site_dirs.items():
         if not (site / "keys" / "site.key").exists():
             generate_keypair(site / "keys")
             (site / "keys" / "pseudonym").write_text(name)
         shutil.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
-    return site_dirs, trust
+    return trust
 
 
 def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str, dict[str, Any]]:
