@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import FlowerProcessError
-from coordinator.flower_proc import flwr_run, run_log, wait_for_run
+from shared.errors import FlowerProcessError
+from shared.flower_proc import flwr_run, run_log, wait_for_run
 
 PACKAGES = ("node", "coordinator", "shared")
 
@@ -126,7 +126,7 @@ class _Watcher:
 def submit_and_watch(connection: str, cli_home: Path, run_config: Mapping[str, Any],
                      *, timeout: float, echo: Any, poll: float = 3.0) -> dict[str, Any]:
     """``flwr run`` + poll ``flwr ls`` until finished; raise unless ``finished:completed``."""
-    from coordinator.errors import RunFailedError
+    from shared.errors import RunFailedError
 
     staging = Path(str(run_config["work-dir"])) / "app"
     app = app_dir(staging)

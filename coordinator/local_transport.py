@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.phases import Outcome
+from shared.protocol import Outcome
 
 
 class LocalTransport:

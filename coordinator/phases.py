@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from coordinator.state import PHASES, CoordinatorState
-from node.federation import PROTOCOL
+from shared.protocol import PROTOCOL, Transport
 
 
 @dataclass(frozen=True)
@@ -93,28 +93,6 @@ def settings_from_run_config(config: Mapping[str, Any]) -> RunSettings:
                                "--run-config 'work-dir=\"…\" trust-dir=\"…\"'), or use "
                                "`synthlearn coordinator run`")
     return settings
-
-
-@dataclass
-class Outcome:
-    """One node's answer: a reply (config + optional bundle bytes) or a transport error."""
-
-    node: int
-    config: dict[str, Any] = field(default_factory=dict)
-    bundle: bytes | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.config.get("status") == "ok"
-
-
-class Transport(Protocol):
-    def node_ids(self) -> list[int]: ...
-
-    def exchange(self, kind: str, requests: Mapping[int, dict[str, Any]],
-                 weights: Mapping[int, dict[str, bytes]] | None,
-                 timeout: float) -> dict[int, Outcome]: ...
 
 
 Log = Callable[[str], None]
@@ -283,7 +261,7 @@ class Run:
         return result
 
     def phase_evaluate(self) -> dict[str, Any]:
-        from coordinator.eval_request import make_request, verify_reply
+        from shared.protocol import make_request, verify_reply
 
         trained = self.state.phase_result(self.run, "train") or {}
         pooled = trained["pooled"]

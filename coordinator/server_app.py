@@ -23,7 +23,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.phases import Outcome, Run, settings_from_run_config
+from coordinator.phases import Run, settings_from_run_config
+from shared.protocol import Outcome
 
 app = ServerApp()
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from coordinator.certs import make_ca_and_server, make_supernode_key
 
     if args.register:
-        from coordinator.flower_proc import register_supernode, write_connection
+        from shared.flower_proc import register_supernode, write_connection
 
         home = args.out / "flwr-cli-home"
         write_connection(home, "federation", args.register, root_cert=args.out / "ca.crt")

@@ -23,42 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import SynthlearnError
-
-PROTOCOL = 1
-"""Version of the request/reply documents below; both sides refuse another version."""
-
-ACTIONS: dict[str, frozenset[str]] = {
-    "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),
-    "export-bundle": frozenset({
-        "protocol", "action", "software-version", "run-tag", "mode", "gan-config",
-        "n-synthetic", "seed", "baseline-config",
-    }),
-    "evaluate": frozenset({
-        "protocol", "action", "software-version", "run-tag", "request-id", "weights-sha256",
-        "own-weights-sha256", "n-boot",
-    }),
-}
-"""Every action a node performs and the only keys each request may carry."""
-
-REPLY_KEYS = frozenset({
-    "protocol", "action", "status", "reason", "site", "software-version", "bundle-sha256",
-    "bundle-id", "seconds", "reply-json",
-})
-"""The only keys a reply's config part may carry (the bundle bytes travel separately)."""
-
-SIGNED_KINDS = frozenset({"evaluation", "local_real_baseline"})
-"""Kinds of signed record a reply may carry: model-free numbers only."""
-
-FORBIDDEN_GAN_KEYS = frozenset({"device"})
-"""GanConfig keys the coordinator may not set: they are the site's own business."""
-
-MAX_LIST = 64
-"""Longest list a signed record may hold; per-image data would be longer than this."""
-
-
-class RequestRefusedError(SynthlearnError):
-    """The request asks for something a site does not send, or is malformed."""
+from shared.errors import RequestRefusedError
+from shared.protocol import (
+    ACTIONS,
+    FORBIDDEN_GAN_KEYS,
+    MAX_LIST,
+    PROTOCOL,
+    SIGNED_KINDS,
+    Reply,
+    software_version,
+)
 
 
 @dataclass(frozen=True)
@@ -113,12 +87,6 @@ def settings_from_node_config(config: Mapping[str, Any]) -> NodeSettings:
         raise RequestRefusedError(
             f"{settings.site}: site directory not found (node-config site-dir)")
     return settings
-
-
-def software_version() -> str:
-    from shared import __version__
-
-    return str(__version__)
 
 
 def check_request(request: Mapping[str, Any]) -> str:
@@ -186,21 +154,6 @@ def sign_numbers(record: dict[str, Any], settings: NodeSettings) -> dict[str, An
     clean["site"] = settings.name
     check_numbers_only(clean, str(record.get("kind")))
     return sign_record(clean, settings.keys)
-
-
-@dataclass
-class Reply:
-    """What goes back: config fields (numbers, short strings, one JSON document) and,
-    for ``export-bundle``, the bundle's bytes."""
-
-    config: dict[str, Any]
-    bundle: bytes | None = None
-
-    def check(self) -> Reply:
-        extra = sorted(set(self.config) - REPLY_KEYS)
-        if extra:
-            raise RequestRefusedError(f"reply would carry unexpected fields {extra}")
-        return self
 
 
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,'\"\\/]+){2,}[\\/]?")

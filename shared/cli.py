@@ -1,5 +1,11 @@
 """The one console script, `synthlearn`. This module only registers sub-apps.
 
+Sub-apps are found through entry points that ``pyproject.toml`` declares (group
+``synthlearn.apps``: ``node``, ``coordinator``, ``audit``; group ``synthlearn.commands``:
+root-level commands such as ``demo``). Why not import them here: ``shared/`` is what both
+sides import, so it must import neither ``node`` nor ``coordinator`` (ARCHITECTURE.md, import
+rules); the installed distribution, not this module, knows which packages it ships.
+
 Each command lives in its own module (``node/commands/*.py`` …) and imports heavy
 libraries (torch, pydicom, flwr) inside its function, so `synthlearn --help` stays instant.
 """
@@ -21,17 +27,38 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from coordinator.cli import app as coordinator_app
-    from coordinator.cli import register_root
-    from node.cli import app as node_app
-    from shared.audit_cli import app as audit_app
+APP_GROUP = "synthlearn.apps"
+"""Entry-point group of the sub-apps (a ``typer.Typer`` each)."""
+COMMAND_GROUP = "synthlearn.commands"
+"""Entry-point group of root-level commands (a function each)."""
+_ORDER = ("node", "coordinator", "audit")
+"""Help lists the sub-apps in the order a user meets them; others follow alphabetically."""
 
-    for sub, name in ((node_app, "node"), (coordinator_app, "coordinator"), (audit_app, "audit")):
+
+def _register() -> None:
+    from importlib.metadata import entry_points
+
+    subs = sorted(entry_points(group=APP_GROUP),
+                  key=lambda e: (_ORDER.index(e.name) if e.name in _ORDER else len(_ORDER),
+                                 e.name))
+    for entry in subs:
+        sub = entry.load()
         # Only sub-apps with working commands are listed.
         if sub.registered_commands or sub.registered_groups:
-            app.add_typer(sub, name=name)
-    register_root(app)
+            app.add_typer(sub, name=entry.name)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        app.command(entry.name)(entry.load())
+    if not subs:
+        # An install from before the entry points existed (or a bare source tree).
+        app.callback(invoke_without_command=True)(_not_installed)
+
+
+def _not_installed() -> None:
+    """Say how to fix a missing registration instead of offering an empty command list."""
+    from shared.errors import SynthlearnError
+
+    raise SynthlearnError("no synthlearn sub-apps are registered: reinstall the package "
+                          "(`pip install -e .` in the repository, or `make install`)")
 
 
 _register()

@@ -17,9 +17,9 @@ def command(
 ) -> None:
     """Verify every signed reply against the weights sent, then write report.html + .json."""
     from coordinator.errors import CoordinatorError
-    from coordinator.eval_request import read_reply_files, verify_reply
     from coordinator.report import build_report, write_report
     from coordinator.state import CoordinatorState
+    from shared.protocol import read_reply_files, verify_reply
 
     state = CoordinatorState(work / "state.db")
     trained = state.phase_result(run_name, "train")

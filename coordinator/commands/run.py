@@ -34,8 +34,8 @@ def command(
     import tomllib
 
     from coordinator.errors import CoordinatorError
-    from coordinator.flower_proc import write_connection
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from shared.flower_proc import write_connection
 
     if mode not in ("collect", "train"):
         raise CoordinatorError(f"--mode must be 'collect' or 'train', not {mode!r}")

@@ -28,7 +28,7 @@ def command(
     database is a per-start file in WORK (removed on each start), and FLWR_HOME is WORK's own.
     """
     from coordinator.errors import CoordinatorError
-    from coordinator.flower_proc import TlsFiles, start_superlink, write_connection
+    from shared.flower_proc import TlsFiles, start_superlink, write_connection
 
     if insecure:
         if host == "0.0.0.0":

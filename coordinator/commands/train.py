@@ -20,12 +20,12 @@ def command(
 ) -> None:
     """Train on synthetic images only; write one evaluation request folder per site."""
     from coordinator.errors import CoordinatorError
-    from coordinator.eval_request import make_request, write_request_folder
     from coordinator.phases import _own_set, _safe_name
     from coordinator.state import CoordinatorState
     from coordinator.train import train_pooled
     from shared.cnn_train import ClassifierConfig
     from shared.config import write_resolved
+    from shared.protocol import make_request, write_request_folder
     from shared.synthetic import SyntheticSet
 
     state = CoordinatorState(work / "state.db")

@@ -36,8 +36,8 @@ def command(
     The site directory and key are passed as node config; the coordinator never chooses
     them. Only what DESIGN §2 allows ever leaves: signed bundles and signed numbers.
     """
-    from coordinator.flower_proc import start_supernode
     from node.errors import StoreError
+    from shared.flower_proc import start_supernode
 
     if root_cert is None and not insecure:
         raise StoreError("give --root-cert (the federation's ca.crt), or --insecure for a "

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.networks.generator import check_resolution
+from node.training.networks.generator import check_resolution
 
 STRUCTURAL = (
     "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",

@@ -33,7 +33,7 @@ def trust_folder(root: Path, sites: dict[str, Path]) -> Path:
 
 def run_app(fed: Any, run_config: dict[str, Any], timeout: float = 240.0) -> dict[str, Any]:
     """Submit the repo's Flower app and wait for `finished:completed` (raises otherwise)."""
-    from coordinator.flower_proc import flwr_run, wait_for_run
+    from shared.flower_proc import flwr_run, wait_for_run
 
     run_id = flwr_run(REPO, fed.connection, fed.cli_home, run_config)
     row = wait_for_run(fed.connection, fed.cli_home, run_id, timeout=timeout, poll=1.0)

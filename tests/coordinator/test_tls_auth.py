@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.certs import make_ca_and_server, make_supernode_key
-from coordinator.flower_proc import (
+from shared.flower_proc import (
     TlsFiles,
     register_supernode,
     start_superlink,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from coordinator.errors import FlowerProcessError, RunFailedError
+from shared.errors import FlowerProcessError, RunFailedError
 
 SAFE_ENV: dict[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",
