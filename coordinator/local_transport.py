@@ -17,6 +17,8 @@ from shared.protocol import Outcome
 class LocalTransport:
     """Sites as ``--node-config`` mappings, answered in-process in node-id order."""
 
+    name = "in-process"
+
     def __init__(self, sites: Mapping[str, Mapping[str, Any]]) -> None:
         self.sites = {i + 1: dict(cfg) for i, cfg in enumerate(sites.values())}
         self.rounds: list[dict[str, Any]] = []

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import RequestRefusedError
+from shared.names import safe_name
 from shared.protocol import (
     ACTIONS,
     FORBIDDEN_GAN_KEYS,
@@ -217,7 +218,7 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
     if mode not in ("collect", "train"):
         raise RequestRefusedError(f"mode {mode!r} is neither 'collect' nor 'train'")
     t0 = time.monotonic()
-    tag = _safe_tag(str(request.get("run-tag", "federation")))
+    tag = safe_name(str(request.get("run-tag", "")), fallback="federation", max_len=48)
     synthetic_name = "default"
     if mode == "train":
         if not settings.allow_train:
@@ -240,11 +241,6 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
                 "bundle-id": str(manifest.get("bundle_id", "")),
                 "seconds": round(time.monotonic() - t0, 2)})
     return Reply(cfg, bundle=data).check()
-
-
-def _safe_tag(tag: str) -> str:
-    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)[:48].strip("-.")
-    return clean or "federation"
 
 
 def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
@@ -354,7 +350,7 @@ def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
     with tempfile.TemporaryDirectory(prefix="synthlearn-eval-") as tmp:
         paths: dict[str, Path] = {}
         for role, data in weights.items():
-            path = Path(tmp) / f"{_safe_tag(role)}.npz"
+            path = Path(tmp) / f"{safe_name(role, fallback='weights')}.npz"
             path.write_bytes(data)
             paths[role] = path
         doc = evaluate_documents(settings, request, paths)
@@ -389,6 +385,6 @@ def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = N
         weights[str(role)] = path
     settings = NodeSettings(site_dir=str(site_dir), key_dir=str(key_dir or ""))
     reply = evaluate_documents(settings, doc["request"], weights)
-    out = out or request_file.parent / f"reply-{_safe_tag(settings.name)}.json"
+    out = out or request_file.parent / f"reply-{safe_name(settings.name)}.json"
     atomic_write_bytes(out, (json.dumps(reply, indent=2, sort_keys=True) + "\n").encode())
     return out

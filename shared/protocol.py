@@ -106,6 +106,9 @@ class Transport(Protocol):
     """How the coordinator reaches its sites: Flower (:mod:`coordinator.server_app`) or the
     in-process loopback (:mod:`coordinator.local_transport`). Same requests, same replies."""
 
+    name: str
+    """How the report names the transport ('flower', 'in-process'; 'files' is not one)."""
+
     def node_ids(self) -> list[int]: ...
 
     def exchange(self, kind: str, requests: Mapping[int, dict[str, Any]],

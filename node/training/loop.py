@@ -451,7 +451,9 @@ def train_arrays(
                 "new --run-name (or delete this run) instead"
             )
         trainer.load_state(ckpt, ckpt_path)
-    write_resolved(cfg, run_dir)
+    # What actually trains: DP's forced settings (fixed augmentation, group norm, no mbstd)
+    # included, so the file next to the outputs never claims settings the run did not use.
+    write_resolved(trainer.eff, run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     batch = trainer.eff.batch
     if cfg.dp:
