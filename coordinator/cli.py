@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="Verify and pool site bundles, train the downstream CNN, report.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 # One module per command; add a line here when a command works.
 from coordinator.commands import pool, report, run, serve, train  # noqa: E402

@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -64,6 +65,17 @@ def _not_installed() -> None:
 _register()
 
 
+def _one_line(message: str) -> None:
+    """``error: …`` in red on stderr; the message is plain text (a ``[gan]`` stays visible)."""
+    from rich.text import Text
+
+    from shared.progress import stderr_console
+
+    text = Text("error: ", style="bold red")
+    text.append(" ".join(message.split()))
+    stderr_console.print(text, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: known errors become one red line and exit status 2, not a traceback."""
     try:
@@ -71,9 +83,7 @@ def main() -> None:
         # command instead of raising it; pass it on so `raise typer.Exit(130)` reaches the shell.
         rc = app(standalone_mode=False)
     except SynthlearnError as exc:
-        from shared.progress import stderr_console
-
-        stderr_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _one_line(str(exc))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -84,6 +94,12 @@ def main() -> None:
     except Exception as exc:  # click usage errors carry their own exit codes
         import click
 
+        if isinstance(exc, click.exceptions.UsageError) and not isinstance(
+                exc, click.exceptions.NoArgsIsHelpError):
+            # A bad option value or a missing argument: one line naming it, like our errors
+            # (`--epochs: 'abc' is not a valid integer`), not a usage box.
+            _one_line(exc.format_message())
+            sys.exit(2)
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import positive
+
 
 def command(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for everything the "
@@ -17,19 +19,23 @@ def command(
     sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of phantom sites."),
     scale: float = typer.Option(1.0, "--scale", min=0.05, help="Phantom image count factor "
                                 "(1.0 ≈ 150–250 images per site)."),
-    size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two)."),
+    size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two).",
+                             callback=positive),
     model: str = typer.Option("spinegan", "--model", help="gan or spinegan (each site's "
                               "generator)."),
     gan_minutes: float = typer.Option(2.5, "--gan-minutes", help="GAN training budget per "
-                                      "site (the sites train in parallel)."),
-    n_synthetic: int = typer.Option(500, "--n-synthetic", help="Synthetic images per site."),
-    cnn_minutes: float = typer.Option(1.5, "--cnn-minutes", help="Downstream CNN budget."),
+                                      "site (the sites train in parallel).", callback=positive),
+    n_synthetic: int = typer.Option(500, "--n-synthetic", help="Synthetic images per site.",
+                                    callback=positive),
+    cnn_minutes: float = typer.Option(1.5, "--cnn-minutes", help="Downstream CNN budget.",
+                                      callback=positive),
     engine: str = typer.Option("deployment", "--engine", help="'deployment' (real SuperLink "
                                "and SuperNodes) or 'simulation' (needs synthlearn[simulation])."),
     fresh: bool = typer.Option(True, "--fresh/--resume", help="Start from scratch, or resume "
                                "an interrupted demo in the same folder."),
     timeout_minutes: float = typer.Option(30.0, "--timeout-minutes",
-                                          help="Give up on the Flower run after this long."),
+                                          help="Give up on the Flower run after this long.",
+                                          callback=positive),
 ) -> None:
     """Run the whole federation on phantom data for 3 sites and write the report."""
     from coordinator.errors import CoordinatorError

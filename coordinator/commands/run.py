@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import positive
+
 
 def command(
     superlink: str = typer.Option("127.0.0.1:9092", "--superlink", help="HOST:PORT of the "
@@ -17,14 +19,15 @@ def command(
     trust: Path = typer.Option(..., "--trust", help="Folder of trusted site public keys."),
     mode: str = typer.Option("collect", "--mode", help="'collect' (sites export their latest "
                              "audited bundle) or 'train' (sites train within the budget)."),
-    sites: int = typer.Option(3, "--sites", help="How many SuperNodes to wait for."),
+    sites: int = typer.Option(3, "--sites", help="How many SuperNodes to wait for.",
+                              callback=positive),
     run_name: str = typer.Option("run", "--run-name", help="Same name = resume that run."),
     root_cert: Path = typer.Option(None, "--root-cert", help="CA certificate of the "
                                    "SuperLink's TLS (omit only with --insecure on loopback)."),
     insecure: bool = typer.Option(False, "--insecure", help="Loopback tests only."),
     config: list[str] = typer.Option([], "--config", "-c", help="Extra run config key=value "
                                      "(TOML value), e.g. -c n-synthetic=500."),
-    timeout_minutes: float = typer.Option(240.0, "--timeout-minutes"),
+    timeout_minutes: float = typer.Option(240.0, "--timeout-minutes", callback=positive),
 ) -> None:
     """Start the Flower run, follow it phase by phase, and fail unless it completed.
 

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import typer
 
+from shared.options import port
+
 
 def command(
     work: Path = typer.Option(Path("coordinator-work"), "--work",
                               help="Folder for the SuperLink's home, database and log."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
     port: int = typer.Option(9092, "--port", help="Port of the SuperLink (Fleet, Control and "
-                             "ServerApp APIs share it in flwr 1.41)."),
+                             "ServerApp APIs share it in flwr 1.41).", callback=port),
     tls_dir: Path = typer.Option(None, "--tls-dir", help="Folder with ca.crt, server.pem and "
                                  "server.key (made by deploy/make_certs.py). Required unless "
                                  "--insecure."),

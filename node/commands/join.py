@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import port, positive
+
 
 def command(
     superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's "
@@ -24,10 +26,12 @@ def command(
                                      "the coordinator asks ('train' mode), or only export "
                                      "bundles you trained and audited yourself."),
     max_train_minutes: float = typer.Option(60.0, "--max-train-minutes", help="Upper bound on "
-                                            "training time per request, whatever is asked."),
+                                            "training time per request, whatever is asked.",
+                                            callback=positive),
     accept_risk: str = typer.Option("", "--accept-risk", help="Export even when an audit gate "
                                     "fails, with this reason signed into the bundle."),
-    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API."),
+    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API.",
+                             callback=port),
     work: Path = typer.Option(None, "--work", help="Folder for FLWR_HOME and the log "
                               "(default: SITE/flower)."),
 ) -> None:
