@@ -206,7 +206,21 @@ def report_step(state: CoordinatorState, run: str, work: Path, *, mode: str, tra
     trained = state.phase_result(run, "train") or {}
     report = build_report(run=run, sites=site_rows(state, run, pool), pool=pool,
                           cnn=trained.get("pooled"), phases=state.phase_times(run), mode=mode,
-                          transport=transport)
+                          transport=transport, samples=bundle_samples(pool))
     html_path, json_path = write_report(report, work / "report")
     log(f"report: {html_path}")
     return {"html": str(html_path), "json": str(json_path)}
+
+
+def bundle_samples(pool: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """site → class → inline PNG grid of its synthetic images, re-read from its verified
+    bundle (a bundle that no longer verifies shows no pictures)."""
+    from coordinator.report import sample_grids
+
+    trust_dir = Path(str((pool or {}).get("trust_dir", "")))
+    out: dict[str, dict[str, str]] = {}
+    for acc in (pool or {}).get("accepted", []):
+        own = _own_set(Path(acc["path"]), trust_dir)
+        if own is not None:
+            out[str(acc["site"])] = sample_grids(own.images, own.labels, list(own.class_names))
+    return out

@@ -7,6 +7,12 @@ site's real test split and signed by the site's key. The **utility ratio** is po
 real (and pooled / centralised real when a benchmark supplies that upper bound). Sites that
 dropped out or were excluded are listed with the reason, never silently omitted.
 
+What people would rather look at than read: the **gain by joining** in words and as a chart
+(pooled − local real on the same real test images, DeLong's paired test computed and signed
+at the site), a **grid of each site's synthetic images per class** (from its verified
+bundle) and each site's **synthetic-quality scores** (GAN-train, GAN-test, distribution
+scores: numbers the site computed on its real images and signed into its bundle).
+
 The page needs no network (inline CSS and SVG, no scripts), so it opens the same inside a
 hospital network as on the coordinator.
 """
@@ -20,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import atomic_write_bytes
+
+RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
+               "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
+               "class_names", "per_class_auc", "paired_vs_local")
+"""What the report keeps of a verified evaluation record."""
 
 ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
 COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
@@ -42,9 +53,12 @@ def utility_ratio(pooled: dict[str, Any] | None, reference: dict[str, Any] | Non
 def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, Any] | None,
                  cnn: dict[str, Any] | None, phases: dict[str, float] | None = None,
                  mode: str = "", transport: str = "flower",
-                 centralised: dict[str, Any] | None = None) -> dict[str, Any]:
+                 centralised: dict[str, Any] | None = None,
+                 samples: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The report document. ``sites`` maps a site name to ``{"status", "reason", "baseline",
-    "own", "pooled", "problems", "bundle"}`` (verified records or None)."""
+    "own", "pooled", "problems", "bundle"}`` (verified records or None); ``samples`` maps a
+    site to its class → PNG data URI sample grids (:func:`sample_grids`), shown in the HTML
+    only."""
     from shared import __version__
 
     rows = []
@@ -59,12 +73,10 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
         }
         for role, _ in ROLES:
             rec = s.get(role)
-            row[role] = None if not rec else {
-                k: rec.get(k) for k in ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg",
-                                        "n_boot", "verified", "key_fingerprint",
-                                        "weights_sha256", "sensitivity", "specificity")
-                if k in rec}
+            row[role] = None if not rec else {k: rec.get(k) for k in RECORD_KEYS if k in rec}
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
+        row["gain"] = gain_by_joining(row["pooled"])
+        row["quality"] = quality_scores(row["bundle"])
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
         rows.append(row)
@@ -80,14 +92,66 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
         "cnn": cnn,
         "centralised": centralised,
         "phases_seconds": phases or {},
+        "samples": samples or {},
     }
+
+
+def gain_by_joining(pooled: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The site's paired comparison pooled − local real (signed inside the pooled record)."""
+    paired = (pooled or {}).get("paired_vs_local")
+    if not isinstance(paired, dict) or paired.get("delta") is None:
+        return None
+    return paired
+
+
+def gain_sentence(site: str, gain: dict[str, Any], n_test: Any = None) -> str:
+    """"site-c: +0.09 AUC by joining (0.82 → 0.91), p = 0.004 (DeLong …)"."""
+    d, p = float(gain["delta"]), gain.get("p_value")
+    verb = "by joining" if d >= 0 else "lost by joining"
+    p_txt = "" if p is None else (f", p = {float(p):.3f}" if float(p) >= 0.001 else ", p < 0.001")
+    n_txt = f" on {n_test} real test images" if n_test else ""
+    return (f"{site}: {d:+.2f} AUC {verb} ({_num(gain.get('auc_a'), 2)} → "
+            f"{_num(gain.get('auc_b'), 2)}){p_txt} ({gain.get('test', 'paired test')}{n_txt}, "
+            "computed at the site)")
+
+
+def quality_scores(bundle: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The synthetic-quality numbers a site signed into its bundle, if it sent any."""
+    metrics = (bundle or {}).get("metrics") or {}
+    q = metrics.get("synthetic-quality") if isinstance(metrics, dict) else None
+    return q if isinstance(q, dict) else None
+
+
+def sample_grids(images: Any, labels: Any, class_names: list[str], per_class: int = 8,
+                 scale: int = 3) -> dict[str, str]:
+    """class name → PNG data URI of up to ``per_class`` synthetic images side by side."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x, y = np.asarray(images), np.asarray(labels)
+    out: dict[str, str] = {}
+    for c, name in enumerate(class_names):
+        picked = x[y == c][:per_class]
+        if len(picked) == 0:
+            continue
+        strip = np.concatenate([np.pad(im, 1, constant_values=255) for im in picked], axis=1)
+        img = Image.fromarray(strip.astype(np.uint8))
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out[name] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return out
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` into ``out_dir``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / "report.json", out_dir / "report.html"
-    atomic_write_bytes(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)
+    facts = {k: v for k, v in report.items() if k != "samples"}  # pictures: HTML only
+    atomic_write_bytes(json_path, (json.dumps(facts, indent=2, sort_keys=True, default=str)
                                    + "\n").encode())
     atomic_write_bytes(html_path, render_html(report).encode("utf-8"))
     return html_path, json_path
@@ -110,6 +174,7 @@ vertical-align:middle}.note{background:#f6f7f9;border-left:4px solid #4c72b0;
 padding:.6rem .9rem;font-size:.9rem}code{font-size:.85rem;word-break:break-all}
 .cards{display:flex;gap:1rem;flex-wrap:wrap}.card{flex:1;min-width:180px;border:1px solid #e3e3e3;
 border-radius:8px;padding:.8rem 1rem}.card b{font-size:1.5rem;display:block}
+table.grid{width:auto}table.grid img{image-rendering:pixelated;display:block}
 """
 
 
@@ -156,6 +221,133 @@ def _forest_svg(rows: list[dict[str, Any]]) -> str:
         y += row_h * 3 + 14
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _gain_svg(rows: list[dict[str, Any]]) -> str:
+    """Per-site gain (pooled − local real AUC) with its paired 95 % CI, around a zero line."""
+    shown = [r for r in rows if r.get("gain")]
+    if not shown:
+        return ""
+    left, width, row_h = 130, 560, 26
+    lo = min(-0.1, min(float(r["gain"].get("ci_low", r["gain"]["delta"])) for r in shown))
+    hi = max(0.1, max(float(r["gain"].get("ci_high", r["gain"]["delta"])) for r in shown))
+    lo, hi = max(lo, -1.0), min(hi, 1.0)
+    height = 34 + len(shown) * row_h
+
+    def x(v: float) -> float:
+        return left + (min(max(v, lo), hi) - lo) / (hi - lo) * width
+
+    parts = [f'<svg role="img" aria-label="gain in AUC by joining, per site" '
+             f'width="{left + width + 90}" height="{height}" '
+             'xmlns="http://www.w3.org/2000/svg" font-size="12">',
+             f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="14" y2="{height - 4}" stroke="#999"/>',
+             f'<text x="{x(0):.1f}" y="11" text-anchor="middle" fill="#666">0 (no gain)</text>']
+    for i, r in enumerate(shown):
+        g = r["gain"]
+        d = float(g["delta"])
+        cy = 30 + i * row_h
+        colour = "#1a7f37" if d > 0 and float(g.get("p_value", 1.0)) < 0.05 else (
+            "#b42318" if d < 0 and float(g.get("p_value", 1.0)) < 0.05 else "#9a9a9a")
+        x0, x1 = sorted((x(0), x(d)))
+        parts.append(f'<text x="0" y="{cy + 4}" font-weight="600">{html.escape(r["site"])}'
+                     '</text>')
+        parts.append(f'<rect x="{x0:.1f}" y="{cy - 7}" width="{max(x1 - x0, 1):.1f}" '
+                     f'height="14" fill="{colour}" opacity="0.8"/>')
+        if g.get("ci_low") is not None and g.get("ci_high") is not None:
+            parts.append(f'<line x1="{x(float(g["ci_low"])):.1f}" '
+                         f'x2="{x(float(g["ci_high"])):.1f}" y1="{cy}" y2="{cy}" '
+                         'stroke="#222" stroke-width="1.5"/>')
+        p = g.get("p_value")
+        label = f"{d:+.3f}" + ("" if p is None else f"  p={float(p):.3g}")
+        parts.append(f'<text x="{left + width + 6}" y="{cy + 4}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _gain_section(rows: list[dict[str, Any]]) -> list[str]:
+    esc = html.escape
+    out = ["<h2>Gain by joining (paired, at each site)</h2>"]
+    with_gain = [r for r in rows if r.get("gain")]
+    if not with_gain:
+        out.append("<p>No site sent a paired comparison (a site needs its local real CNN "
+                   "to compute one).</p>")
+        return out
+    out.append("<ul>")
+    for r in with_gain:
+        n = (r.get("pooled") or {}).get("n_test")
+        out.append(f"<li>{esc(gain_sentence(r['site'], r['gain'], n))}</li>")
+    out.append("</ul><p class='sub'>Bar: pooled synthetic AUC minus the site's local real "
+               "AUC on the same real test images; line: the paired 95 % CI; green / red: "
+               "p &lt; 0.05.</p>")
+    out.append(_gain_svg(rows))
+    return out
+
+
+def _quality_section(rows: list[dict[str, Any]]) -> list[str]:
+    esc = html.escape
+    out = ["<h2>Synthetic quality, measured at each site</h2>",
+           "<p class='sub'>GAN-train: a CNN trained on the site's synthetic images, AUC on its "
+           "real test split. GAN-test: the site's local real CNN, AUC on its synthetic "
+           "images. FD / precision / recall: real train vs synthetic images in the named "
+           "encoder's space. Signed into the site's bundle.</p>",
+           "<table><tr><th>Site</th><th>GAN-train AUC</th><th>GAN-test AUC</th><th>FD</th>"
+           "<th>Precision</th><th>Recall</th><th>Encoder</th></tr>"]
+    for r in rows:
+        q = r.get("quality")
+        if not q:
+            out.append(f"<tr><td>{esc(r['site'])}</td><td colspan='6'>no scores in its bundle"
+                       "</td></tr>")
+            continue
+        dist = q.get("distribution") or {}
+        out.append(f"<tr><td>{esc(r['site'])}</td>{_auc_cell(q.get('gan_train'))}"
+                   f"{_auc_cell(q.get('gan_test'))}<td class='n'>{_num(dist.get('fd'), 2)}</td>"
+                   f"<td class='n'>{_num(dist.get('precision'), 2)}</td>"
+                   f"<td class='n'>{_num(dist.get('recall'), 2)}</td>"
+                   f"<td>{esc(str(dist.get('encoder', '–')))}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _samples_section(samples: dict[str, dict[str, str]]) -> list[str]:
+    esc = html.escape
+    if not samples:
+        return []
+    out = ["<h2>Synthetic images per site and class (from the verified bundles)</h2>",
+           "<table class='grid'>"]
+    for site in sorted(samples):
+        for i, (cls, uri) in enumerate(samples[site].items()):
+            if not uri.startswith("data:image/png;base64,"):
+                continue  # only inline PNGs: the page loads nothing from anywhere
+            head = f"<td rowspan='{len(samples[site])}'><b>{esc(site)}</b></td>" if i == 0 \
+                else ""
+            out.append(f"<tr>{head}<td>{esc(cls)}</td><td><img alt='{esc(site)} {esc(cls)} "
+                       f"synthetic samples' src='{uri}'></td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _per_class_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Lesion mode: each class's one-vs-rest AUC per site and model."""
+    esc = html.escape
+    names: list[str] = []
+    for r in rows:
+        for role, _ in ROLES:
+            for name in ((r.get(role) or {}).get("per_class_auc") or {}):
+                if name not in names:
+                    names.append(name)
+    if not names:
+        return []
+    out = ["<h2>Per-class AUC (one vs rest, real test split)</h2><table><tr><th>Site</th>"
+           "<th>Model</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"]
+    for r in rows:
+        for role, label in ROLES:
+            per = (r.get(role) or {}).get("per_class_auc")
+            if not per:
+                continue
+            out.append(f"<tr><td>{esc(r['site'])}</td><td>{esc(label)}</td>" + "".join(
+                f"<td class='n'>{_num(per.get(n))}</td>" for n in names) + "</tr>")
+    out.append("</table>")
+    return out
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -208,7 +400,12 @@ def render_html(report: dict[str, Any]) -> str:
     out.append("</table>")
     legend = "".join(f"<span><i class='sw' style='background:{COLOURS[k]}'></i>{esc(v)}</span>"
                      for k, v in ROLES)
-    out.append(f"<p class='legend'>{legend}</p>{_forest_svg(rows)}")
+    out.extend(_per_class_section(rows))
+    out.extend(_gain_section(rows))
+    out.extend(_samples_section(report.get("samples") or {}))
+    out.append(f"<h2>AUC per site, as a chart</h2><p class='legend'>{legend}</p>"
+               f"{_forest_svg(rows)}")
+    out.extend(_quality_section(rows))
     gone = [r for r in rows if r["status"] != "ok" or r.get("problems")]
     out.append("<h2>Dropped, excluded and refused sites</h2>")
     if gone:

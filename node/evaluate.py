@@ -4,6 +4,13 @@ The coordinator's pooled CNN arrives as an npz state dict (never a pickle); this
 it, scores the site's real test images, and returns model-free numbers only (AUC + bootstrap
 CI, counts, sensitivity/specificity at the threshold the weights carry). No per-image score,
 no pixel, no image id leaves this function's return value.
+
+When the site has its own local real CNN (``SITE/metrics/baseline-cnn.npz``, written by
+``node baseline``), the incoming weights are also compared with it *on the same test images*:
+DeLong's test for two correlated AUCs (binary) or a paired bootstrap (macro AUC, lesion
+classes). The comparison is what "this site gains by joining" means, and it can only be
+computed here, where both models' per-image scores exist; only its summary (AUCs, difference,
+SE, p, CI) is added to the record under ``paired_vs_local``.
 """
 
 from __future__ import annotations
@@ -39,8 +46,12 @@ def score_test_split(
     threshold: float | None,
     n_boot: int = 1000,
     seed: int = 0,
+    compare_with: Any = None,
 ) -> dict[str, Any]:
     """AUC (+ CI) of ``model`` on the site's real test split; numbers only.
+
+    ``compare_with``: another model (the site's local real CNN) scored on the same images;
+    the paired comparison ``model`` − ``compare_with`` lands under ``paired_vs_local``.
 
     ``model`` is a :class:`shared.classifier.ResNetClassifier` (any torch module returning
     logits works). The test split is read here and nowhere in training code.
@@ -74,7 +85,43 @@ def score_test_split(
         res = macro_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed)
         out.update(res.to_dict())
         out["accuracy"] = float((probs.argmax(1) == labels).mean())
+        out["per_class_auc"] = per_class_auc(labels, probs, names)
+    if compare_with is not None:
+        out["paired_vs_local"] = paired_comparison(labels, predict_scores(compare_with, images),
+                                                   probs, n_boot, seed)
     return out
+
+
+def per_class_auc(labels: npt.NDArray[np.int64], probs: npt.NDArray[np.float64],
+                  names: list[str]) -> dict[str, float | None]:
+    """Class name → one-vs-rest AUC (None where the test split lacks the class or its rest)."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float | None] = {}
+    for c, name in enumerate(names):
+        hit = labels == c
+        out[name] = float(roc_auc_score(hit, probs[:, c])) if 0 < hit.sum() < len(hit) else None
+    return out
+
+
+def paired_comparison(labels: npt.NDArray[np.int64], local: npt.NDArray[np.float64],
+                      other: npt.NDArray[np.float64], n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """other − local on the same cases: DeLong (two classes) or a paired bootstrap (more)."""
+    from shared.metrics.auc import MetricError
+    from shared.metrics.paired import delong_paired, paired_bootstrap_macro
+
+    if local.shape != other.shape:
+        return {"error": f"the local CNN has {local.shape[1]} outputs, these weights "
+                         f"{other.shape[1]}; not comparable"}
+    try:
+        if other.shape[1] == 2:
+            res = delong_paired(labels, local[:, 1], other[:, 1])
+        else:
+            res = paired_bootstrap_macro(labels, local, other, n_boot=n_boot, seed=seed)
+    except MetricError as exc:
+        return {"error": str(exc)[:200]}
+    return {"against": "local real CNN (SITE/metrics/baseline-cnn.npz)", **res.to_dict()}
 
 
 def class_counts(site_dir: Path, classes: str) -> npt.NDArray[np.int64]:
@@ -91,8 +138,12 @@ def evaluate_weights(
     n_boot: int = 1000,
     seed: int = 0,
     write: bool = True,
+    compare_local: bool = True,
 ) -> dict[str, Any]:
     """Evaluate CNN ``weights`` (npz) on the site's real test split.
+
+    With ``compare_local`` and a local real CNN on site, the record also holds the paired
+    comparison against it (see the module docstring).
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as
@@ -110,11 +161,16 @@ def evaluate_weights(
     if classes not in ("binary", "lesion"):
         classes = "binary"
     threshold = meta.get("threshold")
+    local = site_dir / "metrics" / "baseline-cnn.npz"
+    reference = None
+    if compare_local and local.is_file() and local.resolve() != weights.resolve():
+        reference = load_classifier(local)
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,
         **score_test_split(model, site_dir, classes,
-                           float(threshold) if threshold is not None else None, n_boot, seed),
+                           float(threshold) if threshold is not None else None, n_boot, seed,
+                           compare_with=reference),
         "seconds": round(time.monotonic() - t0, 2),
         "software_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -227,6 +227,7 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
                 "admin to train and audit locally, then use mode 'collect'")
         synthetic_name = _train_generate_audit(settings, request, tag, log)
         _ensure_baseline(settings, request, log)
+        _score_synthetic(settings, request, synthetic_name, log)
     from node.export import export_bundle
 
     out = settings.site / "exports" / f"{tag}-{int(time.time())}.slbundle"
@@ -294,6 +295,22 @@ def _ensure_baseline(settings: NodeSettings, request: Mapping[str, Any], log: Lo
     cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
     log(f"{settings.name}: local real baseline CNN")
     run_baseline(settings.site, cfg, classes=classes, progress=False)
+
+
+def _score_synthetic(settings: NodeSettings, request: Mapping[str, Any], synthetic_name: str,
+                     log: Log) -> None:
+    """GAN-train / GAN-test / distribution scores on this site's real images, exported (and so
+    signed) with the bundle's metrics; the baseline's CNN recipe trains the GAN-train CNN."""
+    from node.quality import score_synthetic
+    from shared.cnn_train import ClassifierConfig
+    from shared.config import from_mapping
+
+    doc = _json_field(request, "baseline-config")
+    doc.pop("classes", None)
+    cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
+    cfg = dataclasses.replace(cfg, max_minutes=min(cfg.max_minutes or 1.0, 1.0))
+    log(f"{settings.name}: GAN-train / GAN-test / distribution scores")
+    score_synthetic(settings.site, synthetic_name, cfg)
 
 
 # -- evaluation ------------------------------------------------------------------------------

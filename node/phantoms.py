@@ -11,9 +11,13 @@ pedicles, transverse processes) separated by discs, soft tissue, low-frequency a
 and an exposure curve. Lesion classes, each a visible change:
 
 * ``Surgical implant``: bright rods and pedicle screws across three levels;
-* ``Vertebral collapse``: one body flattened to under half its height, sclerotic;
-* ``Spondylolisthesis``: the spine above one level slipped forward by about a third of a body;
-* ``Disc space narrowing``: one disc nearly closed, with bright endplates.
+* ``Vertebral collapse``: one body flattened to a third of its height, sclerotic;
+* ``Spondylolisthesis``: the spine above one level slipped forward by almost half a body;
+* ``Disc space narrowing``: one disc nearly closed, with sclerotic (bright) endplates.
+
+Each lesion is sized to stay visible at the demo's 32² store size (a body there is about
+6 px wide and 4 px tall): at 32² a subtler lesion could be learned neither by a CNN from a
+site's few real images nor by a GAN within the demo's minutes.
 
 DICOM variety (:func:`make_sites`): 8/12/16-bit, signed and unsigned, MONOCHROME1 and 2,
 windows (some narrower than the data), rescale slope/intercept, implicit and explicit VR,
@@ -130,12 +134,12 @@ def render_with_bbox(
     b = bodies[k]
     if lesion == "Vertebral collapse":
         bottom = b.y + b.h / 2
-        b.h *= 0.42
+        b.h *= 0.32
         b.y = bottom - b.h / 2
-        b.dense = 1.35
-        box = (b.x - b.w / 2, bottom - b.h / 0.42, b.x + b.w / 2, bottom)
+        b.dense = 1.5
+        box = (b.x - b.w / 2, bottom - b.h / 0.32, b.x + b.w / 2, bottom)
     elif lesion == "Spondylolisthesis":
-        shift = 0.33 * width * rng.choice([-1.0, 1.0])
+        shift = 0.45 * width * rng.choice([-1.0, 1.0])
         for body in bodies[: k + 1]:
             body.x += shift
         lo, hi = bodies[k], bodies[k + 1]
@@ -144,21 +148,21 @@ def render_with_bbox(
     elif lesion == "Disc space narrowing":
         lo, hi = bodies[k], bodies[k + 1]
         gap = (hi.y - hi.h / 2) - (lo.y + lo.h / 2)
-        move = 0.42 * gap
+        move = 0.47 * gap
         lo.y += move
         hi.y -= move
-        lo.dense = hi.dense = 1.2
+        lo.dense = hi.dense = 1.45
         box = (min(lo.x, hi.x) - width / 2, lo.y, max(lo.x, hi.x) + width / 2, hi.y)
     elif lesion == "Surgical implant":
         levels = bodies[k - 1 : k + 2]
         for side in (-1.0, 1.0):
             rods.append((float(np.mean([lv.x for lv in levels])) + side * 0.40 * width,
                          levels[0].y - levels[0].h * 0.3, levels[-1].y + levels[-1].h * 0.3,
-                         0.012))
+                         0.02))
             for lv in levels:
                 xa = lv.x + side * 0.40 * width
                 screws.append((min(xa, lv.x + side * 0.05), max(xa, lv.x + side * 0.05),
-                               lv.y, 0.012))
+                               lv.y, 0.018))
         box = (min(r[0] for r in rods) - 0.03, levels[0].y - levels[0].h * 0.35,
                max(r[0] for r in rods) + 0.03, levels[-1].y + levels[-1].h * 0.35)
 
@@ -350,6 +354,8 @@ class SiteProfile:
     exposure: float
     images: int
     class_weights: tuple[float, ...]  # aligned with LESION_CLASSES
+    test_fraction: float = 0.2
+    """Share of patients the site holds out as its real test split (``node preprocess``)."""
 
 
 SITE_PROFILES: tuple[SiteProfile, ...] = (
@@ -359,9 +365,20 @@ SITE_PROFILES: tuple[SiteProfile, ...] = (
 )
 
 
-def _profile(index: int, seed: int) -> SiteProfile:
-    if index < len(SITE_PROFILES):
-        return SITE_PROFILES[index]
+DEMO_PROFILES: tuple[SiteProfile, ...] = (
+    SiteProfile(512, 512, 1.00, 700, (0.50, 0.125, 0.125, 0.125, 0.125)),
+    SiteProfile(448, 384, 0.80, 200, (0.50, 0.10, 0.15, 0.15, 0.10), test_fraction=0.4),
+    SiteProfile(560, 640, 1.25, 600, (0.40, 0.20, 0.10, 0.15, 0.15)),
+)
+"""The demo's three sites: two large hospitals and a small one (site b) whose ~120 training
+images teach a CNN something but less than the pool does. Site b holds out 40 % (≈ 80 images)
+so that its gain by joining can be tested with some power; 20 % of 200 would be ≈ 40."""
+
+
+def _profile(index: int, seed: int,
+             profiles: tuple[SiteProfile, ...] = SITE_PROFILES) -> SiteProfile:
+    if index < len(profiles):
+        return profiles[index]
     rng = np.random.default_rng([seed, index, 7])
     w = rng.dirichlet(np.ones(len(LESION_CLASSES)))
     w = 0.5 * w + 0.5 * np.array([0.5, 0.125, 0.125, 0.125, 0.125])
@@ -370,16 +387,23 @@ def _profile(index: int, seed: int) -> SiteProfile:
                        int(rng.integers(150, 251)), tuple(float(v) for v in w / w.sum()))
 
 
+def site_profile(index: int, seed: int = 0,
+                 profiles: tuple[SiteProfile, ...] = SITE_PROFILES) -> SiteProfile:
+    """The profile :func:`make_site` uses for site ``index`` (e.g. for its test fraction)."""
+    return _profile(index, seed, profiles)
+
+
 def _letter(i: int) -> str:
     return chr(ord("a") + i) if i < 26 else f"s{i}"
 
 
 def make_site(out: Path, index: int, seed: int = 0, scale: float = 1.0,
-              size: int | None = None) -> Path:
+              size: int | None = None,
+              profiles: tuple[SiteProfile, ...] = SITE_PROFILES) -> Path:
     """One site folder: ``dicom/*.dcm``, ``labels.csv`` (VinDr style + boxes)."""
     from shared.config import atomic_write_bytes
 
-    prof = _profile(index, seed)
+    prof = _profile(index, seed, profiles)
     letter = _letter(index)
     site = Path(out) / f"site-{letter}"
     dicom_dir = site / "dicom"
@@ -433,21 +457,23 @@ def make_site(out: Path, index: int, seed: int = 0, scale: float = 1.0,
 
 
 def make_sites(out: Path, sites: int = 3, seed: int = 0, scale: float = 1.0,
-               size: int | None = None, progress: bool = False) -> list[Path]:
-    """Write ``out/site-<letter>/{dicom/, labels.csv}`` for ``sites`` non-IID sites."""
+               size: int | None = None, progress: bool = False,
+               profiles: tuple[SiteProfile, ...] = SITE_PROFILES) -> list[Path]:
+    """Write ``out/site-<letter>/{dicom/, labels.csv}`` for ``sites`` non-IID sites
+    (``profiles``: the first sites' sizes, exposures and class mixes; more are drawn)."""
     if sites < 1:
         raise ValueError("need at least one site")
     if size is not None and size < 8:
         raise ValueError(f"size {size} is too small")
     if not progress:
-        return [make_site(out, i, seed, scale, size) for i in range(sites)]
+        return [make_site(out, i, seed, scale, size, profiles) for i in range(sites)]
     from shared.progress import progress_bar
 
     result = []
     with progress_bar("sites") as bar:
         task = bar.add_task("phantom sites", total=sites, status="")
         for i in range(sites):
-            result.append(make_site(out, i, seed, scale, size))
+            result.append(make_site(out, i, seed, scale, size, profiles))
             bar.update(task, advance=1, status=f"site-{_letter(i)}")
     return result
 

@@ -10,25 +10,34 @@ from pathlib import Path
 
 import typer
 
+from coordinator.demo import DEMO_DEFAULTS
 from shared.options import positive
+
+_D = DEMO_DEFAULTS
 
 
 def command(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for everything the "
                              "demo writes (removed and rewritten with --fresh)."),
-    sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of phantom sites."),
-    scale: float = typer.Option(1.0, "--scale", min=0.05, help="Phantom image count factor "
-                                "(1.0 ≈ 150–250 images per site)."),
-    size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two).",
-                             callback=positive),
-    model: str = typer.Option("spinegan", "--model", help="gan or spinegan (each site's "
+    sites: int = typer.Option(_D["sites"], "--sites", min=1, max=8,
+                              help="Number of phantom sites."),
+    scale: float = typer.Option(_D["scale"], "--scale", min=0.05, help="Phantom image count "
+                                "factor (1.0 = 700 / 200 / 600 images at sites a / b / c)."),
+    size: int = typer.Option(_D["size"], "--size", help="Store / GAN resolution (power of "
+                             "two).", callback=positive),
+    model: str = typer.Option(_D["model"], "--model", help="gan or spinegan (each site's "
                               "generator)."),
-    gan_minutes: float = typer.Option(2.5, "--gan-minutes", help="GAN training budget per "
-                                      "site (the sites train in parallel).", callback=positive),
-    n_synthetic: int = typer.Option(500, "--n-synthetic", help="Synthetic images per site.",
-                                    callback=positive),
-    cnn_minutes: float = typer.Option(1.5, "--cnn-minutes", help="Downstream CNN budget.",
+    classes: str = typer.Option(_D["classes"], "--classes", help="binary (finding vs none) or "
+                                "lesion (the 5 classes: macro AUC and a per-class table)."),
+    seed: int = typer.Option(_D["seed"], "--seed", min=0, help="Seed of the phantom data, the "
+                             "GANs and the CNNs."),
+    gan_minutes: float = typer.Option(_D["gan_minutes"], "--gan-minutes", help="GAN training "
+                                      "budget per site (the sites train in parallel).",
                                       callback=positive),
+    n_synthetic: int = typer.Option(_D["n_synthetic"], "--n-synthetic", help="Synthetic images "
+                                    "per site.", callback=positive),
+    cnn_minutes: float = typer.Option(_D["cnn_minutes"], "--cnn-minutes",
+                                      help="Downstream CNN budget.", callback=positive),
     engine: str = typer.Option("deployment", "--engine", help="'deployment' (real SuperLink "
                                "and SuperNodes) or 'simulation' (needs synthlearn[simulation])."),
     fresh: bool = typer.Option(True, "--fresh/--resume", help="Start from scratch, or resume "
@@ -40,6 +49,8 @@ def command(
     """Run the whole federation on phantom data for 3 sites and write the report."""
     from coordinator.errors import CoordinatorError
 
+    if classes not in ("binary", "lesion"):
+        raise CoordinatorError(f"--classes must be 'binary' or 'lesion', not {classes!r}")
     if engine not in ("deployment", "simulation"):
         raise CoordinatorError(f"--engine must be 'deployment' or 'simulation', not {engine!r}")
     if engine == "simulation":
@@ -58,7 +69,7 @@ def command(
         from coordinator.demo import run_demo
 
         result = run_demo(out, sites=sites, scale=scale, size=size, model=model,
-                          gan_minutes=gan_minutes,
+                          gan_minutes=gan_minutes, classes=classes, seed=seed,
                           n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
                           timeout=timeout_minutes * 60)
     except KeyboardInterrupt:

@@ -18,22 +18,76 @@ def _rec(auc: float) -> dict[str, Any]:
             "verified": True, "key_fingerprint": "ab12"}
 
 
-def sample_report() -> dict[str, Any]:
+QUALITY = {"gan_train": {"auc": 0.91, "ci_low": 0.85, "ci_high": 0.96, "n_test": 80},
+           "gan_test": {"auc": 0.88, "ci_low": 0.86, "ci_high": 0.9},
+           "distribution": {"encoder": "domain-rfconv-v1", "fd": 12.5, "precision": 0.71,
+                            "recall": 0.64}}
+
+
+def _paired(local: float, pooled: float, p: float) -> dict[str, Any]:
+    return {"auc_a": local, "auc_b": pooled, "delta": pooled - local, "p_value": p,
+            "ci_low": pooled - local - 0.05, "ci_high": pooled - local + 0.05,
+            "test": "DeLong (paired, two-sided)"}
+
+
+def sample_report(samples: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    pooled_b = {**_rec(0.92), "paired_vs_local": _paired(0.81, 0.92, 0.004)}
     sites: dict[str, dict[str, Any]] = {
         "site-a": {"status": "ok", "baseline": _rec(0.9), "own": _rec(0.8), "pooled": _rec(0.85)},
-        "site-b": {"status": "ok", "baseline": _rec(0.8), "own": _rec(0.7), "pooled": _rec(0.84)},
+        "site-b": {"status": "ok", "baseline": _rec(0.81), "own": _rec(0.7), "pooled": pooled_b},
         "site-c": {"status": "dropped", "reason": "evaluation round: Flower error code 5"},
         "site-<d>": {"status": "excluded", "reason": "bundle rejected [hash-mismatch]"},
+        "site-e": {"status": "failed", "reason": "its reply held no verified pooled-CNN "
+                   "evaluation", "problems": ["pooled: signature does not verify"]},
     }
     pool = {"images": 400, "counts": {"normal": 200, "abnormal": 200}, "accepted": [
         {"site": "site-a", "bundle_id": "1234-5678-9abc", "images": 200, "counts": {"normal": 100},
          "audit": {"gates_passed": True, "gates": {"copy_rate": {
              "value": 0.12, "max": 0.1, "passed": True,
              "note": "above the limit but not significantly above the rate of new patients"}}},
-         "dp": {"epsilon_spent": 7.5}, "key_fingerprint": "ab"}]}
+         "dp": {"epsilon_spent": 7.5}, "key_fingerprint": "ab",
+         "metrics": {"synthetic-quality": QUALITY}}]}
+    accepted = {a["site"]: a for a in pool["accepted"]}
+    for name, s in sites.items():
+        s["bundle"] = accepted.get(name)
     return build_report(run="r", sites=sites, pool=pool,
                         cnn={"n_images": 400, "epochs_run": 3, "seconds": 5, "device": "cpu",
-                             "stopped": "epochs", "weights_sha256": "f" * 64})
+                             "stopped": "epochs", "weights_sha256": "f" * 64},
+                        samples=samples)
+
+
+def test_report_states_the_gain_and_shows_quality_scores(tmp_path: Path) -> None:
+    html_path, json_path = write_report(sample_report(), tmp_path)
+    page = html_path.read_text()
+    # The paired test in words, with the site's own numbers.
+    assert "site-b: +0.11 AUC by joining (0.81 → 0.92), p = 0.004" in page
+    assert 'aria-label="gain in AUC by joining' in page
+    # Site a's signed quality scores; site b sent none; failed and dropped sites are listed.
+    for text in ("0.910", "0.880", "12.50", "0.71", "domain-rfconv-v1", "no scores in its bundle",
+                 "signature does not verify", "failed", "dropped"):
+        assert text in page, text
+    doc = json.loads(json_path.read_text())
+    rows = {r["site"]: r for r in doc["sites"]}
+    assert rows["site-b"]["gain"]["p_value"] == 0.004 and rows["site-a"]["gain"] is None
+    assert rows["site-a"]["quality"]["gan_train"]["auc"] == 0.91
+    assert rows["site-b"]["quality"] is None and rows["site-e"]["pooled"] is None
+
+
+def test_sample_grids_are_inline_pngs_per_class(tmp_path: Path) -> None:
+    import numpy as np
+
+    from coordinator.report import sample_grids
+
+    images = np.zeros((6, 16, 16), np.uint8)
+    grids = sample_grids(images, np.array([0, 1, 0, 1, 0, 1]), ["normal", "abnormal", "empty"])
+    assert set(grids) == {"normal", "abnormal"}  # a class without images gets no row
+    assert all(uri.startswith("data:image/png;base64,") for uri in grids.values())
+    html_path, json_path = write_report(sample_report({"site-a": grids,
+                                                       "site-x": {"bad": "https://x/y.png"}}),
+                                        tmp_path)
+    page = html_path.read_text()
+    assert page.count("<img ") == 2 and "https://x" not in page  # nothing loads from outside
+    assert "data:image/png" not in json_path.read_text()  # pictures: HTML only
 
 
 def test_report_lists_every_site_with_ratio_and_reasons(tmp_path: Path) -> None:
@@ -70,12 +124,25 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    html_path, _ = write_report(sample_report(), tmp_path)
+    from coordinator.report import sample_grids
+
+    # Black synthetic images: each class's grid is a black band 8 × 18 px × 3 wide on the page.
+    grids = sample_grids(np.zeros((16, 16, 16), np.uint8), np.arange(16) % 2,
+                         ["normal", "abnormal"])
+    html_path, _ = write_report(sample_report({"site-a": grids, "site-b": grids}), tmp_path)
     shot = tmp_path / "report.png"
     subprocess.run([str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,1400",
+                    "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2400",
                     html_path.as_uri()], check=True, capture_output=True, timeout=120)
-    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-    assert img.shape == (1400, 1200)
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    img = rgb.mean(axis=2)
+    assert img.shape == (2400, 1200)
+    # The per-site table: its header cells' #f6f7f9 background spans most of the page width.
+    header = (np.abs(rgb - np.array([0xF6, 0xF7, 0xF9])).sum(axis=2) == 0).sum(axis=1)
+    assert header.max() > 600
+    # The sample grids: black rectangles of at least 150 × 40 px (no text is that solid).
+    dark = img < 30
+    rows_with_band = (dark.sum(axis=1) > 150).sum()
+    assert rows_with_band >= 4 * 40, rows_with_band
     # Not a blank page: text and the CI plot put dark pixels in the upper and the lower half.
-    assert (img[:700] < 100).mean() > 0.002 and (img[700:] < 100).mean() > 0.001
+    assert (img[:1200] < 100).mean() > 0.002 and (img[1200:] < 100).mean() > 0.001

@@ -60,3 +60,26 @@ def test_evaluate_cli(tiny_site: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)
     assert rec["kind"] == "evaluation" and 0.0 <= rec["auc"] <= 1.0
+
+
+def test_evaluation_carries_the_paired_test_against_the_local_cnn(tiny_site: Path,
+                                                                   tmp_path: Path) -> None:
+    """Pooled vs local on the same real test images, computed at the site, numbers only."""
+    from node.federation import check_numbers_only
+    from shared.metrics.paired import delong_paired
+
+    base = run_baseline(tiny_site, CFG, progress=False, n_boot=200)
+    other = tmp_path / "pooled.npz"
+    save_weights(ResNetClassifier(num_classes=2, width=4).eval(), other, {"classes": "binary"})
+    ev = evaluate_weights(tiny_site, other, n_boot=200, write=False)
+    paired = ev["paired_vs_local"]
+    x, y = SiteStore.open(tiny_site).load("test")
+    local = predict_scores(load_classifier(tiny_site / "metrics" / "baseline-cnn.npz"), x)
+    pooled = predict_scores(load_classifier(other), x)
+    ref = delong_paired(y, local[:, 1], pooled[:, 1])
+    assert paired["auc_a"] == pytest.approx(base["auc"], abs=1e-6)  # the local real AUC
+    assert paired["auc_b"] == pytest.approx(ev["auc"], abs=1e-6)
+    assert paired["p_value"] == pytest.approx(ref.p_value, abs=1e-6)
+    check_numbers_only(ev)  # may be signed and sent
+    assert "paired_vs_local" not in evaluate_weights(tiny_site, other, write=False,
+                                                     compare_local=False)
