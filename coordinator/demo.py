@@ -36,10 +36,15 @@ DEMO_DEFAULTS: dict[str, Any] = {
 for ≤ 10 minutes on a 2-core CPU with the three sites training in parallel."""
 
 
-def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
-             model: str = "spinegan", gan_minutes: float = 3.0, n_synthetic: int = 1000,
-             cnn_minutes: float = 1.5, classes: str = "binary", seed: int = 0,
-             fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
+_D = DEMO_DEFAULTS
+
+
+def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
+             size: int = _D["size"], model: str = _D["model"],
+             gan_minutes: float = _D["gan_minutes"], n_synthetic: int = _D["n_synthetic"],
+             cnn_minutes: float = _D["cnn_minutes"], classes: str = _D["classes"],
+             seed: int = _D["seed"], fresh: bool = True,
+             timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.launch import ConsoleEcho, submit_and_watch
     from shared.flower_proc import loopback_federation
 

@@ -34,7 +34,7 @@ def test_quality_scores_are_numbers_from_real_images_that_stay(tiny_site: Path) 
 
 
 def test_a_failing_score_is_reported_not_fatal(tiny_site: Path) -> None:
-    x, y = SiteStore.open(tiny_site).load("train")
+    x, _ = SiteStore.open(tiny_site).load("train")
     SyntheticSet(x[:4], np.zeros(4, np.int64), ["normal", "abnormal"]).save(
         tiny_site / "synthetic" / "one-class")
     rec = score_synthetic(tiny_site, "one-class", CFG, n_boot=100)
