@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import FlowerProcessError
-from shared.flower_proc import FlowerProcess, TlsFiles, spawn, wait_for_port
+from shared.flower_proc import FlowerProcess, TlsFiles, listening_or_stopped, spawn
 
 MAX_BODY = "512m"
 """Largest request nginx forwards; Flower's own message cap (GRPC_MAX_MESSAGE_LENGTH) is 512 MiB."""
@@ -131,6 +131,5 @@ def start_fleet_proxy(work: Path, listen_host: str, listen_port: int, superlink_
         raise FlowerProcessError(f"nginx rejected {conf}: {check.stderr.strip()}")
     proc = spawn("fleet-proxy", argv, work / "fleet-proxy-home", work / "logs" / "fleet-proxy.log",
                  port=listen_port)
-    wait_for_port("127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host, listen_port,
-                  timeout, proc)
+    listening_or_stopped(proc, listen_host, listen_port, timeout)
     return proc

@@ -139,6 +139,16 @@ def wait_for_port(host: str, port: int, timeout: float, proc: FlowerProcess | No
     raise FlowerProcessError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
+def listening_or_stopped(proc: FlowerProcess, host: str, port: int, timeout: float) -> None:
+    """Wait until ``proc`` listens; if it does not, or we are interrupted meanwhile (Ctrl-C,
+    SIGTERM), stop it before passing the error on — the caller never got a handle to it."""
+    try:
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout, proc)
+    except BaseException:
+        proc.stop(grace=3.0)
+        raise
+
+
 @dataclass
 class FlowerProcess:
     """One started Flower process, its log file and its process group."""
@@ -286,7 +296,7 @@ def start_superlink(work: Path, port: int | None = None, *, host: str = "127.0.0
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     proc = spawn("superlink", superlink_argv(port, database, host=host, tls=tls, auth=auth),
                  home, work / "logs" / "superlink.log", port=port, env=env)
-    wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout, proc)
+    listening_or_stopped(proc, host, port, timeout)
     return proc
 
 
@@ -348,7 +358,7 @@ def start_supernode(work: Path, name: str, superlink: str, node_config: Mapping[
                           max_wait=max_wait, trusted_entities=trusted_entities)
     proc = spawn(f"supernode-{name}", argv, home, work / "logs" / f"supernode-{name}.log",
                  port=port, env=env)
-    wait_for_port("127.0.0.1", port, timeout, proc)
+    listening_or_stopped(proc, "127.0.0.1", port, timeout)
     return proc
 
 
@@ -610,8 +620,11 @@ def stop_all(procs: Sequence[FlowerProcess], grace: float = 8.0) -> None:
         proc._signal(signal.SIGTERM)
     _kill_pids(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while (any(p._group_alive() for p in procs) or any(_alive(t) for t in tree)) \
-            and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.poll()  # reap an exited leader, or its zombie keeps the group "alive"
+        if not (any(p._group_alive() for p in procs) or any(_alive(t) for t in tree)):
+            break
         time.sleep(0.1)
     _kill_pids([t for t in tree if _alive(t)], signal.SIGKILL)
     for proc in procs:
