@@ -11,8 +11,8 @@ from shared.options import port, positive
 
 
 def command(
-    superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's "
-                                  "SuperLink."),
+    superlink: str = typer.Option(None, "--superlink", help="HOST:PORT of the coordinator's "
+                                  "public Fleet port. Required unless --make-auth-key."),
     site_dir: Path = typer.Option(..., "--site-dir", help="This site's folder (store, keys)."),
     root_cert: Path = typer.Option(None, "--root-cert", help="The federation's CA certificate "
                                    "(ca.crt from the coordinator). Required unless --insecure."),
@@ -63,6 +63,8 @@ def command(
         typer.echo(f"Send {pub} to the coordinator to be registered; then run `node join` "
                    "again without --make-auth-key.")
         return
+    if not superlink:
+        raise StoreError("give --superlink HOST:PORT (the coordinator's public Fleet port)")
     if app_key is None:
         raise StoreError("give --app-key (the coordinator operator's app-signing.pub): "
                          "without it this SuperNode would run any app that reaches it")

@@ -27,6 +27,13 @@ def test_compose_has_superlink_three_supernodes_and_coordinator() -> None:
     for site in ("site-a", "site-b", "site-c"):
         cmd = services[site]["command"]
         assert "--root-cert" in cmd and "--auth-key" in cmd and "--insecure" not in cmd
+        assert "--app-key" in cmd  # the SuperNode runs only apps the operator signed
+    # The Control API answers on the superlink container's loopback only: whoever uses it
+    # shares that container's network namespace.
+    for svc in ("register", "coordinator"):
+        assert services[svc]["network_mode"] == "service:superlink"
+        assert any("127.0.0.1:9093" in str(w) for w in
+                   services[svc].get("command", []) + services[svc].get("entrypoint", []))
     for svc in services.values():
         env = svc.get("environment", {})
         if env:

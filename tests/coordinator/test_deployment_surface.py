@@ -14,8 +14,6 @@ operator's app key, one unregistered SuperNode) and every hostile case against i
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import ssl
 import time
 import urllib.error
@@ -44,18 +42,11 @@ from shared.flower_proc import (
     wait_for_run,
     write_connection,
 )
+from tests.coordinator.fedutil import nginx_or_skip
 
 pytestmark = [pytest.mark.flower]
 
 PROBE_APP = Path(__file__).parent / "probe_app"
-
-
-def nginx_or_skip() -> None:
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
-        return
-    if os.environ.get("SYNTHLEARN_REQUIRE_NGINX") == "1":
-        pytest.fail("nginx is required here (.ci/run installs it: apt-get install -y nginx)")
-    pytest.skip("nginx not installed (apt-get install -y nginx; `make test` installs it)")
 
 
 @dataclass

@@ -22,6 +22,7 @@ import pytest
 
 from coordinator.certs import make_ca_and_server
 from shared.flower_proc import descendants, free_port, start_superlink, stop_all
+from tests.coordinator.fedutil import nginx_or_skip
 
 pytestmark = [pytest.mark.flower]
 
@@ -110,10 +111,7 @@ SIGNALS = [signal.SIGTERM, signal.SIGINT]
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGINT"])
 def test_coordinator_serve_stops_superlink_superexec_and_proxy(
         sig: int, tmp_path: Path, cleanup: Callable[[subprocess.Popen[bytes]], None]) -> None:
-    import shutil
-
-    if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
-        pytest.skip("nginx not installed (apt-get install -y nginx)")
+    nginx_or_skip()
     make_ca_and_server(tmp_path / "certs")
     public, control = free_port(), free_port()
     log = tmp_path / "serve.log"
