@@ -112,12 +112,32 @@ http {{
 """
 
 
+def check_loopback_name(server_cert: Path) -> None:
+    """The proxy verifies the SuperLink as ``localhost`` on the loopback hop: the certificate
+    must name it (deploy/make_certs.py always adds it; certificates made before did not)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(server_cert).read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = names.get_values_for_type(x509.DNSName)
+    except (OSError, ValueError, x509.ExtensionNotFound) as exc:
+        raise FlowerProcessError(f"{server_cert}: cannot read its names ({exc})") from None
+    if UPSTREAM_NAME not in dns:
+        raise FlowerProcessError(
+            f"{server_cert} does not name {UPSTREAM_NAME!r} (names: {', '.join(dns) or 'none'}); "
+            "the Fleet proxy checks the SuperLink by that name on 127.0.0.1. Make new "
+            "certificates with deploy/make_certs.py in an empty folder and send the new "
+            "ca.crt to every site")
+
+
 def start_fleet_proxy(work: Path, listen_host: str, listen_port: int, superlink_port: int,
                       tls: TlsFiles, timeout: float = 30.0) -> FlowerProcess:
     """Write the config, check it with ``nginx -t`` and start nginx in its own process group."""
     import subprocess
 
     binary = nginx_binary()
+    check_loopback_name(tls.server_cert)
     work = work.absolute()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "nginx-tmp").mkdir(parents=True, exist_ok=True)

@@ -17,31 +17,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from shared.signing import _write_private
 
 
-def _write_pair(priv_path: Path, private_bytes: bytes, public_bytes: bytes) -> tuple[Path, Path]:
-    pub_path = priv_path.with_name(priv_path.name + ".pub")
-    priv_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(priv_path, private_bytes)
-    pub_path.write_bytes(public_bytes + b"\n")
+def _write_pair(out: Path, name: str,
+                key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> tuple[Path, Path]:
+    """``out/<name>`` (private, OpenSSH, 0600) and ``out/<name>.pub`` (OpenSSH line)."""
+    priv_path, pub_path = out / name, out / f"{name}.pub"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_private(priv_path, key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.OpenSSH,
+                                                serialization.NoEncryption()))
+    pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                       serialization.PublicFormat.OpenSSH)
+                         + b"\n")
     return priv_path, pub_path
 
 
 def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
     """``out/<name>`` (ECDSA P-384 private, 0600) and ``out/<name>.pub`` (to register)."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    return _write_pair(out / name,
-                       key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.OpenSSH,
-                                         serialization.NoEncryption()),
-                       key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH))
+    return _write_pair(out, name, ec.generate_private_key(ec.SECP384R1()))
 
 
 def make_app_signing_key(out: Path, name: str = "app-signing") -> tuple[Path, Path]:
     """``out/<name>`` (Ed25519 private, 0600) and ``out/<name>.pub`` (to every site)."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    return _write_pair(out / name,
-                       key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.OpenSSH,
-                                         serialization.NoEncryption()),
-                       key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH))
+    return _write_pair(out, name, ed25519.Ed25519PrivateKey.generate())

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.certs import make_ca_and_server
-from shared.flower_proc import descendants, free_port, start_superlink, stop_all
+from shared.flower_proc import _alive, descendants, free_port, start_superlink, stop_all
 from tests.coordinator.fedutil import nginx_or_skip
 
 pytestmark = [pytest.mark.flower]
@@ -35,14 +35,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _listening(port: int) -> bool:
