@@ -24,10 +24,40 @@ from shared.errors import FlowerProcessError
 
 
 def build_fab(app_dir: Path) -> bytes:
-    """The FAB ``flwr run APP_DIR`` submits (Flower's own builder)."""
+    """The FAB ``flwr run APP_DIR`` submits (Flower's own builder; fixed zip dates, so the
+    same files always give the same bytes)."""
     from flwr.cli.build import build_fab_from_disk
 
     return bytes(build_fab_from_disk(Path(app_dir)))
+
+
+def freeze_app(app_dir: Path, dest: Path) -> tuple[Path, bytes]:
+    """Copy exactly the files of the app's FAB into ``dest`` and return (dest, FAB bytes).
+
+    Why: ``flwr run`` builds the FAB again from the folder it is given; submitting a frozen
+    copy guarantees that what is signed is what is submitted, even if the source tree is
+    edited in between.
+    """
+    import io
+    import shutil
+    import zipfile
+
+    fab = build_fab(app_dir)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+        for name in archive.namelist():
+            if name.startswith(".info/"):
+                continue
+            target = (dest / name).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                raise FlowerProcessError(f"app file {name!r} would land outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(name))
+    if build_fab(dest) != fab:
+        raise FlowerProcessError(f"the app copied to {dest} does not rebuild to the same bundle")
+    return dest, fab
 
 
 def attach_signature(database: Path, fab: bytes, app_key: Path) -> str:
