@@ -90,3 +90,20 @@ def test_every_documented_command_parses(source: str, argv: list[str]) -> None:
 def test_cli_runner_accepts_a_documented_help() -> None:
     res = CliRunner().invoke(app, ["node", "join", "--help"])
     assert res.exit_code == 0 and "--root-cert" in res.output
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["coordinator", "serve", "--insecure", "--host", "10.0.0.5"], "loopback tests only"),
+    (["coordinator", "run", "--trust", "keys", "--root-cert", "ca.crt"], "--app-key"),
+    (["node", "join", "--superlink", "h:9092", "--site-dir", "s", "--root-cert", "ca.crt"],
+     "--app-key"),
+])
+def test_unsafe_deployments_are_refused_before_anything_starts(argv: list[str], reason: str,
+                                                               tmp_path: Path) -> None:
+    """No public SuperLink without TLS and the proxy; no run without the operator's
+    signature; no SuperNode that would run unsigned apps."""
+    res = CliRunner().invoke(app, [*argv, *(["--work", str(tmp_path)] if argv[0] ==
+                                            "coordinator" else [])])
+    assert res.exit_code != 0
+    assert reason in str(res.exception), res.output
+    assert not (tmp_path / "superlink.db").exists()
