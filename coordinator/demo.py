@@ -120,9 +120,16 @@ def site_table_rows(report: dict[str, Any]) -> list[list[str]]:
         gain = r.get("gain")
         rows.append([r["site"], r["status"], auc(r.get("baseline")), auc(r.get("own")),
                      auc(r.get("pooled")),
-                     f"{gain['delta']:+.3f} (p = {gain['p_value']:.3g})" if gain else "–",
+                     f"{gain['delta']:+.3f} ({_p_text(gain.get('p_value'))})" if gain
+                     else "–",
                      str((r.get("pooled") or r.get("baseline") or {}).get("n_test", "–"))])
     return rows
+
+
+def _p_text(p: Any) -> str:
+    if p is None:
+        return "p –"
+    return "p < 0.001" if float(p) < 0.001 else f"p = {float(p):.3g}"
 
 
 def print_site_table(report: dict[str, Any]) -> None:

@@ -107,7 +107,7 @@ def gain_by_joining(pooled: dict[str, Any] | None) -> dict[str, Any] | None:
 def gain_sentence(site: str, gain: dict[str, Any], n_test: Any = None) -> str:
     """"site-c: +0.09 AUC by joining (0.82 → 0.91), p = 0.004 (DeLong …)"."""
     d, p = float(gain["delta"]), gain.get("p_value")
-    verb = "by joining" if d >= 0 else "lost by joining"
+    verb = "by joining"
     p_txt = "" if p is None else (f", p = {float(p):.3f}" if float(p) >= 0.001 else ", p < 0.001")
     n_txt = f" on {n_test} real test images" if n_test else ""
     return (f"{site}: {d:+.2f} AUC {verb} ({_num(gain.get('auc_a'), 2)} → "
@@ -258,7 +258,8 @@ def _gain_svg(rows: list[dict[str, Any]]) -> str:
                          f'x2="{x(float(g["ci_high"])):.1f}" y1="{cy}" y2="{cy}" '
                          'stroke="#222" stroke-width="1.5"/>')
         p = g.get("p_value")
-        label = f"{d:+.3f}" + ("" if p is None else f"  p={float(p):.3g}")
+        label = f"{d:+.3f}" + ("" if p is None else "  p<0.001" if float(p) < 0.001
+                                else f"  p={float(p):.3g}")
         parts.append(f'<text x="{left + width + 6}" y="{cy + 4}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
