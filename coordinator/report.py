@@ -351,6 +351,10 @@ def _per_class_section(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _lesion_mode(rows: list[dict[str, Any]]) -> bool:
+    return any((r.get(role) or {}).get("classes") == "lesion" for r in rows for role, _ in ROLES)
+
+
 def _status(row: dict[str, Any]) -> str:
     st = row["status"]
     cls = "ok" if st == "ok" else ("warn" if st == "dropped" else "bad")
@@ -387,7 +391,8 @@ def render_html(report: dict[str, Any]) -> str:
            "test split, and signed with the site's key (✔ = signature verified here against "
            "the trust folder). The pooled CNN was trained by the coordinator on synthetic "
            "images only; no real image left any site.</p>",
-           "<h2>AUC per site (95 % bootstrap CI)</h2><table><tr><th>Site</th><th>Status</th>"
+           f"<h2>{'Macro AUC (one vs rest)' if _lesion_mode(rows) else 'AUC'} per site "
+           "(95 % bootstrap CI)</h2><table><tr><th>Site</th><th>Status</th>"
            "<th>Local real</th><th>Own synthetic</th><th>Pooled synthetic</th>"
            "<th>Utility ratio<br><small>pooled / local</small></th><th>Test images</th></tr>"]
     for r in rows:

@@ -146,3 +146,14 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert rows_with_band >= 4 * 40, rows_with_band
     # Not a blank page: text and the CI plot put dark pixels in the upper and the lower half.
     assert (img[:1200] < 100).mean() > 0.002 and (img[1200:] < 100).mean() > 0.001
+
+
+def test_lesion_mode_shows_macro_auc_and_a_per_class_table(tmp_path: Path) -> None:
+    per_class = {"No finding": 0.91, "Surgical implant": 0.99, "Vertebral collapse": None}
+    rec = {**_rec(0.9), "classes": "lesion", "per_class_auc": per_class}
+    report = build_report(run="r", sites={"site-a": {"status": "ok", "baseline": rec,
+                                                     "pooled": rec}},
+                          pool=None, cnn=None)
+    page = write_report(report, tmp_path)[0].read_text()
+    assert "Macro AUC (one vs rest) per site" in page
+    assert "Per-class AUC" in page and "Surgical implant" in page and "0.990" in page
