@@ -350,7 +350,9 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
         if expected[role] and digest != expected[role]:
             raise RequestRefusedError(f"{role} weights have SHA-256 {digest}, the request says "
                                  f"{expected[role]}; the file was changed in transit")
-        record = evaluate_weights(settings.site, path, n_boot=n_boot)
+        # The paired test answers "does this site gain by joining": pooled vs local only.
+        record = evaluate_weights(settings.site, path, n_boot=n_boot,
+                                  compare_local=role == "pooled")
         record["role"] = role
         evaluations[role] = sign_numbers(record, settings)
     return {"protocol": PROTOCOL, "site": settings.name,

@@ -82,3 +82,14 @@ def test_paired_bootstrap_macro_agrees_in_direction_and_size() -> None:
     assert res.delta > 0.1 and res.p_value < 0.01 and res.ci_low > 0
     tie = paired_bootstrap_macro(y, strong, strong, n_boot=100)
     assert tie.delta == 0 and tie.p_value == 1.0
+
+
+def test_rank_auc_is_sklearns_auc() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from shared.metrics.paired import _rank_auc
+
+    rng = np.random.default_rng(9)
+    hit = rng.random(50) < 0.3
+    s = np.round(rng.random(50), 1)  # ties
+    assert _rank_auc(hit, s) == pytest.approx(roc_auc_score(hit, s), abs=1e-12)
