@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.phases import Run, settings_from_run_config
+from shared.files import atomic_write_json
 from shared.protocol import Outcome
 
 app = ServerApp()
@@ -92,8 +93,7 @@ class FlowerTransport:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{len(self.rounds):02d}-{kind}-{direction}-{node}"
-        (self.record_dir / f"{stem}.json").write_text(json.dumps(config, sort_keys=True,
-                                                                 default=str))
+        atomic_write_json(self.record_dir / f"{stem}.json", config)
         for role, data in arrays.items():
             if data:
                 (self.record_dir / f"{stem}-{role}.bin").write_bytes(data)
@@ -103,10 +103,9 @@ class FlowerTransport:
 def main(grid: Grid, context: Context) -> None:
     """Drive the phases; a failure raises, so `flwr ls` reports the run as failed."""
     _log_to_stdout()
-    config = dict(context.run_config)
-    record = bool(config.pop("record-messages", False))
-    settings = settings_from_run_config(config)
-    transport = FlowerTransport(grid, settings.work / "messages" if record else None)
+    settings = settings_from_run_config(dict(context.run_config))
+    transport = FlowerTransport(grid, settings.work / "messages" if settings.record_messages
+                                else None)
     run = Run(settings, transport)
     try:
         run.execute()

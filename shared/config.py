@@ -21,10 +21,7 @@ shared.errors.ConfigError: Demo: unknown key 'sise' (known: name, size)
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import tempfile
 import tomllib
 import types
 import typing
@@ -197,24 +194,10 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_resolved(config: Any, run_dir: Path, name: str = "config.json") -> Path:
     """Write the resolved config next to a run's outputs and return its path."""
+    from shared.files import atomic_write_json
+
     path = run_dir / name
-    text = json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_json(path, to_dict(config))
     return path
