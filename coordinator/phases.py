@@ -79,6 +79,14 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.min_sites < 1:
             raise ValueError("min_sites must be ≥ 1")
+        if self.expected_sites < 1 or self.n_synthetic < 1:
+            raise ValueError("expected_sites and n_synthetic must be ≥ 1")
+        if not 100 <= self.n_boot <= 100_000:
+            raise ValueError(f"n_boot must be in 100..100000 (what a site accepts), "
+                             f"got {self.n_boot}")
+        for key in ("node_wait_s", "ping_timeout_s", "bundle_timeout_s", "eval_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("gan_config", "baseline_config"):
             try:
                 doc = json.loads(getattr(self, key))

@@ -1,4 +1,6 @@
-"""Typed configuration: frozen dataclasses filled from TOML or Flower run config.
+"""Typed configuration: frozen dataclasses filled from TOML, the command line or Flower's run
+config, through one resolver (:func:`resolve`: defaults, then the TOML table, then the options
+the user actually passed, then validation).
 
 Why a loader of our own instead of a schema library: the rules are small and strict. Unknown
 keys are rejected (a typo must never silently fall back to a default), values are checked
@@ -103,11 +105,6 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str | Path | Non
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{cls.__name__}: {exc}", source) from None
-
-
-def load_toml(cls: type[T], path: Path, table: str | None = None) -> T:
-    """Load ``cls`` from a TOML file (optionally one table of it)."""
-    return from_mapping(cls, read_table(path, table), source=path)
 
 
 def read_table(path: Path, table: str | None = None) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def _binary_scores(scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
     if s.ndim == 2:
         if s.shape[1] != 2:
             raise MetricError(
-                f"binary AUC needs scores (N,) or (N, 2), got {s.shape}; use macro_auc_with_ci"
+                f"binary AUC needs scores (N,) or (N, 2), got {s.shape}; use class_auc_with_ci"
             )
         s = s[:, 1]
     return s.reshape(-1)
