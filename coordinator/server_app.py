@@ -26,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.phases import Run, settings_from_run_config
 from shared.files import atomic_write_json
+from shared.progress import log_to_stdout
 from shared.protocol import Outcome
 
 app = ServerApp()
@@ -102,7 +103,7 @@ class FlowerTransport:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Drive the phases; a failure raises, so `flwr ls` reports the run as failed."""
-    _log_to_stdout()
+    log_to_stdout()
     settings = settings_from_run_config(dict(context.run_config))
     transport = FlowerTransport(grid, settings.work / "messages" if settings.record_messages
                                 else None)
@@ -114,16 +115,3 @@ def main(grid: Grid, context: Context) -> None:
         with rounds_file.open("a") as fh:
             for r in transport.rounds:
                 fh.write(json.dumps(r) + "\n")
-
-
-def _log_to_stdout() -> None:
-    """The ServerApp's stdout is the run's log (`flwr log`): send synthlearn's logger there."""
-    import sys
-
-    root = logging.getLogger("synthlearn")
-    if not any(getattr(h, "_synthlearn", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[synthlearn] %(message)s"))
-        handler._synthlearn = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
