@@ -259,7 +259,7 @@ class Run:
     def phase_train(self) -> dict[str, Any]:
         pool = self.state.phase_result(self.run, "pool") or {}
         return train_step(pool, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
-                          log=self.log)
+                          trust_dir=Path(self.s.trust_dir), log=self.log)
 
     def phase_evaluate(self) -> dict[str, Any]:
         trained = self.state.phase_result(self.run, "train") or {}
