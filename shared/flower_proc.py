@@ -47,9 +47,18 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def flower_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for one Flower process: safe flags plus its own ``FLWR_HOME``."""
+    """The environment for one Flower process: safe flags plus its own ``FLWR_HOME``.
+
+    This Python's script folder goes first on ``PATH``: a SuperLink starts
+    ``flower-superexec`` (and a SuperNode its app processes) by name, and they must be the
+    ones of this environment even when it is not activated (``.venv/bin/python -m pytest``,
+    ``make test``).
+    """
     env = dict(os.environ)
     env.update(SAFE_ENV)
+    scripts = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != scripts:
+        env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")]).rstrip(os.pathsep)
     env["FLWR_HOME"] = str(Path(home).absolute())
     Path(home).mkdir(parents=True, exist_ok=True)
     if extra:
