@@ -15,7 +15,7 @@ endif
 PY := $(ENV)/bin/python
 BIN := $(ENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install nginx demo test lint
 
 $(CURDIR)/.venv/bin/python:
 	$(PYTHON) -m venv --system-site-packages $(CURDIR)/.venv
@@ -24,6 +24,14 @@ install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 
+# The coordinator's only public port is an nginx proxy (Fleet API only; see deploy/README.md),
+# and its tests start a real one: install Debian's nginx when it is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  ( $(SUDO) apt-get install -y nginx || \
+	    ( $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx ) )
+
 demo: install
 	$(BIN)/synthlearn demo --out demo-output
 
@@ -31,5 +39,5 @@ lint:
 	$(BIN)/ruff check node coordinator shared tests benchmarks
 	$(BIN)/mypy
 
-test: install lint
+test: install nginx lint
 	$(PY) -m pytest -q
