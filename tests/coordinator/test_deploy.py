@@ -107,3 +107,28 @@ def test_unsafe_deployments_are_refused_before_anything_starts(argv: list[str], 
     assert res.exit_code != 0
     assert reason in str(res.exception), res.output
     assert not (tmp_path / "superlink.db").exists()
+
+
+@pytest.mark.parametrize("mistake", ["public-half", "no-database"])
+def test_a_signing_mistake_is_refused_before_the_run_is_submitted(
+        mistake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passing app-signing.pub (the half sites get) or a wrong --superlink-db was found only
+    after `flwr run`: an unsigned run was left on the SuperLink, waiting for sites that
+    refuse it, and the operator saw an error about a run that was nonetheless running."""
+    from shared.flower_keys import make_app_signing_key
+
+    priv, pub = make_app_signing_key(tmp_path / "certs")
+    database = tmp_path / "superlink.db"
+    if mistake != "no-database":
+        database.write_bytes(b"")
+    submitted: list[object] = []
+    monkeypatch.setattr("coordinator.launch.flwr_run", lambda *a, **k: submitted.append(a))
+    key = pub if mistake == "public-half" else priv
+    res = CliRunner().invoke(app, ["coordinator", "run", "--insecure", "--trust",
+                                   str(tmp_path / "trust"), "--app-key", str(key),
+                                   "--superlink-db", str(database),
+                                   "--work", str(tmp_path / "work")])
+    assert res.exit_code != 0
+    assert ("not an OpenSSH private key" if mistake == "public-half"
+            else "no SuperLink database") in str(res.exception), res.output
+    assert submitted == []
