@@ -28,6 +28,11 @@ def test_compose_has_superlink_three_supernodes_and_coordinator() -> None:
         cmd = services[site]["command"]
         assert "--root-cert" in cmd and "--auth-key" in cmd and "--insecure" not in cmd
         assert "--app-key" in cmd  # the SuperNode runs only apps the operator signed
+        # ...and holds no coordinator secret (ca.key, server.key, app-signing): the
+        # `certs` volume has them, a site mounts only the public halves.
+        assert not any(str(v).startswith("certs:") for v in services[site]["volumes"])
+    assert "cp /certs/ca.crt /certs/app-signing.pub /public/" in " ".join(
+        services["certs"]["entrypoint"])
     # The Control API answers on the superlink container's loopback only: whoever uses it
     # shares that container's network namespace.
     for svc in ("register", "coordinator"):
