@@ -114,7 +114,12 @@ def stop_flower_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in caught}
+    # A signal the caller's parent set to be ignored stays ignored: `nohup synthlearn node
+    # join … &` must survive the admin logging out (SIGHUP), as it did before this handler.
+    previous = {sig: signal.getsignal(sig) for sig in caught}
+    for sig in caught:
+        if previous[sig] is not signal.SIG_IGN:
+            signal.signal(sig, handler)
     try:
         yield
     finally:
