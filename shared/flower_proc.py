@@ -114,11 +114,12 @@ def stop_flower_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    # A signal the caller's parent set to be ignored stays ignored: `nohup synthlearn node
-    # join … &` must survive the admin logging out (SIGHUP), as it did before this handler.
+    # An ignored SIGHUP stays ignored: `nohup synthlearn node join … &` must survive the
+    # admin logging out, as it did before this handler. (SIGINT/SIGTERM are always handled:
+    # a shell script's background job inherits an ignored SIGINT, yet `kill -INT` must stop it.)
     previous = {sig: signal.getsignal(sig) for sig in caught}
     for sig in caught:
-        if previous[sig] is not signal.SIG_IGN:
+        if not (sig == signal.SIGHUP and previous[sig] is signal.SIG_IGN):
             signal.signal(sig, handler)
     try:
         yield
