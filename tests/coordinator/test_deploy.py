@@ -114,7 +114,7 @@ def test_unsafe_deployments_are_refused_before_anything_starts(argv: list[str], 
     assert not (tmp_path / "superlink.db").exists()
 
 
-@pytest.mark.parametrize("mistake", ["public-half", "no-database"])
+@pytest.mark.parametrize("mistake", ["public-half", "no-database", "readable-by-others"])
 def test_a_signing_mistake_is_refused_before_the_run_is_submitted(
         mistake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passing app-signing.pub (the half sites get) or a wrong --superlink-db was found only
@@ -129,11 +129,15 @@ def test_a_signing_mistake_is_refused_before_the_run_is_submitted(
     submitted: list[object] = []
     monkeypatch.setattr("coordinator.launch.flwr_run", lambda *a, **k: submitted.append(a))
     key = pub if mistake == "public-half" else priv
+    if mistake == "readable-by-others":
+        priv.chmod(0o644)
     res = CliRunner().invoke(app, ["coordinator", "run", "--insecure", "--trust",
                                    str(tmp_path / "trust"), "--app-key", str(key),
                                    "--superlink-db", str(database),
                                    "--work", str(tmp_path / "work")])
     assert res.exit_code != 0
-    assert ("not an OpenSSH private key" if mistake == "public-half"
-            else "no SuperLink database") in str(res.exception), res.output
+    expected = {"public-half": "not an OpenSSH private key",
+                "no-database": "no SuperLink database",
+                "readable-by-others": "readable by other users"}[mistake]
+    assert expected in str(res.exception), res.output
     assert submitted == []
