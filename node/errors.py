@@ -19,3 +19,7 @@ class TrainingError(SynthlearnError):
 
 class CheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or belongs to another configuration."""
+
+
+class ReaderStudyError(SynthlearnError):
+    """The reader study cannot start or an answer cannot be taken; the message says why."""

@@ -1,0 +1,165 @@
+"""Results of a reader study: per reader and pooled, with 95 % confidence intervals.
+
+Accuracy is a binomial proportion; its CI is Wilson's score interval, which stays inside
+[0, 1] and keeps close to nominal coverage at the small counts a reader study has (a reader
+rarely looks at more than a few hundred images), unlike the normal approximation.
+
+Pooled numbers add every finished reader's answers. Readers share the images, so pooled
+answers are not independent: the pooled CI is a little too narrow when readers agree on the
+same hard images. The page and the summary say so (``pooled_ci_note``).
+
+>>> lo, hi = wilson(53, 100); round(lo, 3), round(hi, 3)
+(0.433, 0.625)
+>>> verdict(Proportion.of(53, 100))
+'readers could not tell them apart: accuracy 0.53 [0.43, 0.62]'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+Z95 = 1.959963984540054
+POOLED_CI_NOTE = ("pooled CI treats answers as independent; readers share images, so it is "
+                  "somewhat too narrow")
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (n ≥ 1)."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 ≤ k ≤ n and n ≥ 1, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """k of n, with its estimate and Wilson 95 % CI (all None when n is 0)."""
+
+    k: int
+    n: int
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    @classmethod
+    def of(cls, k: int, n: int) -> Proportion:
+        if n == 0:
+            return cls(0, 0, None, None, None)
+        lo, hi = wilson(k, n)
+        return cls(k, n, k / n, lo, hi)
+
+    def text(self) -> str:
+        if self.value is None:
+            return "–"
+        return f"{self.value:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer joined with the truth, as the statistics need it (no image, no reader)."""
+
+    truth: str          # "real" or "synthetic"
+    call: str           # what the reader said: "real" or "synthetic"
+    true_class: str | None
+    class_call: str | None
+    confidence: int | None
+
+
+@dataclass(frozen=True)
+class ReaderResult:
+    answered: int
+    total: int
+    accuracy: Proportion
+    synthetic_called_real: Proportion
+    real_called_synthetic: Proportion
+    class_agreement_synthetic: Proportion
+    class_agreement_real: Proportion
+    mean_confidence: float | None
+    verdict: str
+
+    @property
+    def finished(self) -> bool:
+        return self.total > 0 and self.answered >= self.total
+
+
+def verdict(accuracy: Proportion) -> str:
+    """The result in words: 0.5 inside the CI means readers could not tell real from synthetic."""
+    if accuracy.value is None or accuracy.ci_low is None or accuracy.ci_high is None:
+        return "no answers yet"
+    numbers = f"accuracy {accuracy.text()}"
+    if accuracy.ci_low > 0.5:
+        return f"readers told real from synthetic better than chance: {numbers}"
+    if accuracy.ci_high < 0.5:
+        return ("readers took synthetic for real and real for synthetic more often than chance: "
+                f"{numbers}")
+    return f"readers could not tell them apart: {numbers}"
+
+
+def reader_result(answers: Sequence[Answer], total: int) -> ReaderResult:
+    """Every number of one reader (or of several readers' answers pooled)."""
+    correct = sum(a.call == a.truth for a in answers)
+    syn = [a for a in answers if a.truth == "synthetic"]
+    real = [a for a in answers if a.truth == "real"]
+    syn_cls = [a for a in syn if a.class_call is not None and a.true_class is not None]
+    real_cls = [a for a in real if a.class_call is not None and a.true_class is not None]
+    conf = [a.confidence for a in answers if a.confidence is not None]
+    acc = Proportion.of(correct, len(answers))
+    return ReaderResult(
+        answered=len(answers), total=total, accuracy=acc,
+        synthetic_called_real=Proportion.of(sum(a.call == "real" for a in syn), len(syn)),
+        real_called_synthetic=Proportion.of(sum(a.call == "synthetic" for a in real), len(real)),
+        class_agreement_synthetic=Proportion.of(
+            sum(a.class_call == a.true_class for a in syn_cls), len(syn_cls)),
+        class_agreement_real=Proportion.of(
+            sum(a.class_call == a.true_class for a in real_cls), len(real_cls)),
+        mean_confidence=round(sum(conf) / len(conf), 3) if conf else None,
+        verdict=verdict(acc),
+    )
+
+
+def pooled_result(per_reader: Iterable[tuple[ReaderResult, Sequence[Answer]]]) -> ReaderResult:
+    """Pooled over *finished* readers only: a half-done reader would tilt the numbers and
+    showing their running accuracy would unblind them."""
+    answers: list[Answer] = []
+    total = 0
+    for result, ans in per_reader:
+        if result.finished:
+            answers.extend(ans)
+            total += result.total
+    return reader_result(answers, total)
+
+
+def result_dict(r: ReaderResult) -> dict[str, Any]:
+    """JSON form: what the page and the summary show."""
+    d = asdict(r)
+    d["finished"] = r.finished
+    return d
+
+
+def summary(*, study: str, synthetic_name: str, synthetic_sha256: str, n_real: int,
+            n_synthetic: int, class_names: Sequence[str],
+            readers: Sequence[ReaderResult], pooled: ReaderResult, created_at: str
+            ) -> dict[str, Any]:
+    """The numbers-only summary that may leave the site: no image, no answer per image, and no
+    reader's name (readers are numbered in the order the admin named them)."""
+    return {
+        "kind": "reader_study",
+        "study": study,
+        "synthetic_name": synthetic_name,
+        "synthetic_sha256": synthetic_sha256,
+        "images": {"real": n_real, "synthetic": n_synthetic},
+        "class_names": list(class_names),
+        "readers_named": len(readers),
+        "readers_finished": sum(r.finished for r in readers),
+        "pooled": result_dict(pooled),
+        "pooled_ci_note": POOLED_CI_NOTE,
+        "per_reader": {f"reader-{i + 1}": result_dict(r) for i, r in enumerate(readers)},
+        "verdict": pooled.verdict,
+        "created_at": created_at,
+    }
