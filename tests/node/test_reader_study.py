@@ -180,7 +180,7 @@ def test_no_test_split_or_no_synthetic_set_is_a_clear_error(tmp_path: Path) -> N
     with StoreWriter(site, size=16) as w:
         w.add_batch([Accepted(f"i{i}", np.zeros((16, 16), np.uint8), "No finding", f"s{i}",
                               split="train") for i in range(4)])
-    with pytest.raises(ReaderStudyError, match="no synthetic set here.*node generate"):
+    with pytest.raises(ReaderStudyError, match=r"no synthetic set here.*node generate"):
         ReaderStudy.open(site)
     SyntheticSet(np.zeros((4, 16, 16), np.uint8), np.zeros(4), ["normal", "abnormal"]).save(
         site / "synthetic" / "default")
@@ -287,8 +287,9 @@ def test_gallery_serves_synthetic_only_and_draws_new_images_of_a_class(site: Pat
         assert not any(np.array_equal(px, r) for r in real)
     sheet = c.get("/api/gallery/new-1/sheet.png")
     assert sheet.headers["content-disposition"].startswith("attachment")
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(sheet.content)).size[0] > 5 * 96
     bad = c.post("/api/gallery/generate", json={"class_name": "<b>", "n": 5, "truncation": 0.5})

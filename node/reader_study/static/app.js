@@ -124,12 +124,19 @@ function render(p) {
   $("pos").textContent = String(p.answered + 1);
   $("total").textContent = String(p.total);
   state.position = p.next;
-  $("image").src = "/api/reader/" + encodeURIComponent(p.reader) + "/image/" + p.next + ".png";
-  $("image").dataset.position = String(p.next);
   for (const r of document.querySelectorAll("input[name=class], input[name=confidence]")) {
     r.checked = r.value === "";
   }
-  setBusy(false);
+  // The answer buttons wake up only once the new image is on screen (and a moment later),
+  // so a double click cannot answer an image the reader has not seen.
+  setBusy(true);
+  const img = $("image");
+  img.onload = () => setTimeout(() => setBusy(false), 250);
+  img.onerror = () => {
+    showAlert("This image could not be loaded; reload the page to try again.", "error", false);
+  };
+  img.dataset.position = String(p.next);
+  img.src = "/api/reader/" + encodeURIComponent(p.reader) + "/image/" + p.next + ".png";
 }
 
 function setBusy(busy) {
