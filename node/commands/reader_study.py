@@ -40,7 +40,7 @@ def command(
     if not results:
         check_bind(host, token)  # before any work: a refused bind must not create a study
     s = ReaderStudy.open(site_dir, study, synthetic_name=synthetic, readers=reader,
-                         n_images=images, seed=seed)
+                         n_images=images, seed=seed, create=not results)
     if results:
         path = s.write_summary()
         typer.echo(json.dumps(s.results(reveal_unfinished=True), indent=2))

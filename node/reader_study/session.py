@@ -39,9 +39,10 @@ class ReaderStudy:
     @classmethod
     def open(cls, site_dir: Path, name: str = "default", *, synthetic_name: str | None = None,
              readers: list[str] | None = None, n_images: int = DEFAULT_IMAGES,
-             seed: int = 0) -> ReaderStudy:
-        """Open study ``name`` (creating it from the store and synthetic set the first time)
-        and name any new ``readers``. Reopening resumes: the items and orders are stored."""
+             seed: int = 0, create: bool = True) -> ReaderStudy:
+        """Open study ``name`` (creating it from the store and synthetic set the first time,
+        unless ``create`` is False) and name any new ``readers``. Reopening resumes: the items
+        and orders are stored."""
         from node.audit import synthetic_digest
 
         site_dir = Path(site_dir)
@@ -50,6 +51,10 @@ class ReaderStudy:
             check_reader_name(r)
         db = StudyDB(site_dir)
         meta = db.study(name)
+        if meta is None and not create:
+            raise ReaderStudyError(
+                f"{db.path}: no study {name!r} yet; start one with `synthlearn node reader-study "
+                f"--site-dir {site_dir} --reader NAME`")
         if meta is None:
             sources = Sources.open(site_dir, synthetic_name or "default")
             items = choose_items(sources, n_images, seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from coordinator.report import build_report, utility_ratio, write_report
+from tests.chromium import chromium_path
 
 
 def _rec(auc: float) -> dict[str, Any]:
@@ -56,15 +56,7 @@ def test_utility_ratio_needs_both_numbers() -> None:
     assert utility_ratio({"auc": None}, {"auc": 0.5}) is None
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: "
+@pytest.mark.skipif(chromium_path() is None, reason="headless Chromium not installed (Debian: "
                     "apt-get install chromium); the screenshot check runs where it is")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     import numpy as np
@@ -72,7 +64,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     html_path, _ = write_report(sample_report(), tmp_path)
     shot = tmp_path / "report.png"
-    subprocess.run([str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu",
+    subprocess.run([str(chromium_path()), "--headless", "--no-sandbox", "--disable-gpu",
                     "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,1400",
                     html_path.as_uri()], check=True, capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)

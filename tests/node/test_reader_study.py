@@ -304,3 +304,46 @@ def test_gallery_without_a_trained_generator_says_what_to_do(site: Path) -> None
     shutil.rmtree(site / "runs")
     with pytest.raises(ReaderStudyError, match="node train"):
         Gallery(site).generate("normal", 2, 0.7, None)
+
+
+def test_the_cli_serves_on_loopback_and_stops_on_ctrl_c(site: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from shared.cli import main; main()", "node", "reader-study",
+         "--site-dir", str(site), "--reader", "Ann", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/study", timeout=5) as r:
+                    info = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+                time.sleep(0.2)
+        assert info["readers"] == ["Ann"] and info["images"] == {"real": 8, "synthetic": 8}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            page = r.read().decode()
+        assert "http" not in page.replace('name="viewport"', "")  # no other host referenced
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"open http://127.0.0.1:{port}/" in out
+
+
+def test_results_without_a_study_says_how_to_start_one(site: Path) -> None:
+    from shared.cli import app
+
+    res = CliRunner().invoke(app, ["node", "reader-study", "--site-dir", str(site), "--results"])
+    assert res.exit_code != 0 and "no study 'default' yet" in str(res.exception)
+    assert not (site / SUMMARY_PATH).exists()

@@ -11,7 +11,6 @@ Set ``READER_STUDY_SCREENSHOTS=DIR`` to also save the README's screenshots into 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,17 @@ from node.reader_study.gallery import Gallery
 from node.reader_study.server import create_app
 from node.reader_study.session import ReaderStudy
 from node.reader_study.statistics import Answer, reader_result
+from tests.chromium import chromium_path
 from tests.node.reader_study_site import LiveServer, build_site
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(
-    _chromium() is None, reason="headless Chromium not installed (Debian: apt-get install "
+    chromium_path() is None, reason="headless Chromium not installed (Debian: apt-get install "
     "chromium); the browser test runs where it is")
 
 
@@ -72,7 +64,7 @@ def test_reader_answers_everything_through_reload_and_server_stop(tmp_path: Path
     n = len(study.items)
     try:
         with playwright_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=FLAGS)
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS)
             # CSP bypassed on purpose: the server's CSP would hide a request the page itself
             # tries to make to another host; here the page must make none of its own accord.
             page = browser.new_page(viewport={"width": 1100, "height": 760}, bypass_csp=True)
