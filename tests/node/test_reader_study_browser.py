@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from node.errors import ReaderStudyError
 from node.reader_study.gallery import Gallery
 from node.reader_study.server import create_app
 from node.reader_study.session import ReaderStudy
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _answer_current(page: Any, rng: np.random.Generator, classes: list[str],
-                    clicks: dict[int, dict[str, Any]]) -> None:
-    """Answer the image on screen at random (call, maybe a class, maybe a confidence)."""
+                    clicks: dict[int, dict[str, Any]], how: str = "click") -> None:
+    """Answer the image on screen at random (call, maybe a class, maybe a confidence), with a
+    click, an impatient double click, or the keyboard (R / S)."""
     page.wait_for_selector(".call:not([disabled])")
     position = int(page.get_attribute("#image", "data-position"))
     call = "real" if rng.random() < 0.5 else "synthetic"
@@ -47,7 +49,12 @@ def _answer_current(page: Any, rng: np.random.Generator, classes: list[str],
         page.check(f"input[name=class][value='{cls}']")
     if conf is not None:
         page.check(f"input[name=confidence][value='{conf}']")
-    page.click(f"#call-{call}")
+    if how == "dblclick":
+        page.dblclick(f"#call-{call}")
+    elif how == "key":
+        page.keyboard.press(call[0])
+    else:
+        page.click(f"#call-{call}")
     clicks[position] = {"call": call, "class_call": cls, "confidence": conf}
 
 
@@ -71,8 +78,9 @@ def test_reader_answers_everything_through_reload_and_server_stop(tmp_path: Path
             page.on("request", lambda r: requests.append(r.url))
             page.goto(server.url)
             page.click("button[data-reader='Ann']")
-            for _ in range(n // 2):
-                _answer_current(page, rng, study.class_names, clicks)
+            for i in range(n // 2):
+                how = "dblclick" if i == 0 else "key" if i == 1 else "click"
+                _answer_current(page, rng, study.class_names, clicks, how)
             page.wait_for_function(f"document.getElementById('pos').textContent == '{n // 2 + 1}'")
             if shots:
                 page.wait_for_selector(".call:not([disabled])")
@@ -119,9 +127,24 @@ def test_reader_answers_everything_through_reload_and_server_stop(tmp_path: Path
             dl.value.save_as(sheet)
             if shots:
                 page.screenshot(path=str(Path(shots) / "gallery.png"))
+
+            # With an access token: refused without it, and the token URL opens the study.
+            guarded = LiveServer(create_app(study, Gallery(site), token="k" * 20)).start()
+            try:
+                other = browser.new_page(bypass_csp=True)
+                other.on("request", lambda r: requests.append(r.url))
+                assert other.goto(guarded.url).status == 401
+                other.goto(guarded.url + "?token=" + "k" * 20)
+                other.click("button[data-reader='Bob']")
+                other.wait_for_selector(".call:not([disabled])")
+                assert other.inner_text("#total") == str(n)
+            finally:
+                guarded.stop()
             browser.close()
     finally:
         server.stop()
+    with pytest.raises(ReaderStudyError, match="needs an access token"):
+        create_app(study, Gallery(site), host="0.0.0.0")
 
     # What was stored equals what was clicked, each image once.
     rows = study.db.answer_rows("default")
@@ -140,8 +163,9 @@ def test_reader_answers_everything_through_reload_and_server_stop(tmp_path: Path
     assert summary["pooled"]["accuracy"]["n"] == n  # Bob has not finished: not pooled
     assert summary["verdict"] == mine.verdict == verdict_on_page
     # The page asked nothing of any other host.
-    assert requests and all(u.startswith(server.url) for u in requests), \
-        [u for u in requests if not u.startswith(server.url)]
+    local = (server.url, guarded.url)
+    assert requests and all(u.startswith(local) for u in requests), \
+        [u for u in requests if not u.startswith(local)]
     from PIL import Image
 
     assert Image.open(sheet).size[0] > 6 * 96
