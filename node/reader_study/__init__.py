@@ -7,6 +7,7 @@ unless the admin gives ``--host`` with an access token). Modules, in the order d
 * :mod:`.storage`: the study, its readers and their answers in SQLite in the site directory;
 * :mod:`.statistics`: accuracy with Wilson 95 % CIs, the verdict in words, the numbers-only
   summary that ``node export`` may sign into the bundle;
+* :mod:`.session`: one study, tying the three together for the server and the CLI;
 * :mod:`.gallery`: synthetic images only, by class, new ones from the site's generator, and
   contact sheets;
 * :mod:`.server`: the HTTP API and the static page (``static/``), nothing else.

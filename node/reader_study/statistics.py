@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 Z95 = 1.959963984540054
+MAX_NULL_CI_WIDTH = 0.2
+"""Widest 95 % CI (≈ 100 answers) around 0.5 that still counts as "could not tell them apart"."""
 POOLED_CI_NOTE = ("pooled CI treats answers as independent; readers share images, so it is "
                   "somewhat too narrow")
 
@@ -89,7 +91,13 @@ class ReaderResult:
 
 
 def verdict(accuracy: Proportion) -> str:
-    """The result in words: 0.5 inside the CI means readers could not tell real from synthetic."""
+    """The result in words: 0.5 inside the CI means readers could not tell real from synthetic,
+    but only if the CI is narrow enough to have excluded a real difference
+    (:data:`MAX_NULL_CI_WIDTH`); a wide CI around 0.5 says the study was too small.
+
+    >>> verdict(Proportion.of(9, 16))
+    'too few answers to tell: accuracy 0.56 [0.33, 0.77]; about 100 images per reader narrow it'
+    """
     if accuracy.value is None or accuracy.ci_low is None or accuracy.ci_high is None:
         return "no answers yet"
     numbers = f"accuracy {accuracy.text()}"
@@ -98,6 +106,8 @@ def verdict(accuracy: Proportion) -> str:
     if accuracy.ci_high < 0.5:
         return ("readers took synthetic for real and real for synthetic more often than chance: "
                 f"{numbers}")
+    if accuracy.ci_high - accuracy.ci_low > MAX_NULL_CI_WIDTH:
+        return f"too few answers to tell: {numbers}; about 100 images per reader narrow it"
     return f"readers could not tell them apart: {numbers}"
 
 

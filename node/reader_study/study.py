@@ -72,7 +72,10 @@ class Sources:
                 f"{synthetic.images.shape[1]} but the store holds {store.size}×{store.size}; "
                 "readers must see both at the same resolution: generate a set from a run at "
                 "the store's size")
-        mode: ClassMode = "lesion" if synthetic.info.get("class_mode") == "lesion" else "binary"
+        # The set's own class list says which labels to compare with (older sets carry no
+        # class_mode): normal/abnormal is binary, anything else the store's lesion names.
+        mode: ClassMode = "binary" if synthetic.class_names == store.class_names("binary") \
+            else "lesion"
         names = store.class_names(mode)
         real: dict[str, npt.NDArray[np.uint8]] = {}
         real_classes: dict[str, str] = {}

@@ -48,6 +48,7 @@ def test_wilson_matches_published_values_and_verdicts_follow_the_ci() -> None:
     assert verdict(Proportion.of(80, 100)).startswith("readers told real from synthetic better")
     assert verdict(Proportion.of(20, 100)).startswith("readers took synthetic for real")
     assert verdict(Proportion.of(0, 0)) == "no answers yet"
+    assert verdict(Proportion.of(8, 16)).startswith("too few answers to tell")
 
 
 def test_reader_result_counts_each_rate_on_its_own_denominator() -> None:
@@ -239,7 +240,7 @@ def test_summary_is_numbers_only_and_the_cli_writes_it(site: Path) -> None:
     doc = json.loads(text)
     assert doc["kind"] == "reader_study" and doc["readers_finished"] == 1
     assert doc["pooled"]["accuracy"]["value"] == 0.5
-    assert doc["verdict"].startswith("readers could not tell them apart: accuracy 0.50")
+    assert doc["verdict"].startswith("too few answers to tell: accuracy 0.50")
     assert "Secret" not in text and "phantom" not in text  # no name, no image id
     assert set(doc["per_reader"]) == {"reader-1"}
 
