@@ -152,3 +152,11 @@ def test_reader_study_summary_is_signed_into_the_bundle(site: dict[str, Path]) -
     export_bundle(site["site"], out, overwrite=True)
     assert verify_bundle(out, site["trust"]).manifest["metrics"]["reader_study"][
         "matches_bundle_set"] is False
+    # … and the coordinator's report shows the signed study once the bundle is pooled.
+    from coordinator.pool import pool_bundles
+    from coordinator.report import build_report, render_html
+    from coordinator.state import CoordinatorState
+
+    pool = pool_bundles([out], site["trust"], CoordinatorState(site["tmp"] / "state.db"))
+    page = render_html(build_report(run="r", sites={}, pool=pool.summary(), cnn=None))
+    assert "Reader studies" in page and summary["verdict"] in page and "another set" in page
