@@ -90,7 +90,10 @@ def create_app(study: ReaderStudy, gallery: Gallery, *, host: str = "127.0.0.1",
     check_bind(host, token)
     app = FastAPI(title="synthlearn reader study", docs_url=None, redoc_url=None,
                   openapi_url=None)
-    allowed = sorted({*LOOPBACK_NAMES, "[::1]", host})
+    # Bound to every interface, readers arrive under whatever name the machine has; the token
+    # (required there) is then the guard, since another site's page cannot hold our cookie.
+    wildcard = host in ("0.0.0.0", "::", "[::]")
+    allowed = ["*"] if wildcard else sorted({*LOOPBACK_NAMES, "[::1]", host})
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
 
     @app.middleware("http")

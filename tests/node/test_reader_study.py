@@ -220,6 +220,12 @@ def test_token_cookie_host_and_json_guards(site: Path) -> None:
     r = c.get(f"/?token={token}", follow_redirects=False)
     assert r.status_code == 303 and "httponly" in r.headers["set-cookie"].lower()
     assert c.get("/api/study").status_code == 200  # the cookie now rides along
+    assert c.get("/api/study", headers={"host": "attacker.example"}).status_code == 400
+    anywhere = client(s, host="0.0.0.0", token=token)  # readers use the machine's own name
+    assert anywhere.get("/api/study", headers={"host": "reader-pc.hospital:8765",
+                                               "x-reader-token": token}).status_code == 200
+    assert anywhere.get("/api/study", headers={"host": "reader-pc.hospital:8765"}
+                        ).status_code == 401
     local = client(s)
     assert local.get("/api/study", headers={"host": "attacker.example"}).status_code == 400
     form = local.post("/api/answer", content="reader=Ann&position=0&call=real",
