@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import non_negative, port, positive
+
 
 def command(
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory."),
@@ -17,12 +19,13 @@ def command(
     synthetic: str | None = typer.Option(
         None, "--synthetic", help="Synthetic set for a new study (SITE/synthetic/NAME; "
         "default: 'default'). A study keeps the set it began with."),
-    images: int = typer.Option(100, "--images",
+    images: int = typer.Option(100, "--images", callback=positive,
                                help="Images in a new study: half real test, half synthetic."),
-    seed: int = typer.Option(0, "--seed", help="Seed for a new study's choice and orders."),
+    seed: int = typer.Option(0, "--seed", callback=non_negative,
+                             help="Seed for a new study's choice and orders."),
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to bind; anything but loopback needs --token."),
-    port: int = typer.Option(8765, "--port"),
+    listen_port: int = typer.Option(8765, "--port", callback=port),
     token: str | None = typer.Option(None, "--token", envvar="SYNTHLEARN_READER_TOKEN",
                                      help="Access token (≥ 16 characters) for --host."),
     run_name: str = typer.Option("default", "--run-name",
@@ -51,9 +54,9 @@ def command(
         typer.echo("no readers named yet: add --reader NAME (repeat for several)", err=True)
     app = create_app(s, Gallery(site_dir, run_name), host=host, token=token)
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    url = f"http://{shown}:{listen_port}/" + (f"?token={token}" if token else "")
     c = s.counts()
     typer.echo(f"reader study {study!r}: {c['real']} real test + {c['synthetic']} synthetic "
                f"images; readers: {', '.join(s.readers()) or 'none'}")
     typer.echo(f"open {url}  (Ctrl-C stops; answers are saved as they are given)")
-    serve(app, host, port)
+    serve(app, host, listen_port)

@@ -21,7 +21,7 @@ from node.reader_study.statistics import (
     summary,
 )
 from node.reader_study.storage import StudyDB, check_reader_name, check_study_name
-from node.reader_study.study import DEFAULT_IMAGES, Item, Sources, choose_items
+from node.reader_study.study import DEFAULT_IMAGES, Item, Sources, choose_items, open_store
 
 SUMMARY_PATH = Path("metrics") / "reader_study.json"
 """Under SITE/: ``node export`` signs every ``SITE/metrics/*.json`` into the bundle."""
@@ -49,6 +49,7 @@ class ReaderStudy:
         check_study_name(name)
         for r in readers or []:
             check_reader_name(r)
+        open_store(site_dir)  # no store, no study: never create folders on a wrong path
         db = StudyDB(site_dir)
         meta = db.study(name)
         if meta is None and not create:

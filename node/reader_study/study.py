@@ -26,6 +26,14 @@ from shared.synthetic import SyntheticSet, SyntheticSetError
 DEFAULT_IMAGES = 100
 
 
+def open_store(site_dir: Path) -> SiteStore:
+    """The site store, or a reader-study error saying how to make one."""
+    try:
+        return SiteStore.open(site_dir)
+    except StoreError as exc:
+        raise ReaderStudyError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Item:
     """One image of the study. ``ref`` is the real image id or the synthetic set index; it
@@ -52,10 +60,7 @@ class Sources:
     def open(cls, site_dir: Path, synthetic_name: str) -> Sources:
         """Load both, with a clear error when either is missing or they do not fit together."""
         site_dir = Path(site_dir)
-        try:
-            store = SiteStore.open(site_dir)
-        except StoreError as exc:
-            raise ReaderStudyError(f"{exc}") from None
+        store = open_store(site_dir)
         syn_dir = site_dir / "synthetic" / synthetic_name
         if not (syn_dir / "set.json").exists():
             raise ReaderStudyError(

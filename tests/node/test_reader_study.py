@@ -193,6 +193,7 @@ def test_no_test_split_or_no_synthetic_set_is_a_clear_error(tmp_path: Path) -> N
         ReaderStudy.open(site, "other", synthetic_name="small")
     with pytest.raises(ReaderStudyError, match="no site store"):
         ReaderStudy.open(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()  # a mistyped --site-dir leaves nothing behind
 
 
 def test_non_loopback_bind_needs_a_token(site: Path) -> None:
