@@ -311,7 +311,7 @@ def _reader_studies_html(accepted: list[dict[str, Any]]) -> str:
     return ("<h2>Reader studies (blind, real vs synthetic)</h2><p>Clinicians at the site were "
             "shown the site's real test images and synthetic images, shuffled, and asked which "
             "is which. Accuracy near 0.5 means they could not tell them apart. Pooled over "
-            "the site's finished readers, Wilson 95 % CI; signed with the bundle.</p>"
+            "the site's finished readers, with 95 % CIs; signed with the bundle.</p>"
             "<table><tr><th>Site</th><th>Readers</th><th>Images real / synthetic</th>"
             "<th>Accuracy</th><th>Synthetic called real</th><th>Class agreement "
             "(synthetic)</th><th>Verdict</th><th>Study on the pooled set</th></tr>"

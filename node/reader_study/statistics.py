@@ -5,8 +5,11 @@ Accuracy is a binomial proportion; its CI is Wilson's score interval, which stay
 rarely looks at more than a few hundred images), unlike the normal approximation.
 
 Pooled numbers add every finished reader's answers. Readers share the images, so pooled
-answers are not independent: the pooled CI is a little too narrow when readers agree on the
-same hard images. The page and the summary say so (``pooled_ci_note``).
+answers are not independent (readers agree on the same hard images) and Wilson's interval
+would be too narrow. With two or more finished readers a pooled CI is therefore the wider of
+Wilson's and a cluster bootstrap that resamples *images* with all their answers
+(:func:`cluster_bootstrap_ci`); it still treats the readers as fixed, which the summary says
+(``pooled_ci_note``).
 
 >>> lo, hi = wilson(53, 100); round(lo, 3), round(hi, 3)
 (0.433, 0.625)
@@ -24,8 +27,9 @@ from typing import Any
 Z95 = 1.959963984540054
 MAX_NULL_CI_WIDTH = 0.2
 """Widest 95 % CI (≈ 100 answers) around 0.5 that still counts as "could not tell them apart"."""
-POOLED_CI_NOTE = ("pooled CI treats answers as independent; readers share images, so it is "
-                  "somewhat too narrow")
+N_BOOT = 2000
+POOLED_CI_NOTE = ("pooled CI: wider of Wilson and a bootstrap over images (readers share them); "
+                  "readers are taken as fixed")
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -71,6 +75,7 @@ class Answer:
     true_class: str | None
     class_call: str | None
     confidence: int | None
+    item: int = -1      # the study's item number: pooled CIs resample images, not answers
 
 
 @dataclass(frozen=True)
@@ -111,23 +116,56 @@ def verdict(accuracy: Proportion) -> str:
     return f"readers could not tell them apart: {numbers}"
 
 
-def reader_result(answers: Sequence[Answer], total: int) -> ReaderResult:
-    """Every number of one reader (or of several readers' answers pooled)."""
-    correct = sum(a.call == a.truth for a in answers)
+def cluster_bootstrap_ci(hits: Sequence[tuple[int, bool]], n_boot: int = N_BOOT,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile 95 % CI of a proportion whose answers cluster by image: images are drawn with
+    replacement, each bringing all of its answers.
+
+    >>> lo, hi = cluster_bootstrap_ci([(i, i % 2 == 0) for i in range(40)] * 3)
+    >>> bool(lo < 0.5 < hi), bool(hi - lo > 0.25)  # 40 images, not 120 independent answers
+    (True, True)
+    """
+    import numpy as np
+
+    items = sorted({i for i, _ in hits})
+    index = {item: j for j, item in enumerate(items)}
+    k = np.zeros(len(items))
+    m = np.zeros(len(items))
+    for item, hit in hits:
+        m[index[item]] += 1
+        k[index[item]] += hit
+    draws = np.random.default_rng(seed).integers(0, len(items), size=(n_boot, len(items)))
+    ratios = k[draws].sum(axis=1) / m[draws].sum(axis=1)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def _share(hits: Sequence[tuple[int, bool]], clustered: bool) -> Proportion:
+    p = Proportion.of(sum(h for _, h in hits), len(hits))
+    if not clustered or p.ci_low is None or p.ci_high is None:
+        return p
+    lo, hi = cluster_bootstrap_ci(hits)
+    return Proportion(p.k, p.n, p.value, min(p.ci_low, lo), max(p.ci_high, hi))
+
+
+def reader_result(answers: Sequence[Answer], total: int, clustered: bool = False
+                  ) -> ReaderResult:
+    """Every number of one reader, or of several readers' answers pooled (``clustered``: CIs
+    allow for readers sharing images)."""
     syn = [a for a in answers if a.truth == "synthetic"]
     real = [a for a in answers if a.truth == "real"]
     syn_cls = [a for a in syn if a.class_call is not None and a.true_class is not None]
     real_cls = [a for a in real if a.class_call is not None and a.true_class is not None]
     conf = [a.confidence for a in answers if a.confidence is not None]
-    acc = Proportion.of(correct, len(answers))
+    acc = _share([(a.item, a.call == a.truth) for a in answers], clustered)
     return ReaderResult(
         answered=len(answers), total=total, accuracy=acc,
-        synthetic_called_real=Proportion.of(sum(a.call == "real" for a in syn), len(syn)),
-        real_called_synthetic=Proportion.of(sum(a.call == "synthetic" for a in real), len(real)),
-        class_agreement_synthetic=Proportion.of(
-            sum(a.class_call == a.true_class for a in syn_cls), len(syn_cls)),
-        class_agreement_real=Proportion.of(
-            sum(a.class_call == a.true_class for a in real_cls), len(real_cls)),
+        synthetic_called_real=_share([(a.item, a.call == "real") for a in syn], clustered),
+        real_called_synthetic=_share([(a.item, a.call == "synthetic") for a in real], clustered),
+        class_agreement_synthetic=_share(
+            [(a.item, a.class_call == a.true_class) for a in syn_cls], clustered),
+        class_agreement_real=_share(
+            [(a.item, a.class_call == a.true_class) for a in real_cls], clustered),
         mean_confidence=round(sum(conf) / len(conf), 3) if conf else None,
         verdict=verdict(acc),
     )
@@ -137,12 +175,13 @@ def pooled_result(per_reader: Iterable[tuple[ReaderResult, Sequence[Answer]]]) -
     """Pooled over *finished* readers only: a half-done reader would tilt the numbers and
     showing their running accuracy would unblind them."""
     answers: list[Answer] = []
-    total = 0
+    total = finished = 0
     for result, ans in per_reader:
         if result.finished:
             answers.extend(ans)
             total += result.total
-    return reader_result(answers, total)
+            finished += 1
+    return reader_result(answers, total, clustered=finished >= 2)
 
 
 def result_dict(r: ReaderResult) -> dict[str, Any]:

@@ -250,7 +250,8 @@ class StudyDB:
     def answers(self, study: str, reader: str) -> list[Answer]:
         with self._connect() as con:
             rows = con.execute(
-                "SELECT i.truth, a.call, i.class_name, a.class_call, a.confidence FROM answers a "
+                "SELECT i.truth, a.call, i.class_name, a.class_call, a.confidence, a.item_no "
+                "FROM answers a "
                 "JOIN items i ON i.study = a.study AND i.item_no = a.item_no "
                 "WHERE a.study = ? AND a.reader = ? ORDER BY a.item_no", (study, reader))
             return [Answer(*r) for r in rows]

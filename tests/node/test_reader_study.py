@@ -66,6 +66,23 @@ def test_reader_result_counts_each_rate_on_its_own_denominator() -> None:
     assert r.mean_confidence == 3.0 and not r.finished
 
 
+def test_pooled_ci_allows_for_readers_sharing_images() -> None:
+    """Two readers who agree on every image carry little more information than one: the
+    pooled CI must not shrink as if 2n answers were independent."""
+    from node.reader_study.statistics import pooled_result
+
+    answers = [Answer("real" if i % 2 else "synthetic", "real", None, None, None, item=i)
+               for i in range(40)]
+    one = reader_result(answers, total=40)
+    pooled = pooled_result([(one, answers), (one, answers)])
+    naive = Proportion.of(40, 80)
+    assert (pooled.accuracy.k, pooled.accuracy.n) == (40, 80)
+    assert pooled.accuracy.ci_high - pooled.accuracy.ci_low > \
+        1.25 * (naive.ci_high - naive.ci_low)
+    alone = pooled_result([(one, answers)])  # one finished reader: the reader's own numbers
+    assert alone.accuracy == one.accuracy
+
+
 # -- the study -------------------------------------------------------------------------------
 def test_study_is_real_test_images_and_class_matched_synthetic(site: Path) -> None:
     s = ReaderStudy.open(site, readers=["Ann"])
