@@ -143,7 +143,7 @@ class ReaderStudy:
 
     def write_summary(self) -> Path:
         """Write the numbers-only summary where ``node export`` picks it up."""
-        from shared.config import atomic_write_bytes
+        from shared.files import atomic_write_bytes
 
         path = self.site_dir / SUMMARY_PATH
         atomic_write_bytes(path, (json.dumps(self.summary(), indent=2) + "\n").encode())
