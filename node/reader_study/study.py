@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 from node.errors import ReaderStudyError, StoreError
 from node.store import ClassMode, SiteStore
-from shared.synthetic import SyntheticSet, SyntheticSetError
+from shared.errors import SyntheticSetError
+from shared.synthetic import SyntheticSet
 
 DEFAULT_IMAGES = 100
 
