@@ -3,6 +3,7 @@ browser downloaded at test time). ``None`` makes those tests skip with an instal
 
 from __future__ import annotations
 
+import os
 import shutil
 
 
@@ -11,4 +12,7 @@ def chromium_path() -> str | None:
         found = shutil.which(name)
         if found:
             return found
+    if os.environ.get("SYNTHLEARN_REQUIRE_CHROMIUM") == "1":
+        raise RuntimeError("SYNTHLEARN_REQUIRE_CHROMIUM=1 but no chromium on PATH: "
+                           "`make chromium` installs Debian's package")
     return None
