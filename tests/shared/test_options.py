@@ -17,6 +17,7 @@ ZERO_ALLOWED = {
     ("node", "preprocess", "--workers"), ("node", "import-npz", "--size"),
     ("node", "train", "--seed"), ("node", "baseline", "--seed"), ("node", "generate", "--seed"),
     ("node", "audit", "--max-copy-rate"), ("coordinator", "train", "--patience"),
+    ("node", "reader-study", "--seed"),
 }
 """Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early)."""
 
