@@ -46,6 +46,7 @@ def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
              seed: int = _D["seed"], fresh: bool = True,
              timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from shared.files import atomic_write_json
     from shared.flower_proc import loopback_federation
 
     out = out.absolute()
@@ -100,7 +101,7 @@ def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
            "flower_status": row.get("status"), "sites": sites, "scale": scale, "size": size,
            "model": model, "gan_minutes": gan_minutes, "n_synthetic": n_synthetic,
            "cnn_minutes": cnn_minutes, "classes": classes, "seed": seed}
-    (out / "demo-timing.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(out / "demo-timing.json", doc, sort_keys=False)
     report_json = work / "report" / "report.json"
     if report_json.exists():
         print_site_table(json.loads(report_json.read_text()))

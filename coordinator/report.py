@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 
 RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
                "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
@@ -37,7 +37,17 @@ COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
 
 
 def _num(x: Any, digits: int = 3) -> str:
-    return "–" if x is None else f"{float(x):.{digits}f}"
+    """A number for the page; anything else a site may have signed (a string, NaN) is "–"."""
+    v = _finite(x)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _finite(x: Any) -> float | None:
+    import math
+
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return float(x)
 
 
 def utility_ratio(pooled: dict[str, Any] | None, reference: dict[str, Any] | None) -> float | None:
@@ -99,9 +109,13 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
 def gain_by_joining(pooled: dict[str, Any] | None) -> dict[str, Any] | None:
     """The site's paired comparison pooled − local real (signed inside the pooled record)."""
     paired = (pooled or {}).get("paired_vs_local")
-    if not isinstance(paired, dict) or paired.get("delta") is None:
+    if not isinstance(paired, dict) or _finite(paired.get("delta")) is None:
         return None
-    return paired
+    # Signed by the site, still the site's word: only finite numbers reach the page.
+    out: dict[str, Any] = {k: _finite(paired.get(k)) for k in (
+        "delta", "p_value", "auc_a", "auc_b", "ci_low", "ci_high", "se")}
+    out["test"] = str(paired.get("test", "paired test"))[:80]
+    return out
 
 
 def gain_sentence(site: str, gain: dict[str, Any], n_test: Any = None) -> str:
@@ -229,8 +243,10 @@ def _gain_svg(rows: list[dict[str, Any]]) -> str:
     if not shown:
         return ""
     left, width, row_h = 130, 560, 26
-    lo = min(-0.1, min(float(r["gain"].get("ci_low", r["gain"]["delta"])) for r in shown))
-    hi = max(0.1, max(float(r["gain"].get("ci_high", r["gain"]["delta"])) for r in shown))
+    lo = min(-0.1, *(r["gain"]["ci_low"] if r["gain"].get("ci_low") is not None
+                     else r["gain"]["delta"] for r in shown))
+    hi = max(0.1, *(r["gain"]["ci_high"] if r["gain"].get("ci_high") is not None
+                    else r["gain"]["delta"] for r in shown))
     lo, hi = max(lo, -1.0), min(hi, 1.0)
     height = 34 + len(shown) * row_h
 
@@ -246,8 +262,8 @@ def _gain_svg(rows: list[dict[str, Any]]) -> str:
         g = r["gain"]
         d = float(g["delta"])
         cy = 30 + i * row_h
-        colour = "#1a7f37" if d > 0 and float(g.get("p_value", 1.0)) < 0.05 else (
-            "#b42318" if d < 0 and float(g.get("p_value", 1.0)) < 0.05 else "#9a9a9a")
+        sig = g.get("p_value") is not None and g["p_value"] < 0.05
+        colour = "#1a7f37" if d > 0 and sig else ("#b42318" if d < 0 and sig else "#9a9a9a")
         x0, x1 = sorted((x(0), x(d)))
         parts.append(f'<text x="0" y="{cy + 4}" font-weight="600">{html.escape(r["site"])}'
                      '</text>')
@@ -453,6 +469,7 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(f"<p>Pooled: {pool.get('images', 0)} images ({counts}); "
                f"{pool.get('duplicates_dropped', 0)} duplicate images and "
                f"{pool.get('balanced_dropped', 0)} for class balance dropped.</p>")
+    out.append(_reader_studies_html(acc))
     if cnn:
         out.append(f"<h2>Downstream CNN</h2><p>Trained on <b>{cnn.get('n_images')} synthetic "
                    f"images</b> only ({cnn.get('epochs_run')} epochs, stopped by "
@@ -468,3 +485,53 @@ def render_html(report: dict[str, Any]) -> str:
     out.append("<p class='sub'>Machine-readable copy: <code>report.json</code> (same folder)."
                "</p></body></html>")
     return "\n".join(out)
+
+
+def _share(p: Any) -> str:
+    """A signed proportion as "0.53 [0.45, 0.61] (k/n)"; '–' for anything that is not one
+    (a bundle is a hostile sender's message: never trust its types)."""
+    if not isinstance(p, dict):
+        return "–"
+    vals = [p.get(k) for k in ("value", "ci_low", "ci_high")]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+               for v in vals):
+        return "–"
+    k, n = p.get("k"), p.get("n")
+    counts = f" ({k}/{n})" if isinstance(k, int) and isinstance(n, int) else ""
+    return f"{vals[0]:.2f} [{vals[1]:.2f}, {vals[2]:.2f}]{counts}"
+
+
+def _reader_studies_html(accepted: list[dict[str, Any]]) -> str:
+    """The sites' blind real-vs-synthetic reader studies (``node reader-study``), if any
+    bundle carries one: numbers only, signed with the bundle."""
+    esc = html.escape
+    rows = []
+    for a in accepted:
+        metrics = a.get("metrics")
+        rs = metrics.get("reader_study") if isinstance(metrics, dict) else None
+        if not isinstance(rs, dict):
+            continue
+        pooled = rs["pooled"] if isinstance(rs.get("pooled"), dict) else {}
+        images = rs["images"] if isinstance(rs.get("images"), dict) else {}
+        match = rs.get("matches_bundle_set")
+        same = ("yes" if match is True else
+                "<span class='warn'>no: another set</span>" if match is False else "–")
+        rows.append(
+            f"<tr><td>{esc(str(a.get('site')))}</td>"
+            f"<td class='n'>{esc(str(rs.get('readers_finished', '–')))}</td>"
+            f"<td class='n'>{esc(str(images.get('real', '–')))} / "
+            f"{esc(str(images.get('synthetic', '–')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('accuracy')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('synthetic_called_real')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('class_agreement_synthetic')))}</td>"
+            f"<td>{esc(str(rs.get('verdict', '')))}</td><td>{same}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Reader studies (blind, real vs synthetic)</h2><p>Clinicians at the site were "
+            "shown the site's real test images and synthetic images, shuffled, and asked which "
+            "is which. Accuracy near 0.5 means they could not tell them apart. Pooled over "
+            "the site's finished readers, with 95 % CIs; signed with the bundle.</p>"
+            "<table><tr><th>Site</th><th>Readers</th><th>Images real / synthetic</th>"
+            "<th>Accuracy</th><th>Synthetic called real</th><th>Class agreement "
+            "(synthetic)</th><th>Verdict</th><th>Study on the pooled set</th></tr>"
+            + "".join(rows) + "</table>")

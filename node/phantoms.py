@@ -402,7 +402,7 @@ def make_site(out: Path, index: int, seed: int = 0, scale: float = 1.0,
               size: int | None = None,
               profiles: tuple[SiteProfile, ...] = SITE_PROFILES) -> Path:
     """One site folder: ``dicom/*.dcm``, ``labels.csv`` (VinDr style + boxes)."""
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     prof = _profile(index, seed, profiles)
     letter = _letter(index)

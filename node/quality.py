@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_json
 
 QUALITY_FILE = "synthetic-quality.json"
 
@@ -43,7 +43,7 @@ def score_synthetic(site_dir: Path, synthetic_name: str, cfg: Any = None, *,
     from node.evaluate import score_test_split
     from node.store import SiteStore
     from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier
-    from shared.metrics.auc import MetricError, auc_with_ci, macro_auc_with_ci
+    from shared.metrics.auc import MetricError, class_auc_with_ci
     from shared.metrics.distribution import distribution_scores
     from shared.metrics.encoders import get_encoder
     from shared.synthetic import SyntheticSet
@@ -72,9 +72,7 @@ def score_synthetic(site_dir: Path, synthetic_name: str, cfg: Any = None, *,
             if probs.shape[1] != len(syn.class_names):
                 raise MetricError(f"the local CNN predicts {probs.shape[1]} classes, the "
                                   f"synthetic set has {len(syn.class_names)}")
-            res = (auc_with_ci(syn.labels, probs[:, 1], n_boot=n_boot, seed=seed)
-                   if probs.shape[1] == 2 else
-                   macro_auc_with_ci(syn.labels, probs, n_boot=n_boot, seed=seed))
+            res = class_auc_with_ci(syn.labels, probs, n_boot=n_boot, seed=seed)
             record["gan_test"] = {"auc": res.auc, "ci_low": res.ci_low, "ci_high": res.ci_high,
                                   "accuracy": float((probs.argmax(1) == syn.labels).mean())}
         except Exception as exc:
@@ -91,8 +89,7 @@ def score_synthetic(site_dir: Path, synthetic_name: str, cfg: Any = None, *,
     record["seconds"] = round(time.monotonic() - t0, 2)
     record["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     record = json.loads(json.dumps(record, default=_plain))
-    atomic_write_bytes(site_dir / "metrics" / QUALITY_FILE,
-                       (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(site_dir / "metrics" / QUALITY_FILE, record)
     return record
 
 

@@ -22,7 +22,8 @@ def command(
     sites: int = typer.Option(_D["sites"], "--sites", min=1, max=8,
                               help="Number of phantom sites."),
     scale: float = typer.Option(_D["scale"], "--scale", min=0.05, help="Phantom image count "
-                                "factor (1.0 = 700 / 360 / 600 images at sites a / b / c)."),
+                                "factor (1.0 = 700 / 360 / 600 images at sites a / b / c).",
+                                callback=positive),  # click's min= lets NaN through
     size: int = typer.Option(_D["size"], "--size", help="Store / GAN resolution (power of "
                              "two).", callback=positive),
     model: str = typer.Option(_D["model"], "--model", help="gan or spinegan (each site's "

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.report import build_report, utility_ratio, write_report
+from coordinator.report import build_report, render_html, utility_ratio, write_report
+from tests.chromium import chromium_path
 
 
 def _rec(auc: float) -> dict[str, Any]:
@@ -110,15 +110,7 @@ def test_utility_ratio_needs_both_numbers() -> None:
     assert utility_ratio({"auc": None}, {"auc": 0.5}) is None
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: "
+@pytest.mark.skipif(chromium_path() is None, reason="headless Chromium not installed (Debian: "
                     "apt-get install chromium); the screenshot check runs where it is")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     import numpy as np
@@ -131,7 +123,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
                          ["normal", "abnormal"])
     html_path, _ = write_report(sample_report({"site-a": grids, "site-b": grids}), tmp_path)
     shot = tmp_path / "report.png"
-    subprocess.run([str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu",
+    subprocess.run([str(chromium_path()), "--headless", "--no-sandbox", "--disable-gpu",
                     "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2400",
                     html_path.as_uri()], check=True, capture_output=True, timeout=120)
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
@@ -157,3 +149,40 @@ def test_lesion_mode_shows_macro_auc_and_a_per_class_table(tmp_path: Path) -> No
     page = write_report(report, tmp_path)[0].read_text()
     assert "Macro AUC (one vs rest) per site" in page
     assert "Per-class AUC" in page and "Surgical implant" in page and "0.990" in page
+
+
+def test_report_shows_a_bundles_reader_study_and_survives_hostile_values() -> None:
+    good = {"readers_finished": 2, "images": {"real": 50, "synthetic": 50},
+            "pooled": {"accuracy": {"k": 53, "n": 100, "value": 0.53, "ci_low": 0.43,
+                                    "ci_high": 0.62}},
+            "verdict": "readers could not tell them apart: accuracy 0.53 [0.43, 0.62]",
+            "matches_bundle_set": True}
+    hostile = {"readers_finished": "<script>x</script>", "images": [1],
+               "pooled": {"accuracy": {"value": "NaN", "ci_low": -3, "ci_high": "x"}},
+               "verdict": "<img src=x onerror=alert(1)>", "matches_bundle_set": False}
+    report = {"run": "r", "created_at": "t", "software_version": "0", "sites": [],
+              "pool": {"accepted": [{"site": "a", "metrics": {"reader_study": good}},
+                                    {"site": "b", "metrics": {"reader_study": hostile}},
+                                    {"site": "c", "metrics": "junk"}]}}
+    page = render_html(report)
+    assert "Reader studies" in page and "0.53 [0.43, 0.62] (53/100)" in page
+    assert "<script>x" not in page and "<img src=x" not in page
+    assert "another set" in page
+
+
+def test_hostile_gain_and_quality_numbers_do_not_break_the_page(tmp_path: Path) -> None:
+    """A site signs its own numbers: strings, NaN and markup in them are shown as '–'."""
+    pooled = {**_rec(0.9), "paired_vs_local": {"delta": 0.1, "p_value": "<b>0</b>",
+                                               "ci_low": float("nan"), "auc_a": "x",
+                                               "test": "<script>t</script>"}}
+    bad_q = {"gan_train": {"auc": "<i>1</i>", "ci_low": None}, "distribution": {
+        "fd": "NaN", "precision": [1], "encoder": "<script>e</script>"}}
+    sites = {"site-a": {"status": "ok", "baseline": _rec(0.8), "pooled": pooled,
+                        "bundle": {"site": "site-a", "metrics": {"synthetic-quality": bad_q}}},
+             "site-b": {"status": "ok", "baseline": _rec(0.8), "pooled": {
+                 **_rec(0.9), "paired_vs_local": {"delta": "big"}}}}
+    page = write_report(build_report(run="r", sites=sites, pool=None, cnn=None),
+                        tmp_path)[0].read_text()
+    assert "site-a: +0.10 AUC by joining (– → –)" in page
+    assert "<script>" not in page and "<i>1</i>" not in page and "<b>0</b>" not in page
+    assert "site-b: " not in page.split("Gain by joining")[1].split("</ul>")[0]
