@@ -19,3 +19,7 @@ class PoolError(CoordinatorError):
 
 class ReportError(CoordinatorError):
     """Evaluation replies or run results cannot be turned into a report."""
+
+
+class KeyChangedError(StateError):
+    """A known site now signs with another key: the run stops until a person checks why."""

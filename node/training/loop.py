@@ -414,8 +414,20 @@ def train(site_dir: Path, cfg: GanConfig, run_name: str = "default",
     """Train (or resume) ``SITE/runs/<run_name>`` on the site's real train split."""
     site_dir = Path(site_dir)
     images, labels, names, store_size = load_site_data(site_dir, cfg.classes)
-    return train_arrays(images, labels, names, cfg, site_dir / "runs" / run_name,
-                        store_size=store_size, progress=progress, where=site_dir)
+    run_dir = site_dir / "runs" / run_name
+    started = time.time()
+    try:
+        return train_arrays(images, labels, names, cfg, run_dir, store_size=store_size,
+                            progress=progress, where=site_dir)
+    finally:
+        # Every DP run's spend goes into the site's privacy ledger, interrupted runs too
+        # (their metrics.json is written before the interrupt propagates).
+        summary_path = run_dir / "metrics.json"
+        if cfg.dp and summary_path.exists() and summary_path.stat().st_mtime >= started - 1:
+            from node.privacy_ledger import record_dp_report
+
+            record_dp_report(site_dir, json.loads(summary_path.read_text()).get("dp"),
+                             run_name)
 
 
 def train_arrays(
