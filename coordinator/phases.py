@@ -158,9 +158,9 @@ class Run:
             if problem is None and site in self._sites.values():
                 problem = f"node {node} also claims site {site!r}; only the first is used"
             if problem is not None:
-                self.log(f"node {node}: ping refused: {problem}")
-                if site and site not in self._sites.values():
-                    self._mark(site, "excluded", f"ping: {problem}")
+                # Recorded under the node, not the name it claims: an impostor's ping must
+                # not change the verdict of the site it pretends to be.
+                self._mark(f"node-{node}", "excluded", f"ping claiming site {site!r}: {problem}")
                 continue
             self._sites[node] = site
             if site not in known:  # a resumed run keeps earlier verdicts
