@@ -139,7 +139,6 @@ def test_a_changed_key_for_a_known_site_stops_the_run(fed: dict[str, Any],
                                                       tmp_path: Path) -> None:
     from coordinator.errors import KeyChangedError
     from coordinator.state import CoordinatorState
-    from shared.signing import generate_keypair
 
     work = tmp_path / "work"
     state = CoordinatorState(work / "state.db")
@@ -147,13 +146,12 @@ def test_a_changed_key_for_a_known_site_stops_the_run(fed: dict[str, Any],
     cfg = {**_cfg(tmp_path, fed["trust"]), "stop-after": "ping"}
     run = Run(settings_from_run_config(cfg), LocalTransport(_node_cfg(fed["sites"])),
               state=state, log=lambda _: None)
-    with pytest.raises(KeyChangedError, match="site 'site-a' now signs with key .* but this "
-                       "coordinator knows it by key 0000:"):
+    with pytest.raises(KeyChangedError, match=r"site 'site-a' now signs with key .* but this "
+                       r"coordinator knows it by key 0000:"):
         run.sites()
     assert state.forget_site_key("site-a")
     run._sites = None
     assert sorted(run.sites().values()) == ["site-a", "site-b"]
-    del generate_keypair
 
 
 # -- replay, types, malformed replies -----------------------------------------------------------

@@ -38,7 +38,7 @@ def test_a_damaged_ledger_stops_instead_of_under_counting(tmp_path: Path) -> Non
     record_spend(tmp_path, 2.0, 1e-5)
     with (tmp_path / "privacy-ledger.jsonl").open("a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(LedgerError, match="privacy-ledger.jsonl:2: not a ledger entry"):
+    with pytest.raises(LedgerError, match=r"privacy-ledger\.jsonl:2: not a ledger entry"):
         spent(tmp_path)
     with pytest.raises(LedgerError, match="not a spend"):
         record_spend(tmp_path, float("nan"), 1e-5)

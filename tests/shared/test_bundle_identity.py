@@ -19,7 +19,7 @@ from shared.signing import (
     load_trust,
     sign_bytes,
 )
-from tests.shared.test_bundle import env, make, member, rewrite  # noqa: F401  (fixture)
+from tests.shared.test_bundle import make, member, rewrite
 
 
 def resigned(env: dict[str, Path], src: Path, change: dict[str, Any], name: str) -> Path:
@@ -49,13 +49,13 @@ def test_a_bundle_claiming_another_sites_name_is_refused(env: dict[str, Path]) -
 
 def test_one_key_under_two_site_names_is_refused(env: dict[str, Path]) -> None:
     (env["trust"] / "site-z.pub").write_bytes((env["keys"] / PUBLIC_NAME).read_bytes())
-    with pytest.raises(SigningError, match="site-a.pub and site-z.pub hold the same key"):
+    with pytest.raises(SigningError, match=r"site-a\.pub and site-z\.pub hold the same key"):
         load_trust(env["trust"])
 
 
 def test_a_bundle_without_an_audit_summary_is_refused(env: dict[str, Path]) -> None:
     bare = resigned(env, make(env), {"audit": None}, "bare.slbundle")
-    with pytest.raises(BundleError, match="carries no memorization-audit summary") as err:
+    with pytest.raises(BundleError, match=r"carries no memorization-audit summary") as err:
         verify_bundle(bare, env["trust"], require_gates=False)
     assert err.value.reason == "no-audit"
 
