@@ -73,6 +73,7 @@ little endian, or explicit big endian), so that it decodes like any other.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,8 +325,6 @@ def codestream_size(frame: bytes) -> tuple[int, int] | None:
     """(rows, columns) a compressed frame declares in its own header — JPEG / JPEG-LS SOF or
     JPEG 2000 SIZ — or None when it declares none this parser knows (RLE: sized by the
     DICOM header). Reads at most the first 64 KiB; decodes nothing."""
-    import struct
-
     head = frame[:65536]
     if head[:2] == b"\xff\xd8":  # JPEG family: walk the markers up to the frame header
         pos = 2
@@ -354,11 +353,11 @@ def codestream_size(frame: bytes) -> tuple[int, int] | None:
 def _check_frame_size(ds: Any, rows: int, cols: int, label: str) -> None:
     """The first compressed frame's own declared size must be the header's Rows × Columns:
     decoders allocate what the codestream declares, whatever the DICOM header says."""
-    from pydicom.encaps import generate_fragments
+    from pydicom.encaps import generate_frames
 
     try:
-        first = next(iter(generate_fragments(ds.PixelData)), b"")
-    except (ValueError, StopIteration, TypeError, KeyError):
+        first = next(iter(generate_frames(ds.PixelData, number_of_frames=1)), b"")
+    except (ValueError, StopIteration, TypeError, KeyError, struct.error):
         return  # malformed encapsulation: the decoder reports it as a decode error
     declared = codestream_size(first)
     if declared is None:
