@@ -13,12 +13,12 @@ weights SHA-256s, verdict (``answered`` / ``refused``) and the reason.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from shared.config import append_jsonl
 from shared.errors import RequestRefusedError
 
 LOG_NAME = "evaluation-log.jsonl"
@@ -53,12 +53,7 @@ def append(site_dir: Path, request: Mapping[str, Any], verdict: str, reason: str
            "weights_sha256": str(request.get("weights-sha256", "")),
            "own_weights_sha256": str(request.get("own-weights-sha256", "")),
            "verdict": verdict, "reason": reason}
-    path = log_path(site_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(log_path(site_dir), rec)
 
 
 def check_allowed(site_dir: Path, request: Mapping[str, Any], *, per_run: int,

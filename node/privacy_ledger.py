@@ -74,18 +74,13 @@ def entries(site_dir: Path) -> list[dict[str, Any]]:
 def record_spend(site_dir: Path, epsilon: float, delta: float, *, run: str = "",
                  source: str = "gan_training") -> dict[str, Any]:
     """Append one DP run's spend (fsync'd: a crash after training must not forget it)."""
-    import os
+    from shared.config import append_jsonl
 
     if not (math.isfinite(epsilon) and epsilon >= 0 and math.isfinite(delta) and delta >= 0):
         raise LedgerError(f"refusing to record ε {epsilon} / δ {delta}: not a spend")
     rec = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "run": run,
            "epsilon": float(epsilon), "delta": float(delta), "source": source}
-    path = ledger_path(site_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(ledger_path(site_dir), rec)
     return rec
 
 

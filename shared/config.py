@@ -212,6 +212,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it: for logs a site counts on (a privacy ledger, an
+    evaluation log), where a crash must not forget an entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_resolved(config: Any, run_dir: Path, name: str = "config.json") -> Path:
     """Write the resolved config next to a run's outputs and return its path."""
     path = run_dir / name

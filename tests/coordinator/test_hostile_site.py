@@ -75,6 +75,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         run_baseline(site, ClassifierConfig(epochs=1, width=4, batch=16, patience=0),
                      progress=False)
     trust = trust_folder(root, sites)
+    from node.privacy_ledger import record_spend
+
+    record_spend(sites["site-a"], 3.25, 1e-5, run="an earlier DP run")
     run = Run(settings_from_run_config(_cfg(root, trust, **{"run-name": "honest"})),
               LocalTransport(_node_cfg(sites)), log=lambda _: None)
     report = run.execute()
@@ -226,6 +229,15 @@ def test_a_bundle_id_is_refused_in_any_later_run_under_the_same_name(
     state.finish_phase("files", "train", {})  # the pool was used: this run is closed
     later = pool_bundles(bundles, fed["trust"], state, "files")
     assert not later.accepted and {r["reason"] for r in later.rejected} == {"replayed"}
+
+
+def test_the_report_shows_each_sites_signed_cumulative_epsilon(fed: dict[str, Any]) -> None:
+    doc = json.loads(Path(fed["report"]["json"]).read_text())
+    ledgers = {a["site"]: a["privacy_ledger"] for a in doc["pool"]["accepted"]}
+    assert ledgers["site-a"]["cumulative_epsilon"] == 3.25 and ledgers["site-a"]["dp_runs"] == 1
+    assert ledgers["site-b"]["cumulative_epsilon"] == 0.0
+    page = Path(fed["report"]["html"]).read_text()
+    assert "Site's Σε" in page and "<td class='n'>3.25</td>" in page
 
 
 # -- audit verify on the report ----------------------------------------------------------------
