@@ -186,7 +186,8 @@ class Run:
             check_signer(payload.get("site"), str(record["key_fingerprint"]),  # type: ignore[index]
                          Path(self.s.trust_dir), "ping")
         except (SigningError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            return site, f"unsigned or untrusted ping ({str(exc)[:300]})"
+            return site, (f"unsigned or untrusted ping [{getattr(exc, 'reason', 'malformed')}]: "
+                          f"{str(exc)[:300]}")
         if payload.get("site") != site:
             return site, f"signed ping names {str(payload.get('site'))[:64]!r}"
         if payload.get("run_tag") != self.run:

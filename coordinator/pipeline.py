@@ -60,7 +60,7 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
     for rej in res.rejected:
         site = ((sent_by or {}).get(rej["path"]) or rej.get("site")
                 or Path(rej["path"]).name)
-        mark(state, run, str(site), "excluded",
+        mark(state, run, str(site)[:64], "excluded",
              f"bundle rejected [{rej['reason']}]: {rej['message']}", log)
     for acc in res.accepted:
         state.set_site_status(run, acc["site"], "ok")
