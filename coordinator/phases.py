@@ -33,7 +33,7 @@ from coordinator.pipeline import (
     weights_for,
 )
 from coordinator.state import PHASES, CoordinatorState
-from shared.names import safe_name
+from shared.names import SITE_RE, safe_name
 from shared.protocol import PROTOCOL, Outcome, Transport
 
 
@@ -160,7 +160,8 @@ class Run:
             if problem is not None:
                 # Recorded under the node, not the name it claims: an impostor's ping must
                 # not change the verdict of the site it pretends to be.
-                self._mark(f"node-{node}", "excluded", f"ping claiming site {site!r}: {problem}")
+                # ("node #N" is no pseudonym, so it can never be taken for a site's row.)
+                self._mark(f"node #{node}", "excluded", f"ping claiming site {site!r}: {problem}")
                 continue
             self._sites[node] = site
             if site not in known:  # a resumed run keeps earlier verdicts
@@ -172,7 +173,6 @@ class Run:
         """(claimed site, problem or None). A ping counts only when its signed record names
         the site the signing key belongs to in the trust folder, for this run; a known site
         whose key changed stops the run (:class:`coordinator.errors.KeyChangedError`)."""
-        from shared.names import SITE_RE
         from shared.signing import SigningError, check_signer, verify_record
 
         claimed = str(o.config.get("site", ""))[:64]
@@ -281,6 +281,8 @@ class Run:
         sites = {n: s for n, s in self.sites().items()
                  if statuses.get(s, {}).get("status") in (None, "ok", "excluded")}
         for site, st in statuses.items():
+            if not SITE_RE.match(site):  # a node refused at the ping is not a site
+                continue
             if st["status"] in ("ok", "excluded") and site not in sites.values():
                 self._mark(site, "dropped", "evaluation round: the site's SuperNode did not "
                            "answer the ping before it (no reply within the round's timeout)")

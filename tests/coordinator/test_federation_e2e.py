@@ -214,7 +214,7 @@ def test_tampered_trust_excludes_site_restart_resumes_and_killed_node_is_dropped
     # site-b's ping is signed by a key the trust folder does not hold: its node is excluded
     # (under its node id: an unverified name must not change the named site's verdict).
     (impostor,) = [s for s, st in status.items() if st["status"] == "excluded"]
-    assert impostor.startswith("node-") and "site-b" not in status
+    assert impostor.startswith("node #") and "site-b" not in status
     assert "ping claiming site 'site-b'" in status[impostor]["reason"]
     assert "unknown-key" in status[impostor]["reason"]
     pooled_before = state.phase_result("faults", "pool")

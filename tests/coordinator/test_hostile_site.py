@@ -133,9 +133,9 @@ def test_a_ping_claiming_another_sites_name_is_excluded(fed: dict[str, Any]) -> 
         log=lambda _: None)
     assert run.sites() == {1: "site-a"}
     st = run.state.site_statuses("impostor")
-    assert st["node-2"]["status"] == "excluded"
-    assert "ping claiming site 'site-a'" in st["node-2"]["reason"]
-    assert "signed by the key of 'site-b'" in st["node-2"]["reason"]
+    assert st["node #2"]["status"] == "excluded"
+    assert "ping claiming site 'site-a'" in st["node #2"]["reason"]
+    assert "signed by the key of 'site-b'" in st["node #2"]["reason"]
 
 
 def test_a_changed_key_for_a_known_site_stops_the_run(fed: dict[str, Any],
