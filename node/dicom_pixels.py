@@ -82,7 +82,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import SynthlearnError
+from node.errors import SkipFileError
 
 MIN_SIDE = 128
 """The seed rule: images whose smallest side is under 128 px are excluded."""
@@ -111,15 +111,6 @@ BURNED_IN = "burned-in-annotation"
 FRAME_SIZE = "frame-size-mismatch"
 
 FloatImage = npt.NDArray[np.float32]
-
-
-class SkipFileError(SynthlearnError):
-    """One source file cannot be used; the run goes on. ``reason`` is a short category."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.config import append_jsonl
 from shared.errors import RequestRefusedError
+from shared.files import append_jsonl
 
 LOG_NAME = "evaluation-log.jsonl"
 DAY_S = 24 * 3600

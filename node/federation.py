@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import re
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 from node.site_policy import SitePolicy
 from shared.errors import RequestRefusedError
+from shared.files import sha256_bytes
 from shared.names import safe_name
 from shared.protocol import (
     ACTIONS,
@@ -279,7 +279,7 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
     data = out.read_bytes()
     _self_check_bundle(out, settings)
     cfg = _base("export-bundle", settings)
-    cfg.update({"bundle-sha256": hashlib.sha256(data).hexdigest(),
+    cfg.update({"bundle-sha256": sha256_bytes(data),
                 "bundle-id": str(manifest.get("bundle_id", "")),
                 "seconds": round(time.monotonic() - t0, 2)})
     return Reply(cfg, bundle=data).check()
@@ -429,7 +429,8 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
 def _evaluate(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any],
               weights: Mapping[str, Path]) -> dict[str, Any]:
     from node import evaluation_log
-    from node.evaluate import evaluate_weights, sha256_file
+    from node.evaluate import evaluate_weights
+    from shared.files import sha256_file
     from shared.weights_io import WeightsError
 
     evaluation_log.check_allowed(settings.site, request,
@@ -484,7 +485,7 @@ def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
 def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = None,
                         key_dir: Path | None = None) -> Path:
     """Air-gapped path: answer ``request.json`` (weights beside it) with a signed reply file."""
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     request_file = Path(request_file)
     try:

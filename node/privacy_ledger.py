@@ -32,17 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import RequestRefusedError, SynthlearnError
+from node.errors import LedgerError, PrivacyBudgetError
 
 LEDGER_NAME = "privacy-ledger.jsonl"
-
-
-class PrivacyBudgetError(RequestRefusedError):
-    """Work refused: it would take the site past the lifetime ε its admin set."""
-
-
-class LedgerError(SynthlearnError):
-    """The ledger file is unreadable: the site cannot know what it has spent, so it stops."""
 
 
 def ledger_path(site_dir: Path) -> Path:
@@ -74,7 +66,7 @@ def entries(site_dir: Path) -> list[dict[str, Any]]:
 def record_spend(site_dir: Path, epsilon: float, delta: float, *, run: str = "",
                  source: str = "gan_training") -> dict[str, Any]:
     """Append one DP run's spend (fsync'd: a crash after training must not forget it)."""
-    from shared.config import append_jsonl
+    from shared.files import append_jsonl
 
     if not (math.isfinite(epsilon) and epsilon >= 0 and math.isfinite(delta) and delta >= 0):
         raise LedgerError(f"refusing to record ε {epsilon} / δ {delta}: not a spend")

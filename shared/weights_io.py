@@ -19,8 +19,8 @@ import numpy.typing as npt
 import torch
 
 from shared.classifier import ResNetClassifier
-from shared.config import atomic_write_bytes
-from shared.errors import SynthlearnError
+from shared.errors import WeightsError
+from shared.files import atomic_write_bytes
 
 META_KEY = "__meta__"
 FORMAT = "synthlearn-weights-1"
@@ -36,10 +36,6 @@ ARCH_BOUNDS = {"num_classes": (2, 16), "width": (1, 128), "in_channels": (1, 1)}
 """What a ResNetClassifier in a weights file may declare: wider nets are refused before any
 tensor is allocated (a width of 4096 would build ~170 GiB of parameters)."""
 ARCH_KEYS = frozenset({"name", "num_classes", "width", "in_channels", "norm"})
-
-
-class WeightsError(SynthlearnError):
-    """A weights file is missing, not an npz state dict, or does not fit the network."""
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:

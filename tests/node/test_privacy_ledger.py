@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from node.errors import LedgerError, PrivacyBudgetError
 from node.privacy_ledger import (
-    LedgerError,
-    PrivacyBudgetError,
     check_budget,
     entries,
     record_spend,
