@@ -21,8 +21,7 @@ import pytest
 from coordinator.local_transport import LocalTransport
 from coordinator.phases import Run, settings_from_run_config
 from shared.protocol import Outcome
-from tests.coordinator.fedutil import make_keyed_site, trust_folder
-from tests.coordinator.test_phases_local import _prepare
+from tests.coordinator.fedutil import audited_stand_in, make_keyed_site, trust_folder
 
 SCRIPT = "<script>document.body.setAttribute('data-'+'pw','xyz')</script>"
 IMG = "<img src=x onerror=\"document.body.setAttribute('data-'+'pw','xyz')\">"
@@ -71,7 +70,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from shared.cnn_train import ClassifierConfig
 
     for i, site in enumerate(sites.values()):
-        _prepare(site, i)
+        audited_stand_in(site, i, n=20)
         run_baseline(site, ClassifierConfig(epochs=1, width=4, batch=16, patience=0),
                      progress=False)
     trust = trust_folder(root, sites)
