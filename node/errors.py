@@ -51,6 +51,10 @@ class SkipFileError(NodeError):
         self.detail = detail
 
 
+class ReaderStudyError(NodeError):
+    """The reader study cannot start or an answer cannot be taken; the message says why."""
+
+
 class LedgerError(NodeError):
     """The privacy ledger is unreadable: the site cannot know what it has spent, so it stops."""
 

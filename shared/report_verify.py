@@ -4,7 +4,7 @@ Why: a report is the coordinator's document, not the sites'. What makes its numb
 trustworthy is that each one was signed by the site that measured it: every per-site AUC, CI
 and count sits next to the signed record it came from (``sites[i].<role>.signed``), and every
 pooled bundle's facts (images, classes, DP ε, the site's cumulative ε from its privacy ledger,
-audit verdict) next to the bundle's signed manifest (``pool.accepted[i].signed_manifest``).
+audit verdict, metrics such as a reader study) next to the bundle's signed manifest (``pool.accepted[i].signed_manifest``).
 ``synthlearn audit verify report.json --trust KEYS`` runs :func:`check_report`: a number that
 differs from its signed source, a record signed by another site's key, or a number without a
 signed source fails, named by its JSON path.
@@ -23,7 +23,7 @@ ROLES = ("baseline", "own", "pooled")
 BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_count",
                  "counts": "counts", "dp": "dp", "audit": "audit",
                  "accepted_risk": "accepted_risk", "privacy_ledger": "privacy_ledger",
-                 "key_fingerprint": "key_fingerprint"}
+                 "metrics": "metrics", "key_fingerprint": "key_fingerprint"}
 """Report field of a pooled bundle → the manifest field it must equal."""
 UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
 

@@ -256,6 +256,7 @@ def _verify(report: Path, trust: Path) -> Any:
     (("pool", "accepted", 0, "images"), 1_000_000),
     (("pool", "accepted", 1, "dp"), {"epsilon_spent": 0.1, "delta": 1e-9}),
     (("pool", "accepted", 0, "privacy_ledger"), {"cumulative_epsilon": 0.0}),
+    (("pool", "accepted", 1, "metrics"), {"reader_study": {"pooled": {"accuracy": 0.5}}}),
 ])
 def test_audit_verify_checks_every_number_in_a_real_report(
         fed: dict[str, Any], tmp_path: Path, path: tuple[Any, ...], value: Any) -> None:
