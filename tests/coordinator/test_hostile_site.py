@@ -10,7 +10,6 @@ markup. `synthlearn audit verify report.json --trust KEYS` must then check every
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from coordinator.local_transport import LocalTransport
 from coordinator.phases import Run, settings_from_run_config
 from shared.protocol import Outcome
+from tests.chromium import chromium_path
 from tests.coordinator.fedutil import audited_stand_in, make_keyed_site, trust_folder
 
 SCRIPT = "<script>document.body.setAttribute('data-'+'pw','xyz')</script>"
@@ -310,13 +310,13 @@ def test_script_in_every_site_string_is_escaped(tmp_path: Path) -> None:
     assert "&lt;script&gt;" in page and "&lt;img src=x onerror=" in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed "
-                    "(Debian: apt-get install chromium)")
+@pytest.mark.skipif(chromium_path() is None, reason="headless Chromium not installed "
+                    "(`make chromium` installs Debian's package)")
 def test_no_script_runs_when_the_hostile_report_opens_in_chromium(tmp_path: Path) -> None:
     from coordinator.report import write_report
 
     html_path, _ = write_report(hostile_report(), tmp_path)
-    dom = subprocess.run([str(shutil.which("chromium")), "--headless", "--no-sandbox",
+    dom = subprocess.run([str(chromium_path()), "--headless", "--no-sandbox",
                           "--disable-gpu", "--virtual-time-budget=3000", "--dump-dom",
                           html_path.as_uri()], check=True, capture_output=True, text=True,
                          timeout=120).stdout
