@@ -19,3 +19,7 @@ class TrainingError(SynthlearnError):
 
 class CheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or belongs to another configuration."""
+
+
+class DeviceError(TrainingError):
+    """The requested device is absent, or the configuration cannot fit on it."""

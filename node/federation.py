@@ -268,7 +268,9 @@ def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], ta
     from node.training import GanConfig, train
     from shared.config import from_mapping
 
-    cfg = from_mapping(GanConfig, overrides, source="request gan-config")
+    from node.training.presets import with_preset
+
+    cfg = from_mapping(GanConfig, with_preset(overrides), source="request gan-config")
     cap = settings.max_train_minutes
     if cfg.max_minutes is None or cfg.max_minutes > cap:
         cfg = dataclasses.replace(cfg, max_minutes=cap)

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from node.errors import TrainingError
-from node.training.data import images_to_model_space, load_site_data, tensor_to_uint8
+from node.training.data import (
+    describe_transform,
+    images_to_model_space,
+    load_site_data,
+    tensor_to_uint8,
+)
 from node.training.data import to_output_space as _to_output
 from shared.synthetic import SyntheticSet
 
@@ -115,6 +120,8 @@ def generate(
         },
         "dp": meta.get("dp"),
         "class_mode": meta["config"]["classes"],
+        "preset": meta["config"].get("preset", "cpu"),
+        "resize": describe_transform(tf),
     }
     s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info)
     s.save(site_dir / "synthetic" / out_name)
