@@ -175,7 +175,8 @@ class Trainer:
         """Under torchrun, each process its own noise stream (same nets, different z): a
         single process keeps the stream seeded with ``cfg.seed``, so its results are as before."""
         if self.dist.active:
-            torch.manual_seed(self.cfg.seed + 104729 * (self.dist.rank + 1) + self.step_count)
+            step = getattr(self, "step_count", 0)
+            torch.manual_seed(self.cfg.seed + 104729 * (self.dist.rank + 1) + step)
 
     # -- DP ------------------------------------------------------------------------------
     def _plan_dp_budgets(self, uses_spine: bool) -> dict[str, tuple[float, float]]:
