@@ -30,7 +30,18 @@ from node.training.data import to_output_space as _to_output
 from shared.synthetic import SyntheticSet
 
 BATCH = 256
+"""Images per generator call at ≤ 64²; larger sides use fewer (:func:`batch_for`)."""
 MAX_DRAW_FACTOR = 50
+
+
+def batch_for(resolution: int) -> int:
+    """Images per call, so one call holds about as many pixels as 256 images at 64²: a 512²
+    generator at 256 images per call would need gigabytes per activation.
+
+    >>> batch_for(32), batch_for(128), batch_for(512)
+    (256, 64, 16)
+    """
+    return max(16, BATCH * 64 * 64 // max(resolution * resolution, 64 * 64))
 
 
 def load_generator(site_dir: Path, run_name: str = "default") -> tuple[Any, dict[str, Any]]:
@@ -92,7 +103,7 @@ def generate(
                         f"{names[k]!r} at threshold {filter_threshold}; lower --filter or train "
                         "longer"
                     )
-                b = BATCH
+                b = batch_for(G.resolution)
                 z = torch.randn(b, z_dim, generator=gen)
                 c = torch.full((b,), k, dtype=torch.long)
                 x = G(z, c, truncation=truncation).float().clamp(-1, 1)

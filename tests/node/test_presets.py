@@ -172,6 +172,7 @@ def test_memory_estimate_grows_with_resolution_and_capacity() -> None:
 
 # -- resolution: explicit and recorded -----------------------------------------------------
 
+@pytest.mark.slow
 def test_512_store_trains_at_512_and_every_stage_records_the_resize(tmp_path: Path) -> None:
     from node.export import public_numbers
     from node.generate import generate
