@@ -135,7 +135,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                            max_minutes=args.cnn_minutes)
     judge = train_classifier(x_tr, y_tr, 2, cnn, progress=False, device=args.device).model
     real_auc = auc_with_ci(y_te, predict_scores(judge, x_te)[:, 1], n_boot=200).to_dict()
-    preset = args.preset or f"gpu-{res}"
+    preset = args.preset or f"gpu-{args.res}"
     cfg = _cfg(preset, args.tiny, max_minutes=args.minutes, device=args.device,
                resolution=res, checkpoint_kimg=1e6, log_every=50)
     run = Path(tempfile.mkdtemp(prefix="gpu-bench-quality-"))

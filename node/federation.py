@@ -266,9 +266,8 @@ def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], ta
     from node.audit import run_audit
     from node.generate import generate
     from node.training import GanConfig, train
-    from shared.config import from_mapping
-
     from node.training.presets import with_preset
+    from shared.config import from_mapping
 
     cfg = from_mapping(GanConfig, with_preset(overrides), source="request gan-config")
     cap = settings.max_train_minutes

@@ -302,9 +302,9 @@ def train_classifier(
                 loss_sum += loss.detach().float()
                 n_steps += 1
                 if bar is not None and task is not None:
-                    shown = ({"status": f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}"}
-                             if n_steps % 50 == 1 else {})
-                    bar.update(task, advance=len(idx), **shown)
+                    bar.update(task, advance=len(idx))
+                    if n_steps % 50 == 1:
+                        bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
                 if time.monotonic() > deadline:
                     stopped = "time-budget"
                     break

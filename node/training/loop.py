@@ -49,8 +49,8 @@ from node.training.checkpoint import (
 from node.training.config import GanConfig, config_differences
 from node.training.data import (
     auto_resolution,
-    describe_transform,
     check_class_counts,
+    describe_transform,
     fit_transform,
     images_to_model_space,
     load_site_data,

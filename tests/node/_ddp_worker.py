@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from node.training.config import GanConfig  # noqa: E402
-from node.training.loop import Trainer, train_arrays  # noqa: E402
+from node.training.config import GanConfig
+from node.training.loop import Trainer, train_arrays
 
 TINY = {"batch": 4, "min_class_images": 1, "resolution": 8, "channel_base": 64,
         "channel_max": 16, "channel_min": 8, "z_dim": 8, "w_dim": 8, "r1_interval": 2,

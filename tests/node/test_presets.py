@@ -76,7 +76,7 @@ def test_every_preset_takes_one_training_step(name: str) -> None:
 
 def test_cpu_preset_is_the_benchmarked_lean_nets_unchanged() -> None:
     """Same seed → the same first images as before presets existed (values recorded from the
-    commit before this change, torch 2.13 CPU build, one thread), and preset "cpu" is GanConfig()."""
+    commit before this change, torch 2.13 CPU build, one thread); preset "cpu" is GanConfig()."""
     assert preset_config("cpu") == GanConfig()
     x = np.random.default_rng(0).integers(0, 255, (120, 28, 28), dtype=np.uint8)
     y = np.repeat([0, 1], 60)
@@ -92,7 +92,7 @@ def test_cpu_preset_is_the_benchmarked_lean_nets_unchanged() -> None:
 
 
 def test_unknown_preset_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'gpu-9'.*gpu-256"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'gpu-9'.*gpu-256"):
         preset_defaults("gpu-9")
     with pytest.raises(ValueError, match="preset must be one of"):
         GanConfig(preset="gpu-9")
