@@ -25,6 +25,17 @@ ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Poole
 COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
 
 
+
+def _resize_of(value: object) -> dict[str, int] | None:
+    """A site's record of resizing its test images for the CNN (node/evaluate.py), reduced to
+    the two sides: it comes from a peer, so nothing else of it reaches the report."""
+    if not isinstance(value, dict):
+        return None
+    sides = [value.get("from"), value.get("to")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sides):
+        return {"from": int(sides[0]), "to": int(sides[1])}  # type: ignore[arg-type]
+    return None
+
 def _num(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{float(x):.{digits}f}"
 
@@ -64,6 +75,8 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
                                         "n_boot", "verified", "key_fingerprint",
                                         "weights_sha256", "sensitivity", "specificity")
                 if k in rec}
+            if row[role] is not None and rec:
+                row[role]["resize"] = _resize_of(rec.get("resize"))
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
