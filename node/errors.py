@@ -53,3 +53,7 @@ class SkipFileError(NodeError):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class ReaderStudyError(NodeError):
+    """The reader study cannot start or an answer cannot be taken; the message says why."""
