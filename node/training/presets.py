@@ -26,7 +26,7 @@ smaller batch). EMA half-life is in kimg, ramped up over the first images (``ema
 so short runs are not stuck on the initial weights. The GPU presets pin their resolution (a
 512² store trains at 512² with ``gpu-512``); ``cpu`` follows the store size.
 
->>> preset_defaults("cpu")["channel_min"], preset_defaults("gpu-256")["resolution"]
+>>> preset_config("cpu").channel_min, preset_defaults("gpu-256")["resolution"]
 (16, 256)
 >>> preset_defaults("gpu-1024")
 Traceback (most recent call last):
