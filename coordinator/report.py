@@ -32,6 +32,17 @@ def is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _resize_of(value: object) -> dict[str, int] | None:
+    """A site's record of resizing its test images for the CNN (node/evaluate.py), reduced to
+    the two sides: it comes from a peer, so nothing else of it reaches the report."""
+    if not isinstance(value, dict):
+        return None
+    sides = [value.get("from"), value.get("to")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sides):
+        return {"from": int(sides[0]), "to": int(sides[1])}  # type: ignore[arg-type]
+    return None
+
+
 def _num(x: Any, digits: int = 3) -> str:
     return f"{float(x):.{digits}f}" if is_number(x) else "–"
 
@@ -77,6 +88,8 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
                                         "weights_sha256", "sensitivity", "specificity",
                                         "signed")
                 if k in rec}
+            if row[role] is not None and rec:
+                row[role]["resize"] = _resize_of(rec.get("resize"))
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)

@@ -57,6 +57,9 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "bundle_ids": bundle_ids,
         "sites": list(info.get("sites", [])),
         "n_images": len(pooled),
+        # The side the CNN learned at: a site whose real images differ resizes to it, and
+        # records that it did (node/evaluate.py), instead of scoring at a silent mismatch.
+        "input_size": int(pooled.images.shape[1]),
         "counts": pooled.counts(),
         "role": role,
         "config": to_dict(cfg),

@@ -26,6 +26,10 @@ class CheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or belongs to another configuration."""
 
 
+class DeviceError(TrainingError):
+    """The requested device is absent, or the configuration cannot fit on it."""
+
+
 class DPBudgetError(TrainingError):
     """The requested (ε, δ) cannot be met for these settings; the message gives the minimum."""
 

@@ -334,9 +334,10 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
     from node.generate import generate
     from node.site_policy import load_audit_config
     from node.training import GanConfig, train
+    from node.training.presets import with_preset
     from shared.config import from_mapping
 
-    cfg = from_mapping(GanConfig, overrides, source="request gan-config")
+    cfg = from_mapping(GanConfig, with_preset(overrides), source="request gan-config")
     check_training_request(policy, cfg, settings.site)
     cfg = dataclasses.replace(
         cfg, max_minutes=min(cfg.max_minutes or policy.max_train_minutes,

@@ -4,7 +4,8 @@ Why: a report is the coordinator's document, not the sites'. What makes its numb
 trustworthy is that each one was signed by the site that measured it: every per-site AUC, CI
 and count sits next to the signed record it came from (``sites[i].<role>.signed``), and every
 pooled bundle's facts (images, classes, DP ε, the site's cumulative ε from its privacy ledger,
-audit verdict, metrics such as a reader study) next to the bundle's signed manifest (``pool.accepted[i].signed_manifest``).
+audit verdict, metrics such as a reader study) next to the bundle's signed manifest
+(``pool.accepted[i].signed_manifest``).
 ``synthlearn audit verify report.json --trust KEYS`` runs :func:`check_report`: a number that
 differs from its signed source, a record signed by another site's key, or a number without a
 signed source fails, named by its JSON path.
