@@ -20,12 +20,28 @@ import numpy as np
 import torch
 
 from node.errors import TrainingError
-from node.training.data import images_to_model_space, load_site_data, tensor_to_uint8
+from node.training.data import (
+    describe_transform,
+    images_to_model_space,
+    load_site_data,
+    tensor_to_uint8,
+)
 from node.training.data import to_output_space as _to_output
 from shared.synthetic import SyntheticSet
 
 BATCH = 256
+"""Images per generator call at ≤ 64²; larger sides use fewer (:func:`batch_for`)."""
 MAX_DRAW_FACTOR = 50
+
+
+def batch_for(resolution: int) -> int:
+    """Images per call, so one call holds about as many pixels as 256 images at 64²: a 512²
+    generator at 256 images per call would need gigabytes per activation.
+
+    >>> batch_for(32), batch_for(128), batch_for(512)
+    (256, 64, 16)
+    """
+    return max(16, BATCH * 64 * 64 // max(resolution * resolution, 64 * 64))
 
 
 def load_generator(site_dir: Path, run_name: str = "default") -> tuple[Any, dict[str, Any]]:
@@ -86,8 +102,9 @@ def generate(
                         f"{names[k]!r} at threshold {filter_threshold}; lower --filter or train "
                         "longer"
                     )
-                x = _draw(G, k, BATCH, truncation, gen)
-                drawn[k] += BATCH
+                b = batch_for(G.resolution)
+                x = _draw(G, k, b, truncation, gen)
+                drawn[k] += b
                 if spine is not None and filter_threshold is not None:
                     prob = torch.softmax(spine(x), dim=1)[:, k]
                     x = x[prob >= filter_threshold]
@@ -111,6 +128,8 @@ def generate(
         },
         "dp": meta.get("dp"),
         "class_mode": meta["config"]["classes"],
+        "preset": meta["config"].get("preset", "cpu"),
+        "resize": describe_transform(tf),
     }
     s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info)
     s.save(site_dir / "synthetic" / out_name)
@@ -142,8 +161,9 @@ def sample_class(G: Any, meta: dict[str, Any], class_name: str, n: int,
     gen = torch.Generator().manual_seed(seed)
     chunks = []
     with torch.no_grad():
-        for start in range(0, n, BATCH):
-            x = _draw(G, k, min(BATCH, n - start), truncation, gen)
+        step = batch_for(G.resolution)
+        for start in range(0, n, step):
+            x = _draw(G, k, min(step, n - start), truncation, gen)
             chunks.append(tensor_to_uint8(_to_output(x, meta["transform"])))
     info = {"seed": seed, "truncation": truncation,
             "class_mode": meta["config"]["classes"]}

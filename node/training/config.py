@@ -23,7 +23,7 @@ from typing import Any, Literal
 from node.training.networks.generator import check_resolution
 
 STRUCTURAL = (
-    "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
+    "preset", "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
     "channel_base", "channel_max", "channel_min", "d_norm", "mbstd", "dp_epsilon", "dp_delta",
     "dp_max_grad_norm", "spine_width",
 )
@@ -40,11 +40,15 @@ class had fewer than ~500 training images; we warn below it and still train."""
 
 @dataclass(frozen=True)
 class GanConfig:
+    preset: str = "cpu"
+    """Network preset (node/training/presets.py): the defaults layer below the config file and
+    options. ``cpu`` is the lean benchmarked nets; ``gpu-64`` … ``gpu-512`` give GPU capacity."""
     model: Literal["gan", "spinegan"] = "gan"
     resolution: int | None = None
     """Power of two; None → the smallest power of two ≥ the store size (28 → 32), clamped to
-    [32, 256]. Smaller stores are reflect-padded when the gap is ≤ 1/4 of the side (28 → 32:
-    2 px each side, cropped off again in `node generate`), else resized."""
+    [32, 512]. Smaller stores are reflect-padded when the gap is ≤ 1/4 of the side (28 → 32:
+    2 px each side, cropped off again in `node generate`), else resized; the resize is recorded
+    in the run (checkpoint, metrics.json) and the bundle (generation info)."""
     kimg: float | None = None
     """Stop after this many thousand real images shown to D (cumulative over resumes)."""
     max_minutes: float | None = None
@@ -89,8 +93,14 @@ class GanConfig:
     grid_per_class: int = 8
     device: str | None = None
     """None → CUDA (with bf16 autocast) when available, else CPU with all cores."""
+    amp: bool = True
+    """bf16 autocast on a CUDA device that supports it (never on CPU)."""
 
     def __post_init__(self) -> None:
+        from node.training.presets import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.resolution is not None:
             check_resolution(self.resolution)
         for name in ("kimg", "max_minutes", "checkpoint_kimg", "ada_kimg", "ema_kimg"):
@@ -130,8 +140,11 @@ class GanConfig:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable list of structural fields that differ between two resolved configs."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GanConfig)}
     out = []
     for key in STRUCTURAL:
-        if old.get(key) != new.get(key):
-            out.append(f"{key}: checkpoint has {old.get(key)!r}, now {new.get(key)!r}")
+        # A key the checkpoint predates had its default then (``preset`` before presets: cpu).
+        was, now = old.get(key, defaults[key]), new.get(key, defaults[key])
+        if was != now:
+            out.append(f"{key}: checkpoint has {was!r}, now {now!r}")
     return out

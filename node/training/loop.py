@@ -23,7 +23,6 @@ import copy
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -51,11 +50,20 @@ from node.training.config import GanConfig, config_differences
 from node.training.data import (
     auto_resolution,
     check_class_counts,
+    describe_transform,
     fit_transform,
     images_to_model_space,
     load_site_data,
     tensor_to_uint8,
     to_output_space,
+)
+from node.training.hardware import (
+    Distributed,
+    adam,
+    amp_dtype,
+    check_memory,
+    enable_fast_math,
+    pick_device,
 )
 from node.training.losses import GanLoss, r1_gamma_heuristic
 from node.training.networks import Discriminator, Generator, build_discriminator, build_generator
@@ -64,22 +72,6 @@ from shared.files import atomic_write_bytes
 from shared.synthetic import to_tensor_range
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or asked for), else CPU with every core.
-
-    Unless ``OMP_NUM_THREADS`` is set: then whoever started this process (a loopback
-    federation running several sites on one machine, a SLURM job) has shared the cores out,
-    and taking all of them would make the sites' OpenMP threads spin against each other.
-    """
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(os.cpu_count() or 1)
-    return torch.device("cpu")
 
 
 def _after_step(step: int) -> None:
@@ -109,17 +101,25 @@ class Trainer:
         res = int(cfg.resolution)  # type: ignore[arg-type]
         self.resolution = res
         self.transform = fit_transform(store_size, res)
+        self.dist = Distributed()
         self.device = pick_device(cfg.device)
-        self.amp_dtype: torch.dtype | None = None
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.amp_dtype = torch.bfloat16
+        self.dist.start(self.device)
+        enable_fast_math(self.device)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        if cfg.dp and self.dist.active:
+            raise TrainingError("DP training runs on one process; start it without torchrun")
+        # Each process draws its share of the batch; the step's images shown are the total.
+        self.local_batch = self.dist.local_batch(cfg.effective().batch)
+        self.memory = check_memory(cfg, self.num_classes, len(labels), self.device,
+                                   self.dist.world)
 
         # Data: uint8 in model space, on the device; converted to float per batch.
         x = images_to_model_space(images, self.transform)
         self.data_u8 = torch.from_numpy(tensor_to_uint8(x)).unsqueeze(1).to(self.device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
         self.class_counts = np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()
-        self.data_gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 12345)
+        self.data_gen = torch.Generator(device="cpu").manual_seed(
+            cfg.seed + 12345 + 7919 * self.dist.rank)
 
         torch.manual_seed(cfg.seed)
         e = self.eff
@@ -130,14 +130,16 @@ class Trainer:
             res, self.num_classes, channel_base=e.channel_base, channel_max=e.channel_max,
             channel_min=e.channel_min, norm=e.d_norm, mbstd=e.mbstd).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self._seed_process_rng()
         betas = (e.beta1, e.beta2)
         r1_gamma = e.r1_gamma if e.r1_gamma is not None else r1_gamma_heuristic(res, e.batch)
         self.r1_gamma = 0.0 if e.dp else r1_gamma
         # Lazy regularisation: adjust Adam for the R1 steps (StyleGAN2 appendix B).
         ratio = e.r1_interval / (e.r1_interval + 1) if self.r1_gamma > 0 else 1.0
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=e.lr_g, betas=betas)
-        self.opt_D: torch.optim.Optimizer = torch.optim.Adam(
-            self.D.parameters(), lr=e.lr_d * ratio, betas=(e.beta1**ratio, e.beta2**ratio))
+        self.opt_G = adam(self.G.parameters(), self.device, lr=e.lr_g, betas=betas)
+        self.opt_D: torch.optim.Optimizer = adam(
+            self.D.parameters(), self.device, lr=e.lr_d * ratio,
+            betas=(e.beta1**ratio, e.beta2**ratio))
         self.augment = Augment(mode=e.augment, p=e.initial_p(), target=e.ada_target,
                                ada_kimg=e.ada_kimg)
         self.spine: nn.Module | None = None
@@ -149,11 +151,15 @@ class Trainer:
                 raise TrainingError("SpineGAN needs a run folder to keep its classifier in")
             from node.training.spine_classifier import ensure_spine_classifier, spine_dp_report
 
+            if not self.dist.main:
+                self.dist.barrier()  # rank 0 trains S once; the others then load it
             s = ensure_spine_classifier(
                 run_dir, tensor_to_uint8(x), np.asarray(labels, dtype=np.int64),
                 self.num_classes, resolution=res, epochs=e.spine_epochs, width=e.spine_width,
                 seed=e.seed, max_minutes=e.spine_max_minutes,
                 dp_budget=self.dp_budgets.get("spine_classifier"), progress=progress)
+            if self.dist.main:
+                self.dist.barrier()
             self.spine = s.to(self.device).eval().requires_grad_(False)
             if e.dp:
                 self.spine_dp = spine_dp_report(run_dir)
@@ -166,6 +172,13 @@ class Trainer:
         self._dp_iter: Iterator[Any] | None = None
         self._D_raw: nn.Module = self.D
         self.last_stats: dict[str, float] = {}
+
+    def _seed_process_rng(self) -> None:
+        """Under torchrun, each process its own noise stream (same nets, different z): a
+        single process keeps the stream seeded with ``cfg.seed``, so its results are as before."""
+        if self.dist.active:
+            step = getattr(self, "step_count", 0)
+            torch.manual_seed(self.cfg.seed + 104729 * (self.dist.rank + 1) + step)
 
     # -- DP ------------------------------------------------------------------------------
     def _plan_dp_budgets(self, uses_spine: bool) -> dict[str, tuple[float, float]]:
@@ -224,7 +237,7 @@ class Trainer:
         if self.dp_session is not None:
             xb, yb = self._dp_batch()
         else:
-            idx = torch.randint(len(self.labels), (self.eff.batch,), generator=self.data_gen)
+            idx = torch.randint(len(self.labels), (self.local_batch,), generator=self.data_gen)
             idx = idx.to(self.device)
             xb, yb = self.data_u8[idx], self.labels[idx]
         return to_tensor_range(xb), yb
@@ -247,7 +260,7 @@ class Trainer:
         # joint real+fake step then changes by one clipped gradient when one real image is
         # added or removed (sensitivity C). Tying the fake count to the real count would let a
         # neighbouring data set add a fake example too, doubling the sensitivity.
-        n_fake = e.batch
+        n_fake = self.local_batch
         z = torch.randn(n_fake, e.z_dim, device=self.device)
         c_fake = self._fake_labels(n_fake)
         stats: dict[str, float] = {}
@@ -259,6 +272,7 @@ class Trainer:
             loss_d, st, real_logits = self.loss.discriminator_loss(
                 real, c_real, z, c_fake, joint=self.dp_session is not None)
         loss_d.float().backward()
+        self.dist.average_gradients(self.D)
         self.opt_D.step()
         stats.update(st)
         if n_real:
@@ -267,18 +281,20 @@ class Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             r1, r1_raw = self.loss.r1_penalty(real, c_real)
             r1.backward()
+            self.dist.average_gradients(self.D)
             self.opt_D.step()
             stats["r1"] = r1_raw
 
         # G step: D frozen (and, under DP, its per-example hooks idle).
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        z2 = torch.randn(e.batch, e.z_dim, device=self.device)
-        c2 = self._fake_labels(e.batch)
+        z2 = torch.randn(self.local_batch, e.z_dim, device=self.device)
+        c2 = self._fake_labels(self.local_batch)
         d_for_g = self._D_raw if self.dp_session is not None else None
         with self._autocast():
             loss_g, st = self.loss.generator_loss(z2, c2, D=d_for_g)
         loss_g.float().backward()
+        self.dist.average_gradients(self.G)
         self.opt_G.step()
         self.D.requires_grad_(True)
         if self.dp_session is not None:
@@ -287,6 +303,11 @@ class Trainer:
 
         self.nimg += n_real if self.dp_session is not None else e.batch
         self.step_count += 1
+        if self.dist.active:
+            # Keep what each process tracks from its own share identical everywhere.
+            self.dist.average_(self.G.w_avg)  # type: ignore[arg-type]
+            p = self.dist.average_(torch.tensor([self.augment.p], device=self.device))
+            self.augment.p = float(p[0])
         self._update_ema()
         stats["aug_p"] = self.augment.p
         self.last_stats = stats
@@ -350,6 +371,7 @@ class Trainer:
             ) from None
         self.step_count = int(ckpt["step"])
         self.nimg = int(ckpt["nimg"])
+        self._seed_process_rng()
 
     @torch.no_grad()
     def sample_grid(self, per_class: int) -> npt.NDArray[np.uint8]:
@@ -416,8 +438,20 @@ def train(site_dir: Path, cfg: GanConfig, run_name: str = "default",
     """Train (or resume) ``SITE/runs/<run_name>`` on the site's real train split."""
     site_dir = Path(site_dir)
     images, labels, names, store_size = load_site_data(site_dir, cfg.classes)
-    return train_arrays(images, labels, names, cfg, site_dir / "runs" / run_name,
-                        store_size=store_size, progress=progress, where=site_dir)
+    run_dir = site_dir / "runs" / run_name
+    started = time.time()
+    try:
+        return train_arrays(images, labels, names, cfg, run_dir, store_size=store_size,
+                            progress=progress, where=site_dir)
+    finally:
+        # Every DP run's spend goes into the site's privacy ledger, interrupted runs too
+        # (their metrics.json is written before the interrupt propagates).
+        summary_path = run_dir / "metrics.json"
+        if cfg.dp and summary_path.exists() and summary_path.stat().st_mtime >= started - 1:
+            from node.privacy_ledger import record_dp_report
+
+            record_dp_report(site_dir, json.loads(summary_path.read_text()).get("dp"),
+                             run_name)
 
 
 def train_arrays(
@@ -437,6 +471,7 @@ def train_arrays(
     if cfg.dp and cfg.kimg is None:
         raise TrainingError("DP training needs --kimg, to plan the privacy budget over a known "
                             "number of steps")
+    pick_device(cfg.device)  # a missing GPU is the first thing to say, before any data check
     store_size = store_size or int(images.shape[-1])
     warnings = check_class_counts(labels, class_names, cfg, where or run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -446,6 +481,8 @@ def train_arrays(
         cfg = replace(cfg, resolution=ckpt["config"]["resolution"])
     trainer = Trainer(images, labels, class_names, cfg, store_size, run_dir, progress)
     cfg = trainer.cfg
+    dist = trainer.dist
+    progress = progress and dist.main
     if ckpt is not None:
         if cfg.dp and int(ckpt["step"]) > 0:
             raise CheckpointError(
@@ -455,15 +492,19 @@ def train_arrays(
         trainer.load_state(ckpt, ckpt_path)
     # What actually trains: DP's forced settings (fixed augmentation, group norm, no mbstd)
     # included, so the file next to the outputs never claims settings the run did not use.
-    write_resolved(trainer.eff, run_dir)
+    if dist.main:
+        write_resolved(trainer.eff, run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     batch = trainer.eff.batch
     if cfg.dp:
         total_steps = max(1, math.ceil(float(cfg.kimg) * 1000 / batch))  # type: ignore[arg-type]
         trainer.enable_dp(total_steps)
-    _append_jsonl(metrics_path, {"event": "start", "step": trainer.step_count,
-                                 "kimg": trainer.nimg / 1000, "device": str(trainer.device),
-                                 "time": time.time()})
+    if dist.main:
+        _append_jsonl(metrics_path, {"event": "start", "step": trainer.step_count,
+                                     "kimg": trainer.nimg / 1000, "device": str(trainer.device),
+                                     "processes": dist.world, "preset": cfg.preset,
+                                     "resize": describe_transform(trainer.transform),
+                                     "time": time.time()})
 
     # Under DP the run stops on its planned number of steps (DPSession.exhausted), never on
     # the images shown: with Poisson sampling that count depends on the data and is not noised.
@@ -475,9 +516,11 @@ def train_arrays(
     stopped = "kimg"
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, trainer.state())
-        write_grid(run_dir / f"samples-step{trainer.step_count:07d}.png",
-                   trainer.sample_grid(cfg.grid_per_class))
+        if dist.main:
+            save_checkpoint(ckpt_path, trainer.state())
+            write_grid(run_dir / f"samples-step{trainer.step_count:07d}.png",
+                       trainer.sample_grid(cfg.grid_per_class))
+        dist.barrier()
 
     def rate() -> float:
         dt = time.monotonic() - t0
@@ -495,16 +538,24 @@ def train_arrays(
                 break
             if time.monotonic() >= deadline:
                 stopped = "max_minutes"
-                break
-            if trainer.dp_session is not None and trainer.dp_session.exhausted():
+            elif trainer.dp_session is not None and trainer.dp_session.exhausted():
                 stopped = "dp_budget"
-                break
-            if guard.requested:
+            elif guard.requested:
                 stopped = "interrupted"
+            else:
+                stopped = ""
+            if dist.active:
+                # Every process stops on the same step, whichever one's clock ran out first.
+                reasons = ("", "max_minutes", "interrupted")
+                flag = torch.tensor([reasons.index(stopped) if stopped in reasons else 1],
+                                    device=trainer.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stopped = reasons[int(flag[0])]
+            if stopped:
                 break
             stats = trainer.step()
             _after_step(trainer.step_count)
-            if trainer.step_count % cfg.log_every == 0:
+            if trainer.step_count % cfg.log_every == 0 and dist.main:
                 rec = {"step": trainer.step_count, "kimg": trainer.nimg / 1000,
                        "img_per_s": rate(), "elapsed_s": time.monotonic() - t0, **stats}
                 if trainer.augment.last_rt is not None:
@@ -537,16 +588,21 @@ def train_arrays(
                        if trainer.nimg > start_nimg else None),
         "wall_s": wall,
         "device": str(trainer.device),
+        "processes": dist.world,
+        "preset": cfg.preset,
+        "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None,
+        "resize": describe_transform(trainer.transform),
         "threads": torch.get_num_threads(),
         "stopped": stopped,
         "warnings": warnings,
         "aug_p": trainer.augment.p,
         "dp": trainer.dp_report(),
     }
-    atomic_write_bytes(run_dir / "metrics.json",
-                       (json.dumps(summary, indent=2, default=str) + "\n").encode())
-    _append_jsonl(metrics_path, {"event": "stop", "reason": stopped, "step": trainer.step_count,
-                                 "kimg": trainer.nimg / 1000})
+    if dist.main:
+        atomic_write_bytes(run_dir / "metrics.json",
+                           (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        _append_jsonl(metrics_path, {"event": "stop", "reason": stopped,
+                                     "step": trainer.step_count, "kimg": trainer.nimg / 1000})
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return run_dir
