@@ -277,6 +277,18 @@ def main(argv: list[str] | None = None) -> int:
                          "split in the augmentation arm (0 = skip the arm)")
     ap.add_argument("--extra-test", type=Path, default=None,
                     help="npz with test_images/test_labels (MedMNIST layout): another real test")
+    ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,
+                    help="the pooled CNN learns from each site classifier's probabilities "
+                         "(soft teacher labels, SyntheticSet.soft) instead of hard labels")
+    ap.add_argument("--synthetic-factor", type=float, default=1.0,
+                    help="synthetic images per site = factor × its real train split")
+    ap.add_argument("--ablate", default="",
+                    help="comma list of extra pooled-CNN arms on the SAME generators: "
+                         "teacher, factor3, teacher-factor3 (ablation; 'pooled' stays the "
+                         "configured arm)")
+    ap.add_argument("--reuse-gans", action="store_true",
+                    help="skip GAN training for a site whose run in --out already finished "
+                         "(re-run downstream arms on the same generators)")
     ap.add_argument("--quick", action="store_true",
                     help="plumbing check: tiny GAN/CNN budgets (numbers not meaningful)")
     args = ap.parse_args(argv)
@@ -332,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, torch.nn.Module] = {}
     train_info: dict[str, dict[str, Any]] = {}
 
-    def fit(key: str, x: U8, y: I64, val_eligible: npt.NDArray[np.bool_] | None = None) -> None:
+    def fit(key: str, x: U8, y: I64, val_eligible: npt.NDArray[np.bool_] | None = None,
+            soft_labels: Any = None) -> None:
         with clock.stage(f"cnn {key}"):
             trained = train_classifier(x, y, 2, cnn_cfg, progress=True,
-                                       val_eligible=val_eligible)
+                                       val_eligible=val_eligible, soft_labels=soft_labels)
         models[key] = trained.model
         train_info[key] = {"n_train": trained.n_train, "n_val": trained.n_val,
                            "epochs_run": len(trained.history), "stopped": trained.stopped,
@@ -348,18 +361,34 @@ def main(argv: list[str] | None = None) -> int:
     gan_info: dict[str, Any] = {}
     dist: dict[str, Any] = {}
     encoder = get_encoder("domain")
+    arms = [a for a in args.ablate.split(",") if a]
+    unknown = set(arms) - {"teacher", "factor3", "teacher-factor3"}
+    if unknown:
+        raise SystemExit(f"--ablate: unknown arm(s) {sorted(unknown)}")
+    want_teacher = args.teacher or any(a.startswith("teacher") for a in arms)
+    soft: dict[str, Any] = {}
+    synth_x3: dict[str, tuple[U8, I64, Any]] = {}
     for name in site_names:
         x, y = train_sets[name]
         fit(f"local-{name}", x, y)
-        with clock.stage(f"gan train site-{name}"):
-            run_dir = train(site_dirs[name], gan_cfg, run_name="bench", progress=True)
+        run_dir = site_dirs[name] / "runs" / "bench"
         metrics_path = Path(run_dir) / "metrics.json"
+        if not (args.reuse_gans and metrics_path.exists()):
+            with clock.stage(f"gan train site-{name}"):
+                run_dir = train(site_dirs[name], gan_cfg, run_name="bench", progress=True)
         gan_info[name] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        n_syn = args.synthetic_per_site or len(y)
+        n_syn = args.synthetic_per_site or round(args.synthetic_factor * len(y))
         with clock.stage(f"generate site-{name}"):
             s = generate(site_dirs[name], n_syn, run_name="bench", truncation=args.truncation,
-                         per_class=args.per_class, seed=args.seed, out_name="bench")
+                         per_class=args.per_class, seed=args.seed, out_name="bench",
+                         teacher=want_teacher)
+            if any(a.endswith("factor3") for a in arms):
+                s3 = generate(site_dirs[name], 3 * n_syn, run_name="bench",
+                              truncation=args.truncation, per_class=args.per_class,
+                              seed=args.seed + 1, out_name="bench-x3", teacher=want_teacher)
+                synth_x3[name] = (s3.images, s3.labels, s3.soft)
         synth[name] = (s.images, s.labels)
+        soft[name] = s.soft
         with clock.stage(f"audit site-{name}"):
             audits[name] = audit_numbers(run_audit(site_dirs[name], "bench", progress=False))
         dist[name] = distribution_scores(x, s.images, encoder).to_dict()
@@ -369,7 +398,17 @@ def main(argv: list[str] | None = None) -> int:
 
     pooled_x = np.concatenate([synth[n][0] for n in site_names])
     pooled_y = np.concatenate([synth[n][1] for n in site_names])
-    fit("pooled", pooled_x, pooled_y)
+    pooled_soft = (np.concatenate([soft[n] for n in site_names]) if want_teacher else None)
+    fit("pooled", pooled_x, pooled_y, soft_labels=pooled_soft if args.teacher else None)
+    for arm in arms:
+        if arm == "teacher":
+            fit("pooled-teacher", pooled_x, pooled_y, soft_labels=pooled_soft)
+        else:
+            x3 = np.concatenate([synth_x3[n][0] for n in site_names])
+            y3 = np.concatenate([synth_x3[n][1] for n in site_names])
+            soft3 = (np.concatenate([synth_x3[n][2] for n in site_names])
+                  if arm == "teacher-factor3" else None)
+            fit(f"pooled-{arm}", x3, y3, soft_labels=soft3)
     central_x = np.concatenate([train_sets[n][0] for n in site_names])
     central_y = np.concatenate([train_sets[n][1] for n in site_names])
     fit("centralised", central_x, central_y)
@@ -408,6 +447,17 @@ def main(argv: list[str] | None = None) -> int:
         k: scores[k]["auc"]["common-val"] for k in models
     }
     ratio_common = common["pooled"]["auc"] / common["centralised"]["auc"]
+    ablation = {
+        k: {"common_val": common[k], "ratio_vs_central": common[k]["auc"]
+            / common["centralised"]["auc"],
+            "ratio_vs_pooled": common[k]["auc"] / common["pooled"]["auc"],
+            "sites": {n: scores[k]["auc"][f"site-{n}"] for n in site_names},
+            "minus_local": {n: scores[k]["auc"][f"site-{n}"]["auc"]
+                            - scores[f"local-{n}"]["auc"][f"site-{n}"]["auc"]
+                            for n in site_names},
+            "seconds": clock.stages.get(f"cnn {k}")}
+        for k in models if k.startswith("pooled")
+    }
     small = min(SITES, key=lambda s: s.normal + s.pneumonia).name
     small_gain = (scores["pooled"]["auc"][f"site-{small}"]["auc"]
                   - scores[f"local-{small}"]["auc"][f"site-{small}"]["auc"])
@@ -440,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         "table": table,
         "common_val": common,
         "utility_ratio_common": ratio_common,
+        "pooled_arms": ablation,
+        "teacher": args.teacher,
+        "synthetic_factor": args.synthetic_factor,
         "small_site": {"site": small, "pooled_minus_local": small_gain},
         "all_auc": {k: scores[k]["auc"] for k in models},
         "cnn_training": train_info,
@@ -493,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
                      "pass" if a["gates_passed"] else "FAIL " + ",".join(a["failed_gates"]))
     con.print(tab3)
     con.print(f"utility ratio pooled ÷ centralised (common val): {ratio_common:.4f}")
+    for k, a in ablation.items():
+        con.print(f"  {k}: common {fmt(a['common_val'])} ÷central {a['ratio_vs_central']:.3f} "
+                  f"÷pooled {a['ratio_vs_pooled']:.3f}; minus local "
+                  + " ".join(f"{n} {v:+.3f}" for n, v in a["minus_local"].items()))
     con.print(f"small site {small}: pooled − local real on its own test = {small_gain:+.3f}")
     con.print(f"stages (s): {stage_sum}; dominant: {dominant}; total {total:.0f} s; "
               f"peak RSS {results['peak_rss']}")

@@ -44,8 +44,9 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     if info.get("synthetic_only") is False:
         raise ValueError("refusing to train the coordinator's CNN on a set not marked synthetic")
     t0 = time.monotonic()
+    # Teacher labels when the bundles carried them: the CNN distils every site's classifier.
     trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names), cfg,
-                               progress=progress, device=device)
+                               progress=progress, device=device, soft_labels=pooled.soft)
     seconds = time.monotonic() - t0
     bundle_ids = list(info.get("bundle_ids", []))
     meta = {
@@ -57,6 +58,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "bundle_ids": bundle_ids,
         "sites": list(info.get("sites", [])),
         "n_images": len(pooled),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "role": role,
         "config": to_dict(cfg),
@@ -67,6 +69,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "weights": str(out),
         "weights_sha256": hashlib.sha256(Path(out).read_bytes()).hexdigest(),
         "n_images": len(pooled),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "sites": meta["sites"],
         "bundle_ids": bundle_ids,
