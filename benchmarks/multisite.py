@@ -289,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-gans", action="store_true",
                     help="skip GAN training for a site whose run in --out already finished "
                          "(re-run downstream arms on the same generators)")
+    ap.add_argument("--round2", action="store_true",
+                    help="second round: each site pretrains on the OTHER sites' pooled synthetic "
+                         "images (--init-from), fine-tunes on its own, exports again; adds the "
+                         "'pooled-round2' arm")
+    ap.add_argument("--round2-epsilon-share", type=float, default=0.3,
+                    help="under DP, the share of each site's ε kept for round 2 (round 1 gets "
+                         "the rest; both are charged to the site budget --dp-epsilon)")
     ap.add_argument("--quick", action="store_true",
                     help="plumbing check: tiny GAN/CNN budgets (numbers not meaningful)")
     args = ap.parse_args(argv)
@@ -320,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     cnn_cfg = ClassifierConfig(epochs=args.cnn_epochs, width=args.cnn_width,
                                patience=args.cnn_patience, seed=args.seed,
                                max_minutes=args.cnn_minutes)
+    eps_r1 = args.dp_epsilon
+    if args.round2 and args.dp_epsilon is not None:
+        eps_r1 = args.dp_epsilon * (1.0 - args.round2_epsilon_share)
     gan_cfg = GanConfig(model=args.model, classes="binary", seed=args.seed,
                         max_minutes=args.gan_minutes, kimg=args.gan_kimg,
-                        dp_epsilon=args.dp_epsilon)
+                        dp_epsilon=eps_r1, dp_site_budget=args.dp_epsilon)
     site_names = [s.name for s in SITES]
 
     with clock.stage("partition + stores"):
@@ -409,6 +419,37 @@ def main(argv: list[str] | None = None) -> int:
             soft3 = (np.concatenate([synth_x3[n][2] for n in site_names])
                   if arm == "teacher-factor3" else None)
             fit(f"pooled-{arm}", x3, y3, soft_labels=soft3)
+    if args.round2:
+        from node.store import SiteStore
+        from shared.synthetic import SyntheticSet
+
+        r2x: list[U8] = []
+        r2y: list[I64] = []
+        r2soft: list[Any] = []
+        for name in site_names:
+            # The only cross-site input: the others' synthetic images (what bundles carry).
+            others = [n for n in site_names if n != name]
+            shared_set = SyntheticSet(np.concatenate([synth[n][0] for n in others]),
+                                      np.concatenate([synth[n][1] for n in others]),
+                                      SiteStore.open(site_dirs[name]).class_names("binary"))
+            shared_dir = out / "round2-inputs" / f"site-{name}"
+            shared_set.save(shared_dir)
+            r2_cfg = dataclasses.replace(
+                gan_cfg, dp_epsilon=(None if args.dp_epsilon is None
+                                     else args.dp_epsilon * args.round2_epsilon_share))
+            with clock.stage(f"gan round2 site-{name}"):
+                train(site_dirs[name], r2_cfg, run_name="bench-r2", progress=True,
+                      init_from=shared_dir)
+            r2_metrics = site_dirs[name] / "runs" / "bench-r2" / "metrics.json"
+            gan_info[f"{name}-round2"] = json.loads(r2_metrics.read_text())
+            s2 = generate(site_dirs[name], len(synth[name][1]), run_name="bench-r2",
+                          truncation=args.truncation, per_class=args.per_class, seed=args.seed,
+                          out_name="bench-r2", teacher=want_teacher)
+            r2x.append(s2.images)
+            r2y.append(s2.labels)
+            r2soft.append(s2.soft)
+        fit("pooled-round2", np.concatenate(r2x), np.concatenate(r2y),
+            soft_labels=np.concatenate(r2soft) if args.teacher else None)
     central_x = np.concatenate([train_sets[n][0] for n in site_names])
     central_y = np.concatenate([train_sets[n][1] for n in site_names])
     fit("centralised", central_x, central_y)

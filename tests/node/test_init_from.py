@@ -98,3 +98,39 @@ def test_bad_init_sources_are_refused_and_runs_untouched(tiny_site: Path,
 
     assert not (tiny_site / "runs" / "new").exists()
     assert (src / "checkpoint.pt").read_bytes() == before
+
+
+def test_second_round_reads_only_its_own_store_and_shared_images(
+    tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 2 at a site: its inputs are its own store and the pooled synthetic set (what the
+    coordinator sends back); no other site's store is ever opened."""
+    from node.store import SiteStore
+
+    rng = np.random.default_rng(1)
+    pooled = SyntheticSet(rng.integers(0, 256, (32, 32, 32), dtype=np.uint8),
+                          np.arange(32) % 2, SiteStore.open(tiny_site).class_names("binary"))
+    pooled.save(tmp_path / "pooled-from-others")
+    opened: list[Path] = []
+    real_open = SiteStore.open.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, site_dir: Path, *a: object, **k: object) -> object:
+        opened.append(Path(site_dir).resolve())
+        return real_open(cls, site_dir, *a, **k)
+
+    monkeypatch.setattr(SiteStore, "open", classmethod(spy))
+    train(tiny_site, TINY, run_name="round2", progress=False,
+          init_from=tmp_path / "pooled-from-others")
+    assert opened and set(opened) == {tiny_site.resolve()}
+
+
+def test_dp_run_beyond_the_site_budget_is_refused_before_training(tiny_site: Path) -> None:
+    from node.training.dp import DPBudgetError
+
+    r1 = tiny_site / "runs" / "round1"
+    r1.mkdir(parents=True)
+    (r1 / "metrics.json").write_text('{"dp": {"epsilon_spent": 8.0}}')
+    cfg = replace(TINY, dp_epsilon=5.0, dp_site_budget=10.0, kimg=0.032)
+    with pytest.raises(DPBudgetError, match=r"ε 5 but only 2 of the site's budget 10 remains"):
+        train(tiny_site, cfg, run_name="round2", progress=False)
+    assert not (tiny_site / "runs" / "round2").exists()

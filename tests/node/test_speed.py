@@ -64,19 +64,29 @@ def test_training_step_reads_nothing_back_from_the_device(tiny_site: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """On CPU: every Python-level tensor → host read raises inside the steps (R1 and ADA
     updates included); the stats are read once, by read_stats, at the logging interval."""
-    tr = _trainer(tiny_site, "cpu")
+    tr = _trainer(tiny_site, "cpu", model="gan")  # the GPU test below covers SpineGAN's term
     tr.step()  # type: ignore[attr-defined]
+    # Adam's step counters are host-side tensors (on the CPU even when training on a GPU);
+    # reading them is not a device sync. Every other read is.
+    allowed = {id(st["step"]) for opt in (tr.opt_G, tr.opt_D)  # type: ignore[attr-defined]
+               for st in opt.state.values() if "step" in st}
+    originals = {n: getattr(torch.Tensor, n)
+                 for n in ("__float__", "__bool__", "__int__", "item", "tolist", "numpy")}
 
-    def forbidden(*_: object) -> None:
-        raise AssertionError("host synchronisation inside the training step")
+    def guard(name: str) -> Callable[..., object]:
+        def read(self: torch.Tensor, *a: object, **k: object) -> object:
+            if id(self) not in allowed:
+                raise AssertionError(f"host read ({name}) inside the training step")
+            return originals[name](self, *a, **k)
+        return read
 
     with monkeypatch.context() as m:
-        for name in ("__float__", "__bool__", "__int__", "item", "tolist", "numpy"):
-            m.setattr(torch.Tensor, name, forbidden)
+        for name in originals:
+            m.setattr(torch.Tensor, name, guard(name))
         for _ in range(8):  # ADA updates every 4 steps, R1 every 2
             tr.step()  # type: ignore[attr-defined]
     stats = tr.read_stats()  # type: ignore[attr-defined]
-    assert {"g_adv", "d_loss", "d_real", "d_fake", "r1", "g_spine_ce", "aug_p"} <= set(stats)
+    assert {"g_adv", "d_loss", "d_real", "d_fake", "r1", "aug_p"} <= set(stats)
 
 
 @pytest.mark.cuda
