@@ -112,17 +112,12 @@ def _mix_in(folder: Path, images: Any, labels: Any, names: list[str], share: flo
             seed: int) -> tuple[Any, Any, Any]:
     """Real + synthetic training rows and the mask of real rows (checked before training)."""
     from shared.cnn_train import mix_real_synthetic
-    from shared.synthetic import SyntheticSet, SyntheticSetError
+    from shared.synthetic import SyntheticSetError, load_matching
 
     if not 0.0 < share < 1.0:
         raise StoreError(f"--synthetic-share must be in (0, 1), got {share}")
     try:
-        syn = SyntheticSet.load(folder)
-    except (SyntheticSetError, ValueError, OSError, KeyError) as exc:
-        raise StoreError(f"{folder}: unreadable synthetic set ({exc})") from None
-    if list(syn.class_names) != list(names):
-        raise StoreError(f"{folder}: classes {syn.class_names} differ from this site's {names}")
-    if syn.images.shape[1:] != images.shape[1:]:
-        raise StoreError(f"{folder}: images are {syn.images.shape[1]}×{syn.images.shape[2]}, "
-                         f"this site's store is {images.shape[1]}×{images.shape[2]}")
+        syn = load_matching(folder, names, int(images.shape[1]))
+    except SyntheticSetError as exc:
+        raise StoreError(str(exc)) from None
     return mix_real_synthetic(images, labels, syn.images, syn.labels, share, seed=seed)

@@ -125,6 +125,27 @@ class SyntheticSet:
             raise SyntheticSetError(f"{folder}: {exc}") from None
 
 
+def load_matching(folder: Path, class_names: list[str], size: int) -> SyntheticSet:
+    """Load a set that must fit a site (same class names, ``size``² images), or say why not.
+
+    For sets a site receives (a pooled set sent back, another site's images): every error is a
+    :class:`SyntheticSetError` naming the folder and what differs.
+    """
+    try:
+        syn = SyntheticSet.load(folder)
+    except SyntheticSetError:
+        raise
+    except (ValueError, OSError, KeyError) as exc:
+        raise SyntheticSetError(f"{folder}: unreadable synthetic set ({exc})") from None
+    if list(syn.class_names) != list(class_names):
+        raise SyntheticSetError(f"{folder}: classes {syn.class_names} differ from this site's "
+                                f"{class_names}")
+    if syn.images.shape[1:] != (size, size):
+        raise SyntheticSetError(f"{folder}: images are {syn.images.shape[1]}×"
+                                f"{syn.images.shape[2]}, this site's store is {size}×{size}")
+    return syn
+
+
 def check_soft_labels(soft: Any, n: int, n_classes: int) -> npt.NDArray[np.float32]:
     """Teacher probabilities as float32 (n, n_classes), finite, in [0, 1], rows summing to 1.
 

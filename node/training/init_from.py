@@ -30,7 +30,7 @@ from node.errors import CheckpointError
 from node.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from node.training.config import GanConfig
 from shared.config import to_dict
-from shared.synthetic import SyntheticSet, SyntheticSetError
+from shared.synthetic import SyntheticSet, SyntheticSetError, load_matching
 
 SHAPE_FIELDS = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base",
                 "channel_max", "channel_min", "d_norm", "mbstd")
@@ -100,15 +100,9 @@ def _synthetic_source(folder: Path, class_names: list[str], store_size: int) -> 
     if not (folder / "set.json").exists():
         raise InitFromError(f"{folder}: neither a checkpoint nor a synthetic set (no set.json)")
     try:
-        syn = SyntheticSet.load(folder)
-    except (SyntheticSetError, ValueError, OSError, KeyError) as exc:
-        raise InitFromError(f"{folder}: unreadable synthetic set ({exc})") from None
-    if list(syn.class_names) != list(class_names):
-        raise InitFromError(f"{folder}: classes {syn.class_names} differ from this site's "
-                            f"{class_names}")
-    if syn.images.shape[1:] != (store_size, store_size):
-        raise InitFromError(f"{folder}: images are {syn.images.shape[1]}×{syn.images.shape[2]}, "
-                            f"this site's store is {store_size}×{store_size}")
+        syn = load_matching(folder, class_names, store_size)
+    except SyntheticSetError as exc:
+        raise InitFromError(str(exc)) from None
     present = set(np.unique(syn.labels).tolist())
     if len(syn) == 0 or len(present) < 2:
         raise InitFromError(f"{folder}: needs images of at least two classes to pretrain on")
