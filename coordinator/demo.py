@@ -34,6 +34,7 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
              cnn_minutes: float = 1.5,
              fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from shared.files import atomic_write_json
     from shared.flower_proc import loopback_federation
 
     out = out.absolute()
@@ -53,7 +54,13 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
         echo("[bold]2/4[/] Flower SuperLink + SuperNodes on 127.0.0.1 (loopback only)")
         node_cfg = demo_node_config(site_dirs, gan_minutes)
         work = out / "coordinator"
-        with loopback_federation(out / "flower", node_cfg) as fed:
+        # As in a real deployment, every SuperNode runs only apps the operator's key signed.
+        from shared.app_signing import write_trusted_entities
+        from shared.flower_keys import make_app_signing_key
+
+        app_key, app_pub = make_app_signing_key(out / "coordinator" / "keys")
+        trusted = write_trusted_entities(app_pub, out / "flower" / "trusted-entities.yaml")
+        with loopback_federation(out / "flower", node_cfg, trusted_entities=trusted) as fed:
             timing["federation_start"] = round(time.monotonic() - t0, 2)
             echo(f"      SuperLink 127.0.0.1:{fed.superlink.port}, SuperNodes "
                  + ", ".join(f"{n}:{p.port}" for n, p in fed.supernodes.items()))
@@ -65,7 +72,7 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
                                          n_synthetic=n_synthetic,
                                          cnn_minutes=cnn_minutes)
             row = submit_and_watch(fed.connection, fed.cli_home, run_config, timeout=timeout,
-                                   echo=echo)
+                                   echo=echo, signing=(fed.database, app_key))
             timing["flower_run"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
         timing["federation_stop"] = round(time.monotonic() - t0, 2)
@@ -82,7 +89,7 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
            "flower_status": row.get("status"), "sites": sites, "scale": scale, "size": size,
            "model": model, "gan_minutes": gan_minutes, "n_synthetic": n_synthetic,
            "cnn_minutes": cnn_minutes}
-    (out / "demo-timing.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(out / "demo-timing.json", doc, sort_keys=False)
     return {"report_html": str(work / "report" / "report.html"), "total_seconds": total,
             "timing": doc}
 

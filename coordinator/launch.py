@@ -39,6 +39,7 @@ def app_dir(staging: Path) -> Path:
 
 
 def _stage(root: Path, staging: Path) -> Path:
+    from coordinator.phases import run_config_defaults
     from shared import __version__
 
     if staging.exists():
@@ -47,7 +48,7 @@ def _stage(root: Path, staging: Path) -> Path:
         shutil.copytree(root / pkg, staging / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
     config_lines = "\n".join(f"{k} = {json.dumps(v) if isinstance(v, str) else _toml(v)}"
-                             for k, v in DEFAULT_RUN_CONFIG.items())
+                             for k, v in run_config_defaults().items())
     (staging / "pyproject.toml").write_text(f"""[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -74,17 +75,6 @@ def _toml(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return repr(v)
-
-
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "work-dir": "", "trust-dir": "", "run-name": "run", "mode": "train", "expected-sites": 3,
-    "min-sites": 1, "node-wait-s": 120.0, "ping-timeout-s": 120.0, "bundle-timeout-s": 1800.0,
-    "eval-timeout-s": 900.0, "gan-config": "{}", "baseline-config": "{}", "n-synthetic": 200,
-    "seed": 0, "cnn-epochs": 10, "cnn-width": 16, "cnn-batch": 32, "cnn-patience": 3,
-    "cnn-max-minutes": 5.0, "own-synthetic": True, "balance": True, "n-boot": 1000,
-    "record-messages": False, "stop-after": "",
-}
-"""Mirror of ``[tool.flwr.app.config]`` in pyproject.toml (for staged wheel installs)."""
 
 
 class _Watcher:
@@ -124,13 +114,29 @@ class _Watcher:
 
 
 def submit_and_watch(connection: str, cli_home: Path, run_config: Mapping[str, Any],
-                     *, timeout: float, echo: Any, poll: float = 3.0) -> dict[str, Any]:
-    """``flwr run`` + poll ``flwr ls`` until finished; raise unless ``finished:completed``."""
+                     *, timeout: float, echo: Any, poll: float = 3.0,
+                     signing: tuple[Path, Path] | None = None) -> dict[str, Any]:
+    """``flwr run`` + poll ``flwr ls`` until finished; raise unless ``finished:completed``.
+
+    ``signing`` is (the SuperLink's database, the operator's app-signing key): the app is
+    signed into the SuperLink's record as soon as it is submitted (coordinator/app_signing.py);
+    SuperNodes started with the operator's public key refuse it otherwise.
+    """
     from shared.errors import RunFailedError
 
     staging = Path(str(run_config["work-dir"])) / "app"
     app = app_dir(staging)
+    fab = None
+    if signing is not None:
+        from coordinator.app_signing import freeze_app
+
+        app, fab = freeze_app(app, Path(str(run_config["work-dir"])) / "app-signed")
     run_id = flwr_run(app, connection, cli_home, run_config)
+    if signing is not None and fab is not None:
+        from coordinator.app_signing import attach_signature
+
+        digest = attach_signature(signing[0], fab, signing[1])
+        echo(f"signed app {digest[:12]}… with {signing[1]}")
     echo(f"submitted Flower run {run_id} (app {app})")
     watcher = _Watcher(Path(str(run_config["work-dir"])), str(run_config.get("run-name", "run")),
                        echo)

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 
 ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
 COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}

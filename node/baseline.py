@@ -20,7 +20,8 @@ from typing import Any
 
 from node.errors import StoreError
 from shared.cnn_train import ClassifierConfig
-from shared.config import atomic_write_bytes, to_dict, write_resolved
+from shared.config import to_dict, write_resolved
+from shared.files import atomic_write_bytes
 
 BASELINE_KIND = "local_real_baseline"
 WITH_SYNTHETIC_KIND = "local_real_plus_synthetic"
@@ -43,10 +44,11 @@ def run_baseline(
     synthetic ones making up ``synthetic_share`` of the mix, early-stopped on real images only.
     Written next to (never over) the real-only baseline, as ``baseline-with-synthetic.*``.
     """
-    from node.evaluate import score_test_split, sha256_file
+    from node.evaluate import score_test_split
     from node.store import SiteStore
     from shared import __version__
     from shared.cnn_train import train_classifier
+    from shared.files import sha256_file
     from shared.weights_io import save_weights
 
     if classes not in ("binary", "lesion"):

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import SynthlearnError
+from node.errors import ExportError
 
 PSEUDONYM_FILE = "pseudonym"
 EXPORT_LOG = "exports.jsonl"
@@ -30,10 +30,6 @@ MIN_REASON_CHARS = 10
 _MAX_STR = 120
 _MAX_LIST = 32
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ExportError(SynthlearnError):
-    """Export refused (failed or stale audit, missing inputs); the message says what to do."""
 
 
 def public_numbers(obj: Any, _depth: int = 0) -> Any:
@@ -145,7 +141,7 @@ def export_bundle(
     """Write the signed bundle for ``SITE/synthetic/<name>`` to ``out``; return its manifest."""
     from node.audit import SUMMARY_NAME, find_dp_report, run_name_of, synthetic_digest
     from shared.bundle import write_bundle
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
     from shared.synthetic import SyntheticSet
 
     site_dir, out = Path(site_dir), Path(out)

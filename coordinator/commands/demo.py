@@ -54,17 +54,20 @@ def command(
             "--engine simulation: not available in this version (the simulation engine passes "
             "only partition-id/num-partitions as node config, so each virtual site cannot be "
             "given its own site folder and key); use the default --engine deployment")
+    from shared.flower_proc import Interrupted, stop_flower_on_signals
+
     try:
         from coordinator.demo import run_demo
 
-        result = run_demo(out, sites=sites, scale=scale, size=size, model=model,
-                          gan_minutes=gan_minutes,
-                          n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
-                          timeout=timeout_minutes * 60)
-    except KeyboardInterrupt:
+        with stop_flower_on_signals():
+            result = run_demo(out, sites=sites, scale=scale, size=size, model=model,
+                              gan_minutes=gan_minutes, n_synthetic=n_synthetic,
+                              cnn_minutes=cnn_minutes, fresh=fresh,
+                              timeout=timeout_minutes * 60)
+    except KeyboardInterrupt as exc:
         typer.echo("interrupted: every process the demo started has been stopped; "
                    "`synthlearn demo --resume` continues from the last completed phase",
                    err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + exc.signum if isinstance(exc, Interrupted) else 130) from None
     typer.echo(f"\nReport: {result['report_html']}")
     typer.echo(f"Timing: {out / 'demo-timing.json'} (total {result['total_seconds']:.0f} s)")

@@ -11,9 +11,17 @@ from shared.options import positive
 
 
 def command(
-    superlink: str = typer.Option("127.0.0.1:9092", "--superlink", help="HOST:PORT of the "
-                                  "SuperLink (run this on the SuperLink's machine: the "
+    superlink: str = typer.Option("127.0.0.1:9093", "--superlink", help="HOST:PORT of the "
+                                  "SuperLink's loopback Control API (`coordinator serve "
+                                  "--control-port`; run this on the SuperLink's machine: the "
                                   "ServerApp writes into --work there)."),
+    app_key: Path = typer.Option(None, "--app-key", help="The operator's app-signing key "
+                                 "(Ed25519, OpenSSH; certs/app-signing from "
+                                 "deploy/make_certs.py). Sites run only apps it signed. "
+                                 "Required unless --insecure."),
+    superlink_db: Path = typer.Option(None, "--superlink-db", help="The SuperLink's database "
+                                      "(default: WORK/superlink.db, where `coordinator serve "
+                                      "--work WORK` keeps it); the signature is stored there."),
     work: Path = typer.Option(Path("coordinator-work"), "--work", help="Coordinator folder: "
                               "state.db, bundles, pool, CNN weights, report."),
     trust: Path = typer.Option(..., "--trust", help="Folder of trusted site public keys."),
@@ -38,6 +46,7 @@ def command(
 
     from coordinator.errors import CoordinatorError
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from coordinator.phases import settings_from_run_config
     from shared.flower_proc import write_connection
 
     if mode not in ("collect", "train"):
@@ -46,6 +55,14 @@ def command(
         raise CoordinatorError("give --root-cert (the federation's ca.crt), or --insecure for "
                                "a loopback test")
     work = work.absolute()
+    if app_key is None and not insecure:
+        raise CoordinatorError("give --app-key (the operator's app-signing key, made by "
+                               "deploy/make_certs.py): sites refuse unsigned apps")
+    signing = None
+    if app_key is not None:
+        if not app_key.exists():
+            raise CoordinatorError(f"{app_key}: no such app-signing key")
+        signing = ((superlink_db or work / "superlink.db").absolute(), app_key.absolute())
     cli_home = work / "cli-home"
     write_connection(cli_home, "synthlearn", superlink,
                      root_cert=root_cert.absolute() if root_cert else None, insecure=insecure)
@@ -60,8 +77,10 @@ def command(
             run_config[key.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             run_config[key.strip()] = value
+    # Checked here (unknown keys, bad values: one line, exit 2), not an hour into the run.
+    settings_from_run_config(run_config).cnn_config()
     with ConsoleEcho() as echo:
         row = submit_and_watch("synthlearn", cli_home, run_config,
-                               timeout=timeout_minutes * 60, echo=echo)
+                               timeout=timeout_minutes * 60, echo=echo, signing=signing)
     typer.echo(json.dumps({k: row.get(k) for k in ("run_id", "status", "elapsed")}))
     typer.echo(f"report: {work / 'report' / 'report.html'}")

@@ -1,4 +1,5 @@
-"""Helpers for the Flower tests: tiny keyed sites, a trust folder, one run to completion."""
+"""The one home of test site builders for the coordinator tests: tiny keyed sites, stand-in
+synthetic sets (audited), a trust folder, one Flower run to completion."""
 
 from __future__ import annotations
 
@@ -22,6 +23,30 @@ def make_keyed_site(root: Path, name: str, n: int = 48, size: int = 32, seed: in
     return site
 
 
+def stand_in_synthetic(n: int, size: int, seed: int) -> Any:
+    """What `node generate` would leave, without a GAN: freshly rendered phantoms (never a
+    stored real image), alternating normal / abnormal. The coordinator tests exercise the
+    files and messages, not how good a seconds-long GAN is."""
+    import numpy as np
+
+    from node.phantoms import render
+    from shared.synthetic import SyntheticSet
+
+    rng = np.random.default_rng(seed)
+    imgs = np.stack([np.rint(render(rng, "No finding" if i % 2 == 0 else "Surgical implant",
+                                    size) * 255).astype(np.uint8) for i in range(n)])
+    return SyntheticSet(imgs, np.arange(n) % 2, ["normal", "abnormal"])
+
+
+def audited_stand_in(site: Path, seed: int, n: int = 24, size: int = 16) -> None:
+    """``site/synthetic/default`` from :func:`stand_in_synthetic`, with its audit summary."""
+    from node.audit import run_audit
+    from node.audit.config import AuditConfig
+
+    stand_in_synthetic(n, size, seed).save(site / "synthetic" / "default")
+    run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
+
+
 def trust_folder(root: Path, sites: dict[str, Path]) -> Path:
     """The coordinator's trust folder: each site's public key, copied by hand in real life."""
     trust = root / "trust"
@@ -43,3 +68,18 @@ def run_app(fed: Any, run_config: dict[str, Any], timeout: float = 240.0) -> dic
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def nginx_or_skip() -> None:
+    """The Fleet proxy's tests need nginx: skip where it is missing, fail under .ci/run."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        return
+    if os.environ.get("SYNTHLEARN_REQUIRE_NGINX") == "1":
+        pytest.fail("nginx is required here (`make test` installs it: apt-get install -y nginx)")
+    pytest.skip("nginx not installed (apt-get install -y nginx; `make test` installs it)")

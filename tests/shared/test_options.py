@@ -82,3 +82,29 @@ def test_invalid_numeric_option_is_one_line_naming_it(
     assert len(err.splitlines()) == 1, err
     assert flag in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [], "a refused command must not write anything"
+
+
+@pytest.mark.parametrize(("argv", "table"), [(["node", "train", "--help"], "[gan]"),
+                                             (["node", "baseline", "--help"], "[classifier]"),
+                                             (["node", "audit", "--help"], "[audit]")])
+def test_help_keeps_toml_table_names(argv: list[str], table: str,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["synthlearn", *argv])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert table in " ".join(capsys.readouterr().out.split())
+
+
+def test_bad_toml_value_names_the_file_and_table(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text("[gan]\nbatch = 1\n")
+    monkeypatch.setattr("sys.argv", ["synthlearn", "node", "train", "--site-dir",
+                                     str(tmp_path / "absent"), "--config", str(toml)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "run.toml [gan]" in err and "batch must be ≥ 2" in err
