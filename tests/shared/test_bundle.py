@@ -273,10 +273,10 @@ def _with_teacher(n: int = 6) -> SyntheticSet:
 
 def _resign_member(path: Path, env: dict[str, Path], dst: str, name: str, data: bytes) -> Path:
     """What a hostile site (holding its own key) can send: any member content, signed."""
-    from shared.bundle import sha256_hex
+    from shared.files import sha256_bytes
 
     manifest = json.loads(member(path, MANIFEST))
-    manifest["members"][name] = sha256_hex(data)
+    manifest["members"][name] = sha256_bytes(data)
     tmp = rewrite(path, env["tmp"] / f"tmp-{dst}", {name: data})
     return _resign(tmp, env, dst, members=manifest["members"])
 
