@@ -15,7 +15,7 @@ endif
 PY := $(ENV)/bin/python
 BIN := $(ENV)/bin
 
-.PHONY: install nginx demo test lint
+.PHONY: install nginx chromium demo test lint
 
 $(CURDIR)/.venv/bin/python:
 	$(PYTHON) -m venv --system-site-packages $(CURDIR)/.venv
@@ -32,6 +32,13 @@ nginx:
 	  ( $(SUDO) apt-get install -y nginx || \
 	    ( $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx ) )
 
+# The report and reader-study tests open pages in a real headless browser: Debian's Chromium
+# (never a browser downloaded by a test tool).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  ( $(SUDO) apt-get install -y chromium || \
+	    ( $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium ) )
+
 demo: install
 	$(BIN)/synthlearn demo --out demo-output
 
@@ -39,5 +46,5 @@ lint:
 	$(BIN)/ruff check node coordinator shared tests benchmarks
 	$(BIN)/mypy
 
-test: install nginx lint
+test: install nginx chromium lint
 	$(PY) -m pytest -q

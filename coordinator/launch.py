@@ -128,8 +128,9 @@ def submit_and_watch(connection: str, cli_home: Path, run_config: Mapping[str, A
     app = app_dir(staging)
     fab = None
     if signing is not None:
-        from coordinator.app_signing import freeze_app
+        from coordinator.app_signing import check_signing, freeze_app
 
+        check_signing(*signing)
         app, fab = freeze_app(app, Path(str(run_config["work-dir"])) / "app-signed")
     run_id = flwr_run(app, connection, cli_home, run_config)
     if signing is not None and fab is not None:

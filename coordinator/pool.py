@@ -137,6 +137,8 @@ def pool_bundles(paths: Iterable[Path], trust_dir: Path, state: CoordinatorState
             "audit": manifest.get("audit"), "accepted_risk": manifest.get("accepted_risk"),
             "metrics": manifest.get("metrics"), "software_version":
                 manifest.get("software_version"), "created_at": manifest.get("created_at"),
+            "privacy_ledger": manifest.get("privacy_ledger"),
+            "signed_manifest": vb.signed_manifest,
         })
     if kept:
         # By site, not by file name or arrival order: the same bundles make the same pool

@@ -33,7 +33,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     """Train the CNN on ``pooled`` (synthetic only) and save npz weights to ``out``.
 
     Returns a record with the weights' path and SHA-256, the images it saw, the threshold and
-    the training history summary; the same facts are inside the weights' metadata.
+    the training history summary; the same facts, but the threshold, are inside the weights'
+    metadata (a site scores at its own threshold and refuses weights that carry one).
     """
     from shared.cnn_train import train_classifier
     from shared.config import to_dict
@@ -52,7 +53,6 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     meta = {
         "classes": class_mode(list(pooled.class_names)),
         "class_names": list(pooled.class_names),
-        "threshold": trained.threshold,
         "trained_on": f"{role} synthetic images from {len(bundle_ids)} verified bundle(s)",
         "synthetic_only": True,
         "bundle_ids": bundle_ids,

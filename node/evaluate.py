@@ -78,8 +78,15 @@ def evaluate_weights(
     n_boot: int = 1000,
     seed: int = 0,
     write: bool = True,
+    *,
+    threshold: float | None = None,
+    threshold_from_meta: bool = True,
 ) -> dict[str, Any]:
     """Evaluate CNN ``weights`` (npz) on the site's real test split.
+
+    Sensitivity/specificity are reported at the threshold the weights carry (the admin's own
+    weights) or, with ``threshold_from_meta=False`` (a coordinator's request), at the site's
+    own ``threshold`` only; None reports AUC and its CI alone.
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as
@@ -96,7 +103,8 @@ def evaluate_weights(
     classes = str(meta.get("classes", "binary"))
     if classes not in ("binary", "lesion"):
         classes = "binary"
-    threshold = meta.get("threshold")
+    if threshold_from_meta:
+        threshold = meta.get("threshold")
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,

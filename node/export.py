@@ -1,12 +1,13 @@
 """`synthlearn node export`: the one door out of a site — a signed bundle (DESIGN §2, §3).
 
 What goes in: the synthetic images and labels; the metrics (``SITE/metrics/*.json``, e.g. the
-local real baseline written by ``node baseline``, and the GAN run's ``metrics.json`` incl. its
-DP report); the audit summary; the DP accounting; the resolved GAN and audit configs; the site
-pseudonym and any accepted-risk reason. Everything but the images passes through
-:func:`public_numbers`, which keeps numbers, booleans and short plain strings and drops
-anything that looks like a path or a long text, so a metric file that one day grows a list of
-file names or per-image values cannot carry them out.
+local real baseline written by ``node baseline``, the numbers-only reader-study summary written
+by ``node reader-study --results``, and the GAN run's ``metrics.json`` incl. its DP report); the
+audit summary; the DP accounting; the resolved GAN and audit configs; the site pseudonym and
+any accepted-risk reason. Everything but the images passes through :func:`public_numbers`,
+which keeps numbers, booleans and short plain strings and drops anything that looks like a path
+or a long text, so a metric file that one day grows a list of file names or per-image values
+cannot carry them out.
 
 What never goes in: real pixels, DICOM tags, file names of real images, weights, per-real-image
 distances, the local HTML report. Export is refused when the audit is missing, stale (the
@@ -137,9 +138,11 @@ def export_bundle(
     site: str | None = None,
     key_dir: Path | None = None,
     overwrite: bool = False,
+    lifetime_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """Write the signed bundle for ``SITE/synthetic/<name>`` to ``out``; return its manifest."""
     from node.audit import SUMMARY_NAME, find_dp_report, run_name_of, synthetic_digest
+    from node.privacy_ledger import summary as ledger_summary
     from shared.bundle import write_bundle
     from shared.files import atomic_write_bytes
     from shared.synthetic import SyntheticSet
@@ -177,6 +180,10 @@ def export_bundle(
             "into the bundle for the coordinator and auditors to see)")
     run_name = run_name_of(synthetic)
     metrics, gan_config = _collect_metrics(site_dir, run_name)
+    study = metrics.get("reader_study")
+    if isinstance(study, dict):  # say whether the readers saw the set this bundle carries
+        study["matches_bundle_set"] = study.get("synthetic_sha256") == \
+            synthetic_digest(synthetic)
     dp = find_dp_report(site_dir, synthetic)
     audit_config = audit.get("config") if isinstance(audit.get("config"), dict) else {}
     config = {
@@ -188,7 +195,8 @@ def export_bundle(
     manifest = write_bundle(
         out, synthetic, site=pseudonym, key_dir=key_dir or site_dir / "keys",
         metrics=metrics, audit=public_numbers(audit), dp=public_numbers(dp) if dp else None,
-        config=config, accepted_risk=reason)
+        config=config, accepted_risk=reason,
+        privacy_ledger=ledger_summary(site_dir, lifetime_epsilon))
     log_line = {"bundle_id": manifest["bundle_id"], "out": str(out.resolve()),
                 "synthetic_name": synthetic_name, "images": manifest["image_count"],
                 "accepted_risk": reason,

@@ -23,6 +23,7 @@ shared.errors.ConfigError: Demo: unknown key 'sise' (known: name, size)
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -53,6 +54,8 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
                 return _coerce(value, arg, key, owner)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # `X | None`: the one real type's reason, not a generic one
+            raise ConfigError(errors[0])
         raise ConfigError(f"{owner}.{key}: {value!r} matches none of {annotation}")
     if origin is typing.Literal:
         if value not in args:
@@ -70,6 +73,10 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
         return from_mapping(annotation, value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML and JSON both spell nan/inf; a NaN passes every `v <= 0` check and makes a
+        # later `min`/`>` comparison false, so a NaN time cap would never stop anything.
+        raise ConfigError(f"{owner}.{key}: expected a finite number, got {value!r}")
     if annotation is Path and isinstance(value, str):
         return Path(value)
     if isinstance(annotation, type):

@@ -472,9 +472,20 @@ def train(site_dir: Path, cfg: GanConfig, run_name: str = "default",
         check_site_budget(site_dir / "runs", run_name, float(cfg.dp_epsilon),  # type: ignore[arg-type]
                           cfg.dp_site_budget, min(1.0, cfg.batch / len(labels)), steps,
                           cfg.dp_delta or dp_delta_default(len(labels)))
-    return train_arrays(images, labels, names, cfg, site_dir / "runs" / run_name,
-                        store_size=store_size, progress=progress, where=site_dir,
-                        init_from=init_from)
+    run_dir = site_dir / "runs" / run_name
+    started = time.time()
+    try:
+        return train_arrays(images, labels, names, cfg, run_dir, store_size=store_size,
+                            progress=progress, where=site_dir, init_from=init_from)
+    finally:
+        # Every DP run's spend goes into the site's privacy ledger, interrupted runs too
+        # (their metrics.json is written before the interrupt propagates).
+        summary_path = run_dir / "metrics.json"
+        if cfg.dp and summary_path.exists() and summary_path.stat().st_mtime >= started - 1:
+            from node.privacy_ledger import record_dp_report
+
+            record_dp_report(site_dir, json.loads(summary_path.read_text()).get("dp"),
+                             run_name)
 
 
 def train_arrays(

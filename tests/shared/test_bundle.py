@@ -28,15 +28,6 @@ from shared.synthetic import SyntheticSet
 IMG = "images/000002.png"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, Path]:
-    keys, trust = tmp_path / "keys", tmp_path / "trust"
-    generate_keypair(keys)
-    trust.mkdir()
-    (trust / "site-a.pub").write_bytes((keys / PUBLIC_NAME).read_bytes())
-    return {"keys": keys, "trust": trust, "tmp": tmp_path}
-
-
 def synthetic(n: int = 6, seed: int = 0) -> SyntheticSet:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 16, 12), dtype=np.uint8)

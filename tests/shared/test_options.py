@@ -17,6 +17,7 @@ ZERO_ALLOWED = {
     ("node", "preprocess", "--workers"), ("node", "import-npz", "--size"),
     ("node", "train", "--seed"), ("node", "baseline", "--seed"), ("node", "generate", "--seed"),
     ("node", "audit", "--max-copy-rate"), ("coordinator", "train", "--patience"),
+    ("node", "reader-study", "--seed"),
 }
 """Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early)."""
 
@@ -50,6 +51,8 @@ def _cases() -> list[tuple[tuple[str, ...], str, str, list[str]]]:
                 continue
             flag = max(p.opts, key=len)
             bad = ["-1", "abc"] + ([] if (*path, flag) in ZERO_ALLOWED else ["0"])
+            if p.type.name in ("float", "float range"):
+                bad.append("nan")  # passes every `v <= 0` check unless refused explicitly
             cases += [(path, flag, value, required) for value in bad]
     return cases
 
@@ -108,3 +111,16 @@ def test_bad_toml_value_names_the_file_and_table(
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1
     assert "run.toml [gan]" in err and "batch must be ≥ 2" in err
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_toml_nan_or_inf_is_refused_for_a_float_field(text: str, tmp_path: Path) -> None:
+    """TOML spells nan and inf; a NaN time cap would make `elapsed > cap` never true."""
+    from node.training import GanConfig
+    from shared.config import resolve
+    from shared.errors import ConfigError
+
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"[gan]\nmax_minutes = {text}\n")
+    with pytest.raises(ConfigError, match="finite"):
+        resolve(GanConfig, toml=toml, table="gan")
