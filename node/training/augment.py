@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,6 +75,10 @@ class Augment:
     def p(self) -> float:
         """Current probability (a host read: call at logging intervals only)."""
         return float(self._p)
+
+    def average_p_(self, average: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace p by ``average(p)`` on the device (torchrun: every process the same p)."""
+        self._p = average(self._p.clone())
 
     @property
     def last_rt(self) -> float | None:

@@ -340,8 +340,7 @@ class Trainer:
         if self.dist.active:
             # Keep what each process tracks from its own share identical everywhere.
             self.dist.average_(self.G.w_avg)  # type: ignore[arg-type]
-            p = self.dist.average_(torch.tensor([self.augment.p], device=self.device))
-            self.augment.p = float(p[0])
+            self.augment.average_p_(self.dist.average_)
         self._update_ema()
         for k, v in stats.items():
             self._stat_sums[k] = self._stat_sums[k] + v if k in self._stat_sums else v
