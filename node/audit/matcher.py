@@ -51,6 +51,7 @@ COARSE = 32
 POOL = 8
 SPECTRUM = 8
 BLUR = 1.5
+REFINED = 3
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ class Matches:
         if dy or dx:
             parts.append(f"shifted {dx:+d} px right, {dy:+d} px down")
         return ", ".join(parts) or "as is (intensity changes aside)"
+
+
+def apply(images: U8, flip: npt.NDArray[np.int64], zoom: npt.NDArray[np.float64],
+          shift: npt.NDArray[np.int64]) -> U8:
+    """The transforms of a :class:`Matches` applied to (training) images, for showing a copy
+    next to what it was made from."""
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    out = _transform(x, torch.from_numpy(np.asarray(flip, np.int64)),
+                     torch.from_numpy(np.asarray(zoom, np.float32)),
+                     shift=torch.from_numpy(np.asarray(shift, np.float32)))
+    return np.clip(np.rint(out.numpy()), 0, 255).astype(np.uint8)
 
 
 def equalize(images: U8) -> torch.Tensor:
@@ -327,17 +339,23 @@ class TransformMatcher:
         tmpl = _centre(q_small, self.coarse_shift)
         per = c * nz
         r, _ = _ncc_search(tmpl.repeat_interleave(per, dim=0), variants, norms)
-        best = r.view(q, per).argmax(dim=1)
-        pick = torch.arange(q) * per + best
-        # Re-score the winner at full resolution: all integer shifts, then a finer zoom and
+        # Keep the best zoom of each candidate, then the `REFINED` best candidates: at the
+        # coarse level a crop's true source can trail a look-alike by a hair.
+        r_c, z_c = r.view(q, c, nz).max(dim=2)
+        t = min(REFINED, c)
+        top = r_c.topk(t, dim=1).indices  # (q, t)
+        pick = ((torch.arange(q)[:, None] * c + top) * nz + z_c.gather(1, top)).reshape(-1)
+        # Re-score them at full resolution: all integer shifts, then a finer zoom and
         # half-pixel offsets around the best one (a crop's zoom and offset are continuous).
         ref, flip, zoom = ref[pick], flip[pick], zooms[zoom_i[pick]]
         full = _transform(self.eq[ref], flip, zoom, self.size)
-        tmpl = _centre(q_eq, cfg.max_shift)
+        tmpl = _centre(q_eq, cfg.max_shift).repeat_interleave(t, dim=0)
         sim, pos = _ncc_search(tmpl, full)
         side = 2 * cfg.max_shift + 1
         shift = torch.stack([cfg.max_shift - pos // side, cfg.max_shift - pos % side], dim=1)
         sim, zoom, shift_f = self._refine(tmpl, ref, flip, zoom, shift, sim)
+        win = sim.view(q, t).argmax(dim=1) + torch.arange(q) * t
+        sim, ref, flip, zoom, shift_f = sim[win], ref[win], flip[win], zoom[win], shift_f[win]
         return (sim.double().numpy(), ref.numpy().astype(np.int64),
                 flip.numpy().astype(np.int64), zoom.double().numpy(),
                 np.rint(shift_f.numpy()).astype(np.int64))

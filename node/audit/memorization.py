@@ -288,10 +288,38 @@ def meehan_ct(syn_dist: npt.NDArray[np.float64], held_dist: npt.NDArray[np.float
             "heldout_covered": float(np.sum(weights) / len(held_dist))}
 
 
+def intensity_shift(train: U8, heldout: U8, n_boot: int, seed: int) -> dict[str, float] | None:
+    """A blind check of the splits themselves: can simple per-image intensity statistics
+    (quantiles, mean, spread of the raw pixels) tell held-out from training images? AUC of a
+    cross-validated logistic regression; 0.5 when the splits were acquired alike, high when the
+    held-out images come at another exposure, window or scanner curve."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(train) < 10 or len(heldout) < 10:
+        return None
+    rng = np.random.default_rng(seed)
+    tr = train[rng.choice(len(train), min(len(train), 4 * len(heldout)), replace=False)]
+
+    def feats(x: U8) -> npt.NDArray[np.float64]:
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        q = np.quantile(flat, [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98], axis=1).T
+        return np.c_[q, flat.mean(1), flat.std(1)]
+
+    x = np.r_[feats(tr), feats(heldout)]
+    y = np.r_[np.zeros(len(tr)), np.ones(len(heldout))]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    score = cross_val_predict(model, x, y, cv=folds, method="decision_function")
+    return _auc(score[y == 1], score[y == 0], n_boot, seed)
+
+
 def _cells(train_desc: torch.Tensor, k: int, seed: int) -> Any:
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit(train_desc.numpy())
+    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(train_desc.numpy())
 
 
 def audit_arrays(
@@ -303,8 +331,11 @@ def audit_arrays(
     synthetic_labels: npt.NDArray[np.int64] | None = None,
     dp: dict[str, Any] | None = None,
     encoder: Any = None,
+    matcher: Any = None,
 ) -> AuditResult:
-    """The audit on arrays (uint8, same H×W). ``encoder=None`` builds ``cfg.encoder``."""
+    """The audit on arrays (uint8, same H×W). ``encoder=None`` builds ``cfg.encoder``;
+    ``matcher``: a ``TransformMatcher`` already built on ``train`` (to audit several sets
+    against one site without indexing it again)."""
     from node.audit.matcher import MatchConfig, TransformMatcher, equalize
 
     cfg = cfg or AuditConfig()
@@ -336,7 +367,11 @@ def audit_arrays(
     half_a, half_b = control[: len(tr) // 2], control[len(tr) // 2:]
 
     # Transform-robust view: copies under shifts, flips, crops and intensity edits.
-    matcher = TransformMatcher(tr, MatchConfig(max_shift=cfg.max_shift, zooms=cfg.zooms))
+    match_cfg = MatchConfig(max_shift=cfg.max_shift, zooms=cfg.zooms)
+    if matcher is None:
+        matcher = TransformMatcher(tr, match_cfg)
+    elif len(matcher) != len(tr) or matcher.cfg != match_cfg or matcher.size != tr.shape[1]:
+        raise AuditError("the matcher passed in was not built on this training set and config")
     s_m = matcher.match(syn)
     h_m = matcher.match(held)
     # Membership inference and the blind baseline on equalised pixels (invariant to exposure,
@@ -391,8 +426,9 @@ def audit_arrays(
     emb = per_view.get(encoder_name) if encoder_name else None
     any_copy = np.logical_or.reduce([v.is_copy for v in views])
     eps = (dp or {}).get("epsilon_spent") if dp else None
-    shifted = bool(raw_blind is not None and raw_blind["ci_low"] > 0.5
-                   and raw_blind["auc"] >= cfg.shifted_auc)
+    intensity = intensity_shift(tr, held, cfg.n_boot, cfg.seed)
+    shifted = any(b is not None and b["ci_low"] > 0.5 and b["auc"] >= cfg.shifted_auc
+                  for b in (raw_blind, intensity))
 
     gates: dict[str, dict[str, Any]] = {}
 
@@ -481,7 +517,8 @@ def audit_arrays(
         "meehan": meehan,
         "train_with_copy": per_view["pixel"]["train_with_copy"],
         "mia_auc": mia_auc,
-        "heldout_shift": {"raw_pixel_baseline": raw_blind, "shifted": shifted},
+        "heldout_shift": {"raw_pixel_baseline": raw_blind, "intensity_statistics": intensity,
+                          "shifted": shifted},
         "views": per_view,
         "dp": ({"epsilon_spent": eps, "delta": (dp or {}).get("delta")} if eps is not None
                else None),

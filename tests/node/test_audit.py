@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -100,9 +101,9 @@ def test_small_held_out_set_passes_honest_samples_and_still_fails_planted_copies
     cfg = AuditConfig(n_boot=100, encoder="none", min_heldout=20)
     # An unlucky draw of 20 held-out patients (nineteen of the farthest from training, then
     # one at the 85th percentile) puts τ low, so honest samples cross 10 % by τ's noise alone.
-    from node.audit.memorization import nearest_correlation
+    from node.audit.matcher import TransformMatcher
 
-    order = np.argsort(nearest_correlation(held, train)[0])
+    order = np.argsort(TransformMatcher(train).match(held).similarity)
     unlucky = held[np.r_[order[:19], order[68]]]
     ok = audit_arrays(honest, train, unlucky, cfg).summary
     gate = ok["gates"]["copy_rate"]
@@ -114,8 +115,11 @@ def test_small_held_out_set_passes_honest_samples_and_still_fails_planted_copies
     noisy = train[rng.choice(len(train), 60)].astype(np.float64) + rng.normal(0, 6.0,
                                                                              (60, SIZE, SIZE))
     syn[planted] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    # Only the τ test (not the near-copy rule, not the data-copying test) may catch these.
+    cfg = dataclasses.replace(cfg, near_copy_ratio=1e-9, data_copying_significance=1e-12,
+                              min_meehan_ct=None)
     bad = audit_arrays(syn, train, held[:20], cfg).summary
-    assert bad["exact_copies"] == 0  # the τ test, not the exact-copy rule, must catch these
+    assert bad["exact_copies"] == 0 and bad["gates"]["data_copying"]["passed"]
     gate = bad["gates"]["copy_rate"]
     assert not gate["passed"] and gate["p_value"] < 0.05, gate
 
