@@ -62,7 +62,7 @@ class MatchConfig:
     zooms: tuple[float, ...] = (1.0, 1.04, 1.08, 1.12, 1.16)
     candidates: int = 16
     """References kept per query from *each* retrieval descriptor (union goes on)."""
-    chunk: int = 512
+    chunk: int = 256
 
     def __post_init__(self) -> None:
         if self.max_shift < 0 or self.candidates < 1 or self.chunk < 1:
