@@ -26,9 +26,9 @@ def main() -> None:
 
     import shutil
 
-    from coordinator.flower_proc import loopback_federation
     from coordinator.launch import submit_and_watch
     from node.phantoms import phantom_store
+    from shared.flower_proc import loopback_federation
     from shared.signing import generate_keypair
 
     if args.out.exists():

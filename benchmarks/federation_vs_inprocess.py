@@ -43,7 +43,7 @@ def pneumoniamnist_sites(root: Path) -> tuple[dict[str, Path], Path]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from multisite import DATA, SITES, load_split, partition, write_site
 
-    from coordinator.commands.demo import keys_and_trust
+    from coordinator.demo import keys_and_trust
 
     images, labels = load_split(DATA, "train")
     parts = partition(labels, seed=0)
@@ -66,11 +66,11 @@ def main() -> None:
     parser.add_argument("--n-synthetic", type=int, default=200)
     args = parser.parse_args()
 
-    from coordinator.commands.demo import demo_node_config, demo_run_config, prepare_sites
-    from coordinator.flower_proc import loopback_federation
+    from coordinator.demo import demo_node_config, demo_run_config, prepare_sites
     from coordinator.launch import submit_and_watch
     from coordinator.local_transport import LocalTransport
     from coordinator.phases import Run, settings_from_run_config
+    from shared.flower_proc import loopback_federation
 
     if args.out.exists():
         shutil.rmtree(args.out)

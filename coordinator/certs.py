@@ -2,9 +2,9 @@
 
 Why our own script instead of openssl one-liners: hospital IT can read 80 lines of Python and
 see exactly what is made — a private CA (10 years), a SuperLink server certificate signed by
-it with the coordinator's DNS names / IPs as subject alternative names (2 years), and one
-ECDSA P-384 key pair per SuperNode in OpenSSH format (what Flower's SuperNode authentication
-expects). Private keys are written 0600.
+it with the coordinator's DNS names / IPs as subject alternative names (2 years). Private keys
+are written 0600. SuperNode keys are not made here: each site makes its own
+(:mod:`shared.flower_keys`), so no site's private key ever exists at the coordinator.
 
 Nothing here contacts anything; ``deploy/make_certs.py`` is the command-line wrapper.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,13 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
+from shared.signing import _write_private
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -42,9 +35,12 @@ def make_ca_and_server(out: Path, names: Sequence[str] = ("localhost", "127.0.0.
     """``out/ca.crt``, ``out/ca.key``, ``out/server.pem``, ``out/server.key``.
 
     ``names`` are the addresses SuperNodes use to reach the SuperLink (DNS names and IPs);
-    each becomes a subject alternative name, which TLS clients check.
+    each becomes a subject alternative name, which TLS clients check. ``localhost`` and
+    ``127.0.0.1`` are always added: the SuperLink itself listens on loopback behind the Fleet
+    proxy, and the proxy, the SuperExec and the operator's ``flwr`` verify it by those names.
     """
     out.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys([*names, "localhost", "127.0.0.1"]))
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "synthlearn federation CA")])
@@ -84,16 +80,3 @@ def make_ca_and_server(out: Path, names: Sequence[str] = ("localhost", "127.0.0.
     paths["server_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_private(paths["server_key"], _pem_key(key))
     return paths
-
-
-def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
-    """``out/<name>`` (private, OpenSSH, 0600) and ``out/<name>.pub`` (to register)."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    priv = out / name
-    pub = out / f"{name}.pub"
-    _write_private(priv, key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                  serialization.PublicFormat.OpenSSH) + b"\n")
-    return priv, pub

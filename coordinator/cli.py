@@ -1,20 +1,17 @@
-"""`synthlearn coordinator …` (and the root-level `demo`). Registration only."""
+"""`synthlearn coordinator …`. Registration only (``synthlearn demo`` is registered at the
+root through the ``synthlearn.commands`` entry point, see pyproject.toml)."""
 
 from __future__ import annotations
 
 import typer
 
 app = typer.Typer(help="Verify and pool site bundles, train the downstream CNN, report.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 # One module per command; add a line here when a command works.
-from coordinator.commands import demo, pool, report, run, serve, train  # noqa: E402
+from coordinator.commands import pool, report, run, serve, train  # noqa: E402
 
 for _name, _mod in (("serve", serve), ("run", run), ("pool", pool), ("train", train),
                     ("report", report)):
     app.command(_name)(_mod.command)
 
-
-def register_root(root: typer.Typer) -> None:
-    """Commands that live at the top level (`synthlearn demo`)."""
-    root.command("demo")(demo.command)

@@ -9,14 +9,6 @@ class CoordinatorError(SynthlearnError):
     """Base class for coordinator failures the admin can act on."""
 
 
-class FlowerProcessError(CoordinatorError):
-    """A Flower process (SuperLink, SuperNode, `flwr run`) did not start or failed."""
-
-
-class RunFailedError(CoordinatorError):
-    """A Flower run ended in a state other than finished:completed."""
-
-
 class StateError(CoordinatorError):
     """The coordinator's SQLite state is missing, locked, or from another run."""
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import FlowerProcessError
-from coordinator.flower_proc import flwr_run, run_log, wait_for_run
+from shared.errors import FlowerProcessError
+from shared.flower_proc import flwr_run, run_log, wait_for_run
 
 PACKAGES = ("node", "coordinator", "shared")
 
@@ -124,13 +124,29 @@ class _Watcher:
 
 
 def submit_and_watch(connection: str, cli_home: Path, run_config: Mapping[str, Any],
-                     *, timeout: float, echo: Any, poll: float = 3.0) -> dict[str, Any]:
-    """``flwr run`` + poll ``flwr ls`` until finished; raise unless ``finished:completed``."""
-    from coordinator.errors import RunFailedError
+                     *, timeout: float, echo: Any, poll: float = 3.0,
+                     signing: tuple[Path, Path] | None = None) -> dict[str, Any]:
+    """``flwr run`` + poll ``flwr ls`` until finished; raise unless ``finished:completed``.
+
+    ``signing`` is (the SuperLink's database, the operator's app-signing key): the app is
+    signed into the SuperLink's record as soon as it is submitted (coordinator/app_signing.py);
+    SuperNodes started with the operator's public key refuse it otherwise.
+    """
+    from shared.errors import RunFailedError
 
     staging = Path(str(run_config["work-dir"])) / "app"
     app = app_dir(staging)
+    fab = None
+    if signing is not None:
+        from coordinator.app_signing import freeze_app
+
+        app, fab = freeze_app(app, Path(str(run_config["work-dir"])) / "app-signed")
     run_id = flwr_run(app, connection, cli_home, run_config)
+    if signing is not None and fab is not None:
+        from coordinator.app_signing import attach_signature
+
+        digest = attach_signature(signing[0], fab, signing[1])
+        echo(f"signed app {digest[:12]}… with {signing[1]}")
     echo(f"submitted Flower run {run_id} (app {app})")
     watcher = _Watcher(Path(str(run_config["work-dir"])), str(run_config.get("run-name", "run")),
                        echo)

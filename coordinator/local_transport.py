@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.phases import Outcome
+from shared.protocol import Outcome
 
 
 class LocalTransport:
     """Sites as ``--node-config`` mappings, answered in-process in node-id order."""
+
+    name = "in-process"
 
     def __init__(self, sites: Mapping[str, Mapping[str, Any]]) -> None:
         self.sites = {i + 1: dict(cfg) for i, cfg in enumerate(sites.values())}

@@ -16,14 +16,25 @@ marked done and continues from the next one; bundles already received are kept o
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from coordinator.pipeline import (
+    accept_reply,
+    mark,
+    pool_step,
+    report_step,
+    request_evaluations,
+    train_step,
+    weights_for,
+)
 from coordinator.state import PHASES, CoordinatorState
-from node.federation import PROTOCOL
+from shared.names import safe_name
+from shared.protocol import PROTOCOL, Transport
 
 
 @dataclass(frozen=True)
@@ -95,37 +106,16 @@ def settings_from_run_config(config: Mapping[str, Any]) -> RunSettings:
     return settings
 
 
-@dataclass
-class Outcome:
-    """One node's answer: a reply (config + optional bundle bytes) or a transport error."""
-
-    node: int
-    config: dict[str, Any] = field(default_factory=dict)
-    bundle: bytes | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.config.get("status") == "ok"
-
-
-class Transport(Protocol):
-    def node_ids(self) -> list[int]: ...
-
-    def exchange(self, kind: str, requests: Mapping[int, dict[str, Any]],
-                 weights: Mapping[int, dict[str, bytes]] | None,
-                 timeout: float) -> dict[int, Outcome]: ...
-
-
 Log = Callable[[str], None]
 
 
+_logger = logging.getLogger("synthlearn.coordinator")
+"""Libraries log (the output rule in ARCHITECTURE.md); the ServerApp sends this logger to its
+log, which `flwr log` and `synthlearn coordinator run` show."""
+
+
 def _print(msg: str) -> None:
-    print(f"[synthlearn] {msg}", flush=True)
-
-
-def _safe_name(site: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in site)[:64] or "site"
+    _logger.info(msg)
 
 
 class Run:
@@ -196,8 +186,7 @@ class Run:
         return report
 
     def _mark(self, site: str, status: str, reason: str) -> None:
-        self.log(f"site {site}: {status} ({reason})")
-        self.state.set_site_status(self.run, site, status, reason)
+        mark(self.state, self.run, site, status, reason, self.log)
 
     def phase_bundles(self) -> dict[str, Any]:
         sites = self.sites()
@@ -226,69 +215,33 @@ class Run:
                 status = "refused" if o.config.get("status") == "refused" else "failed"
                 self._mark(site, status, f"bundle round: {o.config.get('reason', 'no bundle')}")
                 continue
-            path = bundle_dir / f"{_safe_name(site)}.slbundle"
+            path = bundle_dir / f"{safe_name(site)}.slbundle"
             path.write_bytes(o.bundle)
             received[site] = str(path)
         self.log(f"received {len(received)} bundle(s)")
         return {"bundles": received, "sites": {str(k): v for k, v in sites.items()}}
 
     def phase_pool(self) -> dict[str, Any]:
-        from coordinator.pool import pool_bundles, require_pool
-
         got = self.state.phase_result(self.run, "bundles") or {}
-        paths = [Path(p) for p in (got.get("bundles") or {}).values()]
-        if not paths:
+        sent = got.get("bundles") or {}
+        if not sent:
             from coordinator.errors import PoolError
 
             why = "; ".join(f"{site}: {st['status']} ({st['reason']})" for site, st in
                             self.state.site_statuses(self.run).items()) or "no site answered"
             raise PoolError(f"no site sent a bundle: {why}")
-        res = pool_bundles(paths, Path(self.s.trust_dir), self.state, self.run,
-                           balance=self.s.balance, seed=self.s.seed,
-                           out_dir=self.work / "pool")
-        by_path = {p: s for s, p in (got.get("bundles") or {}).items()}
-        for rej in res.rejected:
-            site = by_path.get(rej["path"]) or rej.get("site") or rej["path"]
-            self._mark(site, "excluded", f"bundle rejected [{rej['reason']}]: {rej['message']}")
-        require_pool(res, self.work / "bundles")
-        self.log(f"pooled {len(res.pooled or [])} synthetic images from "
-                 f"{len(res.accepted)} site(s); {len(res.rejected)} bundle(s) rejected")
-        return res.summary()
+        return pool_step(self.state, self.run, [Path(p) for p in sent.values()],
+                         Path(self.s.trust_dir), self.work,
+                         sent_by={p: s for s, p in sent.items()}, balance=self.s.balance,
+                         seed=self.s.seed, log=self.log)
 
     def phase_train(self) -> dict[str, Any]:
-        from coordinator.train import train_pooled
-        from shared.synthetic import SyntheticSet
-
-        pooled = SyntheticSet.load(self.work / "pool" / "pooled")
-        cfg = self.s.cnn_config()
-        cnn_dir = self.work / "cnn"
-        result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
-                                                         progress=False)}
-        self.log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, "
-                 f"{result['pooled']['seconds']} s")
-        own: dict[str, Any] = {}
-        if self.s.own_synthetic:
-            pool = self.state.phase_result(self.run, "pool") or {}
-            for acc in pool.get("accepted", []):
-                own_set = _own_set(Path(acc["path"]), Path(self.s.trust_dir))
-                if own_set is None:
-                    continue
-                path = cnn_dir / f"own-{_safe_name(acc['site'])}.npz"
-                try:
-                    own[acc["site"]] = train_pooled(own_set, path, cfg, role="own",
-                                                    progress=False)
-                except Exception as exc:  # e.g. a site with one class: report, go on
-                    self.log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
-        result["own"] = own
-        return result
+        pool = self.state.phase_result(self.run, "pool") or {}
+        return train_step(pool, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
+                          log=self.log)
 
     def phase_evaluate(self) -> dict[str, Any]:
-        from coordinator.eval_request import make_request, verify_reply
-
         trained = self.state.phase_result(self.run, "train") or {}
-        pooled = trained["pooled"]
-        pooled_bytes = Path(pooled["weights"]).read_bytes()
-        own = trained.get("own") or {}
         statuses = self.state.site_statuses(self.run)
         sites = {n: s for n, s in self.sites().items()
                  if statuses.get(s, {}).get("status") in (None, "ok", "excluded")}
@@ -296,15 +249,11 @@ class Run:
             if st["status"] in ("ok", "excluded") and site not in sites.values():
                 self._mark(site, "dropped", "evaluation round: the site's SuperNode did not "
                            "answer the ping before it (no reply within the round's timeout)")
-        requests, weights = {}, {}
-        for node, site in sites.items():
-            own_rec = own.get(site)
-            requests[node] = make_request(self.run, pooled["weights_sha256"],
-                                          own_rec["weights_sha256"] if own_rec else None,
-                                          self.s.n_boot)
-            weights[node] = {"pooled": pooled_bytes}
-            if own_rec:
-                weights[node]["own"] = Path(own_rec["weights"]).read_bytes()
+        by_site = request_evaluations(self.run, trained, sites.values(), self.s.n_boot)
+        requests = {node: by_site[site] for node, site in sites.items()}
+        weights = {node: {role: path.read_bytes()
+                          for role, path in weights_for(trained, site).items()}
+                   for node, site in sites.items()}
         out = self.t.exchange("evaluate", requests, weights, self.s.eval_timeout_s)
         answered = 0
         for node, site in sites.items():
@@ -316,61 +265,19 @@ class Run:
             if not o.ok:
                 self._mark(site, "failed", f"evaluation: {o.config.get('reason')}")
                 continue
-            doc = json.loads(str(o.config.get("reply-json", "{}")))
-            expected = {"pooled": pooled["weights_sha256"]}
-            if site in own:
-                expected["own"] = own[site]["weights_sha256"]
-            verified = verify_reply(doc, Path(self.s.trust_dir), expected)
-            if verified["site"] != site:
-                self._mark(site, "failed", f"reply names site {verified['site']!r}")
+            try:
+                doc = json.loads(str(o.config.get("reply-json", "{}")))
+            except json.JSONDecodeError as exc:
+                self._mark(site, "failed", f"evaluation: reply is not JSON ({exc})")
                 continue
-            for role in ("pooled", "own", "baseline"):
-                if role in verified:
-                    self.state.add_evaluation(self.run, site, role, verified[role])
-            if verified["problems"]:
-                self.state.add_evaluation(self.run, site, "problems",
-                                          {"problems": verified["problems"]})
-            answered += 1
+            if not isinstance(doc, dict):
+                self._mark(site, "failed", "evaluation: reply is not a JSON object")
+                continue
+            answered += accept_reply(self.state, self.run, site, doc, requests[node], trained,
+                                     Path(self.s.trust_dir), self.log)
         self.log(f"{answered} site(s) returned signed evaluations")
         return {"answered": answered}
 
     def phase_report(self) -> dict[str, Any]:
-        from coordinator.report import build_report, write_report
-
-        pool = self.state.phase_result(self.run, "pool")
-        trained = self.state.phase_result(self.run, "train") or {}
-        evals = self.state.evaluations(self.run)
-        statuses = self.state.site_statuses(self.run)
-        accepted = {a["site"]: a for a in (pool or {}).get("accepted", [])}
-        sites: dict[str, dict[str, Any]] = {}
-        for site in sorted(set(statuses) | set(evals)):
-            st = statuses.get(site, {"status": "ok", "reason": ""})
-            e = evals.get(site, {})
-            status = st["status"]
-            if status == "ok" and "pooled" not in e:
-                status, st = "failed", {"status": "failed",
-                                        "reason": "no verified pooled-CNN evaluation"}
-            sites[site] = {"status": status, "reason": st["reason"],
-                           "baseline": e.get("baseline"), "own": e.get("own"),
-                           "pooled": e.get("pooled"),
-                           "problems": (e.get("problems") or {}).get("problems", []),
-                           "bundle": accepted.get(site)}
-        phases = self.state.phase_times(self.run)
-        report = build_report(run=self.run, sites=sites, pool=pool,
-                              cnn=trained.get("pooled"), phases=phases, mode=self.s.mode)
-        html_path, json_path = write_report(report, self.work / "report")
-        self.log(f"report: {html_path}")
-        return {"html": str(html_path), "json": str(json_path)}
-
-
-def _own_set(bundle: Path, trust_dir: Path) -> Any:
-    """A site's own synthetic set, re-read from its (already verified) bundle."""
-    from shared.bundle import BundleError, verify_bundle
-
-    try:
-        vb = verify_bundle(bundle, trust_dir)
-    except BundleError:
-        return None
-    s = vb.synthetic
-    s.info = {"bundle_ids": [vb.bundle_id], "sites": [vb.site], "synthetic_only": True}
-    return s
+        return report_step(self.state, self.run, self.work, mode=self.s.mode,
+                           transport=self.t.name, log=self.log)

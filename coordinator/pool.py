@@ -137,6 +137,9 @@ def pool_bundles(paths: Iterable[Path], trust_dir: Path, state: CoordinatorState
                 manifest.get("software_version"), "created_at": manifest.get("created_at"),
         })
     if kept:
+        # By site, not by file name or arrival order: the same bundles make the same pool
+        # whether they came over Flower or on a USB stick.
+        kept.sort(key=lambda vb: vb.site)
         result.pooled = _merge(kept, result, balance=balance, seed=seed)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

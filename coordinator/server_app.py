@@ -14,6 +14,7 @@ Run config comes from ``[tool.flwr.app.config]`` in pyproject.toml, overridden p
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,13 +24,17 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.phases import Outcome, Run, settings_from_run_config
+from coordinator.phases import Run, settings_from_run_config
+from shared.protocol import Outcome
 
 app = ServerApp()
+_logger = logging.getLogger("synthlearn.coordinator")
 
 
 class FlowerTransport:
     """Rounds over a Flower Grid; optionally records every payload that crosses."""
+
+    name = "flower"
 
     def __init__(self, grid: Grid, record_dir: Path | None = None) -> None:
         self.grid = grid
@@ -76,8 +81,8 @@ class FlowerTransport:
         self.rounds.append({"kind": kind, "nodes": len(messages), "replies": len(replies),
                             "seconds": round(seconds, 2), "sent_bytes": sent_bytes,
                             "received_bytes": received_bytes})
-        print(f"[synthlearn] round {kind}: {len(out)}/{len(messages)} replies in "
-              f"{seconds:.1f} s", flush=True)
+        _logger.info("round %s: %d/%d replies in %.1f s", kind, len(out), len(messages),
+                     seconds)
         return out
 
     def _record(self, direction: str, kind: str, node: int, config: dict[str, Any],
@@ -97,6 +102,7 @@ class FlowerTransport:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Drive the phases; a failure raises, so `flwr ls` reports the run as failed."""
+    _log_to_stdout()
     config = dict(context.run_config)
     record = bool(config.pop("record-messages", False))
     settings = settings_from_run_config(config)
@@ -110,3 +116,15 @@ def main(grid: Grid, context: Context) -> None:
             for r in transport.rounds:
                 fh.write(json.dumps(r) + "\n")
 
+
+def _log_to_stdout() -> None:
+    """The ServerApp's stdout is the run's log (`flwr log`): send synthlearn's logger there."""
+    import sys
+
+    root = logging.getLogger("synthlearn")
+    if not any(getattr(h, "_synthlearn", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[synthlearn] %(message)s"))
+        handler._synthlearn = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)

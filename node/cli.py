@@ -25,7 +25,7 @@ from node.commands import (
 )
 
 app = typer.Typer(help="Run inside a hospital: ingest DICOMs, train, generate, audit, export.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 for _name, _mod in (
     ("make-phantoms", make_phantoms),

@@ -2,7 +2,7 @@
 
 Flower starts one ClientApp process per message. The site directory and key come from the
 SuperNode's ``--node-config`` (set by the hospital's admin via ``synthlearn node join``), never
-from the coordinator. Every request is checked against :data:`node.federation.ACTIONS`; a
+from the coordinator. Every request is checked against :data:`shared.protocol.ACTIONS`; a
 request for anything else gets a ``refused`` reply with the reason instead of data.
 
 Message layout (protocol 1):
@@ -26,8 +26,6 @@ from flwr.clientapp import ClientApp
 
 from node.federation import (
     NodeSettings,
-    Reply,
-    RequestRefusedError,
     check_request,
     handle_evaluate,
     handle_export,
@@ -35,7 +33,8 @@ from node.federation import (
     refusal,
     settings_from_node_config,
 )
-from shared.errors import SynthlearnError
+from shared.errors import RequestRefusedError, SynthlearnError
+from shared.protocol import Reply
 
 app = ClientApp()
 

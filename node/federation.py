@@ -23,42 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import SynthlearnError
-
-PROTOCOL = 1
-"""Version of the request/reply documents below; both sides refuse another version."""
-
-ACTIONS: dict[str, frozenset[str]] = {
-    "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),
-    "export-bundle": frozenset({
-        "protocol", "action", "software-version", "run-tag", "mode", "gan-config",
-        "n-synthetic", "seed", "baseline-config",
-    }),
-    "evaluate": frozenset({
-        "protocol", "action", "software-version", "run-tag", "request-id", "weights-sha256",
-        "own-weights-sha256", "n-boot",
-    }),
-}
-"""Every action a node performs and the only keys each request may carry."""
-
-REPLY_KEYS = frozenset({
-    "protocol", "action", "status", "reason", "site", "software-version", "bundle-sha256",
-    "bundle-id", "seconds", "reply-json",
-})
-"""The only keys a reply's config part may carry (the bundle bytes travel separately)."""
-
-SIGNED_KINDS = frozenset({"evaluation", "local_real_baseline"})
-"""Kinds of signed record a reply may carry: model-free numbers only."""
-
-FORBIDDEN_GAN_KEYS = frozenset({"device"})
-"""GanConfig keys the coordinator may not set: they are the site's own business."""
-
-MAX_LIST = 64
-"""Longest list a signed record may hold; per-image data would be longer than this."""
-
-
-class RequestRefusedError(SynthlearnError):
-    """The request asks for something a site does not send, or is malformed."""
+from shared.errors import RequestRefusedError
+from shared.names import safe_name
+from shared.protocol import (
+    ACTIONS,
+    FORBIDDEN_GAN_KEYS,
+    MAX_LIST,
+    PROTOCOL,
+    SIGNED_KINDS,
+    Reply,
+    software_version,
+)
 
 
 @dataclass(frozen=True)
@@ -113,12 +88,6 @@ def settings_from_node_config(config: Mapping[str, Any]) -> NodeSettings:
         raise RequestRefusedError(
             f"{settings.site}: site directory not found (node-config site-dir)")
     return settings
-
-
-def software_version() -> str:
-    from shared import __version__
-
-    return str(__version__)
 
 
 def check_request(request: Mapping[str, Any]) -> str:
@@ -188,21 +157,6 @@ def sign_numbers(record: dict[str, Any], settings: NodeSettings) -> dict[str, An
     return sign_record(clean, settings.keys)
 
 
-@dataclass
-class Reply:
-    """What goes back: config fields (numbers, short strings, one JSON document) and,
-    for ``export-bundle``, the bundle's bytes."""
-
-    config: dict[str, Any]
-    bundle: bytes | None = None
-
-    def check(self) -> Reply:
-        extra = sorted(set(self.config) - REPLY_KEYS)
-        if extra:
-            raise RequestRefusedError(f"reply would carry unexpected fields {extra}")
-        return self
-
-
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,'\"\\/]+){2,}[\\/]?")
 
 
@@ -264,7 +218,7 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
     if mode not in ("collect", "train"):
         raise RequestRefusedError(f"mode {mode!r} is neither 'collect' nor 'train'")
     t0 = time.monotonic()
-    tag = _safe_tag(str(request.get("run-tag", "federation")))
+    tag = safe_name(str(request.get("run-tag", "")), fallback="federation", max_len=48)
     synthetic_name = "default"
     if mode == "train":
         if not settings.allow_train:
@@ -287,11 +241,6 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
                 "bundle-id": str(manifest.get("bundle_id", "")),
                 "seconds": round(time.monotonic() - t0, 2)})
     return Reply(cfg, bundle=data).check()
-
-
-def _safe_tag(tag: str) -> str:
-    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)[:48].strip("-.")
-    return clean or "federation"
 
 
 def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
@@ -401,7 +350,7 @@ def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
     with tempfile.TemporaryDirectory(prefix="synthlearn-eval-") as tmp:
         paths: dict[str, Path] = {}
         for role, data in weights.items():
-            path = Path(tmp) / f"{_safe_tag(role)}.npz"
+            path = Path(tmp) / f"{safe_name(role, fallback='weights')}.npz"
             path.write_bytes(data)
             paths[role] = path
         doc = evaluate_documents(settings, request, paths)
@@ -436,6 +385,6 @@ def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = N
         weights[str(role)] = path
     settings = NodeSettings(site_dir=str(site_dir), key_dir=str(key_dir or ""))
     reply = evaluate_documents(settings, doc["request"], weights)
-    out = out or request_file.parent / f"reply-{_safe_tag(settings.name)}.json"
+    out = out or request_file.parent / f"reply-{safe_name(settings.name)}.json"
     atomic_write_bytes(out, (json.dumps(reply, indent=2, sort_keys=True) + "\n").encode())
     return out

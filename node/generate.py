@@ -138,7 +138,7 @@ def _spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.
                 f"{run_dir}: --filter needs a classifier trained on the real images, and this "
                 "DP run has none inside its privacy budget; train with --model spinegan "
                 "--dp-epsilon (S gets its share of ε), or generate without --filter")
-        from node.dp import split_budget
+        from node.training.dp import split_budget
 
         dp_budget = split_budget(float(cfg["dp_epsilon"]),
                                  float(meta["dp"]["delta"]))["spine_classifier"]

@@ -45,6 +45,7 @@ from node.ingest import REPORT_NAME, scan
 from node.labels import load_labels, match_keys
 from node.store import NORMAL, Accepted, SiteStore, Skipped, StoreWriter
 from shared.config import atomic_write_bytes
+from shared.progress import optional_progress
 
 NPZ_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -135,7 +136,7 @@ def import_npz(
         found = already = 0
         with StoreWriter(site_dir, size=out_size, test_fraction=test_fraction) as writer:
             known = writer.known_sources()
-            bar_cm = _bar(progress, sum(sh[0] for sh in shapes.values()))
+            bar_cm = optional_progress(progress, "img")
             with bar_cm as bar:
                 task = bar.add_task("import-npz", total=sum(sh[0] for sh in shapes.values()),
                                     status="") if bar else None
@@ -237,7 +238,7 @@ def import_png(
         todo = [rel for rel in found if rel not in known]
         batch: list[Accepted] = []
         skip_batch: list[Skipped] = []
-        with _bar(progress, len(todo)) as bar:
+        with optional_progress(progress, "img") as bar:
             task = bar.add_task("import-png", total=len(todo), status="") if bar else None
             for rel in todo:
                 try:
@@ -285,19 +286,3 @@ def import_png(
     return _report("import_png_report", site_dir, folder, accepted, skipped, len(found),
                    len(found) - len(todo), time.perf_counter() - started,
                    {"size": size, "label_sheet": {"layout": sheet.layout, "rows": len(sheet)}})
-
-
-class _NoBar:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _bar(progress: bool, total: int) -> Any:
-    if not progress:
-        return _NoBar()
-    from shared.progress import progress_bar
-
-    return progress_bar("img")

@@ -63,6 +63,7 @@ from node.errors import IngestError
 from node.labels import LabelSheet, load_labels, match_keys
 from node.store import Accepted, SiteStore, Skipped, StoreWriter
 from shared.config import atomic_write_bytes, write_resolved
+from shared.progress import optional_progress
 
 REPORT_NAME = "preprocess-report.json"
 
@@ -322,7 +323,7 @@ def preprocess(
                 writer.add_batch(batch, skip_batch)
             batch, skip_batch, last_flush = [], [], time.monotonic()
 
-        bar_cm = _bar(progress, len(todo))
+        bar_cm = optional_progress(progress, "files")
         with bar_cm as bar:
             task = bar.add_task("preprocess", total=len(todo), status="") if bar else None
             say = echo or ((lambda line: bar.console.print(line, highlight=False, markup=False))
@@ -374,19 +375,3 @@ def preprocess(
     atomic_write_bytes(site_dir / "store" / REPORT_NAME,
                        (json.dumps(report, indent=2) + "\n").encode())
     return report
-
-
-class _NoBar:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _bar(progress: bool, total: int) -> Any:
-    if not progress:
-        return _NoBar()
-    from shared.progress import progress_bar
-
-    return progress_bar("files")

@@ -59,6 +59,14 @@ class ClassifierConfig:
             raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
         if self.batch < 2:
             raise ValueError(f"batch must be ≥ 2, got {self.batch}")
+        if self.width < 1:
+            raise ValueError(f"width must be ≥ 1, got {self.width}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be ≥ 0 (0 = never stop early), got {self.patience}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0.0 < self.val_fraction < 0.9:
             raise ValueError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.norm not in ("batch", "group"):

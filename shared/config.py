@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import tomllib
 import types
@@ -109,16 +110,74 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str | Path | Non
 
 def load_toml(cls: type[T], path: Path, table: str | None = None) -> T:
     """Load ``cls`` from a TOML file (optionally one table of it)."""
+    return from_mapping(cls, read_table(path, table), source=path)
+
+
+def read_table(path: Path, table: str | None = None) -> dict[str, Any]:
+    """One table of a TOML file as a dict ({} when the table is absent)."""
     try:
         data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("file not found", path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path) from None
-    if table is not None:
-        for part in table.split("."):
-            data = data.get(part, {})
-    return from_mapping(cls, data, source=path)
+    for part in (table.split(".") if table else []):
+        data = data.get(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{table}] is not a table", path)
+    return dict(data)
+
+
+_USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def passed_options(ctx: Any) -> dict[str, Any]:
+    """The options of a click/Typer command that the user actually gave, by parameter name.
+
+    Why: a CLI default must never replace a value the TOML file set (``node train --config
+    run.toml`` with ``batch = 32`` trains at 32 unless ``--batch`` is on the command line).
+    """
+    out = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in _USER_SOURCES:
+            out[name] = value
+    return out
+
+
+def resolve(cls: type[T], ctx: Any = None, *, toml: Path | None = None,
+            table: str | None = None, defaults: Mapping[str, Any] | None = None,
+            fields: Mapping[str, str] | None = None) -> T:
+    """The one config resolver: ``defaults`` (the dataclass's own unless given), then the TOML
+    file's ``[table]``, then the CLI options the user passed (``ctx``), then validation.
+
+    ``fields`` maps a CLI parameter name to the dataclass field it sets where they differ;
+    parameters that set no field (``--site-dir``…) are ignored. An invalid value raises one
+    :class:`ConfigError` naming the option (``--batch: batch must be ≥ 2, got 0``) or the
+    file and table it came from.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data: dict[str, Any] = dict(defaults or {})
+    if toml is not None:
+        from_file = read_table(Path(toml), table)
+        from_mapping(cls, {**data, **from_file},
+                     source=f"{toml}" + (f" [{table}]" if table else ""))
+        data.update(from_file)
+    cli: dict[str, str] = {}
+    for name, value in (passed_options(ctx) if ctx is not None else {}).items():
+        key = (fields or {}).get(name, name)
+        if key in known:
+            data[key] = value
+            cli[key] = "--" + name.replace("_", "-")
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as exc:
+        message = str(exc)
+        for key, option in cli.items():
+            if re.search(rf"(^|[\s.(]){re.escape(key)}\b", message):
+                reason = message.split(": ", 1)[1] if ": " in message else message
+                raise ConfigError(reason, option) from None
+        raise
 
 
 def to_dict(config: Any) -> dict[str, Any]:

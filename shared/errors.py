@@ -20,3 +20,19 @@ class ConfigError(SynthlearnError):
         where = f"{source}: " if source is not None else ""
         super().__init__(f"{where}{message}")
         self.source = source
+
+
+class FlowerProcessError(SynthlearnError):
+    """A Flower process (SuperLink, SuperNode, `flwr run`) did not start or failed."""
+
+
+class RunFailedError(SynthlearnError):
+    """A Flower run ended in a state other than finished:completed."""
+
+
+class ProtocolError(SynthlearnError):
+    """A request or reply document crossing a site boundary is malformed or not allowed."""
+
+
+class RequestRefusedError(ProtocolError):
+    """The request asks for something a site does not send, or is malformed."""

@@ -2,9 +2,16 @@
 
 Bars go to stderr so that stdout stays clean for summaries and JSON; under CI (no TTY) rich
 degrades to occasional plain lines instead of a flood of redraws.
+
+The output rule (ARCHITECTURE.md): what a person reads goes through :data:`stderr_console`
+(:func:`say`, bars) or ``typer.echo`` (a command's result on stdout); library code that may
+run unattended (the ServerApp, a SuperNode) logs with :mod:`logging` instead. No bare print.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -49,3 +56,14 @@ def progress_bar(unit: str = "it", *, transient: bool = False) -> Progress:
         console=stderr_console,
         transient=transient,
     )
+
+
+def optional_progress(enabled: bool, unit: str = "it", *, transient: bool = False) -> Any:
+    """:func:`progress_bar`, or a context manager yielding ``None`` when bars are off
+    (``--no-progress``, worker processes, tests): callers write ``if bar is not None``."""
+    return progress_bar(unit, transient=transient) if enabled else contextlib.nullcontext()
+
+
+def say(message: str) -> None:
+    """One plain line for a person, on stderr (no rich markup: names may hold brackets)."""
+    stderr_console.print(message, markup=False, highlight=False, soft_wrap=True)

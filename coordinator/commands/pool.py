@@ -1,4 +1,7 @@
-"""`synthlearn coordinator pool DIR --trust KEYS`: the air-gapped path's first step."""
+"""`synthlearn coordinator pool DIR --trust KEYS`: the air-gapped path's first step.
+
+The step itself is :func:`coordinator.pipeline.pool_step`, the one a Flower run calls.
+"""
 
 from __future__ import annotations
 
@@ -18,32 +21,25 @@ def command(
     """Verify every bundle, reject bad ones with the reason, pool the good ones."""
     from rich.table import Table
 
-    from coordinator.pool import pool_bundles, require_pool
+    from coordinator.phases import RunSettings
+    from coordinator.pipeline import pool_step
     from coordinator.state import CoordinatorState
     from shared.bundle import iter_bundle_files
-    from shared.progress import stderr_console
+    from shared.progress import say, stderr_console
 
     state = CoordinatorState(work / "state.db")
     state.start_phase(run_name, "pool")
-    res = pool_bundles(list(iter_bundle_files(bundles)), trust, state, run_name,
-                       balance=balance, out_dir=work / "pool")
+    summary = pool_step(state, run_name, list(iter_bundle_files(bundles)), trust, work,
+                        balance=balance, seed=RunSettings().seed)
     table = Table(title=f"Bundles in {bundles}")
     for col in ("site", "verdict", "images / reason"):
         table.add_column(col)
-    for a in res.accepted:
+    for a in summary["accepted"]:
         table.add_row(a["site"], "[green]pooled[/]", str(a["images"]))
-    for r in res.rejected:
+    for r in summary["rejected"]:
         table.add_row(str(r.get("site") or Path(r["path"]).name), "[red]rejected[/]",
                       f"{r['reason']}: {r['message']}")
     stderr_console.print(table)
-    for r in res.rejected:
-        if r.get("site"):
-            state.set_site_status(run_name, str(r["site"]), "excluded",
-                                  f"bundle rejected [{r['reason']}]: {r['message']}")
-    for a in res.accepted:
-        state.set_site_status(run_name, a["site"], "ok")
-    pooled = require_pool(res, bundles)
-    (work / "pool" / "trust-dir.txt").write_text(str(trust.absolute()) + "\n")
-    state.finish_phase(run_name, "pool", res.summary())
-    typer.echo(f"pooled {len(pooled)} synthetic images from {len(res.accepted)} site(s) → "
-               f"{work / 'pool' / 'pooled'}; next: synthlearn coordinator train --work {work}")
+    state.finish_phase(run_name, "pool", summary)
+    say(f"pooled {summary['images']} synthetic images from {len(summary['accepted'])} "
+        f"site(s) → {work / 'pool' / 'pooled'}; next: synthlearn coordinator train --work {work}")

@@ -103,6 +103,8 @@ class AuditConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if not 0.0 < self.copy_significance < 1.0:
             raise ValueError(f"copy_significance must be in (0, 1), got {self.copy_significance}")
+        if self.max_epsilon is not None and self.max_epsilon <= 0:
+            raise ValueError(f"max_epsilon must be > 0, got {self.max_epsilon}")
         if self.max_mia_auc is not None and not 0.5 <= self.max_mia_auc <= 1.0:
             raise ValueError(f"max_mia_auc must be in [0.5, 1], got {self.max_mia_auc}")
         if any(v is not None and v < 10 for v in (self.max_synthetic, self.max_real)) or \

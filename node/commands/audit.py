@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
 
 def command(
+    ctx: typer.Context,
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory."),
     synthetic: str = typer.Option("default", "--synthetic",
                                   help="Name of the synthetic set (SITE/synthetic/NAME)."),
@@ -28,17 +28,11 @@ def command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Find copies of training images among synthetic ones; exit 1 when a gate fails."""
-    import dataclasses
-
     from node.audit import AuditConfig, run_audit
     from shared.commands.audit_verify import print_gates
-    from shared.config import load_toml
+    from shared.config import resolve
 
-    cfg = load_toml(AuditConfig, config, "audit") if config else AuditConfig()
-    pairs: list[tuple[str, Any]] = [("encoder", encoder), ("max_copy_rate", max_copy_rate),
-                                    ("max_mia_auc", max_mia_auc), ("max_epsilon", max_epsilon)]
-    overrides = {k: v for k, v in pairs if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = resolve(AuditConfig, ctx, toml=config, table="audit")
     summary = run_audit(site_dir, synthetic, cfg, progress=not no_progress)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))

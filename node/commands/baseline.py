@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -30,6 +29,7 @@ def print_record(record: dict[str, object], title: str) -> None:
 
 
 def command(
+    ctx: typer.Context,
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory (with a store)."),
     classes: str = typer.Option("binary", "--classes", help="'binary' or 'lesion'."),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30)."),
@@ -43,16 +43,11 @@ def command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
-    import dataclasses
-
     from node.baseline import run_baseline
     from shared.cnn_train import ClassifierConfig
-    from shared.config import load_toml
+    from shared.config import resolve
 
-    cfg = load_toml(ClassifierConfig, config, "classifier") if config else ClassifierConfig()
-    overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("width", width),
-                                   ("max_minutes", max_minutes), ("seed", seed)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier")
     record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress)
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))

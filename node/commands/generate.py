@@ -7,16 +7,20 @@ from pathlib import Path
 
 import typer
 
+from shared.options import non_negative, positive, probability
+
 
 def command(
     site_dir: Path = typer.Option(..., "--site-dir"),
-    n: int = typer.Option(..., "-n", "--n", help="Number of images to keep."),
+    n: int = typer.Option(..., "-n", "--n", help="Number of images to keep.", callback=positive),
     run_name: str = typer.Option("default", "--run-name"),
-    truncation: float = typer.Option(1.0, "--truncation", help="ψ: 1 = no truncation."),
+    truncation: float = typer.Option(1.0, "--truncation", help="ψ: 1 = no truncation.",
+                                     callback=positive),
     per_class: str = typer.Option("balanced", "--per-class", help="balanced or real."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=non_negative),
     filter_threshold: float | None = typer.Option(
-        None, "--filter", help="Keep a sample only if S gives its class ≥ this probability."),
+        None, "--filter", help="Keep a sample only if S gives its class ≥ this probability.",
+        callback=probability),
     out_name: str = typer.Option("default", "--out-name", help="Folder under SITE/synthetic/."),
 ) -> None:
     """Sample labelled synthetic images from a trained run into SITE/synthetic/<out-name>/.

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import typer
 
+from shared.options import non_negative
+
 
 def command(
     file: Path = typer.Argument(..., help="An .npz with <split>_images / <split>_labels."),
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory (created if new)."),
-    size: int = typer.Option(0, "--size", help="Resize to this side (0 = keep native)."),
+    size: int = typer.Option(0, "--size", help="Resize to this side (0 = keep native).",
+                             callback=non_negative),
     class_names: str = typer.Option(
         "", "--class-names",
         help="Comma-separated names for labels 0,1,… (default: 'No finding', class-1, …)."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import fraction, positive
+
 
 def command(
     folder: Path = typer.Argument(..., help="Folder of PNG/JPEG/TIFF images (recursive)."),
@@ -14,10 +16,13 @@ def command(
                                 help="image_id,lesion_type or image_id,label sheet "
                                      "(optional patient_id, split columns)."),
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory (created if new)."),
-    size: int = typer.Option(256, "--size", help="Side of the stored square images, px."),
+    size: int = typer.Option(256, "--size", help="Side of the stored square images, px.",
+                             callback=positive),
     test_fraction: float = typer.Option(0.2, "--test-fraction",
-                                        help="Share of patients in the test split."),
-    min_side: int = typer.Option(128, "--min-side", help="Skip images smaller than this."),
+                                        help="Share of patients in the test split.",
+                                        callback=fraction),
+    min_side: int = typer.Option(128, "--min-side", help="Skip images smaller than this.",
+                                 callback=positive),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or skip lines."),
 ) -> None:

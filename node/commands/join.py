@@ -7,16 +7,25 @@ from pathlib import Path
 
 import typer
 
+from shared.options import port, positive
+
 
 def command(
-    superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's "
-                                  "SuperLink."),
+    superlink: str = typer.Option(None, "--superlink", help="HOST:PORT of the coordinator's "
+                                  "public Fleet port. Required unless --make-auth-key."),
     site_dir: Path = typer.Option(..., "--site-dir", help="This site's folder (store, keys)."),
     root_cert: Path = typer.Option(None, "--root-cert", help="The federation's CA certificate "
                                    "(ca.crt from the coordinator). Required unless --insecure."),
     auth_key: Path = typer.Option(None, "--auth-key", help="This SuperNode's private key "
-                                  "(ECDSA, OpenSSH format; its .pub is registered by the "
-                                  "coordinator with `flwr supernode register`)."),
+                                  "(ECDSA, OpenSSH format; default SITE/keys/supernode when "
+                                  "it exists; its .pub is registered by the coordinator)."),
+    make_auth_key: bool = typer.Option(False, "--make-auth-key", help="Make this site's "
+                                       "SuperNode key pair in SITE/keys/ (the private half "
+                                       "never leaves), print the .pub to send to the "
+                                       "coordinator, and exit."),
+    app_key: Path = typer.Option(None, "--app-key", help="The coordinator operator's "
+                                 "app-signing public key (app-signing.pub, ssh-ed25519): the "
+                                 "SuperNode runs only apps it signed. Required."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS: loopback tests only; "
                                   "refused for any other address."),
     site: str = typer.Option("", "--site", help="Pseudonym (default: keys/pseudonym)."),
@@ -24,10 +33,12 @@ def command(
                                      "the coordinator asks ('train' mode), or only export "
                                      "bundles you trained and audited yourself."),
     max_train_minutes: float = typer.Option(60.0, "--max-train-minutes", help="Upper bound on "
-                                            "training time per request, whatever is asked."),
+                                            "training time per request, whatever is asked.",
+                                            callback=positive),
     accept_risk: str = typer.Option("", "--accept-risk", help="Export even when an audit gate "
                                     "fails, with this reason signed into the bundle."),
-    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API."),
+    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API.",
+                             callback=port),
     work: Path = typer.Option(None, "--work", help="Folder for FLWR_HOME and the log "
                               "(default: SITE/flower)."),
 ) -> None:
@@ -36,9 +47,27 @@ def command(
     The site directory and key are passed as node config; the coordinator never chooses
     them. Only what DESIGN §2 allows ever leaves: signed bundles and signed numbers.
     """
-    from coordinator.flower_proc import start_supernode
     from node.errors import StoreError
+    from shared.app_signing import write_trusted_entities
+    from shared.flower_proc import Interrupted, start_supernode, stop_flower_on_signals
 
+    if make_auth_key:
+        from shared.flower_keys import make_supernode_key
+
+        key_dir = site_dir.absolute() / "keys"
+        if (key_dir / "supernode").exists():
+            raise StoreError(f"{key_dir / 'supernode'} exists; keep it (its .pub is "
+                             f"{key_dir / 'supernode.pub'}) or move it away first")
+        priv, pub = make_supernode_key(key_dir, "supernode")
+        typer.echo(f"SuperNode key: {priv} (mode 0600, stays here)")
+        typer.echo(f"Send {pub} to the coordinator to be registered; then run `node join` "
+                   "again without --make-auth-key.")
+        return
+    if not superlink:
+        raise StoreError("give --superlink HOST:PORT (the coordinator's public Fleet port)")
+    if app_key is None:
+        raise StoreError("give --app-key (the coordinator operator's app-signing.pub): "
+                         "without it this SuperNode would run any app that reaches it")
     if root_cert is None and not insecure:
         raise StoreError("give --root-cert (the federation's ca.crt), or --insecure for a "
                          "loopback test")
@@ -56,17 +85,28 @@ def command(
         cfg["site-name"] = site
     if accept_risk:
         cfg["accept-risk"] = accept_risk
+    if auth_key is None and (site_dir / "keys" / "supernode").exists():
+        auth_key = site_dir / "keys" / "supernode"
     work = (work or site_dir / "flower").absolute()
-    proc = start_supernode(work, "site", superlink, cfg, port=port,
-                           root_cert=root_cert.absolute() if root_cert else None,
-                           auth_key=auth_key.absolute() if auth_key else None)
-    typer.echo(f"SuperNode started for {site_dir} → {superlink} "
-               f"({'TLS' if root_cert else 'INSECURE loopback'}); log {proc.log_path}")
-    typer.echo("Stop with Ctrl-C.")
-    try:
-        while proc.alive():
-            time.sleep(1.0)
-        raise StoreError(f"the SuperNode exited ({proc.poll()}); see {proc.log_path}:\n"
-                         f"{proc.tail()}")
-    finally:
-        proc.stop()
+    trusted = write_trusted_entities(app_key, work / "trusted-entities.yaml")
+    with stop_flower_on_signals():
+        proc = None
+        try:
+            proc = start_supernode(work, "site", superlink, cfg, port=port,
+                                   root_cert=root_cert.absolute() if root_cert else None,
+                                   auth_key=auth_key.absolute() if auth_key else None,
+                                   trusted_entities=trusted)
+            typer.echo(f"SuperNode started for {site_dir} → {superlink} "
+                       f"({'TLS' if root_cert else 'INSECURE loopback'}; apps signed by "
+                       f"{app_key} only); log {proc.log_path}")
+            typer.echo("Stop with Ctrl-C (or SIGTERM).")
+            while proc.alive():
+                time.sleep(0.5)
+            raise StoreError(f"the SuperNode exited ({proc.poll()}); see {proc.log_path}:\n"
+                             f"{proc.tail()}")
+        except Interrupted as exc:
+            typer.echo(f"{exc}: stopping the SuperNode", err=True)
+            raise typer.Exit(128 + exc.signum) from None
+        finally:
+            if proc is not None:
+                proc.stop()

@@ -6,14 +6,19 @@ from pathlib import Path
 
 import typer
 
+from shared.options import non_negative, positive
+
 
 def command(
     out: Path = typer.Argument(..., help="Folder to write site-a/, site-b/, … into."),
     sites: int = typer.Option(3, "--sites", min=1, help="Number of (non-IID) sites."),
-    seed: int = typer.Option(0, "--seed", help="Everything is deterministic by seed."),
-    scale: float = typer.Option(1.0, "--scale", min=0.0,
-                                help="Multiplies the per-site image counts (1.0 ≈ 150–250)."),
-    size: int = typer.Option(0, "--size", help="Override the matrix's smaller side (px)."),
+    seed: int = typer.Option(0, "--seed", help="Everything is deterministic by seed.",
+                             callback=non_negative),
+    scale: float = typer.Option(1.0, "--scale",
+                                help="Multiplies the per-site image counts (1.0 ≈ 150–250).",
+                                callback=positive),
+    size: int = typer.Option(0, "--size", help="Override the matrix's smaller side (px).",
+                             callback=non_negative),
 ) -> None:
     """Write phantom spine radiographs as varied DICOM files + VinDr-style labels.csv per site.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import fraction, non_negative, positive
+
 
 def command(
     dicom_dir: Path = typer.Argument(..., help="Folder of DICOM files (searched recursively)."),
@@ -14,14 +16,19 @@ def command(
                                 help="Label sheet: image_id,lesion_type (VinDr) or "
                                      "image_id,label."),
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory (created if new)."),
-    size: int = typer.Option(256, "--size", help="Side of the stored square images, px."),
+    size: int = typer.Option(256, "--size", help="Side of the stored square images, px.",
+                             callback=positive),
     test_fraction: float = typer.Option(0.2, "--test-fraction",
-                                        help="Share of patients in the test split."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per store shard."),
+                                        help="Share of patients in the test split.",
+                                        callback=fraction),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores).",
+                                callback=non_negative),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per store shard.",
+                                   callback=positive),
     min_side: int = typer.Option(128, "--min-side",
                                  help="Skip images whose smallest side is under this (the "
-                                      "seed rule is 128; lower it only for small phantoms)."),
+                                      "seed rule is 128; lower it only for small phantoms).",
+                                      callback=positive),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or skip lines."),
 ) -> None:

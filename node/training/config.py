@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.networks.generator import check_resolution
+from node.training.networks.generator import check_resolution
 
 STRUCTURAL = (
     "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
@@ -103,6 +103,10 @@ class GanConfig:
             raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ValueError(f"dp_epsilon must be > 0, got {self.dp_epsilon}")
+        if self.dp_delta is not None and not 0.0 < self.dp_delta < 1.0:
+            raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
         if self.min_class_images < 1:
             raise ValueError("min_class_images must be ≥ 1")
 

@@ -7,13 +7,13 @@ generator for picking real images and fake labels), so a killed run that is resu
 last checkpoint continues exactly as if it had never stopped.
 
 Under DP (``cfg.dp_epsilon``), D, its optimizer and the real-data loader are handed to
-:class:`node.dp.DPSession`; the D-step becomes one forward/backward over
+:class:`node.training.dp.DPSession`; the D-step becomes one forward/backward over
 ``cat([real, fake.detach()])``, R1 and ADA are off, D uses GroupNorm, and training stops when
 the planned steps are done (never on images shown, which Poisson sampling makes data-dependent).
 Every D-step sees a full batch of fakes whatever the real count, so one real image changes the
 step by one clipped gradient. G's step runs D with its parameters frozen, so Opacus'
 per-example hooks record nothing for it. SpineGAN's S gets its own share of ε
-(:func:`node.dp.split_budget`) and the run reports the composed total.
+(:func:`node.training.dp.split_budget`) and the run reports the composed total.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from node.errors import CheckpointError, TrainingError
+from node.training.augment import Augment
 from node.training.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -56,10 +57,9 @@ from node.training.data import (
     tensor_to_uint8,
     to_output_space,
 )
-from shared.augment import Augment
+from node.training.losses import GanLoss, r1_gamma_heuristic
+from node.training.networks import Discriminator, Generator, build_discriminator, build_generator
 from shared.config import atomic_write_bytes, to_dict, write_resolved
-from shared.losses import GanLoss, r1_gamma_heuristic
-from shared.networks import Discriminator, Generator, build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,11 @@ class Trainer:
     # -- DP ------------------------------------------------------------------------------
     def _plan_dp_budgets(self, uses_spine: bool) -> dict[str, tuple[float, float]]:
         """(ε, δ) per network that reads real pixels: D alone, or D and S (sequential
-        composition, :func:`node.dp.split_budget`). Empty when the run is not private."""
+        composition, :func:`node.training.dp.split_budget`). Empty when the run is not private."""
         e = self.eff
         if not e.dp:
             return {}
-        from node.dp import split_budget
+        from node.training.dp import split_budget
 
         delta = e.dp_delta if e.dp_delta is not None else 1.0 / len(self.labels)
         epsilon = float(e.dp_epsilon)  # type: ignore[arg-type]
@@ -184,14 +184,14 @@ class Trainer:
         """The run's DP accounting: D's, or D's and S's composed."""
         if self.dp_session is None:
             return None
-        from node.dp import compose_reports
+        from node.training.dp import compose_reports
 
         return compose_reports({"discriminator": self.dp_session.report(),
                                 "spine_classifier": self.spine_dp})
 
     def enable_dp(self, total_steps: int) -> None:
-        """Hand D, its optimizer and the real data to :class:`node.dp.DPSession`."""
-        from node.dp import DPSession
+        """Hand D, its optimizer and the real data to :class:`node.training.dp.DPSession`."""
+        from node.training.dp import DPSession
 
         e = self.eff
         dataset = torch.utils.data.TensorDataset(self.data_u8.cpu(), self.labels.cpu())
@@ -451,7 +451,9 @@ def train_arrays(
                 "new --run-name (or delete this run) instead"
             )
         trainer.load_state(ckpt, ckpt_path)
-    write_resolved(cfg, run_dir)
+    # What actually trains: DP's forced settings (fixed augmentation, group norm, no mbstd)
+    # included, so the file next to the outputs never claims settings the run did not use.
+    write_resolved(trainer.eff, run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     batch = trainer.eff.batch
     if cfg.dp:

@@ -8,9 +8,9 @@ config, saved as an npz (no pickle) in the run folder and loaded on every later 
 generation instead of being retrained.
 
 Under DP (SpineGAN with ``--dp-epsilon``) S reads the same real images as D, so it is trained
-with DP-SGD on its share of the budget (:func:`node.dp.split_budget`); its DP report is kept in
-the npz's metadata and the run reports the composed ε (:func:`node.dp.compose_reports`). An S
-trained without DP is never reused by a DP run.
+with DP-SGD on its share of the budget (:func:`node.training.dp.split_budget`); its DP report
+is kept in the npz's metadata and the run reports the composed ε
+(:func:`node.training.dp.compose_reports`). An S trained without DP is never reused by a DP run.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def ensure_spine_classifier(
         "seed": seed,
     }
     if dp_budget is not None:
-        from node.dp import train_classifier_dp
+        from node.training.dp import train_classifier_dp
 
         model, report = train_classifier_dp(
             images, labels, num_classes, target_epsilon=dp_budget[0], delta=dp_budget[1],

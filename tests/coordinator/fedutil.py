@@ -33,7 +33,7 @@ def trust_folder(root: Path, sites: dict[str, Path]) -> Path:
 
 def run_app(fed: Any, run_config: dict[str, Any], timeout: float = 240.0) -> dict[str, Any]:
     """Submit the repo's Flower app and wait for `finished:completed` (raises otherwise)."""
-    from coordinator.flower_proc import flwr_run, wait_for_run
+    from shared.flower_proc import flwr_run, wait_for_run
 
     run_id = flwr_run(REPO, fed.connection, fed.cli_home, run_config)
     row = wait_for_run(fed.connection, fed.cli_home, run_id, timeout=timeout, poll=1.0)
@@ -43,3 +43,18 @@ def run_app(fed: Any, run_config: dict[str, Any], timeout: float = 240.0) -> dic
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def nginx_or_skip() -> None:
+    """The Fleet proxy's tests need nginx: skip where it is missing, fail under .ci/run."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        return
+    if os.environ.get("SYNTHLEARN_REQUIRE_NGINX") == "1":
+        pytest.fail("nginx is required here (`make test` installs it: apt-get install -y nginx)")
+    pytest.skip("nginx not installed (apt-get install -y nginx; `make test` installs it)")

@@ -27,6 +27,13 @@ def test_compose_has_superlink_three_supernodes_and_coordinator() -> None:
     for site in ("site-a", "site-b", "site-c"):
         cmd = services[site]["command"]
         assert "--root-cert" in cmd and "--auth-key" in cmd and "--insecure" not in cmd
+        assert "--app-key" in cmd  # the SuperNode runs only apps the operator signed
+    # The Control API answers on the superlink container's loopback only: whoever uses it
+    # shares that container's network namespace.
+    for svc in ("register", "coordinator"):
+        assert services[svc]["network_mode"] == "service:superlink"
+        assert any("127.0.0.1:9093" in str(w) for w in
+                   services[svc].get("command", []) + services[svc].get("entrypoint", []))
     for svc in services.values():
         env = svc.get("environment", {})
         if env:
@@ -83,3 +90,20 @@ def test_every_documented_command_parses(source: str, argv: list[str]) -> None:
 def test_cli_runner_accepts_a_documented_help() -> None:
     res = CliRunner().invoke(app, ["node", "join", "--help"])
     assert res.exit_code == 0 and "--root-cert" in res.output
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["coordinator", "serve", "--insecure", "--host", "10.0.0.5"], "loopback tests only"),
+    (["coordinator", "run", "--trust", "keys", "--root-cert", "ca.crt"], "--app-key"),
+    (["node", "join", "--superlink", "h:9092", "--site-dir", "s", "--root-cert", "ca.crt"],
+     "--app-key"),
+])
+def test_unsafe_deployments_are_refused_before_anything_starts(argv: list[str], reason: str,
+                                                               tmp_path: Path) -> None:
+    """No public SuperLink without TLS and the proxy; no run without the operator's
+    signature; no SuperNode that would run unsigned apps."""
+    res = CliRunner().invoke(app, [*argv, *(["--work", str(tmp_path)] if argv[0] ==
+                                            "coordinator" else [])])
+    assert res.exit_code != 0
+    assert reason in str(res.exception), res.output
+    assert not (tmp_path / "superlink.db").exists()

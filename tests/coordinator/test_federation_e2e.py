@@ -88,7 +88,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def federation(prepared: dict[str, Any]) -> Iterator[Any]:
-    from coordinator.flower_proc import loopback_federation
+    from shared.flower_proc import loopback_federation
 
     cfg = {name: {"site-dir": str(site)} for name, site in prepared["sites"].items()}
     with loopback_federation(prepared["root"] / "flower", cfg) as fed:
@@ -131,9 +131,9 @@ def test_ping_round_trip_through_real_superlink_and_supernodes(
 
 def test_three_sites_end_to_end_with_signed_aucs_and_nothing_real_crossing(
         prepared: dict[str, Any], federation: Any) -> None:
-    from node.federation import REPLY_KEYS
     from node.store import SiteStore
     from shared.bundle import verify_bundle
+    from shared.protocol import REPLY_KEYS
     from shared.weights_io import load_weights
 
     work = prepared["root"] / "coord-e2e"
@@ -190,8 +190,8 @@ def test_three_sites_end_to_end_with_signed_aucs_and_nothing_real_crossing(
 
 def test_tampered_trust_excludes_site_restart_resumes_and_killed_node_is_dropped(
         prepared: dict[str, Any], federation: Any) -> None:
-    from coordinator.flower_proc import flwr_run, wait_for_run
     from coordinator.state import CoordinatorState
+    from shared.flower_proc import flwr_run, wait_for_run
     from shared.signing import generate_keypair
     from tests.coordinator.fedutil import REPO
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import FlowerProcessError
-from coordinator.flower_proc import (
+from shared.errors import FlowerProcessError
+from shared.flower_proc import (
     SAFE_ENV,
     flower_env,
     node_config_arg,
@@ -46,7 +46,7 @@ def test_node_config_round_trips_through_flowers_own_parser() -> None:
 def test_run_config_file_carries_json_values(tmp_path: Path) -> None:
     from flwr.common.config import parse_config_args
 
-    from coordinator.flower_proc import toml_value
+    from shared.flower_proc import toml_value
 
     cfg = {"gan-config": '{"kimg": 0.5, "model": "gan"}', "n": 2, "on": True, "x": 1.5}
     path = tmp_path / "rc.toml"
@@ -55,7 +55,7 @@ def test_run_config_file_carries_json_values(tmp_path: Path) -> None:
 
 
 def test_cli_connection_is_insecure_only_on_loopback(tmp_path: Path) -> None:
-    from coordinator.flower_proc import write_connection
+    from shared.flower_proc import write_connection
 
     text = write_connection(tmp_path, "fed", "127.0.0.1:9092").read_text()
     assert "insecure = true" in text
@@ -71,7 +71,7 @@ def test_cli_connection_is_insecure_only_on_loopback(tmp_path: Path) -> None:
 def test_fab_carries_only_package_code_and_stays_small(tmp_path: Path) -> None:
     import zipfile
 
-    from coordinator.flower_proc import flwr_cli
+    from shared.flower_proc import flwr_cli
     from tests.coordinator.fedutil import REPO
 
     proc = flwr_cli(["build", "--app", str(REPO)], tmp_path / "home", cwd=tmp_path)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from coordinator.local_transport import LocalTransport
-from coordinator.phases import Outcome, Run, settings_from_run_config
+from coordinator.phases import Run, settings_from_run_config
+from shared.protocol import Outcome
 from tests.coordinator.fedutil import make_keyed_site, trust_folder
 
 

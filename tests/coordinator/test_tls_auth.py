@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.certs import make_ca_and_server, make_supernode_key
-from coordinator.flower_proc import (
+from coordinator.certs import make_ca_and_server
+from shared.flower_keys import make_supernode_key
+from shared.flower_proc import (
     TlsFiles,
     register_supernode,
     start_superlink,
@@ -26,7 +27,9 @@ def test_certificates_name_the_address_and_keys_are_private(tmp_path: Path) -> N
     cert = x509.load_pem_x509_certificate(paths["server_cert"].read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "coordinator.example.org" in san.get_values_for_type(x509.DNSName)
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    # loopback names are always there: the SuperLink itself listens on 127.0.0.1 behind the proxy
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3",
+                                                                          "127.0.0.1"]
     assert paths["server_key"].stat().st_mode & 0o077 == 0
     priv, pub = make_supernode_key(tmp_path, "site-a")
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
@@ -67,3 +70,36 @@ def test_registered_supernodes_join_and_an_unregistered_one_is_refused(tmp_path:
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def test_make_certs_makes_no_site_key_and_sites_make_their_own(tmp_path: Path) -> None:
+    """The coordinator never holds a site's SuperNode private key: make_certs refuses the old
+    --nodes, and `node join --make-auth-key` makes the pair at the site (private 0600)."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    script = Path(__file__).resolve().parents[2] / "deploy" / "make_certs.py"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "certs"), "--nodes",
+                          "site-a"], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and "sites make their own" in res.stderr
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "certs")],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    made = sorted(p.name for p in (tmp_path / "certs").iterdir())
+    assert made == ["app-signing", "app-signing.pub", "ca.crt", "ca.key", "server.key",
+                    "server.pem"]
+    assert (tmp_path / "certs" / "app-signing.pub").read_text().startswith("ssh-ed25519 ")
+    site = tmp_path / "site"
+    out = CliRunner().invoke(app, ["node", "join", "--make-auth-key", "--site-dir", str(site)])
+    assert out.exit_code == 0, out.output
+    priv, pub = site / "keys" / "supernode", site / "keys" / "supernode.pub"
+    assert priv.stat().st_mode & 0o077 == 0
+    assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
+    before = priv.read_bytes()
+    again = CliRunner().invoke(app, ["node", "join", "--make-auth-key", "--site-dir", str(site)])
+    assert again.exit_code != 0 and "exists" in str(again.exception)
+    assert priv.read_bytes() == before  # an existing key is never overwritten

@@ -12,13 +12,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from node.client_app import answer_content, describe_reply
-from node.federation import (
-    PROTOCOL,
-    REPLY_KEYS,
-    RequestRefusedError,
-    check_numbers_only,
-    check_request,
-)
+from node.federation import check_numbers_only, check_request
+from shared.errors import RequestRefusedError
+from shared.protocol import PROTOCOL, REPLY_KEYS
 
 
 @pytest.fixture

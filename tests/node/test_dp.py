@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from node.dp import DPBudgetError, DPSession, compose_reports, plan_noise_multiplier
+from node.training.dp import DPBudgetError, DPSession, compose_reports, plan_noise_multiplier
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ def loader(n: int = 64, batch: int = 16, size: int = 8) -> torch.utils.data.Data
 
 
 def dp_discriminator() -> nn.Module:
-    from shared.networks.discriminator import Discriminator
+    from node.training.networks.discriminator import Discriminator
 
     return Discriminator(8, 2, channel_base=64, channel_max=16, channel_min=8, norm="group",
                          mbstd=False)
@@ -115,7 +115,7 @@ def test_equalised_layer_grad_samplers_match_per_example_autograd() -> None:
     """The closed-form per-example gradients equal one backward pass per example."""
     from opacus import GradSampleModule
 
-    from node.dp import register_layer_grad_samplers
+    from node.training.dp import register_layer_grad_samplers
 
     register_layer_grad_samplers()
     torch.manual_seed(1)
@@ -158,7 +158,7 @@ def test_generator_step_through_frozen_private_d_is_free_and_does_not_crash() ->
 
 
 def test_dp_classifier_for_spinegan_stays_within_its_share() -> None:
-    from node.dp import split_budget, train_classifier_dp
+    from node.training.dp import split_budget, train_classifier_dp
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (48, 16, 16), generator=g, dtype=torch.uint8).numpy()

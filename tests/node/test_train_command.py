@@ -41,6 +41,25 @@ def test_dp_flags_train_privately_and_record_epsilon(tiny_site: Path, tmp_path: 
     assert 0 < metrics["dp"]["epsilon_spent"] <= 40.0
     resolved = json.loads((tiny_site / "runs" / "dp" / "config.json").read_text())
     assert resolved["dp_epsilon"] == 40.0
+    # DP forces these; the resolved config says what trained, not what was asked.
+    assert (resolved["augment"], resolved["d_norm"], resolved["mbstd"]) == ("fixed", "group",
+                                                                           False)
+
+
+def test_toml_batch_is_kept_when_the_option_is_not_given(tiny_site: Path,
+                                                         tmp_path: Path) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_TOML.replace("[gan]\n", "[gan]\nbatch = 32\nseed = 7\n"))
+    result = CliRunner().invoke(app, ["node", "train", "--site-dir", str(tiny_site),
+                                      "--kimg", "0.064", "--config", str(cfg),
+                                      "--run-name", "toml"])
+    assert result.exit_code == 0, result.output + str(result.exception or "")
+    run = tiny_site / "runs" / "toml"
+    resolved = json.loads((run / "config.json").read_text())
+    assert (resolved["batch"], resolved["seed"]) == (32, 7)
+    # …and it trained at 32: 64 images seen in two steps of 32.
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(int(s.get("step", 0)) for s in steps) == 2
 
 
 def test_dp_without_kimg_is_refused_with_the_reason(tiny_site: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from coordinator.errors import FlowerProcessError, RunFailedError
+from shared.errors import FlowerProcessError, RunFailedError
 
 SAFE_ENV: dict[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -51,6 +51,12 @@ def flower_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, 
     env = dict(os.environ)
     env.update(SAFE_ENV)
     env["FLWR_HOME"] = str(Path(home).absolute())
+    # Flower starts its own helpers by bare name (the SuperLink runs `flower-superexec`, the
+    # SuperExec runs `flwr-serverapp`/`flwr-clientapp`): put this Python's bin folder first,
+    # so a service started by full path from a virtual environment that is not on PATH works.
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *rest])
     Path(home).mkdir(parents=True, exist_ok=True)
     if extra:
         env.update(extra)
@@ -73,6 +79,44 @@ def flower_bin(name: str) -> str:
     return found
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into Ctrl-C, so every ``finally`` that stops Flower runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_flower_on_signals() -> Iterator[None]:
+    """Within this block SIGTERM and SIGHUP act like Ctrl-C, and only the first signal counts.
+
+    Why: systemd, SLURM, ``kill`` and container runtimes stop a service with SIGTERM, whose
+    default action ends Python at once, skipping the ``finally`` blocks that stop
+    flower-superlink, flower-superexec and flower-supernode (they live in sessions of their
+    own, so nothing else reaches them) — they would keep the port. A second signal during
+    the bounded clean-up is ignored so the clean-up itself is not cut short.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, _frame: object) -> None:
+        for sig in caught:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -93,6 +137,16 @@ def wait_for_port(host: str, port: int, timeout: float, proc: FlowerProcess | No
             return
         time.sleep(0.2)
     raise FlowerProcessError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def listening_or_stopped(proc: FlowerProcess, host: str, port: int, timeout: float) -> None:
+    """Wait until ``proc`` listens; if it does not, or we are interrupted meanwhile (Ctrl-C,
+    SIGTERM), stop it before passing the error on — the caller never got a handle to it."""
+    try:
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout, proc)
+    except BaseException:
+        proc.stop(grace=3.0)
+        raise
 
 
 @dataclass
@@ -242,7 +296,7 @@ def start_superlink(work: Path, port: int | None = None, *, host: str = "127.0.0
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     proc = spawn("superlink", superlink_argv(port, database, host=host, tls=tls, auth=auth),
                  home, work / "logs" / "superlink.log", port=port, env=env)
-    wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout, proc)
+    listening_or_stopped(proc, host, port, timeout)
     return proc
 
 
@@ -268,7 +322,8 @@ def node_config_arg(values: Mapping[str, str | int | float | bool]) -> str:
 
 def supernode_argv(superlink: str, port: int, node_config: Mapping[str, Any], *,
                    root_cert: Path | None = None, auth_key: Path | None = None,
-                   max_wait: float | None = None) -> list[str]:
+                   max_wait: float | None = None,
+                   trusted_entities: Path | None = None) -> list[str]:
     """Flags for ``flower-supernode`` (TLS when a root certificate is given)."""
     host = superlink.rsplit(":", 1)[0].strip("[]")
     argv = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
@@ -286,22 +341,24 @@ def supernode_argv(superlink: str, port: int, node_config: Mapping[str, Any], *,
         argv += ["--auth-supernode-private-key", str(auth_key)]
     if max_wait is not None:
         argv += ["--max-wait-time", str(max_wait)]
+    if trusted_entities is not None:
+        argv += ["--trusted-entities", str(trusted_entities)]
     return argv
 
 
 def start_supernode(work: Path, name: str, superlink: str, node_config: Mapping[str, Any], *,
                     port: int | None = None, root_cert: Path | None = None,
                     auth_key: Path | None = None, max_wait: float | None = None,
-                    timeout: float = 60.0, env: Mapping[str, str] | None = None
-                    ) -> FlowerProcess:
+                    timeout: float = 60.0, env: Mapping[str, str] | None = None,
+                    trusted_entities: Path | None = None) -> FlowerProcess:
     """Start ``flower-supernode`` with its own ``FLWR_HOME`` and ClientApp API port."""
     port = port or free_port()
     home = work / f"supernode-{name}-home"
     argv = supernode_argv(superlink, port, node_config, root_cert=root_cert, auth_key=auth_key,
-                          max_wait=max_wait)
+                          max_wait=max_wait, trusted_entities=trusted_entities)
     proc = spawn(f"supernode-{name}", argv, home, work / "logs" / f"supernode-{name}.log",
                  port=port, env=env)
-    wait_for_port("127.0.0.1", port, timeout, proc)
+    listening_or_stopped(proc, "127.0.0.1", port, timeout)
     return proc
 
 
@@ -451,6 +508,11 @@ class Federation:
     def address(self) -> str:
         return f"127.0.0.1:{self.superlink.port}"
 
+    @property
+    def database(self) -> Path:
+        """The SuperLink's database (where the operator's app signature is stored)."""
+        return self.work / "superlink.db"
+
     def processes(self) -> list[FlowerProcess]:
         return [*self.supernodes.values(), self.superlink]
 
@@ -464,14 +526,18 @@ class Federation:
 
 @contextlib.contextmanager
 def loopback_federation(work: Path, sites: Mapping[str, Mapping[str, Any]],
-                        *, connect_timeout: float = 90.0) -> Iterator[Federation]:
+                        *, connect_timeout: float = 90.0,
+                        trusted_entities: Path | None = None) -> Iterator[Federation]:
     """SuperLink + one SuperNode per site on 127.0.0.1, each with its own port and home.
 
-    ``sites`` maps a site name to its ``--node-config`` values. Every process is stopped on
-    exit, including on Ctrl-C or an exception.
+    ``sites`` maps a site name to its ``--node-config`` values; with ``trusted_entities``
+    every SuperNode runs only apps signed by a key listed there. Every process is stopped on
+    exit, including on Ctrl-C, SIGTERM or an exception.
     """
     work.mkdir(parents=True, exist_ok=True)
     started: list[FlowerProcess] = []
+    signals = contextlib.ExitStack()
+    signals.enter_context(stop_flower_on_signals())
     # All parties share this machine's cores: one math thread each, or PyTorch's OpenMP
     # threads spin against each other (a 2-epoch CNN went from 9 s to 72 s on 2 loaded cores).
     threads = str(max(1, (os.cpu_count() or 1) // (len(sites) + 1)))
@@ -482,7 +548,8 @@ def loopback_federation(work: Path, sites: Mapping[str, Mapping[str, Any]],
         address = f"127.0.0.1:{link.port}"
         nodes: dict[str, FlowerProcess] = {}
         for name, cfg in sites.items():
-            proc = start_supernode(work, name, address, cfg, env=env)
+            proc = start_supernode(work, name, address, cfg, env=env,
+                                   trusted_entities=trusted_entities)
             started.append(proc)
             nodes[name] = proc
         cli_home = work / "cli-home"
@@ -503,6 +570,7 @@ def loopback_federation(work: Path, sites: Mapping[str, Mapping[str, Any]],
         yield fed
     finally:
         stop_all(list(reversed(started)))
+        signals.close()
 
 
 def descendants(pid: int) -> list[int]:
@@ -552,8 +620,11 @@ def stop_all(procs: Sequence[FlowerProcess], grace: float = 8.0) -> None:
         proc._signal(signal.SIGTERM)
     _kill_pids(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while (any(p._group_alive() for p in procs) or any(_alive(t) for t in tree)) \
-            and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.poll()  # reap an exited leader, or its zombie keeps the group "alive"
+        if not (any(p._group_alive() for p in procs) or any(_alive(t) for t in tree)):
+            break
         time.sleep(0.1)
     _kill_pids([t for t in tree if _alive(t)], signal.SIGKILL)
     for proc in procs:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.networks.discriminator import Discriminator
-from shared.networks.generator import Generator, check_resolution
+from node.training.networks.discriminator import Discriminator
+from node.training.networks.generator import Generator, check_resolution
 
 __all__ = ["Discriminator", "Generator", "build_discriminator", "build_generator",
            "check_resolution"]

@@ -13,7 +13,7 @@
   form; with two classes it equals the paper's BCE.
 
 >>> import torch
->>> from shared.networks import Generator, Discriminator
+>>> from node.training.networks import Generator, Discriminator
 >>> G, D = Generator(8, 2, channel_base=64, channel_min=8), Discriminator(8, 2, channel_base=64,
 ...                                                                           channel_min=8)
 >>> loss = GanLoss(G, D)
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.augment import Augment
+from node.training.augment import Augment
 
 
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:

@@ -1,6 +1,11 @@
-"""Evaluation requests and replies: the same documents over Flower and as files.
+"""The seam between a site and the coordinator: every document that crosses it.
 
-Request (coordinator → site)::
+Both sides import this module and nothing of each other (ARCHITECTURE.md, import rules): the
+protocol version, the actions a site answers and the keys each request may carry, the reply
+document, the evaluation request/reply files, and the :class:`Transport` interface that the
+Flower adapter and the in-process loopback both implement.
+
+Evaluation request (coordinator → site)::
 
     {"request": {"protocol", "action": "evaluate", "request-id", "run-tag",
                  "weights-sha256", "own-weights-sha256", "n-boot"},
@@ -11,9 +16,10 @@ files; the admin runs ``synthlearn node evaluate --request requests/<site>/reque
 --site-dir SITE`` and carries back ``reply-<site>.json``. Over Flower, the ``request`` object
 is the message's ConfigRecord and the weights travel as uint8 arrays.
 
-Reply (site → coordinator): ``{"site", "request_id", "evaluations": {"pooled": SIGNED,
-"own": SIGNED}, "baseline": SIGNED | null}``; :func:`verify_reply` checks every signature
-against the trust folder and binds each evaluation to the SHA-256 of the weights sent.
+Evaluation reply (site → coordinator): ``{"site", "request_id", "evaluations": {"pooled":
+SIGNED, "own": SIGNED}, "baseline": SIGNED | null}``; :func:`verify_reply` checks every
+signature against the trust folder and binds each evaluation to the SHA-256 of the weights
+sent.
 """
 
 from __future__ import annotations
@@ -21,11 +27,93 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from coordinator.errors import ReportError
-from node.federation import PROTOCOL
+from shared.errors import ProtocolError, RequestRefusedError
+
+PROTOCOL = 1
+"""Version of the request/reply documents below; both sides refuse another version."""
+
+ACTIONS: dict[str, frozenset[str]] = {
+    "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),
+    "export-bundle": frozenset({
+        "protocol", "action", "software-version", "run-tag", "mode", "gan-config",
+        "n-synthetic", "seed", "baseline-config",
+    }),
+    "evaluate": frozenset({
+        "protocol", "action", "software-version", "run-tag", "request-id", "weights-sha256",
+        "own-weights-sha256", "n-boot",
+    }),
+}
+"""Every action a node performs and the only keys each request may carry."""
+
+REPLY_KEYS = frozenset({
+    "protocol", "action", "status", "reason", "site", "software-version", "bundle-sha256",
+    "bundle-id", "seconds", "reply-json",
+})
+"""The only keys a reply's config part may carry (the bundle bytes travel separately)."""
+
+SIGNED_KINDS = frozenset({"evaluation", "local_real_baseline"})
+"""Kinds of signed record a reply may carry: model-free numbers only."""
+
+FORBIDDEN_GAN_KEYS = frozenset({"device"})
+"""GanConfig keys the coordinator may not set: they are the site's own business."""
+
+MAX_LIST = 64
+"""Longest list a signed record may hold; per-image data would be longer than this."""
+
+
+def software_version() -> str:
+    """The synthlearn version both sides put in every document (``shared.__version__``)."""
+    from shared import __version__
+
+    return str(__version__)
+
+
+@dataclass
+class Reply:
+    """What goes back: config fields (numbers, short strings, one JSON document) and,
+    for ``export-bundle``, the bundle's bytes."""
+
+    config: dict[str, Any]
+    bundle: bytes | None = None
+
+    def check(self) -> Reply:
+        extra = sorted(set(self.config) - REPLY_KEYS)
+        if extra:
+            raise RequestRefusedError(f"reply would carry unexpected fields {extra}")
+        return self
+
+
+@dataclass
+class Outcome:
+    """One node's answer: a reply (config + optional bundle bytes) or a transport error."""
+
+    node: int
+    config: dict[str, Any] = field(default_factory=dict)
+    bundle: bytes | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.config.get("status") == "ok"
+
+
+class Transport(Protocol):
+    """How the coordinator reaches its sites: Flower (:mod:`coordinator.server_app`) or the
+    in-process loopback (:mod:`coordinator.local_transport`). Same requests, same replies."""
+
+    name: str
+    """How the report names the transport ('flower', 'in-process'; 'files' is not one)."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def exchange(self, kind: str, requests: Mapping[int, dict[str, Any]],
+                 weights: Mapping[int, dict[str, bytes]] | None,
+                 timeout: float) -> dict[int, Outcome]: ...
 
 
 def make_request(run_tag: str, pooled_sha256: str, own_sha256: str | None = None,
@@ -70,7 +158,7 @@ def verify_reply(doc: dict[str, Any], trust_dir: Path,
     out: dict[str, Any] = {"site": site, "problems": []}
     evaluations = doc.get("evaluations") or {}
     if not isinstance(evaluations, dict):
-        raise ReportError(f"reply from {site}: 'evaluations' is not an object")
+        raise ProtocolError(f"reply from {site}: 'evaluations' is not an object")
     items: list[tuple[str, Any, str]] = [(role, rec, "evaluation")
                                          for role, rec in evaluations.items()]
     if doc.get("baseline") is not None:
@@ -109,10 +197,10 @@ def read_reply_files(folder: Path) -> list[dict[str, Any]]:
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ReportError(f"{path}: not a readable reply ({exc}); ask the site to send "
+            raise ProtocolError(f"{path}: not a readable reply ({exc}); ask the site to send "
                               "it again") from None
         if not isinstance(doc, dict):
-            raise ReportError(f"{path}: not a reply object")
+            raise ProtocolError(f"{path}: not a reply object")
         doc["_path"] = str(path)
         docs.append(doc)
     return docs

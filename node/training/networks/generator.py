@@ -13,8 +13,8 @@ Layout (all layers with equalised learning rate, no BatchNorm):
 * **skip outputs**: every block adds its own 1×1 "to-gray" image to the upsampled running
   image (StyleGAN2's skip generator), which trains faster than a single output head.
 
-Channels halve as resolution doubles (:func:`shared.networks.layers.channels_at`), so the same
-class serves 8² test nets and 256² production nets.
+Channels halve as resolution doubles (:func:`node.training.networks.layers.channels_at`), so
+the same class serves 8² test nets and 256² production nets.
 
 >>> import torch
 >>> g = Generator(resolution=32, num_classes=2)
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.networks.layers import EqConv2d, EqLinear, channels_at, lrelu, pixel_norm
+from node.training.networks.layers import EqConv2d, EqLinear, channels_at, lrelu, pixel_norm
 
 
 def check_resolution(resolution: int) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.losses import GanLoss
-from shared.networks import Discriminator, Generator
+from node.training.losses import GanLoss
+from node.training.networks import Discriminator, Generator
 
 
 def _nets() -> tuple[Generator, Discriminator]:

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.networks.generator import check_resolution
-from shared.networks.layers import EqConv2d, EqLinear, channels_at, lrelu
+from node.training.networks.generator import check_resolution
+from node.training.networks.layers import EqConv2d, EqLinear, channels_at, lrelu
 
 NORMS = ("none", "group")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.augment import Augment
+from node.training.augment import Augment
 
 
 def test_fixed_mode_is_differentiable_and_changes_images() -> None:

@@ -19,7 +19,7 @@ The D-step under DP (the pitfall of Opacus issue 418,
 https://github.com/pytorch/opacus/issues/418): if real and fake batches go through two private
 backward passes, Opacus clips and *noises* both, and the accountant charges two steps — the
 fake pass is charged as if it were private data although it is not. We instead run ONE
-forward/backward over ``torch.cat([real, fake.detach()])`` (``shared.losses.GanLoss``,
+forward/backward over ``torch.cat([real, fake.detach()])`` (``node.training.losses.GanLoss``,
 ``joint=True``): every example's gradient, real or fake, is clipped once to
 ``max_grad_norm``, noise is added once per step, and the accountant charges one step at
 rate q. A real example still contributes at most ``max_grad_norm`` to the summed gradient (its
@@ -173,7 +173,7 @@ def register_layer_grad_samplers() -> None:
     from opacus.grad_sample import register_grad_sampler
     from torch.nn import functional as F
 
-    from shared.networks.layers import EqConv2d, EqLinear
+    from node.training.networks.layers import EqConv2d, EqLinear
 
     @register_grad_sampler(EqLinear)
     def _eq_linear(layer: EqLinear, activations: list[torch.Tensor],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.networks import Discriminator, Generator, build_generator
+from node.training.networks import Discriminator, Generator, build_generator
 
 
 @pytest.mark.parametrize("res", [8, 32, 64])

@@ -1,0 +1,212 @@
+"""The coordinator's job as plain functions, one per step, whatever carries the messages.
+
+Why one module: the Flower run (:mod:`coordinator.phases`, over :mod:`coordinator.server_app`
+or the in-process :mod:`coordinator.local_transport`) and the air-gapped commands
+(``synthlearn coordinator pool | train | report``) used to implement these steps twice and
+drifted apart (CNN defaults, a silent site called ``dropped`` on one path and ``failed`` on
+the other, a reply's site checked on one path only). Now both call:
+
+1. :func:`pool_step`: verify, de-duplicate, balance; every verdict recorded in the state;
+2. :func:`train_step`: the downstream CNN on the pooled synthetic set (+ one per site on its
+   own synthetic images), its resolved config written next to the weights;
+3. :func:`request_evaluations`: one evaluation request per site, bound to the weights' SHA-256;
+4. :func:`accept_reply`: verify one reply against the request sent to that site;
+5. :func:`report_step`: one row per site under one status rule, then HTML + JSON.
+
+The transports only move bytes; nothing here knows Flower or the file layout of a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from coordinator.state import CoordinatorState
+from shared.names import safe_name
+
+Log = Callable[[str], None]
+
+ROLES = ("pooled", "own", "baseline")
+"""What one evaluation reply may carry, in report order."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def mark(state: CoordinatorState, run: str, site: str, status: str, reason: str,
+         log: Log = _quiet) -> None:
+    """Record a site's verdict (``ok``, ``excluded``, ``refused``, ``failed``, ``dropped``)."""
+    log(f"site {site}: {status} ({reason})")
+    state.set_site_status(run, site, status, reason)
+
+
+# -- 1. verify + pool --------------------------------------------------------------------------
+def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_dir: Path,
+              work: Path, *, sent_by: Mapping[str, str] | None = None, balance: bool = True,
+              seed: int = 0, log: Log = _quiet) -> dict[str, Any]:
+    """Verify every bundle, pool the accepted ones into ``work/pool``; the pool summary.
+
+    ``sent_by`` maps a bundle path to the site that sent it (known over a transport); a
+    rejected bundle is otherwise attributed to the site its unverified manifest names, or to
+    its file name. Raises :class:`coordinator.errors.PoolError` when nothing can be pooled.
+    """
+    from coordinator.pool import pool_bundles, require_pool
+
+    paths = [Path(p) for p in paths]
+    res = pool_bundles(paths, trust_dir, state, run, balance=balance, seed=seed,
+                       out_dir=work / "pool")
+    for rej in res.rejected:
+        site = ((sent_by or {}).get(rej["path"]) or rej.get("site")
+                or Path(rej["path"]).name)
+        mark(state, run, str(site), "excluded",
+             f"bundle rejected [{rej['reason']}]: {rej['message']}", log)
+    for acc in res.accepted:
+        state.set_site_status(run, acc["site"], "ok")
+    require_pool(res, paths[0].parent if paths else work / "bundles")
+    summary = res.summary()
+    summary["trust_dir"] = str(Path(trust_dir).absolute())
+    log(f"pooled {summary['images']} synthetic images from {len(res.accepted)} site(s); "
+        f"{len(res.rejected)} bundle(s) rejected")
+    return summary
+
+
+# -- 2. train ---------------------------------------------------------------------------------
+def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = True,
+               progress: bool = False, log: Log = _quiet) -> dict[str, Any]:
+    """The pooled CNN (and, with ``own``, one CNN per accepted site on its own synthetic
+    images); ``cfg`` is the resolved :class:`shared.cnn_train.ClassifierConfig`, written to
+    ``work/cnn/cnn-config.json`` so every number in the report traces to it."""
+    from coordinator.train import train_pooled
+    from shared.config import write_resolved
+    from shared.synthetic import SyntheticSet
+
+    cnn_dir = work / "cnn"
+    pooled = SyntheticSet.load(work / "pool" / "pooled")
+    result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
+                                                     progress=progress), "own": {}}
+    write_resolved(cfg, cnn_dir, "cnn-config.json")
+    log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, "
+        f"{result['pooled']['seconds']} s")
+    trust_dir = Path(str(pool.get("trust_dir", "")))
+    for acc in pool.get("accepted", []) if own else []:
+        own_set = _own_set(Path(acc["path"]), trust_dir)
+        if own_set is None:
+            continue
+        path = cnn_dir / f"own-{safe_name(acc['site'])}.npz"
+        try:
+            result["own"][acc["site"]] = train_pooled(own_set, path, cfg, role="own",
+                                                      progress=progress)
+        except Exception as exc:  # e.g. a site with one class: report it, go on
+            log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
+    return result
+
+
+def _own_set(bundle: Path, trust_dir: Path) -> Any:
+    """A site's own synthetic set, re-read from its (already verified) bundle."""
+    from shared.bundle import BundleError, verify_bundle
+
+    try:
+        vb = verify_bundle(bundle, trust_dir)
+    except BundleError:
+        return None
+    s = vb.synthetic
+    s.info = {"bundle_ids": [vb.bundle_id], "sites": [vb.site], "synthetic_only": True}
+    return s
+
+
+# -- 3. request evaluations ---------------------------------------------------------------------
+def request_evaluations(run: str, trained: Mapping[str, Any], sites: Iterable[str],
+                        n_boot: int) -> dict[str, dict[str, Any]]:
+    """site → evaluation request (bound to the pooled and, if any, the site's own weights)."""
+    from shared.protocol import make_request
+
+    own = trained.get("own") or {}
+    out = {}
+    for site in sites:
+        own_rec = own.get(site)
+        out[site] = make_request(run, trained["pooled"]["weights_sha256"],
+                                 own_rec["weights_sha256"] if own_rec else None, n_boot)
+    return out
+
+
+def weights_for(trained: Mapping[str, Any], site: str) -> dict[str, Path]:
+    """role → weights file that the request for ``site`` names."""
+    files = {"pooled": Path(trained["pooled"]["weights"])}
+    own_rec = (trained.get("own") or {}).get(site)
+    if own_rec:
+        files["own"] = Path(own_rec["weights"])
+    return files
+
+
+# -- 4. collect replies -----------------------------------------------------------------------
+def accept_reply(state: CoordinatorState, run: str, site: str, doc: Mapping[str, Any],
+                 request: Mapping[str, Any], trained: Mapping[str, Any], trust_dir: Path,
+                 log: Log = _quiet) -> bool:
+    """Verify one reply from ``site`` against the request sent to it; store what verifies.
+
+    A reply must answer the request this run sent to that site (its request id), and its
+    signed records must name that site: a site cannot answer for another one, nor replay an
+    old reply. Each signed record is checked on its own (:func:`shared.protocol.verify_reply`).
+    """
+    from shared.protocol import verify_reply
+
+    if str(doc.get("request_id", "")) != str(request.get("request-id")):
+        mark(state, run, site, "failed", f"reply answers request {doc.get('request_id')!r}, "
+             f"not the one sent to {site}", log)
+        return False
+    expected = {"pooled": str(request["weights-sha256"])}
+    if request.get("own-weights-sha256"):
+        expected["own"] = str(request["own-weights-sha256"])
+    verified = verify_reply(dict(doc), trust_dir, expected)
+    if verified["site"] != site:
+        mark(state, run, site, "failed", f"reply names site {verified['site']!r}", log)
+        return False
+    for role in ROLES:
+        if role in verified:
+            state.add_evaluation(run, site, role, verified[role])
+    if verified["problems"]:
+        state.add_evaluation(run, site, "problems", {"problems": verified["problems"]})
+    log(f"{site}: {', '.join(r for r in ROLES if r in verified) or 'nothing'} verified"
+        + (f"; problems: {'; '.join(verified['problems'])}" if verified["problems"] else ""))
+    return True
+
+
+# -- 5. report --------------------------------------------------------------------------------
+def site_rows(state: CoordinatorState, run: str,
+              pool: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """One row per site. The one status rule: a site still ``ok`` without a verified pooled
+    evaluation is ``failed`` when it replied (its records did not verify) and ``dropped``
+    when no reply arrived."""
+    evals = state.evaluations(run)
+    statuses = state.site_statuses(run)
+    accepted = {a["site"]: a for a in (pool or {}).get("accepted", [])}
+    rows: dict[str, dict[str, Any]] = {}
+    for site in sorted(set(statuses) | set(evals)):
+        st = statuses.get(site, {"status": "ok", "reason": ""})
+        e = evals.get(site, {})
+        status, reason = st["status"], st["reason"]
+        if status == "ok" and "pooled" not in e:
+            status, reason = (("failed", "its reply held no verified pooled-CNN evaluation")
+                              if e else ("dropped", "no evaluation reply received"))
+        rows[site] = {"status": status, "reason": reason, "baseline": e.get("baseline"),
+                      "own": e.get("own"), "pooled": e.get("pooled"),
+                      "problems": (e.get("problems") or {}).get("problems", []),
+                      "bundle": accepted.get(site)}
+    return rows
+
+
+def report_step(state: CoordinatorState, run: str, work: Path, *, mode: str, transport: str,
+                log: Log = _quiet) -> dict[str, Any]:
+    """``work/report/report.html`` and ``report.json``; their paths."""
+    from coordinator.report import build_report, write_report
+
+    pool = state.phase_result(run, "pool")
+    trained = state.phase_result(run, "train") or {}
+    report = build_report(run=run, sites=site_rows(state, run, pool), pool=pool,
+                          cnn=trained.get("pooled"), phases=state.phase_times(run), mode=mode,
+                          transport=transport)
+    html_path, json_path = write_report(report, work / "report")
+    log(f"report: {html_path}")
+    return {"html": str(html_path), "json": str(json_path)}
