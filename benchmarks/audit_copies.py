@@ -30,23 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from privacy_audit import phantoms  # benchmarks/ is the script's directory: on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = next((p / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
              for p in ROOT.parents if (p / "shared" / "data" / "pneumoniamnist").is_dir()),
             ROOT.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz")
-
-
-def phantoms(n: int, size: int, seed: int, exposure: float = 1.0) -> np.ndarray:
-    from node.phantoms import LESION_CLASSES, render
-
-    rng = np.random.default_rng([seed, 13])
-    out = np.empty((n, size, size), np.uint8)
-    for i in range(n):
-        lesion = LESION_CLASSES[0] if i % 2 == 0 else LESION_CLASSES[1 + (i // 2) % 4]
-        img = render(rng, lesion, size, exposure * float(np.exp(rng.normal(0, 0.1))))
-        out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    return out
 
 
 def site(name: str, seed: int, n_train: int, n_held: int, n_syn: int
@@ -80,7 +69,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         if args.out:  # after every audit: a run cut short keeps what it measured
             args.out.write_text(json.dumps({"rows": rows, "table": table(rows)}, indent=2))
 
-    for seed in range(args.seeds):  # seeds outermost: a cut-short run still covers every case
+    # Seeds outermost: a run cut short still covers every case.
+    for seed in range(args.first_seed, args.seeds):
         for data in args.data:
             train, held, honest = site(data, seed, args.n_train, args.n_held, args.n_syn)
             matcher = TransformMatcher(train, MatchConfig(max_shift=cfg.max_shift,
@@ -176,6 +166,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sw = sub.add_parser("sweep")
     sw.add_argument("--seeds", type=int, default=20)
+    sw.add_argument("--first-seed", type=int, default=0, help="to split a sweep over processes")
     sw.add_argument("--planted-seeds", type=int, default=5,
                     help="seeds for the planted-copy sweep (honest sets use --seeds)")
     sw.add_argument("--data", nargs="+", default=["phantoms", "pneumoniamnist"])

@@ -16,15 +16,16 @@ from node.audit import AuditConfig, AuditError, audit_arrays, run_audit
 SIZE = 32
 
 
-def phantoms(n: int, seed: int) -> np.ndarray:
-    """Phantom radiographs from engineer A's generator: every call is a new set of 'patients'."""
+def phantoms(n: int, seed: int, size: int = SIZE, exposure: float = 1.0) -> np.ndarray:
+    """Phantom radiographs from engineer A's generator: every call is a new set of 'patients';
+    ``exposure`` < 1 renders them darker (the curve the site's scanner applies)."""
     from node.phantoms import LESION_CLASSES, render
 
     rng = np.random.default_rng([seed, 7])
-    out = np.empty((n, SIZE, SIZE), np.uint8)
+    out = np.empty((n, size, size), np.uint8)
     for i in range(n):
         lesion = LESION_CLASSES[0] if i % 2 == 0 else LESION_CLASSES[1 + (i // 2) % 4]
-        img = render(rng, lesion, SIZE, float(np.exp(rng.normal(0, 0.1))))
+        img = render(rng, lesion, size, exposure * float(np.exp(rng.normal(0, 0.1))))
         out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return out
 

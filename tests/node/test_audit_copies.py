@@ -2,7 +2,7 @@
 and on real radiographs (PneumoniaMNIST); honest generators pass, also when the held-out split
 was acquired at another exposure.
 
-Sizes are kept small for CI; ``benchmarks/privacy_audit.py --sweep`` repeats this over seeds and
+Sizes are kept small for CI; ``benchmarks/audit_copies.py sweep`` repeats this over seeds and
 at full size (results in BENCHMARKS.md).
 """
 
@@ -18,6 +18,7 @@ import pytest
 from node.audit import AuditConfig, audit_arrays
 from node.audit.edits import EDITS, plant
 from node.audit.matcher import MatchConfig, TransformMatcher
+from tests.node import test_audit
 
 # ../shared/data next to the project root (for a git worktree: next to an ancestor of it).
 PNEUMONIA = next((p / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
@@ -28,17 +29,7 @@ PHANTOM_SIZE = 64  # the benchmark size; see SECURITY.md for 32 px
 
 
 def phantoms(n: int, seed: int, exposure: float = 1.0) -> np.ndarray:
-    """Phantom radiographs: every seed is a new set of 'patients'; ``exposure`` < 1 renders
-    them darker (the curve the site's scanner applies)."""
-    from node.phantoms import LESION_CLASSES, render
-
-    rng = np.random.default_rng([seed, 7])
-    out = np.empty((n, PHANTOM_SIZE, PHANTOM_SIZE), np.uint8)
-    for i in range(n):
-        lesion = LESION_CLASSES[0] if i % 2 == 0 else LESION_CLASSES[1 + (i // 2) % 4]
-        img = render(rng, lesion, PHANTOM_SIZE, exposure * float(np.exp(rng.normal(0, 0.1))))
-        out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    return out
+    return test_audit.phantoms(n, seed, PHANTOM_SIZE, exposure)
 
 
 @cache
@@ -104,9 +95,9 @@ def test_every_edit_is_flagged_and_points_at_its_source(name: str) -> None:
                                            ("pneumoniamnist", "crop + vertical flip + gamma")])
 def test_five_percent_of_edited_copies_fail_the_audit(name: str, kind: str) -> None:
     """One edit at 5 % among honest images: the verdict is FAIL (every edit, both data sets,
-    20 seeds: ``benchmarks/privacy_audit.py --sweep``)."""
+    20 seeds: ``benchmarks/audit_copies.py sweep``)."""
     train, _, honest, _ = dataset(name)
-    syn, where, _ = plant(honest, train, EDITS[kind], 0.05, seed=2)
+    syn, _, _ = plant(honest, train, EDITS[kind], 0.05, seed=2)
     s = audit(name, syn).summary
     assert not s["gates_passed"], s["gates"]
     failed = {g for g, v in s["gates"].items() if not v["passed"]}
