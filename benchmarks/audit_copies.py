@@ -107,7 +107,7 @@ def gan_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
     held, _ = store.load("test")
     G, meta = load_trained(run)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.gan_seeds):
         gen = torch.Generator().manual_seed(seed)
         labels = torch.arange(args.n_syn) % len(meta["class_names"])
         with torch.no_grad():
@@ -174,6 +174,7 @@ def main() -> None:
     sw.add_argument("--n-held", type=int, default=200)
     sw.add_argument("--n-syn", type=int, default=400)
     sw.add_argument("--gan-run", type=str, default=None, help="SITE/runs/NAME of a trained GAN")
+    sw.add_argument("--gan-seeds", type=int, default=20, help="sample sets drawn from it")
     sp = sub.add_parser("speed")
     sp.add_argument("--n-synthetic", type=int, default=10_000)
     sp.add_argument("--n-train", type=int, default=5_000)
