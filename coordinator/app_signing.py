@@ -19,7 +19,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from shared.app_signing import sign_fab
+from shared.app_signing import load_app_private_key, sign_fab
 from shared.errors import FlowerProcessError
 
 
@@ -60,16 +60,24 @@ def freeze_app(app_dir: Path, dest: Path) -> tuple[Path, bytes]:
     return dest, fab
 
 
+def check_signing(database: Path, app_key: Path) -> None:
+    """Refuse before ``flwr run``, not after: a wrong key (the ``.pub`` instead of the private
+    half) or database path found only once the run is submitted left an unsigned run waiting
+    on the SuperLink for sites that refuse it."""
+    load_app_private_key(app_key)
+    if not Path(database).exists():
+        raise FlowerProcessError(f"{database}: no SuperLink database here; give the --work "
+                                 "folder of `synthlearn coordinator serve` (the app is signed "
+                                 "into the SuperLink's record of it)")
+
+
 def attach_signature(database: Path, fab: bytes, app_key: Path) -> str:
     """Sign ``fab`` and store the signature in the SuperLink's record of it; return its hash."""
     from flwr.supercore.state.schema.corestate_models import Fab as FabModel
 
     digest = hashlib.sha256(fab).hexdigest()
     verifications = json.dumps(sign_fab(fab, app_key))
-    if not Path(database).exists():
-        raise FlowerProcessError(f"{database}: no SuperLink database here; give the --work "
-                                 "folder of `synthlearn coordinator serve` (the app is signed "
-                                 "into the SuperLink's record of it)")
+    check_signing(database, app_key)
     con = sqlite3.connect(database, timeout=30)
     try:
         with con:

@@ -34,6 +34,7 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
              cnn_minutes: float = 1.5,
              fresh: bool = True, timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from shared.files import atomic_write_json
     from shared.flower_proc import loopback_federation
 
     out = out.absolute()
@@ -88,7 +89,7 @@ def run_demo(out: Path, *, sites: int = 3, scale: float = 1.0, size: int = 32,
            "flower_status": row.get("status"), "sites": sites, "scale": scale, "size": size,
            "model": model, "gan_minutes": gan_minutes, "n_synthetic": n_synthetic,
            "cnn_minutes": cnn_minutes}
-    (out / "demo-timing.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(out / "demo-timing.json", doc, sort_keys=False)
     return {"report_html": str(work / "report" / "report.html"), "total_seconds": total,
             "timing": doc}
 

@@ -1,4 +1,5 @@
-"""Errors raised on the coordinator side. Messages name the file and say what to do."""
+"""Every error class of the coordinator side, under :class:`CoordinatorError`. Messages name
+the file and say what to do."""
 
 from __future__ import annotations
 
@@ -15,7 +16,3 @@ class StateError(CoordinatorError):
 
 class PoolError(CoordinatorError):
     """No bundle could be pooled (every one was rejected, or the folder is empty)."""
-
-
-class ReportError(CoordinatorError):
-    """Evaluation replies or run results cannot be turned into a report."""

@@ -39,6 +39,7 @@ def app_dir(staging: Path) -> Path:
 
 
 def _stage(root: Path, staging: Path) -> Path:
+    from coordinator.phases import run_config_defaults
     from shared import __version__
 
     if staging.exists():
@@ -47,7 +48,7 @@ def _stage(root: Path, staging: Path) -> Path:
         shutil.copytree(root / pkg, staging / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
     config_lines = "\n".join(f"{k} = {json.dumps(v) if isinstance(v, str) else _toml(v)}"
-                             for k, v in DEFAULT_RUN_CONFIG.items())
+                             for k, v in run_config_defaults().items())
     (staging / "pyproject.toml").write_text(f"""[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -74,17 +75,6 @@ def _toml(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return repr(v)
-
-
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "work-dir": "", "trust-dir": "", "run-name": "run", "mode": "train", "expected-sites": 3,
-    "min-sites": 1, "node-wait-s": 120.0, "ping-timeout-s": 120.0, "bundle-timeout-s": 1800.0,
-    "eval-timeout-s": 900.0, "gan-config": "{}", "baseline-config": "{}", "n-synthetic": 200,
-    "seed": 0, "cnn-epochs": 10, "cnn-width": 16, "cnn-batch": 32, "cnn-patience": 3,
-    "cnn-max-minutes": 5.0, "own-synthetic": True, "balance": True, "n-boot": 1000,
-    "record-messages": False, "stop-after": "",
-}
-"""Mirror of ``[tool.flwr.app.config]`` in pyproject.toml (for staged wheel installs)."""
 
 
 class _Watcher:
@@ -138,8 +128,9 @@ def submit_and_watch(connection: str, cli_home: Path, run_config: Mapping[str, A
     app = app_dir(staging)
     fab = None
     if signing is not None:
-        from coordinator.app_signing import freeze_app
+        from coordinator.app_signing import check_signing, freeze_app
 
+        check_signing(*signing)
         app, fab = freeze_app(app, Path(str(run_config["work-dir"])) / "app-signed")
     run_id = flwr_run(app, connection, cli_home, run_config)
     if signing is not None and fab is not None:

@@ -33,13 +33,18 @@ from coordinator.pipeline import (
     weights_for,
 )
 from coordinator.state import PHASES, CoordinatorState
+from shared.files import atomic_write_bytes, atomic_write_json
 from shared.names import safe_name
 from shared.protocol import PROTOCOL, Transport
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Run config (``[tool.flwr.app.config]``, hyphens become underscores)."""
+    """The one table of run-config defaults (Flower's run config: hyphens here become
+    underscores). ``[tool.flwr.app.config]`` in pyproject.toml must list the same keys and
+    values because Flower only accepts overrides of keys it declares; a test keeps the two
+    equal, and a staged app (:func:`coordinator.launch.app_dir`) is generated from this
+    table. The air-gapped commands take their CNN defaults from here too."""
 
     work_dir: str = ""
     trust_dir: str = ""
@@ -65,6 +70,8 @@ class RunSettings:
     own_synthetic: bool = True
     balance: bool = True
     n_boot: int = 1000
+    record_messages: bool = False
+    """Write every payload that crosses to ``work/messages/`` (tests, audits)."""
     stop_after: str = ""
     """'' = all phases; 'ping' = one ping round only (plumbing check); or a phase name (the
     run stops after it; a later run with the same name continues)."""
@@ -72,6 +79,14 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.min_sites < 1:
             raise ValueError("min_sites must be ≥ 1")
+        if self.expected_sites < 1 or self.n_synthetic < 1:
+            raise ValueError("expected_sites and n_synthetic must be ≥ 1")
+        if not 100 <= self.n_boot <= 100_000:
+            raise ValueError(f"n_boot must be in 100..100000 (what a site accepts), "
+                             f"got {self.n_boot}")
+        for key in ("node_wait_s", "ping_timeout_s", "bundle_timeout_s", "eval_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("gan_config", "baseline_config"):
             try:
                 doc = json.loads(getattr(self, key))
@@ -90,6 +105,13 @@ class RunSettings:
         return ClassifierConfig(epochs=self.cnn_epochs, width=self.cnn_width,
                                 batch=self.cnn_batch, patience=self.cnn_patience,
                                 max_minutes=self.cnn_max_minutes, seed=self.seed)
+
+
+def run_config_defaults() -> dict[str, Any]:
+    """:class:`RunSettings`' defaults as Flower run-config keys (``cnn-epochs`` …)."""
+    import dataclasses
+
+    return {f.name.replace("_", "-"): f.default for f in dataclasses.fields(RunSettings)}
 
 
 def settings_from_run_config(config: Mapping[str, Any]) -> RunSettings:
@@ -167,8 +189,7 @@ class Run:
             self.log(f"resuming run {self.run}: phases already done: {', '.join(done)}")
         if self.s.stop_after == "ping":
             sites = self.sites()
-            (self.work / "ping.json").write_text(json.dumps(
-                {str(k): v for k, v in sites.items()}, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(self.work / "ping.json", {str(k): v for k, v in sites.items()})
             return {"ping": sites}
         for phase in PHASES:
             if phase in done:
@@ -216,7 +237,7 @@ class Run:
                 self._mark(site, status, f"bundle round: {o.config.get('reason', 'no bundle')}")
                 continue
             path = bundle_dir / f"{safe_name(site)}.slbundle"
-            path.write_bytes(o.bundle)
+            atomic_write_bytes(path, o.bundle)
             received[site] = str(path)
         self.log(f"received {len(received)} bundle(s)")
         return {"bundles": received, "sites": {str(k): v for k, v in sites.items()}}
@@ -238,7 +259,7 @@ class Run:
     def phase_train(self) -> dict[str, Any]:
         pool = self.state.phase_result(self.run, "pool") or {}
         return train_step(pool, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
-                          log=self.log)
+                          trust_dir=Path(self.s.trust_dir), log=self.log)
 
     def phase_evaluate(self) -> dict[str, Any]:
         trained = self.state.phase_result(self.run, "train") or {}

@@ -74,10 +74,13 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
 
 # -- 2. train ---------------------------------------------------------------------------------
 def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = True,
-               progress: bool = False, log: Log = _quiet) -> dict[str, Any]:
+               trust_dir: Path | None = None, progress: bool = False,
+               log: Log = _quiet) -> dict[str, Any]:
     """The pooled CNN (and, with ``own``, one CNN per accepted site on its own synthetic
     images); ``cfg`` is the resolved :class:`shared.cnn_train.ClassifierConfig`, written to
-    ``work/cnn/cnn-config.json`` so every number in the report traces to it."""
+    ``work/cnn/cnn-config.json`` so every number in the report traces to it. Own sets are
+    re-read from the accepted bundles, verified against ``trust_dir`` (default: the folder
+    the pool was verified with)."""
     from coordinator.train import train_pooled
     from shared.config import write_resolved
     from shared.synthetic import SyntheticSet
@@ -89,7 +92,7 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     write_resolved(cfg, cnn_dir, "cnn-config.json")
     log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, "
         f"{result['pooled']['seconds']} s")
-    trust_dir = Path(str(pool.get("trust_dir", "")))
+    trust_dir = Path(trust_dir or str(pool.get("trust_dir", "")))
     for acc in pool.get("accepted", []) if own else []:
         own_set = _own_set(Path(acc["path"]), trust_dir)
         if own_set is None:

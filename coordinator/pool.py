@@ -21,7 +21,6 @@ Checks beyond the bundle's own verification:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from coordinator.errors import PoolError
 from coordinator.state import CoordinatorState
+from shared.files import atomic_write_json
 from shared.synthetic import SyntheticSet
 
 
@@ -57,8 +57,10 @@ class PoolResult:
 
 
 def _sha256(path: Path) -> str | None:
+    from shared.files import sha256_file
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -145,8 +147,7 @@ def pool_bundles(paths: Iterable[Path], trust_dir: Path, state: CoordinatorState
         out_dir.mkdir(parents=True, exist_ok=True)
         if result.pooled is not None:
             result.pooled.save(out_dir / "pooled")
-        (out_dir / "pool.json").write_text(json.dumps(result.summary(), indent=2,
-                                                      sort_keys=True, default=str) + "\n")
+        atomic_write_json(out_dir / "pool.json", result.summary())
     return result
 
 

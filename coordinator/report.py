@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 
 ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
 COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
@@ -250,6 +250,7 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(f"<p>Pooled: {pool.get('images', 0)} images ({counts}); "
                f"{pool.get('duplicates_dropped', 0)} duplicate images and "
                f"{pool.get('balanced_dropped', 0)} for class balance dropped.</p>")
+    out.append(_reader_studies_html(acc))
     if cnn:
         out.append(f"<h2>Downstream CNN</h2><p>Trained on <b>{cnn.get('n_images')} synthetic "
                    f"images</b> only ({cnn.get('epochs_run')} epochs, stopped by "
@@ -265,3 +266,53 @@ def render_html(report: dict[str, Any]) -> str:
     out.append("<p class='sub'>Machine-readable copy: <code>report.json</code> (same folder)."
                "</p></body></html>")
     return "\n".join(out)
+
+
+def _share(p: Any) -> str:
+    """A signed proportion as "0.53 [0.45, 0.61] (k/n)"; '–' for anything that is not one
+    (a bundle is a hostile sender's message: never trust its types)."""
+    if not isinstance(p, dict):
+        return "–"
+    vals = [p.get(k) for k in ("value", "ci_low", "ci_high")]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+               for v in vals):
+        return "–"
+    k, n = p.get("k"), p.get("n")
+    counts = f" ({k}/{n})" if isinstance(k, int) and isinstance(n, int) else ""
+    return f"{vals[0]:.2f} [{vals[1]:.2f}, {vals[2]:.2f}]{counts}"
+
+
+def _reader_studies_html(accepted: list[dict[str, Any]]) -> str:
+    """The sites' blind real-vs-synthetic reader studies (``node reader-study``), if any
+    bundle carries one: numbers only, signed with the bundle."""
+    esc = html.escape
+    rows = []
+    for a in accepted:
+        metrics = a.get("metrics")
+        rs = metrics.get("reader_study") if isinstance(metrics, dict) else None
+        if not isinstance(rs, dict):
+            continue
+        pooled = rs["pooled"] if isinstance(rs.get("pooled"), dict) else {}
+        images = rs["images"] if isinstance(rs.get("images"), dict) else {}
+        match = rs.get("matches_bundle_set")
+        same = ("yes" if match is True else
+                "<span class='warn'>no: another set</span>" if match is False else "–")
+        rows.append(
+            f"<tr><td>{esc(str(a.get('site')))}</td>"
+            f"<td class='n'>{esc(str(rs.get('readers_finished', '–')))}</td>"
+            f"<td class='n'>{esc(str(images.get('real', '–')))} / "
+            f"{esc(str(images.get('synthetic', '–')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('accuracy')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('synthetic_called_real')))}</td>"
+            f"<td class='n'>{esc(_share(pooled.get('class_agreement_synthetic')))}</td>"
+            f"<td>{esc(str(rs.get('verdict', '')))}</td><td>{same}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Reader studies (blind, real vs synthetic)</h2><p>Clinicians at the site were "
+            "shown the site's real test images and synthetic images, shuffled, and asked which "
+            "is which. Accuracy near 0.5 means they could not tell them apart. Pooled over "
+            "the site's finished readers, with 95 % CIs; signed with the bundle.</p>"
+            "<table><tr><th>Site</th><th>Readers</th><th>Images real / synthetic</th>"
+            "<th>Accuracy</th><th>Synthetic called real</th><th>Class agreement "
+            "(synthetic)</th><th>Verdict</th><th>Study on the pooled set</th></tr>"
+            + "".join(rows) + "</table>")

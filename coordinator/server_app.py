@@ -25,6 +25,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.phases import Run, settings_from_run_config
+from shared.files import atomic_write_json
+from shared.progress import log_to_stdout
 from shared.protocol import Outcome
 
 app = ServerApp()
@@ -92,8 +94,7 @@ class FlowerTransport:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{len(self.rounds):02d}-{kind}-{direction}-{node}"
-        (self.record_dir / f"{stem}.json").write_text(json.dumps(config, sort_keys=True,
-                                                                 default=str))
+        atomic_write_json(self.record_dir / f"{stem}.json", config)
         for role, data in arrays.items():
             if data:
                 (self.record_dir / f"{stem}-{role}.bin").write_bytes(data)
@@ -102,11 +103,10 @@ class FlowerTransport:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Drive the phases; a failure raises, so `flwr ls` reports the run as failed."""
-    _log_to_stdout()
-    config = dict(context.run_config)
-    record = bool(config.pop("record-messages", False))
-    settings = settings_from_run_config(config)
-    transport = FlowerTransport(grid, settings.work / "messages" if record else None)
+    log_to_stdout()
+    settings = settings_from_run_config(dict(context.run_config))
+    transport = FlowerTransport(grid, settings.work / "messages" if settings.record_messages
+                                else None)
     run = Run(settings, transport)
     try:
         run.execute()
@@ -115,16 +115,3 @@ def main(grid: Grid, context: Context) -> None:
         with rounds_file.open("a") as fh:
             for r in transport.rounds:
                 fh.write(json.dumps(r) + "\n")
-
-
-def _log_to_stdout() -> None:
-    """The ServerApp's stdout is the run's log (`flwr log`): send synthlearn's logger there."""
-    import sys
-
-    root = logging.getLogger("synthlearn")
-    if not any(getattr(h, "_synthlearn", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[synthlearn] %(message)s"))
-        handler._synthlearn = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)

@@ -14,7 +14,6 @@ Two kinds of CNN are trained with the same recipe (:mod:`shared.cnn_train`):
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     """
     from shared.cnn_train import train_classifier
     from shared.config import to_dict
+    from shared.files import sha256_file
     from shared.weights_io import save_weights
 
     info = dict(pooled.info)
@@ -65,7 +65,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     return {
         "role": role,
         "weights": str(out),
-        "weights_sha256": hashlib.sha256(Path(out).read_bytes()).hexdigest(),
+        "weights_sha256": sha256_file(out),
         "n_images": len(pooled),
         "counts": pooled.counts(),
         "sites": meta["sites"],

@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         home = args.out / "flwr-cli-home"
         write_connection(home, "federation", args.register, root_cert=args.out / "ca.crt")
         for pub in args.node_pub:
-            if not pub.read_text(errors="replace").startswith("ecdsa-sha2-nistp384 "):
+            try:
+                text = pub.read_text(errors="replace")
+            except OSError as exc:
+                print(f"{pub}: cannot read it ({exc.strerror})", file=sys.stderr)
+                return 2
+            if not text.startswith("ecdsa-sha2-nistp384 "):
                 print(f"{pub}: not a SuperNode public key (ecdsa-sha2-nistp384 ...)",
                       file=sys.stderr)
                 return 2

@@ -20,7 +20,8 @@ from typing import Any
 
 from node.errors import StoreError
 from shared.cnn_train import ClassifierConfig
-from shared.config import atomic_write_bytes, to_dict, write_resolved
+from shared.config import to_dict, write_resolved
+from shared.files import atomic_write_bytes
 
 BASELINE_KIND = "local_real_baseline"
 
@@ -34,10 +35,11 @@ def run_baseline(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Train on the site's real train split, score its real test split, save both."""
-    from node.evaluate import score_test_split, sha256_file
+    from node.evaluate import score_test_split
     from node.store import SiteStore
     from shared import __version__
     from shared.cnn_train import train_classifier
+    from shared.files import sha256_file
     from shared.weights_io import save_weights
 
     if classes not in ("binary", "lesion"):

@@ -21,6 +21,7 @@ from node.commands import (
     keygen,
     make_phantoms,
     preprocess,
+    reader_study,
     train,
 )
 
@@ -37,6 +38,7 @@ for _name, _mod in (
     ("train", train),
     ("generate", generate),
     ("audit", audit),
+    ("reader-study", reader_study),
     ("keygen", keygen),
     ("export", export),
     ("evaluate", evaluate),

@@ -17,7 +17,7 @@ Message layout (protocol 1):
 from __future__ import annotations
 
 import json
-import traceback
+import logging
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,13 @@ from node.federation import (
     settings_from_node_config,
 )
 from shared.errors import RequestRefusedError, SynthlearnError
+from shared.progress import log_to_stdout
 from shared.protocol import Reply
 
 app = ClientApp()
+_logger = logging.getLogger("synthlearn.node")
+"""Libraries log (ARCHITECTURE.md, output rule); :func:`shared.progress.log_to_stdout` sends
+it to the SuperNode's log."""
 
 
 def _request(content: RecordDict) -> dict[str, Any]:
@@ -67,7 +71,7 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
         if action == "ping":
             reply = handle_ping(settings, request)
         elif action == "export-bundle":
-            reply = handle_export(settings, request, log=print)
+            reply = handle_export(settings, request, log=_logger.info)
         else:
             weights: dict[str, bytes] = {}
             if "weights" in content.array_records:
@@ -84,7 +88,7 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
         reply = refusal(action, f"{type(exc).__name__}: {exc}", settings)
         reply.config["status"] = "failed"
     except Exception as exc:  # an unexpected bug: log locally, send only its type
-        traceback.print_exc()
+        _logger.exception("unexpected error answering %s", action)
         reply = refusal(action, f"unexpected {type(exc).__name__} at the site; see the "
                                 "SuperNode log there", settings)
         reply.config["status"] = "failed"
@@ -92,6 +96,7 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
 
 
 def _answer(msg: Message, context: Context, expected: str) -> Message:
+    log_to_stdout()
     content = answer_content(msg.content, dict(context.node_config), expected)
     return Message(content=content, reply_to=msg)
 

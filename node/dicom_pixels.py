@@ -81,7 +81,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import SynthlearnError
+from node.errors import SkipFileError
 
 MIN_SIDE = 128
 """The seed rule: images whose smallest side is under 128 px are excluded."""
@@ -108,15 +108,6 @@ DECODE_ERROR = "decode-error"
 DUPLICATE = "duplicate-image-id"
 
 FloatImage = npt.NDArray[np.float32]
-
-
-class SkipFileError(SynthlearnError):
-    """One source file cannot be used; the run goes on. ``reason`` is a short category."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

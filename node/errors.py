@@ -1,21 +1,55 @@
-"""Errors raised on the hospital side. Messages name the file and say what to do."""
+"""Every error class of the hospital side, under :class:`NodeError`. Messages name the file and
+say what to do; the CLI prints them as one line and exits 2."""
 
 from __future__ import annotations
 
 from shared.errors import SynthlearnError
 
 
-class StoreError(SynthlearnError):
+class NodeError(SynthlearnError):
+    """Base class for hospital-side failures the site admin can act on."""
+
+
+class StoreError(NodeError):
     """The site store is missing, incomplete or incompatible with the request."""
 
 
-class IngestError(SynthlearnError):
+class IngestError(NodeError):
     """A whole ingestion run cannot proceed (not a single bad file: those are skipped)."""
 
 
-class TrainingError(SynthlearnError):
+class TrainingError(NodeError):
     """GAN / classifier training cannot start or resume."""
 
 
 class CheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or belongs to another configuration."""
+
+
+class DPBudgetError(TrainingError):
+    """The requested (ε, δ) cannot be met for these settings; the message gives the minimum."""
+
+    def __init__(self, message: str, smallest_epsilon: float | None = None) -> None:
+        super().__init__(message)
+        self.smallest_epsilon = smallest_epsilon
+
+
+class ExportError(NodeError):
+    """Export refused (failed or stale audit, missing inputs); the message says what to do."""
+
+
+class AuditError(NodeError):
+    """The audit cannot run (no synthetic set, too few held-out images, mismatched sizes)."""
+
+
+class SkipFileError(NodeError):
+    """One source file cannot be used; the run goes on. ``reason`` is a short category."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class ReaderStudyError(NodeError):
+    """The reader study cannot start or an answer cannot be taken; the message says why."""

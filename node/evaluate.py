@@ -9,7 +9,6 @@ no pixel, no image id leaves this function's return value.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,17 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from node.errors import StoreError
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes, sha256_file
 
 EVAL_KIND = "evaluation"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def score_test_split(
@@ -47,7 +38,7 @@ def score_test_split(
     """
     from node.store import SiteStore
     from shared.cnn_train import predict_scores
-    from shared.metrics.auc import auc_with_ci, macro_auc_with_ci, sens_spec
+    from shared.metrics.auc import class_auc_with_ci, sens_spec
 
     store = SiteStore.open(site_dir)
     images, labels = store.load("test", classes)  # type: ignore[arg-type]
@@ -65,14 +56,10 @@ def score_test_split(
         )
     probs = predict_scores(model, images)
     out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels)}
-    if n_out == 2:
-        res = auc_with_ci(labels, probs[:, 1], n_boot=n_boot, seed=seed)
-        out.update(res.to_dict())
-        if threshold is not None:
-            out.update(sens_spec(labels, probs[:, 1], threshold))
-    else:
-        res = macro_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed)
-        out.update(res.to_dict())
+    out.update(class_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed).to_dict())
+    if n_out == 2 and threshold is not None:
+        out.update(sens_spec(labels, probs[:, 1], threshold))
+    elif n_out != 2:
         out["accuracy"] = float((probs.argmax(1) == labels).mean())
     return out
 

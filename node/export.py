@@ -1,12 +1,13 @@
 """`synthlearn node export`: the one door out of a site — a signed bundle (DESIGN §2, §3).
 
 What goes in: the synthetic images and labels; the metrics (``SITE/metrics/*.json``, e.g. the
-local real baseline written by ``node baseline``, and the GAN run's ``metrics.json`` incl. its
-DP report); the audit summary; the DP accounting; the resolved GAN and audit configs; the site
-pseudonym and any accepted-risk reason. Everything but the images passes through
-:func:`public_numbers`, which keeps numbers, booleans and short plain strings and drops
-anything that looks like a path or a long text, so a metric file that one day grows a list of
-file names or per-image values cannot carry them out.
+local real baseline written by ``node baseline``, the numbers-only reader-study summary written
+by ``node reader-study --results``, and the GAN run's ``metrics.json`` incl. its DP report); the
+audit summary; the DP accounting; the resolved GAN and audit configs; the site pseudonym and
+any accepted-risk reason. Everything but the images passes through :func:`public_numbers`,
+which keeps numbers, booleans and short plain strings and drops anything that looks like a path
+or a long text, so a metric file that one day grows a list of file names or per-image values
+cannot carry them out.
 
 What never goes in: real pixels, DICOM tags, file names of real images, weights, per-real-image
 distances, the local HTML report. Export is refused when the audit is missing, stale (the
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import SynthlearnError
+from node.errors import ExportError
 
 PSEUDONYM_FILE = "pseudonym"
 EXPORT_LOG = "exports.jsonl"
@@ -30,10 +31,6 @@ MIN_REASON_CHARS = 10
 _MAX_STR = 120
 _MAX_LIST = 32
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ExportError(SynthlearnError):
-    """Export refused (failed or stale audit, missing inputs); the message says what to do."""
 
 
 def public_numbers(obj: Any, _depth: int = 0) -> Any:
@@ -145,7 +142,7 @@ def export_bundle(
     """Write the signed bundle for ``SITE/synthetic/<name>`` to ``out``; return its manifest."""
     from node.audit import SUMMARY_NAME, find_dp_report, run_name_of, synthetic_digest
     from shared.bundle import write_bundle
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
     from shared.synthetic import SyntheticSet
 
     site_dir, out = Path(site_dir), Path(out)
@@ -181,6 +178,10 @@ def export_bundle(
             "into the bundle for the coordinator and auditors to see)")
     run_name = run_name_of(synthetic)
     metrics, gan_config = _collect_metrics(site_dir, run_name)
+    study = metrics.get("reader_study")
+    if isinstance(study, dict):  # say whether the readers saw the set this bundle carries
+        study["matches_bundle_set"] = study.get("synthetic_sha256") == \
+            synthetic_digest(synthetic)
     dp = find_dp_report(site_dir, synthetic)
     audit_config = audit.get("config") if isinstance(audit.get("config"), dict) else {}
     config = {

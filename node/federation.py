@@ -13,7 +13,6 @@ different accepted-risk override than the one the site's admin configured.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import RequestRefusedError
+from shared.files import sha256_bytes
 from shared.names import safe_name
 from shared.protocol import (
     ACTIONS,
@@ -237,7 +237,7 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
     data = out.read_bytes()
     _self_check_bundle(out, settings)
     cfg = _base("export-bundle", settings)
-    cfg.update({"bundle-sha256": hashlib.sha256(data).hexdigest(),
+    cfg.update({"bundle-sha256": sha256_bytes(data),
                 "bundle-id": str(manifest.get("bundle_id", "")),
                 "seconds": round(time.monotonic() - t0, 2)})
     return Reply(cfg, bundle=data).check()
@@ -317,7 +317,8 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
     ``weights`` maps a role ("pooled", "own") to an npz file whose SHA-256 must equal the one
     the request names (so the numbers are bound to exactly the weights the coordinator sent).
     """
-    from node.evaluate import evaluate_weights, sha256_file
+    from node.evaluate import evaluate_weights
+    from shared.files import sha256_file
 
     check_request(request)
     expected = {"pooled": request.get("weights-sha256"),
@@ -363,7 +364,7 @@ def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
 def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = None,
                         key_dir: Path | None = None) -> Path:
     """Air-gapped path: answer ``request.json`` (weights beside it) with a signed reply file."""
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     request_file = Path(request_file)
     try:

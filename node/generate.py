@@ -66,7 +66,6 @@ def generate(
     if filter_threshold is not None and not 0.0 < filter_threshold < 1.0:
         raise TrainingError(f"filter threshold must be in (0, 1), got {filter_threshold}")
     G, meta = load_generator(site_dir, run_name)
-    z_dim = int(G.z_dim)
     names: list[str] = list(meta["class_names"])
     quota = _quota(n, list(meta["class_counts"]), per_class)
     tf: dict[str, Any] = meta["transform"]
@@ -87,11 +86,8 @@ def generate(
                         f"{names[k]!r} at threshold {filter_threshold}; lower --filter or train "
                         "longer"
                     )
-                b = BATCH
-                z = torch.randn(b, z_dim, generator=gen)
-                c = torch.full((b,), k, dtype=torch.long)
-                x = G(z, c, truncation=truncation).float().clamp(-1, 1)
-                drawn[k] += b
+                x = _draw(G, k, BATCH, truncation, gen)
+                drawn[k] += BATCH
                 if spine is not None and filter_threshold is not None:
                     prob = torch.softmax(spine(x), dim=1)[:, k]
                     x = x[prob >= filter_threshold]
@@ -119,6 +115,39 @@ def generate(
     s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info)
     s.save(site_dir / "synthetic" / out_name)
     return s
+
+
+def _draw(G: Any, k: int, b: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
+    """``b`` images of class ``k`` in model space, clamped to [-1, 1]."""
+    z = torch.randn(b, int(G.z_dim), generator=gen)
+    c = torch.full((b,), k, dtype=torch.long)
+    out: torch.Tensor = G(z, c, truncation=truncation).float().clamp(-1, 1)
+    return out
+
+
+def sample_class(G: Any, meta: dict[str, Any], class_name: str, n: int,
+                 truncation: float = 1.0, seed: int = 0) -> SyntheticSet:
+    """``n`` images of one class, not saved: the teaching gallery's "show me more of this".
+
+    ``G, meta`` come from :func:`load_generator` (loaded once by the caller).
+    """
+    names: list[str] = list(meta["class_names"])
+    if class_name not in names:
+        raise TrainingError(f"class {class_name!r} is not one of the generator's {names}")
+    if not 1 <= n <= 1000:
+        raise TrainingError(f"ask for 1–1000 images at a time, not {n}")
+    if not 0.0 <= truncation <= 1.0:
+        raise TrainingError(f"truncation ψ must be in [0, 1], got {truncation}")
+    k = names.index(class_name)
+    gen = torch.Generator().manual_seed(seed)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, n, BATCH):
+            x = _draw(G, k, min(BATCH, n - start), truncation, gen)
+            chunks.append(tensor_to_uint8(_to_output(x, meta["transform"])))
+    info = {"seed": seed, "truncation": truncation,
+            "class_mode": meta["config"]["classes"]}
+    return SyntheticSet(np.concatenate(chunks), np.full(n, k, np.int64), names, info)
 
 
 def _spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:

@@ -44,7 +44,7 @@ from node.errors import IngestError
 from node.ingest import REPORT_NAME, scan
 from node.labels import load_labels, match_keys
 from node.store import NORMAL, Accepted, SiteStore, Skipped, StoreWriter
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 from shared.progress import optional_progress
 
 NPZ_SPLITS = ("train", "val", "test")

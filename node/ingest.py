@@ -62,7 +62,8 @@ from node.dicom_pixels import (
 from node.errors import IngestError
 from node.labels import LabelSheet, load_labels, match_keys
 from node.store import Accepted, SiteStore, Skipped, StoreWriter
-from shared.config import atomic_write_bytes, write_resolved
+from shared.config import write_resolved
+from shared.files import atomic_write_bytes
 from shared.progress import optional_progress
 
 REPORT_NAME = "preprocess-report.json"

@@ -377,7 +377,7 @@ def _letter(i: int) -> str:
 def make_site(out: Path, index: int, seed: int = 0, scale: float = 1.0,
               size: int | None = None) -> Path:
     """One site folder: ``dicom/*.dcm``, ``labels.csv`` (VinDr style + boxes)."""
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     prof = _profile(index, seed)
     letter = _letter(index)

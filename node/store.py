@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.errors import StoreError
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 NORMAL = "No finding"

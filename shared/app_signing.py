@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -49,16 +51,30 @@ def write_trusted_entities(public_key_path: Path, out: Path) -> Path:
     return out
 
 
-def sign_fab(fab: bytes, private_key_path: Path, signed_at: int | None = None
-             ) -> dict[str, str]:
-    """The ``verifications`` map for one FAB, signed with the operator's key."""
+def load_app_private_key(private_key_path: Path) -> ed25519.Ed25519PrivateKey:
+    """The operator's app-signing private key (OpenSSH, Ed25519), or a clear error.
+
+    Refused when other users can read it (as the site key is): whoever reads it can make
+    every site run code."""
     try:
         key = serialization.load_ssh_private_key(Path(private_key_path).read_bytes(), None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise FlowerProcessError(f"{private_key_path}: not an OpenSSH private key ({exc})"
                                  ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise FlowerProcessError(f"{private_key_path}: the app-signing key must be Ed25519")
+    mode = stat.S_IMODE(Path(private_key_path).stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise FlowerProcessError(f"{private_key_path}: the app-signing key is readable by "
+                                 f"other users (mode {mode:o}); run `chmod 600 "
+                                 f"{private_key_path}` and consider making a new one")
+    return key
+
+
+def sign_fab(fab: bytes, private_key_path: Path, signed_at: int | None = None
+             ) -> dict[str, str]:
+    """The ``verifications`` map for one FAB, signed with the operator's key."""
+    key = load_app_private_key(private_key_path)
     when = int(time.time()) if signed_at is None else signed_at
     message = when.to_bytes(8, "big") + hashlib.sha256(fab).digest()
     signature = base64.urlsafe_b64encode(key.sign(message)).rstrip(b"=").decode("ascii")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import hashlib
 import io
 import json
 import os
@@ -53,7 +52,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import SynthlearnError
+from shared.errors import BundleError
+from shared.files import sha256_bytes
 from shared.signing import (
     SignatureError,
     SigningError,
@@ -83,16 +83,6 @@ _MEMBER_RE = re.compile(r"^(manifest\.json|manifest\.sig|labels\.csv|images/[0-9
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-class BundleError(SynthlearnError):
-    """A bundle cannot be written or does not verify; ``reason`` is a short stable code."""
-
-    def __init__(self, message: str, reason: str, path: Path | str | None = None) -> None:
-        where = f"{path}: " if path is not None else ""
-        super().__init__(f"{where}{message} [{reason}]")
-        self.reason = reason
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -186,12 +176,8 @@ def decode_png(data: bytes, name: str = "image") -> npt.NDArray[np.uint8]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def config_digest(config: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json(sanitize_json(config)))
+    return sha256_bytes(canonical_json(sanitize_json(config)))
 
 
 def software_version() -> str:
@@ -270,13 +256,13 @@ def write_bundle(
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "software_version": software_version(),
         "config": clean_config,
-        "config_digest": sha256_hex(canonical_json(clean_config)),
+        "config_digest": sha256_bytes(canonical_json(clean_config)),
         "classes": list(synthetic.class_names),
         "counts": synthetic.counts(),
         "image_count": len(synthetic),
         "image_size": [int(synthetic.images.shape[1]), int(synthetic.images.shape[2])],
         "image_format": "png-gray8",
-        "members": {name: sha256_hex(data) for name, data in members.items()},
+        "members": {name: sha256_bytes(data) for name, data in members.items()},
         "metrics": sanitize_json(metrics),
         "audit": sanitize_json(audit),
         "dp": sanitize_json(dp) if dp is not None else None,
@@ -466,7 +452,7 @@ def verify_bundle(
         contents: dict[str, bytes] = {}
         for name in sorted(declared):
             data = _read(zf, infos[name], path)
-            if sha256_hex(data) != declared[name]:
+            if sha256_bytes(data) != declared[name]:
                 raise BundleError(
                     f"member {name!r} does not match its SHA-256 in the signed manifest: it was "
                     "changed after signing", "hash-mismatch", path)

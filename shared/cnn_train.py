@@ -25,11 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from shared.classifier import ResNetClassifier
-from shared.errors import SynthlearnError
-
-
-class ClassifierTrainingError(SynthlearnError):
-    """The downstream CNN cannot be trained on the data it was given."""
+from shared.errors import ClassifierTrainingError
+from shared.metrics.auc import class_auc
+from shared.synthetic import to_tensor_range
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,8 @@ def augment_batch(
 
 
 def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return batch_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).unsqueeze(1)
+    x: torch.Tensor = to_tensor_range(batch_u8.to(device, non_blocking=True))
+    return x.unsqueeze(1)
 
 
 def predict_scores(
@@ -191,18 +190,6 @@ def youden_threshold(y_true: npt.NDArray[np.int64], p1: npt.NDArray[np.float64])
     best = int(np.argmax(j))
     t = float(thr[best])
     return min(max(t, 0.0), 1.0)  # roc_curve's first threshold is +inf
-
-
-def _val_auc(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], k: int) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    present = np.unique(y)
-    if len(present) < 2:
-        return float("nan")
-    if k == 2:
-        return float(roc_auc_score(y, probs[:, 1]))
-    aucs = [roc_auc_score(y == c, probs[:, c]) for c in present]
-    return float(np.mean(aucs))
 
 
 def train_classifier(
@@ -261,13 +248,9 @@ def train_classifier(
     start = time.monotonic()
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
 
-    from contextlib import nullcontext
+    from shared.progress import optional_progress
 
-    from shared.progress import progress_bar
-
-    bar = progress_bar("img") if progress else None
-    ctx = bar if bar is not None else nullcontext()
-    with ctx:
+    with optional_progress(progress, "img") as bar:
         task = (
             bar.add_task("CNN", total=cfg.epochs * steps_per_epoch * cfg.batch, status="")
             if bar is not None
@@ -304,7 +287,7 @@ def train_classifier(
                 if len(va_y)
                 else float("nan")
             )
-            val_auc = _val_auc(va_y, probs, num_classes) if len(va_y) else float("nan")
+            val_auc = class_auc(va_y, probs) if len(va_y) else float("nan")
             history.append(
                 {
                     "epoch": epoch,
@@ -337,7 +320,7 @@ def train_classifier(
     val_metrics: dict[str, Any] = {"best_epoch": best_epoch, "n_val": len(va_y)}
     if len(va_y):
         probs = predict_scores(model, va_x)
-        val_metrics["val_auc"] = _val_auc(va_y, probs, num_classes)
+        val_metrics["val_auc"] = class_auc(va_y, probs)
         if num_classes == 2:
             threshold = youden_threshold(va_y, probs[:, 1])
     elif num_classes == 2:
@@ -402,7 +385,7 @@ def augmentation_experiment(
     Share 0.0 is the real-only control. Validation is carved from the *real* rows only, so
     every arm stops on the same kind of evidence; the test set is scored only after training.
     """
-    from shared.metrics.auc import auc_with_ci, macro_auc_with_ci
+    from shared.metrics.auc import class_auc_with_ci
 
     rows: list[dict[str, Any]] = []
     for share in synthetic_shares:
@@ -413,10 +396,7 @@ def augmentation_experiment(
         trained = train_classifier(x, y, num_classes, cfg, progress=progress,
                                    val_eligible=is_real)
         probs = predict_scores(trained.model, test_images)
-        if num_classes == 2:
-            res = auc_with_ci(test_labels, probs[:, 1], n_boot=n_boot, seed=cfg.seed)
-        else:
-            res = macro_auc_with_ci(test_labels, probs, n_boot=n_boot, seed=cfg.seed)
+        res = class_auc_with_ci(test_labels, probs, n_boot=n_boot, seed=cfg.seed)
         rows.append(
             {
                 "synthetic_share": share,

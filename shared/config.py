@@ -1,4 +1,6 @@
-"""Typed configuration: frozen dataclasses filled from TOML or Flower run config.
+"""Typed configuration: frozen dataclasses filled from TOML, the command line or Flower's run
+config, through one resolver (:func:`resolve`: defaults, then the TOML table, then the options
+the user actually passed, then validation).
 
 Why a loader of our own instead of a schema library: the rules are small and strict. Unknown
 keys are rejected (a typo must never silently fall back to a default), values are checked
@@ -21,10 +23,8 @@ shared.errors.ConfigError: Demo: unknown key 'sise' (known: name, size)
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import math
 import re
-import tempfile
 import tomllib
 import types
 import typing
@@ -54,6 +54,8 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
                 return _coerce(value, arg, key, owner)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # `X | None`: the one real type's reason, not a generic one
+            raise ConfigError(errors[0])
         raise ConfigError(f"{owner}.{key}: {value!r} matches none of {annotation}")
     if origin is typing.Literal:
         if value not in args:
@@ -71,6 +73,10 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
         return from_mapping(annotation, value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML and JSON both spell nan/inf; a NaN passes every `v <= 0` check and makes a
+        # later `min`/`>` comparison false, so a NaN time cap would never stop anything.
+        raise ConfigError(f"{owner}.{key}: expected a finite number, got {value!r}")
     if annotation is Path and isinstance(value, str):
         return Path(value)
     if isinstance(annotation, type):
@@ -106,11 +112,6 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str | Path | Non
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{cls.__name__}: {exc}", source) from None
-
-
-def load_toml(cls: type[T], path: Path, table: str | None = None) -> T:
-    """Load ``cls`` from a TOML file (optionally one table of it)."""
-    return from_mapping(cls, read_table(path, table), source=path)
 
 
 def read_table(path: Path, table: str | None = None) -> dict[str, Any]:
@@ -197,24 +198,10 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_resolved(config: Any, run_dir: Path, name: str = "config.json") -> Path:
     """Write the resolved config next to a run's outputs and return its path."""
+    from shared.files import atomic_write_json
+
     path = run_dir / name
-    text = json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_json(path, to_dict(config))
     return path

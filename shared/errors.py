@@ -1,4 +1,4 @@
-"""Exceptions shared by node and coordinator.
+"""Every error class of ``shared/`` (and the base class of all synthlearn errors).
 
 Every message says what went wrong, with which file, and what to do about it, because the
 person reading it is a hospital admin or an auditor, not the author.
@@ -36,3 +36,52 @@ class ProtocolError(SynthlearnError):
 
 class RequestRefusedError(ProtocolError):
     """The request asks for something a site does not send, or is malformed."""
+
+
+class SyntheticSetError(SynthlearnError):
+    """A synthetic set folder is missing or inconsistent."""
+
+
+class EncoderError(SynthlearnError):
+    """An encoder cannot be built (unknown name, missing or wrong weights file)."""
+
+
+class MetricError(SynthlearnError):
+    """A metric cannot be computed from the given inputs (e.g. one class only)."""
+
+
+class ClassifierTrainingError(SynthlearnError):
+    """The downstream CNN cannot be trained on the data it was given."""
+
+
+class SigningError(SynthlearnError):
+    """A key or signature problem. ``reason`` is a short stable code for programs."""
+
+    def __init__(self, message: str, reason: str = "signing") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class KeyMissingError(SigningError):
+    """No private key where one was expected (run ``synthlearn node keygen``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="missing-key")
+
+
+class SignatureError(SigningError):
+    """A signed record or bundle signature does not verify, or its key is not trusted."""
+
+
+class WeightsError(SynthlearnError):
+    """A weights file is missing, not an npz state dict, or does not fit the network."""
+
+
+class BundleError(SynthlearnError):
+    """A bundle cannot be written or does not verify; ``reason`` is a short stable code."""
+
+    def __init__(self, message: str, reason: str, path: Path | str | None = None) -> None:
+        where = f"{path}: " if path is not None else ""
+        super().__init__(f"{where}{message} [{reason}]")
+        self.reason = reason
+        self.path = path

@@ -40,8 +40,13 @@ SAFE_ENV: dict[str, str] = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "PYTHONUNBUFFERED": "1",
+    # flwr 1.41 still starts its legacy gRPC Control API (0.0.0.0:9093, no authentication)
+    # and Fleet API (0.0.0.0:9092, around the proxy) when these are "1" in the environment.
+    "FLWR_INTERNAL_GRPC_CONTROL_API": "0",
+    "FLWR_INTERNAL_GRPC_FLEET_API": "0",
 }
-"""Set for every Flower process; nothing may contact the internet from a hospital."""
+"""Set for every Flower process: nothing may contact the internet from a hospital, and
+nothing inherited from the caller's environment may open a listener the proxy does not guard."""
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -109,7 +114,13 @@ def stop_flower_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in caught}
+    # An ignored SIGHUP stays ignored: `nohup synthlearn node join … &` must survive the
+    # admin logging out, as it did before this handler. (SIGINT/SIGTERM are always handled:
+    # a shell script's background job inherits an ignored SIGINT, yet `kill -INT` must stop it.)
+    previous = {sig: signal.getsignal(sig) for sig in caught}
+    for sig in caught:
+        if not (sig == signal.SIGHUP and previous[sig] is signal.SIG_IGN):
+            signal.signal(sig, handler)
     try:
         yield
     finally:

@@ -14,14 +14,14 @@ import typer
 
 def positive(value: float | None) -> float | None:
     """> 0 (a count, a size, a time budget)."""
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # `not >`: NaN fails too
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
 
 
 def non_negative(value: float | None) -> float | None:
     """≥ 0 (a seed; a size or worker count where 0 means 'automatic')."""
-    if value is not None and value < 0:
+    if value is not None and not value >= 0:  # `not >=`: NaN fails too
         raise typer.BadParameter(f"must be ≥ 0, got {value}")
     return value
 

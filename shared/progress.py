@@ -67,3 +67,18 @@ def optional_progress(enabled: bool, unit: str = "it", *, transient: bool = Fals
 def say(message: str) -> None:
     """One plain line for a person, on stderr (no rich markup: names may hold brackets)."""
     stderr_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def log_to_stdout() -> None:
+    """Send the ``synthlearn`` logger to stdout at INFO, once: a Flower ServerApp's or
+    ClientApp's stdout is its process log (`flwr log`, the SuperNode's log file)."""
+    import logging
+    import sys
+
+    root = logging.getLogger("synthlearn")
+    if not any(getattr(h, "_synthlearn", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[synthlearn] %(message)s"))
+        handler._synthlearn = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)

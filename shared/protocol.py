@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import ProtocolError, RequestRefusedError
+from shared.files import atomic_write_json
 
 PROTOCOL = 1
 """Version of the request/reply documents below; both sides refuse another version."""
@@ -137,8 +138,7 @@ def write_request_folder(out: Path, request: dict[str, Any], pooled: Path,
         shutil.copyfile(own, out / "own-cnn.npz")
         files["own"] = "own-cnn.npz"
     path = out / "request.json"
-    path.write_text(json.dumps({"request": request, "weights": files}, indent=2,
-                               sort_keys=True) + "\n")
+    atomic_write_json(path, {"request": request, "weights": files})
     return path
 
 

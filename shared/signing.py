@@ -45,31 +45,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.config import atomic_write_bytes
-from shared.errors import SynthlearnError
+from shared.errors import KeyMissingError, SignatureError, SigningError
+from shared.files import atomic_write_bytes
 
 PRIVATE_NAME = "site.key"
 PUBLIC_NAME = "site.pub"
 RETIRED_DIR = "retired"
-
-
-class SigningError(SynthlearnError):
-    """A key or signature problem. ``reason`` is a short stable code for programs."""
-
-    def __init__(self, message: str, reason: str = "signing") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class KeyMissingError(SigningError):
-    """No private key where one was expected (run ``synthlearn node keygen``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="missing-key")
-
-
-class SignatureError(SigningError):
-    """A signed record or bundle signature does not verify, or its key is not trusted."""
 
 
 # -- canonical JSON ----------------------------------------------------------------------------

@@ -28,17 +28,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.config import atomic_write_bytes
-from shared.errors import SynthlearnError
+from shared.errors import SyntheticSetError
+from shared.files import atomic_write_bytes
 
 
-class SyntheticSetError(SynthlearnError):
-    """A synthetic set folder is missing or inconsistent."""
+def to_tensor_range(images: Any) -> Any:
+    """uint8 0–255 → float32 in [-1, 1]: the one place the model range is defined.
 
+    Takes a NumPy array or a torch tensor (same type back), so the GAN loop, DP-SGD, the
+    encoders and the CNN all convert alike. Shapes are unchanged.
 
-def to_tensor_range(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """uint8 0–255 → float32 in [-1, 1]."""
-    return images.astype(np.float32) / 127.5 - 1.0
+    >>> to_tensor_range(np.array([0, 255], dtype=np.uint8)).tolist()
+    [-1.0, 1.0]
+    """
+    if hasattr(images, "float"):  # a torch tensor (no torch import here: numpy users)
+        return images.float() / 127.5 - 1.0
+    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
 
 
 def from_tensor_range(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:

@@ -19,15 +19,11 @@ import numpy.typing as npt
 import torch
 
 from shared.classifier import ResNetClassifier
-from shared.config import atomic_write_bytes
-from shared.errors import SynthlearnError
+from shared.errors import WeightsError
+from shared.files import atomic_write_bytes
 
 META_KEY = "__meta__"
 FORMAT = "synthlearn-weights-1"
-
-
-class WeightsError(SynthlearnError):
-    """A weights file is missing, not an npz state dict, or does not fit the network."""
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:

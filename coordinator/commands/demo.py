@@ -18,7 +18,8 @@ def command(
                              "demo writes (removed and rewritten with --fresh)."),
     sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of phantom sites."),
     scale: float = typer.Option(1.0, "--scale", min=0.05, help="Phantom image count factor "
-                                "(1.0 ≈ 150–250 images per site)."),
+                                "(1.0 ≈ 150–250 images per site).",
+                                callback=positive),  # click's min= lets NaN through
     size: int = typer.Option(32, "--size", help="Store / GAN resolution (power of two).",
                              callback=positive),
     model: str = typer.Option("spinegan", "--model", help="gan or spinegan (each site's "

@@ -46,6 +46,7 @@ def command(
 
     from coordinator.errors import CoordinatorError
     from coordinator.launch import ConsoleEcho, submit_and_watch
+    from coordinator.phases import settings_from_run_config
     from shared.flower_proc import write_connection
 
     if mode not in ("collect", "train"):
@@ -76,6 +77,8 @@ def command(
             run_config[key.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             run_config[key.strip()] = value
+    # Checked here (unknown keys, bad values: one line, exit 2), not an hour into the run.
+    settings_from_run_config(run_config).cnn_config()
     with ConsoleEcho() as echo:
         row = submit_and_watch("synthlearn", cli_home, run_config,
                                timeout=timeout_minutes * 60, echo=echo, signing=signing)

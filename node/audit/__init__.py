@@ -89,7 +89,8 @@ def run_audit(site_dir: Path, synthetic_name: str = "default", cfg: AuditConfig 
     """
     from node.audit.report_html import render_report
     from node.store import SiteStore
-    from shared.config import atomic_write_bytes, write_resolved
+    from shared.config import write_resolved
+    from shared.files import atomic_write_bytes
     from shared.progress import progress_bar
 
     site_dir = Path(site_dir)

@@ -50,15 +50,11 @@ import numpy.typing as npt
 import torch
 
 from node.audit.config import AuditConfig
-from shared.errors import SynthlearnError
+from node.errors import AuditError
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
-
-
-class AuditError(SynthlearnError):
-    """The audit cannot run (no synthetic set, too few held-out images, mismatched sizes)."""
 
 
 def _standardize(images: U8) -> torch.Tensor:

@@ -18,7 +18,7 @@ def command(
 ) -> None:
     """Make the site's key pair (private key mode 0600) and print the public fingerprint."""
     from node.export import PSEUDONYM_FILE, site_pseudonym
-    from shared.config import atomic_write_bytes
+    from shared.files import atomic_write_bytes
     from shared.signing import PUBLIC_NAME, generate_keypair
 
     key_dir = site_dir / "keys"

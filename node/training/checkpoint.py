@@ -4,7 +4,7 @@ A checkpoint holds everything needed to continue *bit-for-bit* where the run sto
 resolved config, step / images shown, G, D, the EMA generator, both optimizers, the ADA state,
 and the RNG states of torch (CPU and CUDA), NumPy and Python, plus the data-sampling
 generator. It is written to a temporary file, fsynced and renamed over the previous one
-(:func:`shared.config.atomic_write_bytes`), so a kill or Ctrl-C at any moment leaves the last
+(:func:`shared.files.atomic_write_bytes`), so a kill or Ctrl-C at any moment leaves the last
 complete checkpoint in place.
 
 Why ``torch.save`` here although nothing else in synthlearn pickles: a checkpoint is local
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from node.errors import CheckpointError
-from shared.config import atomic_write_bytes
+from shared.files import atomic_write_bytes
 
 FORMAT = "synthlearn-gan-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"

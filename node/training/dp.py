@@ -46,7 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from node.errors import TrainingError
+from node.errors import DPBudgetError, TrainingError
+from shared.synthetic import to_tensor_range
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,6 @@ infeasible rather than burn compute on a generator that learns nothing."""
 SPINE_EPSILON_SHARE = 0.2
 """Default share of ε given to SpineGAN's classifier S when it is trained under DP too; D gets
 the rest. S only has to be a decent classifier (a few epochs), D needs many steps."""
-
-
-class DPBudgetError(TrainingError):
-    """The requested (ε, δ) cannot be met for these settings; the message gives the minimum."""
-
-    def __init__(self, message: str, smallest_epsilon: float | None = None) -> None:
-        super().__init__(message)
-        self.smallest_epsilon = smallest_epsilon
 
 
 RDP_ALPHAS: list[float] = ([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -468,7 +461,7 @@ def train_classifier_dp(
             for xb, yb in session.data_loader:
                 if session.exhausted() or time.monotonic() >= deadline:
                     break
-                xb = xb.to(dev).float() / 127.5 - 1.0
+                xb = to_tensor_range(xb.to(dev))
                 session.optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(session.module(xb), yb.to(dev))
                 loss.backward()

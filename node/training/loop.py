@@ -59,7 +59,9 @@ from node.training.data import (
 )
 from node.training.losses import GanLoss, r1_gamma_heuristic
 from node.training.networks import Discriminator, Generator, build_discriminator, build_generator
-from shared.config import atomic_write_bytes, to_dict, write_resolved
+from shared.config import to_dict, write_resolved
+from shared.files import atomic_write_bytes
+from shared.synthetic import to_tensor_range
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ class Trainer:
             idx = torch.randint(len(self.labels), (self.eff.batch,), generator=self.data_gen)
             idx = idx.to(self.device)
             xb, yb = self.data_u8[idx], self.labels[idx]
-        return xb.float() / 127.5 - 1.0, yb
+        return to_tensor_range(xb), yb
 
     def _fake_labels(self, n: int) -> torch.Tensor:
         """Fake classes follow the real class ratio, as in conditional StyleGAN2-ADA."""
@@ -481,10 +483,9 @@ def train_arrays(
         dt = time.monotonic() - t0
         return (trainer.nimg - start_nimg) / dt if dt > 0 else 0.0
 
-    from shared.progress import progress_bar
+    from shared.progress import optional_progress
 
-    bar_cm = progress_bar("img") if progress else contextlib.nullcontext()
-    with bar_cm as bar, _SigintGuard() as guard:
+    with optional_progress(progress, "img") as bar, _SigintGuard() as guard:
         total = cfg.kimg * 1000 if cfg.kimg is not None else None
         task = bar.add_task(f"train {cfg.model}", total=total, completed=trainer.nimg,
                             status="") if bar is not None else None

@@ -1,5 +1,8 @@
 """AUC with a bootstrap 95 % confidence interval, sensitivity/specificity, macro AUC.
 
+Binary or macro is chosen in one place, :func:`class_auc_with_ci`, from the number of
+probability columns.
+
 The point estimate is scikit-learn's ``roc_auc_score``; the interval is the percentile
 bootstrap over test cases (≥ 1000 resamples by default, seeded), skipping resamples that
 hold a single class (AUC is undefined there). Percentile CIs are what the seed paper and
@@ -19,11 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import SynthlearnError
-
-
-class MetricError(SynthlearnError):
-    """A metric cannot be computed from the given inputs (e.g. one class only)."""
+from shared.errors import MetricError
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def _binary_scores(scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
     if s.ndim == 2:
         if s.shape[1] != 2:
             raise MetricError(
-                f"binary AUC needs scores (N,) or (N, 2), got {s.shape}; use macro_auc_with_ci"
+                f"binary AUC needs scores (N,) or (N, 2), got {s.shape}; use class_auc_with_ci"
             )
         s = s[:, 1]
     return s.reshape(-1)
@@ -118,19 +117,20 @@ def _percentiles(boots: list[float], alpha: float, point: float) -> tuple[float,
     return float(np.quantile(arr, alpha / 2)), float(np.quantile(arr, 1 - alpha / 2))
 
 
-def macro_auc_with_ci(
+def class_auc_with_ci(
     y_true: npt.ArrayLike,
     prob_matrix: npt.ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> AucResult:
-    """Macro one-vs-rest AUC over the classes present in ``y_true``, with bootstrap CI.
+    """AUC of a probability matrix (N, classes), with bootstrap CI: the one place that
+    chooses between binary and macro AUC. Two columns: the binary AUC of P(class 1); more:
+    the macro one-vs-rest AUC over the classes present in ``y_true``.
 
     ``n_pos``/``n_neg`` count class 0 ("normal"/"No finding") as negative and every other
     class as positive, to keep one record shape for binary and multi-class results.
     """
-    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y_true).reshape(-1).astype(np.int64)
     p = np.asarray(prob_matrix, dtype=np.float64)
@@ -139,24 +139,42 @@ def macro_auc_with_ci(
     if p.shape[1] == 2:
         return auc_with_ci(y, p[:, 1], n_boot, seed, alpha)
 
-    def macro(yy: npt.NDArray[np.int64], pp: npt.NDArray[np.float64]) -> float | None:
-        present = [c for c in np.unique(yy) if 0 <= c < pp.shape[1]]
-        if len(present) < 2:
-            return None
-        return float(np.mean([roc_auc_score(yy == c, pp[:, c]) for c in present]))
-
-    point = macro(y, p)
+    point = _macro(y, p)
     if point is None:
         raise MetricError("macro AUC needs at least two classes in the test set")
     rng = np.random.default_rng(seed)
     boots: list[float] = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
-        v = macro(y[idx], p[idx])
+        v = _macro(y[idx], p[idx])
         if v is not None:
             boots.append(v)
     lo, hi = _percentiles(boots, alpha, point)
     return AucResult(point, lo, hi, int((y != 0).sum()), int((y == 0).sum()), len(boots))
+
+
+def _macro(yy: npt.NDArray[np.int64], pp: npt.NDArray[np.float64]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    present = [c for c in np.unique(yy) if 0 <= c < pp.shape[1]]
+    if len(present) < 2:
+        return None
+    return float(np.mean([roc_auc_score(yy == c, pp[:, c]) for c in present]))
+
+
+def class_auc(y_true: npt.ArrayLike, prob_matrix: npt.ArrayLike) -> float:
+    """The point estimate of :func:`class_auc_with_ci` (NaN when one class is present):
+    what early stopping compares epoch to epoch."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true).reshape(-1).astype(np.int64)
+    p = np.asarray(prob_matrix, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if p.shape[1] == 2:
+        return float(roc_auc_score(y, p[:, 1]))
+    point = _macro(y, p)
+    return float("nan") if point is None else point
 
 
 def sens_spec(

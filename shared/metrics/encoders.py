@@ -45,11 +45,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.errors import SynthlearnError
-
-
-class EncoderError(SynthlearnError):
-    """An encoder cannot be built (unknown name, missing or wrong weights file)."""
+from shared.errors import EncoderError
+from shared.synthetic import to_tensor_range
 
 
 class Encoder(Protocol):
@@ -107,7 +104,7 @@ class DomainEncoder:
         out: list[npt.NDArray[np.float32]] = []
         with torch.no_grad():
             for i in range(0, len(data), batch):
-                x = data[i : i + batch].float().div(127.5).sub(1.0).unsqueeze(1)
+                x = to_tensor_range(data[i : i + batch]).unsqueeze(1)
                 out.append(self._features(x).numpy().astype(np.float32))
         if not out:
             return np.zeros((0, self.dim), np.float32)

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier
-from shared.metrics.auc import auc_with_ci, macro_auc_with_ci
+from shared.metrics.auc import class_auc_with_ci
 
 
 def _score(
@@ -29,11 +29,7 @@ def _score(
     n_boot: int, seed: int,
 ) -> dict[str, Any]:
     probs = predict_scores(model, x)
-    res = (
-        auc_with_ci(y, probs[:, 1], n_boot=n_boot, seed=seed)
-        if num_classes == 2
-        else macro_auc_with_ci(y, probs, n_boot=n_boot, seed=seed)
-    )
+    res = class_auc_with_ci(y, probs, n_boot=n_boot, seed=seed)
     return {**res.to_dict(), "accuracy": float((probs.argmax(1) == y).mean()), "n_test": len(y)}
 
 

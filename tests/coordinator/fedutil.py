@@ -1,4 +1,5 @@
-"""Helpers for the Flower tests: tiny keyed sites, a trust folder, one run to completion."""
+"""The one home of test site builders for the coordinator tests: tiny keyed sites, stand-in
+synthetic sets (audited), a trust folder, one Flower run to completion."""
 
 from __future__ import annotations
 
@@ -20,6 +21,30 @@ def make_keyed_site(root: Path, name: str, n: int = 48, size: int = 32, seed: in
     generate_keypair(site / "keys")
     (site / "keys" / "pseudonym").write_text(name)
     return site
+
+
+def stand_in_synthetic(n: int, size: int, seed: int) -> Any:
+    """What `node generate` would leave, without a GAN: freshly rendered phantoms (never a
+    stored real image), alternating normal / abnormal. The coordinator tests exercise the
+    files and messages, not how good a seconds-long GAN is."""
+    import numpy as np
+
+    from node.phantoms import render
+    from shared.synthetic import SyntheticSet
+
+    rng = np.random.default_rng(seed)
+    imgs = np.stack([np.rint(render(rng, "No finding" if i % 2 == 0 else "Surgical implant",
+                                    size) * 255).astype(np.uint8) for i in range(n)])
+    return SyntheticSet(imgs, np.arange(n) % 2, ["normal", "abnormal"])
+
+
+def audited_stand_in(site: Path, seed: int, n: int = 24, size: int = 16) -> None:
+    """``site/synthetic/default`` from :func:`stand_in_synthetic`, with its audit summary."""
+    from node.audit import run_audit
+    from node.audit.config import AuditConfig
+
+    stand_in_synthetic(n, size, seed).save(site / "synthetic" / "default")
+    run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
 
 
 def trust_folder(root: Path, sites: dict[str, Path]) -> Path:

@@ -28,6 +28,11 @@ def test_compose_has_superlink_three_supernodes_and_coordinator() -> None:
         cmd = services[site]["command"]
         assert "--root-cert" in cmd and "--auth-key" in cmd and "--insecure" not in cmd
         assert "--app-key" in cmd  # the SuperNode runs only apps the operator signed
+        # ...and holds no coordinator secret (ca.key, server.key, app-signing): the
+        # `certs` volume has them, a site mounts only the public halves.
+        assert not any(str(v).startswith("certs:") for v in services[site]["volumes"])
+    assert "cp /certs/ca.crt /certs/app-signing.pub /public/" in " ".join(
+        services["certs"]["entrypoint"])
     # The Control API answers on the superlink container's loopback only: whoever uses it
     # shares that container's network namespace.
     for svc in ("register", "coordinator"):
@@ -107,3 +112,32 @@ def test_unsafe_deployments_are_refused_before_anything_starts(argv: list[str], 
     assert res.exit_code != 0
     assert reason in str(res.exception), res.output
     assert not (tmp_path / "superlink.db").exists()
+
+
+@pytest.mark.parametrize("mistake", ["public-half", "no-database", "readable-by-others"])
+def test_a_signing_mistake_is_refused_before_the_run_is_submitted(
+        mistake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passing app-signing.pub (the half sites get) or a wrong --superlink-db was found only
+    after `flwr run`: an unsigned run was left on the SuperLink, waiting for sites that
+    refuse it, and the operator saw an error about a run that was nonetheless running."""
+    from shared.flower_keys import make_app_signing_key
+
+    priv, pub = make_app_signing_key(tmp_path / "certs")
+    database = tmp_path / "superlink.db"
+    if mistake != "no-database":
+        database.write_bytes(b"")
+    submitted: list[object] = []
+    monkeypatch.setattr("coordinator.launch.flwr_run", lambda *a, **k: submitted.append(a))
+    key = pub if mistake == "public-half" else priv
+    if mistake == "readable-by-others":
+        priv.chmod(0o644)
+    res = CliRunner().invoke(app, ["coordinator", "run", "--insecure", "--trust",
+                                   str(tmp_path / "trust"), "--app-key", str(key),
+                                   "--superlink-db", str(database),
+                                   "--work", str(tmp_path / "work")])
+    assert res.exit_code != 0
+    expected = {"public-half": "not an OpenSSH private key",
+                "no-database": "no SuperLink database",
+                "readable-by-others": "readable by other users"}[mistake]
+    assert expected in str(res.exception), res.output
+    assert submitted == []

@@ -7,40 +7,28 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 from typer.testing import CliRunner
 
 from shared.cli import app
+from tests.coordinator.fedutil import make_keyed_site, stand_in_synthetic, trust_folder
 from tests.coordinator.test_pool import make_bundle, tamper
 
 
 def test_air_gapped_pool_train_request_reply_report(tmp_path: Path) -> None:
     import torch
 
-    from node.phantoms import phantom_store, render
-    from shared.signing import generate_keypair
-    from shared.synthetic import SyntheticSet
-
     torch.set_num_threads(1)
     runner = CliRunner()
-    trust, bundles, sites = tmp_path / "trust", tmp_path / "bundles", {}
+    bundles, sites = tmp_path / "bundles", {}
     for i, name in enumerate(("site-a", "site-b")):
-        site = phantom_store(tmp_path / name, n=40, size=16, seed=i)
-        generate_keypair(site / "keys")
+        site = make_keyed_site(tmp_path, name, n=40, size=16, seed=i)
         sites[name] = site
-        trust.mkdir(exist_ok=True)
-        shutil.copyfile(site / "keys" / "site.pub", trust / f"{name}.pub")
         # What the site exported (stand-in synthetic images: the path under test is the files)
-        rng = np.random.default_rng(i)
-        imgs = np.stack([np.rint(render(rng, "No finding" if k % 2 == 0 else
-                                        "Surgical implant", 16) * 255).astype(np.uint8)
-                         for k in range(24)])
-        syn = SyntheticSet(imgs, np.arange(24) % 2, ["normal", "abnormal"])
-        (tmp_path / "keys" / name).mkdir(parents=True, exist_ok=True)
         shutil.copytree(site / "keys", tmp_path / "keys" / name, dirs_exist_ok=True)
-        made = make_bundle(tmp_path, name, synthetic=syn)
+        made = make_bundle(tmp_path, name, synthetic=stand_in_synthetic(24, 16, i))
         bundles.mkdir(exist_ok=True)
         shutil.move(made, bundles / f"{name}.slbundle")
+    trust = trust_folder(tmp_path, sites)
     bad = make_bundle(tmp_path, "site-c", seed=9, trust=trust)
     tamper(bad)
     shutil.move(bad, bundles / "site-c.slbundle")

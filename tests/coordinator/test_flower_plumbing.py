@@ -23,6 +23,18 @@ def test_every_flower_process_gets_the_no_phone_home_environment(tmp_path: Path)
     assert env["FLWR_HOME"] == str((tmp_path / "home").absolute())
 
 
+def test_an_inherited_environment_cannot_open_flowers_legacy_grpc_listeners(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FLWR_INTERNAL_GRPC_CONTROL_API=1 in the operator's environment, flwr 1.41's
+    SuperLink also served an unauthenticated gRPC Control API on *:9093 (and a Fleet API on
+    *:9092, around the proxy), next to the loopback-only HTTP app (seen with `ss -ltnp`)."""
+    from flwr.common.constant import FLWR_INTERNAL_GRPC_CONTROL_API, FLWR_INTERNAL_GRPC_FLEET_API
+
+    for name in (FLWR_INTERNAL_GRPC_CONTROL_API, FLWR_INTERNAL_GRPC_FLEET_API):
+        monkeypatch.setenv(name, "1")
+        assert flower_env(tmp_path / "home")[name] != "1", name
+
+
 def test_superlink_flags_are_safe_and_insecure_only_on_loopback(tmp_path: Path) -> None:
     argv = superlink_argv(9100, tmp_path / "db")
     assert "--disable-runtime-dependency-installation" in argv

@@ -17,7 +17,7 @@ from coordinator.local_transport import LocalTransport
 from coordinator.phases import Run, settings_from_run_config
 from shared.cli import app
 from shared.protocol import PROTOCOL, Outcome
-from tests.coordinator.fedutil import make_keyed_site, trust_folder
+from tests.coordinator.fedutil import audited_stand_in, make_keyed_site, trust_folder
 
 SITES = ("site-a", "site-b", "site-c")
 RISK = "test stand-ins: 16 px phantoms look alike; no patient exists"
@@ -44,19 +44,10 @@ class PrebuiltBundles(LocalTransport):
 
 
 def _site_with_bundle(root: Path, name: str, seed: int) -> tuple[Path, Path]:
-    from node.audit import run_audit
-    from node.audit.config import AuditConfig
     from node.export import export_bundle
-    from node.phantoms import render
-    from shared.synthetic import SyntheticSet
 
     site = make_keyed_site(root / "sites", name, n=60, size=16, seed=seed)
-    rng = np.random.default_rng(seed)
-    imgs = np.stack([np.rint(render(rng, "No finding" if i % 2 == 0 else "Surgical implant",
-                                    16) * 255).astype(np.uint8) for i in range(24)])
-    SyntheticSet(imgs, np.arange(24) % 2, ["normal", "abnormal"]).save(
-        site / "synthetic" / "default")
-    run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
+    audited_stand_in(site, seed)
     bundle = root / "carried" / f"{name}.slbundle"
     bundle.parent.mkdir(parents=True, exist_ok=True)
     export_bundle(site, bundle, accept_risk=RISK, site=name, key_dir=site / "keys")

@@ -7,12 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from coordinator.local_transport import LocalTransport
 from coordinator.phases import Run, settings_from_run_config
 from shared.protocol import Outcome
-from tests.coordinator.fedutil import make_keyed_site, trust_folder
+from tests.coordinator.fedutil import audited_stand_in, make_keyed_site, trust_folder
 
 
 class FlakyTransport(LocalTransport):
@@ -28,20 +26,6 @@ class FlakyTransport(LocalTransport):
         return out
 
 
-def _prepare(site: Path, seed: int) -> None:
-    from node.audit import run_audit
-    from node.audit.config import AuditConfig
-    from node.phantoms import render
-    from shared.synthetic import SyntheticSet
-
-    rng = np.random.default_rng(seed)
-    imgs = np.stack([np.rint(render(rng, "No finding" if i % 2 == 0 else "Surgical implant",
-                                    16) * 255).astype(np.uint8) for i in range(20)])
-    SyntheticSet(imgs, np.arange(20) % 2, ["normal", "abnormal"]).save(
-        site / "synthetic" / "default")
-    run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
-
-
 def test_error_reply_is_a_dropout_and_rerun_resumes(tmp_path: Path) -> None:
     import torch
 
@@ -49,7 +33,7 @@ def test_error_reply_is_a_dropout_and_rerun_resumes(tmp_path: Path) -> None:
     sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
              for i, name in enumerate(("site-a", "site-b"))}
     for i, site in enumerate(sites.values()):
-        _prepare(site, i)
+        audited_stand_in(site, i, n=20)
     trust = trust_folder(tmp_path, sites)
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "collect",
            "expected-sites": 2, "cnn-epochs": 1, "cnn-width": 8, "cnn-batch": 16,

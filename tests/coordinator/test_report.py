@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.report import build_report, utility_ratio, write_report
+from coordinator.report import build_report, render_html, utility_ratio, write_report
+from tests.chromium import chromium_path
 
 
 def _rec(auc: float) -> dict[str, Any]:
@@ -56,15 +56,7 @@ def test_utility_ratio_needs_both_numbers() -> None:
     assert utility_ratio({"auc": None}, {"auc": 0.5}) is None
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: "
+@pytest.mark.skipif(chromium_path() is None, reason="headless Chromium not installed (Debian: "
                     "apt-get install chromium); the screenshot check runs where it is")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     import numpy as np
@@ -72,10 +64,29 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     html_path, _ = write_report(sample_report(), tmp_path)
     shot = tmp_path / "report.png"
-    subprocess.run([str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu",
+    subprocess.run([str(chromium_path()), "--headless", "--no-sandbox", "--disable-gpu",
                     "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,1400",
                     html_path.as_uri()], check=True, capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert img.shape == (1400, 1200)
     # Not a blank page: text and the CI plot put dark pixels in the upper and the lower half.
     assert (img[:700] < 100).mean() > 0.002 and (img[700:] < 100).mean() > 0.001
+
+
+def test_report_shows_a_bundles_reader_study_and_survives_hostile_values() -> None:
+    good = {"readers_finished": 2, "images": {"real": 50, "synthetic": 50},
+            "pooled": {"accuracy": {"k": 53, "n": 100, "value": 0.53, "ci_low": 0.43,
+                                    "ci_high": 0.62}},
+            "verdict": "readers could not tell them apart: accuracy 0.53 [0.43, 0.62]",
+            "matches_bundle_set": True}
+    hostile = {"readers_finished": "<script>x</script>", "images": [1],
+               "pooled": {"accuracy": {"value": "NaN", "ci_low": -3, "ci_high": "x"}},
+               "verdict": "<img src=x onerror=alert(1)>", "matches_bundle_set": False}
+    report = {"run": "r", "created_at": "t", "software_version": "0", "sites": [],
+              "pool": {"accepted": [{"site": "a", "metrics": {"reader_study": good}},
+                                    {"site": "b", "metrics": {"reader_study": hostile}},
+                                    {"site": "c", "metrics": "junk"}]}}
+    page = render_html(report)
+    assert "Reader studies" in page and "0.53 [0.43, 0.62] (53/100)" in page
+    assert "<script>x" not in page and "<img src=x" not in page
+    assert "another set" in page

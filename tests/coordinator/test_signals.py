@@ -157,3 +157,23 @@ def test_demo_stops_its_whole_federation(sig: int, tmp_path: Path,
     cleanup(proc)
     flower = _wait_for(proc, ("flower-superlink", "flower-superexec", "flower-supernode"), log)
     _signal_and_check(proc, flower, sig, [], log)
+
+
+def test_sighup_ignored_by_nohup_stays_ignored() -> None:
+    """`nohup synthlearn node join … &` ignores SIGHUP; the stop-on-signal handler replaced
+    that, so the SuperNode stopped when the admin logged out."""
+    from shared.flower_proc import Interrupted, stop_flower_on_signals
+
+    sig = signal.SIGHUP
+    old = signal.signal(sig, signal.SIG_IGN)
+    try:
+        with stop_flower_on_signals():
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(0.2)
+            except Interrupted:
+                pytest.fail(f"{signal.Signals(sig).name} was ignored by the parent, "
+                            "but stopped the command")
+        assert signal.getsignal(sig) is signal.SIG_IGN
+    finally:
+        signal.signal(sig, old)

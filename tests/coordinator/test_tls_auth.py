@@ -72,6 +72,19 @@ def test_registered_supernodes_join_and_an_unregistered_one_is_refused(tmp_path:
             proc.stop()
 
 
+def test_make_certs_register_with_a_missing_pub_is_one_line(tmp_path: Path) -> None:
+    """A mistyped --node-pub was a FileNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "deploy" / "make_certs.py"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "certs"), "--register",
+                          "127.0.0.1:1", "--node-pub", str(tmp_path / "site-a.pub")],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "site-a.pub: cannot read it" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_make_certs_makes_no_site_key_and_sites_make_their_own(tmp_path: Path) -> None:
     """The coordinator never holds a site's SuperNode private key: make_certs refuses the old
     --nodes, and `node join --make-auth-key` makes the pair at the site (private 0600)."""

@@ -68,6 +68,19 @@ def test_site_that_does_not_train_on_request_refuses_train_mode(keyed_site: Path
     assert cfg["status"] == "refused" and "allow-train=false" in cfg["reason"]
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_train_request_with_a_non_finite_time_budget_never_trains(keyed_site: Path,
+                                                                  value: str) -> None:
+    """JSON NaN passed `max_minutes <= 0` and `max_minutes > cap`, so the site's own
+    max-train-minutes was skipped and the training deadline (now + NaN) never came."""
+    request = {"protocol": PROTOCOL, "action": "export-bundle", "mode": "train",
+               "gan-config": f'{{"max_minutes": {value}, "kimg": 1000000}}'}
+    cfg = ask(keyed_site, request, "train", node={"allow-train": True,
+                                                  "max-train-minutes": 1.0})
+    assert cfg["status"] != "ok" and "finite number" in cfg["reason"]
+    assert not (keyed_site / "runs").exists() or not any((keyed_site / "runs").iterdir())
+
+
 def test_failure_reasons_leaving_the_site_carry_no_local_paths(keyed_site: Path) -> None:
     # collect mode without a synthetic set: the export fails with a message naming files
     cfg = ask(keyed_site, {"protocol": PROTOCOL, "action": "export-bundle", "mode": "collect"},

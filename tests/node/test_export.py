@@ -131,3 +131,32 @@ def test_stale_or_missing_audit_and_missing_keys(site: dict[str, Path]) -> None:
     export_bundle(site["site"], out)
     with pytest.raises(ExportError, match="already exists"):
         export_bundle(site["site"], out)
+
+
+def test_reader_study_summary_is_signed_into_the_bundle(site: dict[str, Path]) -> None:
+    from node.audit import synthetic_digest
+
+    syn = honest_set(site["site"])
+    run_audit(site["site"], cfg=AUDIT, progress=False)
+    summary = {"kind": "reader_study", "synthetic_sha256": synthetic_digest(syn),
+               "readers_finished": 2, "verdict": "readers could not tell them apart: accuracy "
+               "0.53 [0.43, 0.62]", "pooled": {"accuracy": {"k": 53, "n": 100, "value": 0.53}}}
+    (site["site"] / "metrics" / "reader_study.json").write_text(json.dumps(summary))
+    out = site["tmp"] / "rs.slbundle"
+    export_bundle(site["site"], out)
+    rs = verify_bundle(out, site["trust"]).manifest["metrics"]["reader_study"]
+    assert rs["verdict"] == summary["verdict"] and rs["pooled"]["accuracy"]["value"] == 0.53
+    assert rs["matches_bundle_set"] is True
+    summary["synthetic_sha256"] = "0" * 64  # a study run on another set says so
+    (site["site"] / "metrics" / "reader_study.json").write_text(json.dumps(summary))
+    export_bundle(site["site"], out, overwrite=True)
+    assert verify_bundle(out, site["trust"]).manifest["metrics"]["reader_study"][
+        "matches_bundle_set"] is False
+    # … and the coordinator's report shows the signed study once the bundle is pooled.
+    from coordinator.pool import pool_bundles
+    from coordinator.report import build_report, render_html
+    from coordinator.state import CoordinatorState
+
+    pool = pool_bundles([out], site["trust"], CoordinatorState(site["tmp"] / "state.db"))
+    page = render_html(build_report(run="r", sites={}, pool=pool.summary(), cnn=None))
+    assert "Reader studies" in page and summary["verdict"] in page and "another set" in page

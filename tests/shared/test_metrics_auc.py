@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from shared.metrics.auc import MetricError, auc_with_ci, macro_auc_with_ci, sens_spec
+from shared.metrics.auc import MetricError, auc_with_ci, class_auc_with_ci, sens_spec
 
 
 def _fixed(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +63,7 @@ def test_macro_auc_matches_sklearn_ovr() -> None:
     y = rng.integers(0, 3, 300)
     logits = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y]
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    r = macro_auc_with_ci(y, p, n_boot=200)
+    r = class_auc_with_ci(y, p, n_boot=200)
     assert r.auc == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
     assert r.ci_low <= r.auc <= r.ci_high
 

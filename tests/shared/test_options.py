@@ -17,6 +17,7 @@ ZERO_ALLOWED = {
     ("node", "preprocess", "--workers"), ("node", "import-npz", "--size"),
     ("node", "train", "--seed"), ("node", "baseline", "--seed"), ("node", "generate", "--seed"),
     ("node", "audit", "--max-copy-rate"), ("coordinator", "train", "--patience"),
+    ("node", "reader-study", "--seed"),
 }
 """Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early)."""
 
@@ -50,6 +51,8 @@ def _cases() -> list[tuple[tuple[str, ...], str, str, list[str]]]:
                 continue
             flag = max(p.opts, key=len)
             bad = ["-1", "abc"] + ([] if (*path, flag) in ZERO_ALLOWED else ["0"])
+            if p.type.name in ("float", "float range"):
+                bad.append("nan")  # passes every `v <= 0` check unless refused explicitly
             cases += [(path, flag, value, required) for value in bad]
     return cases
 
@@ -82,3 +85,42 @@ def test_invalid_numeric_option_is_one_line_naming_it(
     assert len(err.splitlines()) == 1, err
     assert flag in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [], "a refused command must not write anything"
+
+
+@pytest.mark.parametrize(("argv", "table"), [(["node", "train", "--help"], "[gan]"),
+                                             (["node", "baseline", "--help"], "[classifier]"),
+                                             (["node", "audit", "--help"], "[audit]")])
+def test_help_keeps_toml_table_names(argv: list[str], table: str,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["synthlearn", *argv])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert table in " ".join(capsys.readouterr().out.split())
+
+
+def test_bad_toml_value_names_the_file_and_table(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text("[gan]\nbatch = 1\n")
+    monkeypatch.setattr("sys.argv", ["synthlearn", "node", "train", "--site-dir",
+                                     str(tmp_path / "absent"), "--config", str(toml)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "run.toml [gan]" in err and "batch must be ≥ 2" in err
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_toml_nan_or_inf_is_refused_for_a_float_field(text: str, tmp_path: Path) -> None:
+    """TOML spells nan and inf; a NaN time cap would make `elapsed > cap` never true."""
+    from node.training import GanConfig
+    from shared.config import resolve
+    from shared.errors import ConfigError
+
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"[gan]\nmax_minutes = {text}\n")
+    with pytest.raises(ConfigError, match="finite"):
+        resolve(GanConfig, toml=toml, table="gan")
