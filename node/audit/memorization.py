@@ -2,9 +2,11 @@
 
 Two views of "nearest training image", because each misses things the other catches:
 
-* **pixel correlation** (Akbar et al., "Beware of diffusion models for synthesizing medical
-  images", 2023): Pearson correlation between flattened images, maximised over the training
-  set. Catches copies, shifted intensities and light noise; blind to small shifts/flips.
+* **transform-robust pixel correlation** (``node.audit.matcher``; Akbar et al., "Beware of
+  diffusion models for synthesizing medical images", 2023, for plain correlation): Pearson
+  correlation of histogram-equalised, lightly blurred images, maximised over the training set
+  *and* over flips, small crops rescaled and shifts of a few pixels. Catches verbatim copies
+  and the edits of ``node.audit.edits``.
 * **embedding distance**: Euclidean distance in a documented encoder's space
   (``shared.metrics.encoders``, default ``domain-rfconv-v1``), which pools over space and so
   tolerates small shifts.
@@ -33,6 +35,11 @@ non-members. 0.5 = nothing to infer. Two controls say how to read that AUC:
   (acquisition, time, several images per patient on one side of a patient-level split), so an
   MIA AUC at or below this baseline is not evidence of leakage from the generator; an MIA AUC
   well above it is.
+
+Gates on top (``node.audit.config``): any near-exact copy fails on its own; the copy rate
+against τ; the per-image data-copying test (images closer to training than every held-out
+patient, beyond the novel rate) with Meehan et al.'s C_T; membership inference read against
+the blind baseline. Two blind checks on raw pixels say whether the held-out split is shifted.
 
 What this cannot catch: copies of a *part* of an image (a distinctive implant pasted into a new
 anatomy), copies of images that are not in the audited subset when subsampling, leakage of
