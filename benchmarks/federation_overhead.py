@@ -26,21 +26,20 @@ def main() -> None:
 
     import shutil
 
+    from coordinator.demo import keys_and_trust
     from coordinator.launch import submit_and_watch
     from node.phantoms import phantom_store
     from shared.flower_proc import loopback_federation
-    from shared.signing import generate_keypair
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    sites = {}
+    site_dirs = {}
     for i in range(args.sites):
         name = f"site-{chr(97 + i)}"
-        site = phantom_store(args.out / "sites" / name, n=8, size=16, seed=i)
-        generate_keypair(site / "keys")
-        sites[name] = {"site-dir": str(site)}
-    trust = args.out / "trust"
-    trust.mkdir()
+        site_dirs[name] = phantom_store(args.out / "sites" / name, n=8, size=16, seed=i)
+    # Pings are signed: each site's key must be in the trust folder under its pseudonym.
+    trust = keys_and_trust(site_dirs, args.out / "trust")
+    sites = {name: {"site-dir": str(site)} for name, site in site_dirs.items()}
     t0 = time.monotonic()
     results: dict[str, object] = {"sites": args.sites}
     with loopback_federation(args.out / "flower", sites) as fed:

@@ -9,9 +9,9 @@ app = typer.Typer(help="Verify and pool site bundles, train the downstream CNN, 
                   no_args_is_help=True, rich_markup_mode=None)
 
 # One module per command; add a line here when a command works.
-from coordinator.commands import pool, report, run, serve, train  # noqa: E402
+from coordinator.commands import forget_key, pool, report, run, serve, train  # noqa: E402
 
 for _name, _mod in (("serve", serve), ("run", run), ("pool", pool), ("train", train),
-                    ("report", report)):
+                    ("report", report), ("forget-key", forget_key)):
     app.command(_name)(_mod.command)
 

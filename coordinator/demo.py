@@ -127,7 +127,10 @@ def keys_and_trust(site_dirs: dict[str, Path], trust: Path) -> Path:
 
 def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str, dict[str, Any]]:
     """What each demo site's admin would pass to `synthlearn node join`."""
+    # The demo's admins allow training on request without DP: phantom data, no patient
+    # (a hospital's default policy refuses both: node.site_policy).
     return {name: {"site-dir": str(site), "max-train-minutes": gan_minutes * 2,
+                   "allow-train": True, "require-dp": False,
                    "accept-risk": "built-in phantom demo data: no patient exists; tiny "
                                   "training budget"}
             for name, site in site_dirs.items()}

@@ -16,3 +16,7 @@ class StateError(CoordinatorError):
 
 class PoolError(CoordinatorError):
     """No bundle could be pooled (every one was rejected, or the folder is empty)."""
+
+
+class KeyChangedError(StateError):
+    """A known site now signs with another key: the run stops until a person checks why."""

@@ -34,8 +34,8 @@ from coordinator.pipeline import (
 )
 from coordinator.state import PHASES, CoordinatorState
 from shared.files import atomic_write_bytes, atomic_write_json
-from shared.names import safe_name
-from shared.protocol import PROTOCOL, Transport
+from shared.names import SITE_RE, safe_name
+from shared.protocol import PROTOCOL, Outcome, Transport
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,49 @@ class Run:
         out = self.t.exchange("query", {n: req for n in ids}, None, self.s.ping_timeout_s)
         self._sites = {}
         known = self.state.site_statuses(self.run)
-        for node, o in out.items():
-            if o.ok:
-                site = str(o.config.get("site"))
-                self._sites[node] = site
-                if site not in known:  # a resumed run keeps earlier verdicts
-                    self.state.set_site_status(self.run, site, "ok")
+        for node, o in sorted(out.items()):
+            if not o.ok:
+                continue
+            site, problem = self._check_ping(o)
+            if problem is None and site in self._sites.values():
+                problem = f"node {node} also claims site {site!r}; only the first is used"
+            if problem is not None:
+                # Recorded under the node, not the name it claims: an impostor's ping must
+                # not change the verdict of the site it pretends to be.
+                # ("node #N" is no pseudonym, so it can never be taken for a site's row.)
+                self._mark(f"node #{node}", "excluded", f"ping claiming site {site!r}: {problem}")
+                continue
+            self._sites[node] = site
+            if site not in known:  # a resumed run keeps earlier verdicts
+                self.state.set_site_status(self.run, site, "ok")
         self.log(f"sites: {', '.join(sorted(self._sites.values())) or 'none'}")
         return self._sites
+
+    def _check_ping(self, o: Outcome) -> tuple[str, str | None]:
+        """(claimed site, problem or None). A ping counts only when its signed record names
+        the site the signing key belongs to in the trust folder, for this run; a known site
+        whose key changed stops the run (:class:`coordinator.errors.KeyChangedError`)."""
+        from shared.signing import SigningError, check_signer, verify_record
+
+        claimed = str(o.config.get("site", ""))[:64]
+        site = claimed if SITE_RE.match(claimed) else ""
+        if not site:
+            return "", f"site name {claimed!r} is not a pseudonym"
+        try:
+            doc = json.loads(str(o.config.get("reply-json", "{}")))
+            record = doc.get("ping") if isinstance(doc, dict) else None
+            payload = verify_record(record or {}, Path(self.s.trust_dir))
+            check_signer(payload.get("site"), str(record["key_fingerprint"]),  # type: ignore[index]
+                         Path(self.s.trust_dir), "ping")
+        except (SigningError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            return site, (f"unsigned or untrusted ping [{getattr(exc, 'reason', 'malformed')}]: "
+                          f"{str(exc)[:300]}")
+        if payload.get("site") != site:
+            return site, f"signed ping names {str(payload.get('site'))[:64]!r}"
+        if payload.get("run_tag") != self.run:
+            return site, f"signed ping is for run {str(payload.get('run_tag'))[:64]!r}"
+        self.state.upsert_site(site, str(record["key_fingerprint"]))  # type: ignore[index]
+        return site, None
 
     # -- phases --------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -267,6 +302,8 @@ class Run:
         sites = {n: s for n, s in self.sites().items()
                  if statuses.get(s, {}).get("status") in (None, "ok", "excluded")}
         for site, st in statuses.items():
+            if not SITE_RE.match(site):  # a node refused at the ping is not a site
+                continue
             if st["status"] in ("ok", "excluded") and site not in sites.values():
                 self._mark(site, "dropped", "evaluation round: the site's SuperNode did not "
                            "answer the ping before it (no reply within the round's timeout)")

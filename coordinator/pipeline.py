@@ -60,7 +60,7 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
     for rej in res.rejected:
         site = ((sent_by or {}).get(rej["path"]) or rej.get("site")
                 or Path(rej["path"]).name)
-        mark(state, run, str(site), "excluded",
+        mark(state, run, str(site)[:64], "excluded",
              f"bundle rejected [{rej['reason']}]: {rej['message']}", log)
     for acc in res.accepted:
         state.set_site_status(run, acc["site"], "ok")
@@ -149,20 +149,30 @@ def accept_reply(state: CoordinatorState, run: str, site: str, doc: Mapping[str,
                  log: Log = _quiet) -> bool:
     """Verify one reply from ``site`` against the request sent to it; store what verifies.
 
-    A reply must answer the request this run sent to that site (its request id), and its
-    signed records must name that site: a site cannot answer for another one, nor replay an
-    old reply. Each signed record is checked on its own (:func:`shared.protocol.verify_reply`).
+    A reply must answer the request this run sent to that site (its request id, signed into
+    every record with the run tag), and its signed records must name that site and be signed
+    by that site's key: a site cannot answer for another one, nor replay an old reply. Each
+    signed record is checked on its own (:func:`shared.protocol.verify_reply`) and stored with
+    its signature. A malformed reply marks this site ``failed`` with the reason; it never
+    stops the run for the others.
     """
     from shared.protocol import verify_reply
 
-    if str(doc.get("request_id", "")) != str(request.get("request-id")):
-        mark(state, run, site, "failed", f"reply answers request {doc.get('request_id')!r}, "
-             f"not the one sent to {site}", log)
+    try:
+        if str(doc.get("request_id", "")) != str(request.get("request-id")):
+            mark(state, run, site, "failed", f"reply answers request "
+                 f"{str(doc.get('request_id'))[:64]!r}, not the one sent to {site}", log)
+            return False
+        expected = {"pooled": str(request["weights-sha256"])}
+        if request.get("own-weights-sha256"):
+            expected["own"] = str(request["own-weights-sha256"])
+        binding = {"request_id": str(request.get("request-id")),
+                   "run_tag": str(request.get("run-tag"))}
+        verified = verify_reply(dict(doc), trust_dir, expected, binding)
+    except Exception as exc:  # a hostile or broken reply: this site fails, the run goes on
+        mark(state, run, site, "failed", f"malformed evaluation reply "
+             f"({type(exc).__name__}: {str(exc)[:300]})", log)
         return False
-    expected = {"pooled": str(request["weights-sha256"])}
-    if request.get("own-weights-sha256"):
-        expected["own"] = str(request["own-weights-sha256"])
-    verified = verify_reply(dict(doc), trust_dir, expected)
     if verified["site"] != site:
         mark(state, run, site, "failed", f"reply names site {verified['site']!r}", log)
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,30 @@ ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Poole
 COLOURS = {"baseline": "#4c72b0", "own": "#dd8452", "pooled": "#55a868"}
 
 
+def is_number(x: Any) -> bool:
+    """A real, finite number (not a bool, not a string): every site-supplied number is
+    checked with this before it is formatted or plotted."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _resize_of(value: object) -> dict[str, int] | None:
+    """A site's record of resizing its test images for the CNN (node/evaluate.py), reduced to
+    the two sides: it comes from a peer, so nothing else of it reaches the report."""
+    if not isinstance(value, dict):
+        return None
+    sides = [value.get("from"), value.get("to")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sides):
+        return {"from": int(sides[0]), "to": int(sides[1])}  # type: ignore[arg-type]
+    return None
+
+
 def _num(x: Any, digits: int = 3) -> str:
-    return "–" if x is None else f"{float(x):.{digits}f}"
+    return f"{float(x):.{digits}f}" if is_number(x) else "–"
+
+
+def _text(x: Any) -> str:
+    """Any value a site may have chosen, as escaped HTML text."""
+    return html.escape(str(x))
 
 
 def utility_ratio(pooled: dict[str, Any] | None, reference: dict[str, Any] | None) -> float | None:
@@ -34,9 +57,9 @@ def utility_ratio(pooled: dict[str, Any] | None, reference: dict[str, Any] | Non
     if not pooled or not reference:
         return None
     a, b = pooled.get("auc"), reference.get("auc")
-    if a is None or not b:
+    if not is_number(a) or not is_number(b) or not b:
         return None
-    return round(float(a) / float(b), 4)
+    return round(float(a) / float(b), 4)  # type: ignore[arg-type]
 
 
 def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, Any] | None,
@@ -62,8 +85,11 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
             row[role] = None if not rec else {
                 k: rec.get(k) for k in ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg",
                                         "n_boot", "verified", "key_fingerprint",
-                                        "weights_sha256", "sensitivity", "specificity")
+                                        "weights_sha256", "sensitivity", "specificity",
+                                        "signed")
                 if k in rec}
+            if row[role] is not None and rec:
+                row[role]["resize"] = _resize_of(rec.get("resize"))
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
@@ -114,7 +140,7 @@ border-radius:8px;padding:.8rem 1rem}.card b{font-size:1.5rem;display:block}
 
 
 def _auc_cell(rec: dict[str, Any] | None) -> str:
-    if not rec or rec.get("auc") is None:
+    if not rec or not is_number(rec.get("auc")):
         return '<td class="n">–</td>'
     mark = ' <span title="signature verified">✔</span>' if rec.get("verified") else ""
     return (f'<td class="n">{_num(rec["auc"])}{mark}<br><small>[{_num(rec.get("ci_low"))}, '
@@ -145,9 +171,9 @@ def _forest_svg(rows: list[dict[str, Any]]) -> str:
         for i, (role, _) in enumerate(ROLES):
             rec = r.get(role)
             cy = y + i * row_h + 9
-            if rec and rec.get("auc") is not None:
+            if rec and is_number(rec.get("auc")):
                 c = COLOURS[role]
-                if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
+                if is_number(rec.get("ci_low")) and is_number(rec.get("ci_high")):
                     parts.append(f'<line x1="{x(float(rec["ci_low"])):.1f}" '
                                  f'x2="{x(float(rec["ci_high"])):.1f}" y1="{cy}" y2="{cy}" '
                                  f'stroke="{c}" stroke-width="2"/>')
@@ -168,9 +194,9 @@ def render_html(report: dict[str, Any]) -> str:
     esc = html.escape
     rows: list[dict[str, Any]] = report["sites"]
     ok = [r for r in rows if r["status"] == "ok"]
-    pooled = [r["pooled"]["auc"] for r in ok if r.get("pooled") and r["pooled"].get("auc")
-              is not None]
-    ratios = [r["utility_ratio"] for r in ok if r.get("utility_ratio") is not None]
+    pooled = [r["pooled"]["auc"] for r in ok if r.get("pooled")
+              and is_number(r["pooled"].get("auc"))]
+    ratios = [r["utility_ratio"] for r in ok if is_number(r.get("utility_ratio"))]
     pool = report.get("pool") or {}
     cnn = report.get("cnn") or {}
     out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -185,7 +211,8 @@ def render_html(report: dict[str, Any]) -> str:
            f"synthlearn {esc(str(report['software_version']))}</p>",
            "<div class='cards'>",
            f"<div class='card'>Sites evaluated<b>{len(ok)} / {len(rows)}</b></div>",
-           f"<div class='card'>Pooled synthetic images<b>{pool.get('images', '–')}</b></div>",
+           f"<div class='card'>Pooled synthetic images<b>{_text(pool.get('images', '–'))}</b>"
+           "</div>",
            "<div class='card'>Mean pooled AUC<b>"
            f"{_num(sum(pooled) / len(pooled)) if pooled else '–'}</b></div>",
            "<div class='card'>Mean utility ratio<b>"
@@ -200,11 +227,11 @@ def render_html(report: dict[str, Any]) -> str:
     for r in rows:
         ref = r.get("pooled") or r.get("baseline") or {}
         util = r.get("utility_ratio")
-        out.append(f"<tr><td><b>{esc(r['site'])}</b></td><td>{_status(r)}</td>"
+        out.append(f"<tr><td><b>{_text(r['site'])}</b></td><td>{_status(r)}</td>"
                    f"{_auc_cell(r.get('baseline'))}{_auc_cell(r.get('own'))}"
                    f"{_auc_cell(r.get('pooled'))}<td class='n'>"
                    f"{_num(util, 2) if util is not None else '–'}</td>"
-                   f"<td class='n'>{ref.get('n_test', '–')}</td></tr>")
+                   f"<td class='n'>{_num(ref.get('n_test'), 0)}</td></tr>")
     out.append("</table>")
     legend = "".join(f"<span><i class='sw' style='background:{COLOURS[k]}'></i>{esc(v)}</span>"
                      for k, v in ROLES)
@@ -217,8 +244,8 @@ def render_html(report: dict[str, Any]) -> str:
             reason = r.get("reason") or ""
             if r.get("problems"):
                 reason = (reason + "; " if reason else "") + "; ".join(r["problems"])
-            out.append(f"<tr><td>{esc(r['site'])}</td><td>{_status(r)}</td>"
-                       f"<td>{esc(reason)}</td></tr>")
+            out.append(f"<tr><td>{_text(r['site'])}</td><td>{_status(r)}</td>"
+                       f"<td>{_text(reason)}</td></tr>")
         out.append("</table>")
     else:
         out.append("<p>None: every site sent a verified bundle and signed evaluations.</p>")
@@ -226,30 +253,37 @@ def render_html(report: dict[str, Any]) -> str:
     acc = pool.get("accepted") or []
     if acc:
         out.append("<table><tr><th>Site</th><th>Bundle id</th><th>Images</th><th>Per class</th>"
-                   "<th>Audit gates</th><th>DP ε</th><th>Key</th></tr>")
+                   "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
+                   "ledger</small></th><th>Key</th></tr>")
         for a in acc:
-            audit = a.get("audit") or {}
+            audit: dict[str, Any] = a["audit"] if isinstance(a.get("audit"), dict) else {}
             gates = audit.get("gates_passed")
             gate_txt = ("passed" if gates else "overridden" if a.get("accepted_risk")
                         else "failed" if gates is False else "–")
-            notes = [f"{k}: {g['note']}" for k, g in (audit.get("gates") or {}).items()
+            gates_doc: dict[str, Any] = (audit["gates"] if isinstance(audit.get("gates"), dict)
+                                         else {})
+            notes = [f"{k}: {g['note']}" for k, g in gates_doc.items()
                      if isinstance(g, dict) and g.get("note")]
             if notes:  # passed, but only because the sample could not show significance
                 gate_txt += "<br><small>" + esc("; ".join(notes)) + "</small>"
             dp = a.get("dp") or {}
             eps = dp.get("epsilon_spent", dp.get("epsilon")) if isinstance(dp, dict) else None
-            counts = ", ".join(f"{esc(str(k))}: {v}" for k, v in (a.get("counts") or {}).items())
+            a_counts: dict[str, Any] = a["counts"] if isinstance(a.get("counts"), dict) else {}
+            counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in a_counts.items())
+            ledger = a.get("privacy_ledger") if isinstance(a.get("privacy_ledger"), dict) else {}
             out.append(f"<tr><td>{esc(str(a.get('site')))}</td><td><code>"
-                       f"{esc(str(a.get('bundle_id')))[:13]}…</code></td><td class='n'>"
-                       f"{a.get('images')}</td><td>{counts}</td><td>{gate_txt}</td>"
-                       f"<td class='n'>{_num(eps, 2) if eps is not None else 'not private'}"
-                       f"</td><td><code>{esc(str(a.get('key_fingerprint')))[:19]}…</code>"
+                       f"{esc(str(a.get('bundle_id'))[:13])}…</code></td><td class='n'>"
+                       f"{_num(a.get('images'), 0)}</td><td>{counts}</td><td>{gate_txt}</td>"
+                       f"<td class='n'>{_num(eps, 2) if is_number(eps) else 'not private'}"
+                       f"</td><td class='n'>{_num(ledger.get('cumulative_epsilon'), 2)}</td>"
+                       f"<td><code>{esc(str(a.get('key_fingerprint'))[:19])}…</code>"
                        "</td></tr>")
         out.append("</table>")
-    counts = ", ".join(f"{esc(str(k))}: {v}" for k, v in (pool.get("counts") or {}).items())
-    out.append(f"<p>Pooled: {pool.get('images', 0)} images ({counts}); "
-               f"{pool.get('duplicates_dropped', 0)} duplicate images and "
-               f"{pool.get('balanced_dropped', 0)} for class balance dropped.</p>")
+    pool_counts: dict[str, Any] = pool["counts"] if isinstance(pool.get("counts"), dict) else {}
+    counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in pool_counts.items())
+    out.append(f"<p>Pooled: {_text(pool.get('images', 0))} images ({counts}); "
+               f"{_text(pool.get('duplicates_dropped', 0))} duplicate images and "
+               f"{_text(pool.get('balanced_dropped', 0))} for class balance dropped.</p>")
     out.append(_reader_studies_html(acc))
     if cnn:
         out.append(f"<h2>Downstream CNN</h2><p>Trained on <b>{cnn.get('n_images')} synthetic "

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import StateError
+from coordinator.errors import KeyChangedError, StateError
 
 SCHEMA_VERSION = 1
 PHASES = ("bundles", "pool", "train", "evaluate", "report")
@@ -62,6 +62,35 @@ CREATE TABLE IF NOT EXISTS evaluations (
 SITE_STATUSES = ("ok", "dropped", "excluded", "refused", "failed")
 
 
+class _Guarded:
+    """The SQLite connection, with every database error turned into one :class:`StateError`
+    line naming the file: corruption found mid-run (a disk error, a file overwritten while
+    the coordinator runs) must not surface as a traceback."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db, self._path = db, path
+
+    def _wrap(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self._path}: the coordinator state database failed ({exc}); "
+                             "restore it from a backup or move it aside to start a fresh "
+                             "state") from None
+
+    def execute(self, *args: Any) -> Any:
+        return self._wrap(self._db.execute, *args)
+
+    def executemany(self, *args: Any) -> Any:
+        return self._wrap(self._db.executemany, *args)
+
+    def executescript(self, *args: Any) -> Any:
+        return self._wrap(self._db.executescript, *args)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class CoordinatorState:
     """Typed access to the coordinator's SQLite file (created on first use)."""
 
@@ -69,10 +98,11 @@ class CoordinatorState:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db: Any = _Guarded(sqlite3.connect(self.path, timeout=30,
+                                                     isolation_level=None), self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StateError) as exc:
             raise StateError(f"{self.path}: not a usable coordinator state file ({exc}); "
                              "move it aside to start a fresh state") from None
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -86,7 +116,7 @@ class CoordinatorState:
         self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -98,7 +128,20 @@ class CoordinatorState:
     # -- sites ---------------------------------------------------------------------------------
     def upsert_site(self, name: str, key_fingerprint: str | None = None,
                     key_file: str | None = None) -> None:
+        """Remember a site and its key. A known site signing with another key stops the run
+        (:class:`KeyChangedError`): either its admin rotated the key, or someone else holds
+        a key under its name; a person must tell which (:meth:`forget_site_key`)."""
         now = time.time()
+        row = self._db.execute("SELECT key_fingerprint, first_seen FROM sites WHERE name=?",
+                               (name,)).fetchone()
+        if row is not None and row[0] and key_fingerprint and row[0] != key_fingerprint:
+            raise KeyChangedError(
+                f"site {name!r} now signs with key {key_fingerprint}, but this coordinator "
+                f"knows it by key {row[0]} (since "
+                f"{time.strftime('%Y-%m-%d', time.gmtime(row[1]))}); the run stops. If its "
+                "admin rotated the key, confirm the new fingerprint with them by phone, then "
+                f"run `synthlearn coordinator forget-key {name} --work WORK`; otherwise treat "
+                "it as an impostor and remove the key from the trust folder")
         with self._tx() as db:
             db.execute(
                 "INSERT INTO sites (name, key_fingerprint, key_file, first_seen, last_seen) "
@@ -106,6 +149,13 @@ class CoordinatorState:
                 "last_seen, key_fingerprint=COALESCE(excluded.key_fingerprint, key_fingerprint),"
                 " key_file=COALESCE(excluded.key_file, key_file)",
                 (name, key_fingerprint, key_file, now, now))
+
+    def forget_site_key(self, name: str) -> bool:
+        """Forget the key recorded for ``name`` (after a confirmed key rotation)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE sites SET key_fingerprint=NULL, key_file=NULL WHERE name=?",
+                             (name,))
+        return bool(cur.rowcount)
 
     def sites(self) -> list[dict[str, Any]]:
         cur = self._db.execute("SELECT name, key_fingerprint, key_file FROM sites ORDER BY name")
@@ -142,9 +192,19 @@ class CoordinatorState:
                 for row in self._db.execute(sql + " ORDER BY id", args)]
 
     def clear_run_bundles(self, run: str) -> None:
-        """Forget one run's verdicts before re-pooling it (its pooled ids are not replays)."""
+        """Forget one run's verdicts before re-pooling it (its pooled ids are not replays).
+
+        A run whose pool was already used (its ``train`` phase finished) is closed: pooling
+        again under the same name (``--run-name files``, the default ``run``) is a *later*
+        run, so the earlier verdicts are archived under ``NAME@time`` instead of forgotten,
+        and every bundle id they pooled is refused as a replay."""
+        closed = "train" in self.completed_phases(run)
         with self._tx() as db:
-            db.execute("DELETE FROM bundles WHERE run = ?", (run,))
+            if closed:
+                db.execute("UPDATE bundles SET run = run || '@' || CAST(seen_at AS TEXT) "
+                           "WHERE run = ?", (run,))
+            else:
+                db.execute("DELETE FROM bundles WHERE run = ?", (run,))
 
     # -- phases --------------------------------------------------------------------------------
     def start_phase(self, run: str, phase: str) -> None:

@@ -33,7 +33,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     """Train the CNN on ``pooled`` (synthetic only) and save npz weights to ``out``.
 
     Returns a record with the weights' path and SHA-256, the images it saw, the threshold and
-    the training history summary; the same facts are inside the weights' metadata.
+    the training history summary; the same facts, but the threshold, are inside the weights'
+    metadata (a site scores at its own threshold and refuses weights that carry one).
     """
     from shared.cnn_train import train_classifier
     from shared.config import to_dict
@@ -44,19 +45,23 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     if info.get("synthetic_only") is False:
         raise ValueError("refusing to train the coordinator's CNN on a set not marked synthetic")
     t0 = time.monotonic()
+    # Teacher labels when the bundles carried them: the CNN distils every site's classifier.
     trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names), cfg,
-                               progress=progress, device=device)
+                               progress=progress, device=device, soft_labels=pooled.soft)
     seconds = time.monotonic() - t0
     bundle_ids = list(info.get("bundle_ids", []))
     meta = {
         "classes": class_mode(list(pooled.class_names)),
         "class_names": list(pooled.class_names),
-        "threshold": trained.threshold,
         "trained_on": f"{role} synthetic images from {len(bundle_ids)} verified bundle(s)",
         "synthetic_only": True,
         "bundle_ids": bundle_ids,
         "sites": list(info.get("sites", [])),
         "n_images": len(pooled),
+        # The side the CNN learned at: a site whose real images differ resizes to it, and
+        # records that it did (node/evaluate.py), instead of scoring at a silent mismatch.
+        "input_size": int(pooled.images.shape[1]),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "role": role,
         "config": to_dict(cfg),
@@ -67,6 +72,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "weights": str(out),
         "weights_sha256": sha256_file(out),
         "n_images": len(pooled),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "sites": meta["sites"],
         "bundle_ids": bundle_ids,

@@ -61,6 +61,7 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
     """The reply content for one request content (no Flower runtime needed: testable)."""
     settings: NodeSettings | None = None
     action = expected
+    request: dict[str, Any] = {}
     try:
         settings = settings_from_node_config(node_config)
         request = _request(content)
@@ -81,17 +82,15 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
                 raise RequestRefusedError("evaluate request carries no 'pooled' weights")
             reply = handle_evaluate(settings, request, weights)
     except RequestRefusedError as exc:
-        reply = refusal(action, str(exc), settings)
+        reply = refusal(action, str(exc), settings, request)
     except SynthlearnError as exc:
         # A known failure (missing store, failed audit gate…): the message, not a traceback,
         # goes back, so no local path detail beyond what the error names.
-        reply = refusal(action, f"{type(exc).__name__}: {exc}", settings)
-        reply.config["status"] = "failed"
+        reply = refusal(action, f"{type(exc).__name__}: {exc}", settings, request, "failed")
     except Exception as exc:  # an unexpected bug: log locally, send only its type
         _logger.exception("unexpected error answering %s", action)
         reply = refusal(action, f"unexpected {type(exc).__name__} at the site; see the "
-                                "SuperNode log there", settings)
-        reply.config["status"] = "failed"
+                                "SuperNode log there", settings, request, "failed")
     return _to_content(reply)
 
 

@@ -73,6 +73,7 @@ little endian, or explicit big endian), so that it decodes like any other.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,8 @@ COLOUR = "colour"
 UNSUPPORTED = "unsupported-pixels"
 DECODE_ERROR = "decode-error"
 DUPLICATE = "duplicate-image-id"
+BURNED_IN = "burned-in-annotation"
+FRAME_SIZE = "frame-size-mismatch"
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -234,11 +237,20 @@ def _check_not_truncated(ds: Any, label: str) -> None:
         )
 
 
-def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
-    """Everything that can be decided from the header, before paying for a decode."""
+def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
+                allow_burned_in: bool = False) -> None:
+    """Everything that can be decided from the header, before paying for a decode.
+
+    ``BurnedInAnnotation = YES`` (PS3.3 C.7.6.1.1.7: text such as a name is part of the
+    pixels) is skipped unless the admin passes ``allow_burned_in``: a GAN can learn to
+    reproduce such text, and it would leave the site inside synthetic images."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
+    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned == "YES" and not allow_burned_in:
+        raise SkipFileError(BURNED_IN, f"{label}: BurnedInAnnotation is YES (identifying text "
+                            "may be part of the pixels); skipped unless --allow-burned-in")
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if other:
@@ -287,6 +299,7 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
             raise SkipFileError(
                 NO_CODEC, f"{label}: transfer syntax {tsyntax.name} ({tsyntax}) has no "
                 "installed decoder; install pylibjpeg-openjpeg/-libjpeg or gdcm")
+        _check_frame_size(ds, rows, cols, label)
     else:
         raw = ds.get_item("PixelData")
         n = len(raw.value) if getattr(raw, "value", None) is not None else 0
@@ -297,6 +310,56 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE) -> None:
                 f"{label}: PixelData holds {n} bytes but Rows×Columns = {rows}×{cols} at "
                 f"{bits} bits needs {expected}",
             )
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a compressed frame declares in its own header — JPEG / JPEG-LS SOF or
+    JPEG 2000 SIZ — or None when it declares none this parser knows (RLE: sized by the
+    DICOM header). Reads at most the first 64 KiB; decodes nothing."""
+    head = frame[:65536]
+    if head[:2] == b"\xff\xd8":  # JPEG family: walk the markers up to the frame header
+        pos = 2
+        while pos + 4 <= len(head):
+            if head[pos] != 0xFF:
+                return None
+            marker = head[pos + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                pos += 1 if marker == 0xFF else 2
+                continue
+            (length,) = struct.unpack(">H", head[pos + 2:pos + 4])
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                if pos + 9 > len(head):
+                    return None
+                rows, cols = struct.unpack(">HH", head[pos + 5:pos + 9])
+                return rows, cols
+            pos += 2 + length
+        return None
+    at = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000 codestream: SOC then SIZ
+    if at >= 0 and at + 24 <= len(head):
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", head[at + 8:at + 24])
+        return ysiz - yo, xsiz - xo
+    return None
+
+
+def _check_frame_size(ds: Any, rows: int, cols: int, label: str) -> None:
+    """The first compressed frame's own declared size must be the header's Rows × Columns:
+    decoders allocate what the codestream declares, whatever the DICOM header says."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        first = next(iter(generate_frames(ds.PixelData, number_of_frames=1)), b"")
+    except (ValueError, StopIteration, TypeError, KeyError, struct.error):
+        return  # malformed encapsulation: the decoder reports it as a decode error
+    declared = codestream_size(first)
+    if declared is None:
+        return
+    r, c = declared
+    if r * c > MAX_PIXELS:
+        raise SkipFileError(TOO_LARGE, f"{label}: the compressed frame declares {r}×{c} px, "
+                            f"over the {MAX_PIXELS} pixel limit; not decoded")
+    if (r, c) != (rows, cols) and r != 0:  # JPEG may leave rows 0 (set by a DNL marker)
+        raise SkipFileError(FRAME_SIZE, f"{label}: the compressed frame declares {r}×{c} px "
+                            f"but Rows×Columns is {rows}×{cols}; not decoded")
 
 
 def _header_int(ds: Any, keyword: str, default: int, label: str) -> int:

@@ -3,7 +3,7 @@ say what to do; the CLI prints them as one line and exits 2."""
 
 from __future__ import annotations
 
-from shared.errors import SynthlearnError
+from shared.errors import RequestRefusedError, SynthlearnError
 
 
 class NodeError(SynthlearnError):
@@ -24,6 +24,10 @@ class TrainingError(NodeError):
 
 class CheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or belongs to another configuration."""
+
+
+class DeviceError(TrainingError):
+    """The requested device is absent, or the configuration cannot fit on it."""
 
 
 class DPBudgetError(TrainingError):
@@ -53,3 +57,11 @@ class SkipFileError(NodeError):
 
 class ReaderStudyError(NodeError):
     """The reader study cannot start or an answer cannot be taken; the message says why."""
+
+
+class LedgerError(NodeError):
+    """The privacy ledger is unreadable: the site cannot know what it has spent, so it stops."""
+
+
+class PrivacyBudgetError(NodeError, RequestRefusedError):
+    """Work refused: it would take the site past the lifetime ε its admin set."""

@@ -30,8 +30,13 @@ def score_test_split(
     threshold: float | None,
     n_boot: int = 1000,
     seed: int = 0,
+    input_size: int | None = None,
 ) -> dict[str, Any]:
     """AUC (+ CI) of ``model`` on the site's real test split; numbers only.
+
+    ``input_size`` is the side the CNN was trained at (its weights' metadata); test images of
+    another side are resized to it (bilinear, antialiased when shrinking) and the record says
+    so under ``resize``.
 
     ``model`` is a :class:`shared.classifier.ResNetClassifier` (any torch module returning
     logits works). The test split is read here and nowhere in training code.
@@ -54,14 +59,39 @@ def score_test_split(
             f"{site_dir}: the CNN predicts {n_out} classes but this site's '{classes}' mode has "
             f"{len(names)} ({', '.join(names)}); ask for weights trained with the same classes"
         )
+    resize = None
+    if input_size is not None and images.shape[1] != input_size:
+        resize = {"from": int(images.shape[1]), "to": int(input_size),
+                  "policy": "bilinear resize of the site's test images to the CNN's training "
+                            "size" + (" (antialiased)" if input_size < images.shape[1] else "")}
+        images = _resize_u8(images, int(input_size))
     probs = predict_scores(model, images)
-    out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels)}
+    out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels),
+                           "resize": resize}
     out.update(class_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed).to_dict())
     if n_out == 2 and threshold is not None:
         out.update(sens_spec(labels, probs[:, 1], threshold))
     elif n_out != 2:
         out["accuracy"] = float((probs.argmax(1) == labels).mean())
     return out
+
+
+MAX_INPUT_SIZE = 1024
+"""Largest CNN input side a weights file may ask for (it comes from the coordinator)."""
+
+
+def _resize_u8(images: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    """uint8 (N, S, S) → uint8 (N, size, size), in chunks to bound memory."""
+    import torch
+    from torch.nn import functional as F
+
+    out = []
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 256])).float().unsqueeze(1)
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=size < x.shape[-1])
+        out.append(y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)
 
 
 def class_counts(site_dir: Path, classes: str) -> npt.NDArray[np.int64]:
@@ -78,8 +108,15 @@ def evaluate_weights(
     n_boot: int = 1000,
     seed: int = 0,
     write: bool = True,
+    *,
+    threshold: float | None = None,
+    threshold_from_meta: bool = True,
 ) -> dict[str, Any]:
     """Evaluate CNN ``weights`` (npz) on the site's real test split.
+
+    Sensitivity/specificity are reported at the threshold the weights carry (the admin's own
+    weights) or, with ``threshold_from_meta=False`` (a coordinator's request), at the site's
+    own ``threshold`` only; None reports AUC and its CI alone.
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as
@@ -96,12 +133,20 @@ def evaluate_weights(
     classes = str(meta.get("classes", "binary"))
     if classes not in ("binary", "lesion"):
         classes = "binary"
-    threshold = meta.get("threshold")
+    if threshold_from_meta:
+        threshold = meta.get("threshold")
+    input_size = meta.get("input_size")
+    if input_size is not None and (not isinstance(input_size, int) or isinstance(input_size, bool)
+                                   or not 8 <= input_size <= MAX_INPUT_SIZE):
+        raise StoreError(f"{weights}: input_size {input_size!r} in the weights' metadata is not "
+                         f"a side between 8 and {MAX_INPUT_SIZE}; ask the coordinator for "
+                         "weights it trained")
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,
         **score_test_split(model, site_dir, classes,
-                           float(threshold) if threshold is not None else None, n_boot, seed),
+                           float(threshold) if threshold is not None else None, n_boot, seed,
+                           input_size=input_size),
         "seconds": round(time.monotonic() - t0, 2),
         "software_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -138,9 +138,11 @@ def export_bundle(
     site: str | None = None,
     key_dir: Path | None = None,
     overwrite: bool = False,
+    lifetime_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """Write the signed bundle for ``SITE/synthetic/<name>`` to ``out``; return its manifest."""
     from node.audit import SUMMARY_NAME, find_dp_report, run_name_of, synthetic_digest
+    from node.privacy_ledger import summary as ledger_summary
     from shared.bundle import write_bundle
     from shared.files import atomic_write_bytes
     from shared.synthetic import SyntheticSet
@@ -193,7 +195,8 @@ def export_bundle(
     manifest = write_bundle(
         out, synthetic, site=pseudonym, key_dir=key_dir or site_dir / "keys",
         metrics=metrics, audit=public_numbers(audit), dp=public_numbers(dp) if dp else None,
-        config=config, accepted_risk=reason)
+        config=config, accepted_risk=reason,
+        privacy_ledger=ledger_summary(site_dir, lifetime_epsilon))
     log_line = {"bundle_id": manifest["bundle_id"], "out": str(out.resolve()),
                 "synthetic_name": synthetic_name, "images": manifest["image_count"],
                 "accepted_risk": reason,

@@ -12,6 +12,7 @@ different accepted-risk override than the one the site's admin configured.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.site_policy import SitePolicy
 from shared.errors import RequestRefusedError
 from shared.files import sha256_bytes
 from shared.names import safe_name
@@ -40,18 +42,21 @@ from shared.protocol import (
 class NodeSettings:
     """A site's federation settings: the SuperNode's ``--node-config`` (set by its admin).
 
-    Why here and not in the request: what a site is willing to do (train on request, export
-    despite a failed audit gate) is the hospital's decision, never the coordinator's.
+    Why here and not in the request: what a site is willing to do (train on request, how much
+    ε, how many evaluations, export despite a failed audit gate) is the hospital's decision,
+    never the coordinator's. The limits live in :class:`node.site_policy.SitePolicy` (site
+    TOML, then the policy keys of the node config, kept in ``overrides``).
     """
 
     site_dir: str
     site_name: str = ""
     key_dir: str = ""
-    allow_train: bool = True
     accept_risk: str = ""
     """Admin's signed override reason for exporting despite failed audit gates ('' = none)."""
-    max_train_minutes: float = 60.0
-    """Upper bound on GAN training time per request, whatever the coordinator asks."""
+    policy_file: str = ""
+    """The site TOML with ``[policy]`` and ``[audit]`` ('' = ``SITE/site.toml`` if present)."""
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Policy keys the admin passed as node config (``allow-train=true``…)."""
 
     @property
     def site(self) -> Path:
@@ -71,9 +76,16 @@ class NodeSettings:
             return path.read_text(encoding="utf-8").strip() or self.site.name
         return self.site.name
 
+    def policy(self) -> SitePolicy:
+        from node.site_policy import load_policy
+
+        return load_policy(self.site, self.policy_file or None, self.overrides)
+
 
 def settings_from_node_config(config: Mapping[str, Any]) -> NodeSettings:
-    """NodeSettings from Flower's node config (``site-dir="…" site-name="…"``)."""
+    """NodeSettings from Flower's node config (``site-dir="…" site-name="…"``); policy keys
+    (``allow-train``, ``max-epsilon-per-run``…) are checked against the policy table."""
+    from node.site_policy import POLICY_KEYS
     from shared.config import from_mapping
 
     data = {str(k).replace("-", "_"): v for k, v in config.items()
@@ -83,10 +95,13 @@ def settings_from_node_config(config: Mapping[str, Any]) -> NodeSettings:
             "this SuperNode has no site directory: start it with "
             "`synthlearn node join --site-dir SITE` (node-config site-dir=\"…\")"
         )
+    overrides = {k: data.pop(k) for k in list(data) if k in POLICY_KEYS}
     settings = from_mapping(NodeSettings, data, source="--node-config")
+    settings = dataclasses.replace(settings, overrides=overrides)
     if not settings.site.is_dir():
         raise RequestRefusedError(
             f"{settings.site}: site directory not found (node-config site-dir)")
+    settings.policy()  # a bad policy value stops here, naming the key
     return settings
 
 
@@ -157,25 +172,44 @@ def sign_numbers(record: dict[str, Any], settings: NodeSettings) -> dict[str, An
     return sign_record(clean, settings.keys)
 
 
-_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,'\"\\/]+){2,}[\\/]?")
+_PATH_RE = re.compile(
+    r"(?:[A-Za-z]:)?[\\/](?:[^\n:;,'\"<>|\\/]*[\\/])+"   # the folders, spaces allowed
+    r"(?:[^\n:;,'\"<>|\\/]*\.\w{1,8}(?=[\s:;,'\")\]]|$)"  # a file name with spaces + extension
+    r"|[^\s:;,'\"<>|\\/]*)")                                # or the last part up to a space
 
 
 def scrub_paths(text: str) -> str:
     """Replace file-system paths in a message by ``<path>``: an error text leaving the site
-    must not carry local folder or file names (a DICOM file name can be an identifier).
+    must not carry local folder or file names (a DICOM file name can be an identifier, and a
+    folder can be a patient's name, spaces included).
 
     >>> scrub_paths("/data/pacs/P123/img.dcm: not DICOM; see /srv/site-a/store")
     '<path>: not DICOM; see <path>'
+    >>> scrub_paths("/data/St Marys Hospital/Smith John/IMG 1.dcm is truncated")
+    '<path> is truncated'
     """
     return _PATH_RE.sub("<path>", text)
 
 
-def refusal(action: str, reason: str, settings: NodeSettings | None = None) -> Reply:
-    """A reply that says no, and why (paths scrubbed), instead of data."""
-    return Reply({"protocol": PROTOCOL, "action": action, "status": "refused",
-                  "reason": scrub_paths(reason)[:2000],
-                  "site": settings.name if settings else "",
-                  "software-version": software_version()})
+def refusal(action: str, reason: str, settings: NodeSettings | None = None,
+            request: Mapping[str, Any] | None = None, status: str = "refused") -> Reply:
+    """A reply that says no, and why (paths scrubbed), instead of data. When the site key is
+    at hand the reason is signed (``reply-json`` = ``{"refusal": SIGNED}``), bound to the
+    request it answers, so the coordinator can show it was the site that said no."""
+    from shared.signing import SigningError, sign_record
+
+    text = scrub_paths(reason)[:2000]
+    cfg = {"protocol": PROTOCOL, "action": action, "status": status, "reason": text,
+           "site": settings.name if settings else "", "software-version": software_version()}
+    if settings is not None:
+        payload = {"kind": "refusal", "site": settings.name, "action": action,
+                   "status": status, "reason": text,
+                   "run_tag": str((request or {}).get("run-tag", ""))[:200],
+                   "request_id": str((request or {}).get("request-id", ""))[:200]}
+        with contextlib.suppress(SigningError):  # no usable key: it goes back unsigned
+            cfg["reply-json"] = json.dumps({"refusal": sign_record(payload, settings.keys)},
+                                           sort_keys=True)
+    return Reply(cfg)
 
 
 def _base(action: str, settings: NodeSettings) -> dict[str, Any]:
@@ -185,14 +219,21 @@ def _base(action: str, settings: NodeSettings) -> dict[str, Any]:
 
 # -- ping ------------------------------------------------------------------------------------
 def handle_ping(settings: NodeSettings, request: Mapping[str, Any]) -> Reply:
-    """Who is there, with which software, and does it hold a site key (nothing else)."""
-    from shared.signing import PUBLIC_NAME, load_public_key, public_key_fingerprint
+    """Who is there, with which software and key (nothing else). The answer is a signed
+    record (``kind: ping``, the site name and the run tag), so the coordinator can check that
+    the name this node claims is the name its trusted key belongs to."""
+    from shared.signing import sign_record
 
     check_request(request)
     cfg = _base("ping", settings)
-    pub = settings.keys / PUBLIC_NAME
-    fp = public_key_fingerprint(load_public_key(pub)) if pub.exists() else "none"
-    cfg["reply-json"] = json.dumps({"key_fingerprint": fp, "allow_train": settings.allow_train})
+    policy = settings.policy()
+    payload = {"kind": "ping", "site": settings.name,
+               "run_tag": str(request.get("run-tag", ""))[:200],
+               "allow_train": policy.allow_train, "software_version": software_version()}
+    record = sign_record(payload, settings.keys)
+    cfg["reply-json"] = json.dumps({"key_fingerprint": record["key_fingerprint"],
+                                    "allow_train": policy.allow_train, "ping": record},
+                                   sort_keys=True)
     return Reply(cfg).check()
 
 
@@ -220,20 +261,21 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
     t0 = time.monotonic()
     tag = safe_name(str(request.get("run-tag", "")), fallback="federation", max_len=48)
     synthetic_name = "default"
+    policy = settings.policy()
     if mode == "train":
-        if not settings.allow_train:
+        if not policy.allow_train:
             raise RequestRefusedError(
-                "this site does not train on request (node-config allow-train=false); ask its "
-                "admin to train and audit locally, then use mode 'collect'")
-        synthetic_name = _train_generate_audit(settings, request, tag, log)
-        _ensure_baseline(settings, request, log)
+                "this site does not train on request (site policy allow_train = false); ask "
+                "its admin to train and audit locally, then use mode 'collect'")
+        synthetic_name = _train_generate_audit(settings, policy, request, tag, log)
+        _ensure_baseline(settings, policy, request, log)
     from node.export import export_bundle
 
     out = settings.site / "exports" / f"{tag}-{int(time.time())}.slbundle"
     log(f"{settings.name}: exporting {synthetic_name}")
     manifest = export_bundle(settings.site, out, synthetic_name=synthetic_name,
                              accept_risk=settings.accept_risk or None, site=settings.name,
-                             key_dir=settings.keys)
+                             key_dir=settings.keys, lifetime_epsilon=policy.lifetime_epsilon)
     data = out.read_bytes()
     _self_check_bundle(out, settings)
     cfg = _base("export-bundle", settings)
@@ -245,17 +287,42 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
 
 def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
     """Verify our own bundle before sending it: only the bundle format's members can pass."""
+    import shutil
+
     from shared.bundle import BundleError, verify_bundle
+    from shared.signing import PUBLIC_NAME
 
     try:
-        verify_bundle(path, settings.keys, require_gates=False)
+        with tempfile.TemporaryDirectory(prefix="synthlearn-trust-") as trust:
+            # A trust folder as the coordinator keeps it: this site's key under its name.
+            shutil.copyfile(settings.keys / PUBLIC_NAME,
+                            Path(trust) / f"{safe_name(settings.name)}.pub")
+            verify_bundle(path, Path(trust), require_gates=False)
     except BundleError as exc:
         raise RequestRefusedError(f"the bundle this site just wrote does not verify ({exc}); "
                              "not sending it") from None
 
 
-def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], tag: str,
-                          log: Log) -> str:
+def check_training_request(policy: SitePolicy, cfg: Any, site_dir: Path) -> None:
+    """Refuse a training request the admin's policy does not allow: DP off where it is
+    required, ε above the per-run limit, or ε beyond the site's lifetime budget."""
+    from node.privacy_ledger import check_budget
+
+    if cfg.dp_epsilon is None:
+        if policy.require_dp:
+            raise RequestRefusedError(
+                "this site trains only with differential privacy (site policy require_dp); "
+                "the request's gan-config sets no dp_epsilon")
+        return
+    if cfg.dp_epsilon > policy.max_epsilon_per_run:
+        raise RequestRefusedError(
+            f"requested ε = {cfg.dp_epsilon:g} is above this site's limit of "
+            f"{policy.max_epsilon_per_run:g} per run (site policy max_epsilon_per_run)")
+    check_budget(site_dir, float(cfg.dp_epsilon), policy.lifetime_epsilon)
+
+
+def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
+                          request: Mapping[str, Any], tag: str, log: Log) -> str:
     overrides = _json_field(request, "gan-config")
     bad = sorted(FORBIDDEN_GAN_KEYS & set(overrides))
     if bad:
@@ -265,24 +332,32 @@ def _train_generate_audit(settings: NodeSettings, request: Mapping[str, Any], ta
         raise RequestRefusedError(f"n-synthetic {n} is out of range 1..200000")
     from node.audit import run_audit
     from node.generate import generate
+    from node.site_policy import load_audit_config
     from node.training import GanConfig, train
+    from node.training.presets import with_preset
     from shared.config import from_mapping
 
-    cfg = from_mapping(GanConfig, overrides, source="request gan-config")
-    cap = settings.max_train_minutes
-    if cfg.max_minutes is None or cfg.max_minutes > cap:
-        cfg = dataclasses.replace(cfg, max_minutes=cap)
+    cfg = from_mapping(GanConfig, with_preset(overrides), source="request gan-config")
+    check_training_request(policy, cfg, settings.site)
+    cfg = dataclasses.replace(
+        cfg, max_minutes=min(cfg.max_minutes or policy.max_train_minutes,
+                             policy.max_train_minutes),
+        spine_max_minutes=min(cfg.spine_max_minutes or policy.max_spine_minutes,
+                              policy.max_spine_minutes))
+    audit_cfg = load_audit_config(settings.site, settings.policy_file or None)
     log(f"{settings.name}: training {cfg.model} (≤ {cfg.max_minutes} min, kimg {cfg.kimg})")
     train(settings.site, cfg, run_name=tag, progress=False)
     log(f"{settings.name}: generating {n} images")
     generate(settings.site, n, run_name=tag, seed=int(request.get("seed", 0)), out_name=tag)
-    log(f"{settings.name}: memorization audit")
-    run_audit(settings.site, synthetic_name=tag)
+    log(f"{settings.name}: memorization audit (the admin's gates)")
+    run_audit(settings.site, synthetic_name=tag, cfg=audit_cfg, progress=False)
     return tag
 
 
-def _ensure_baseline(settings: NodeSettings, request: Mapping[str, Any], log: Log) -> None:
-    """Train the local real baseline once if the site has none (it is signed at evaluation)."""
+def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any],
+                     log: Log) -> None:
+    """Train the local real baseline once if the site has none (it is signed at evaluation),
+    within the admin's time cap."""
     if (settings.site / "metrics" / "baseline.json").exists():
         return
     from node.baseline import run_baseline
@@ -292,13 +367,17 @@ def _ensure_baseline(settings: NodeSettings, request: Mapping[str, Any], log: Lo
     doc = _json_field(request, "baseline-config")
     classes = str(doc.pop("classes", "binary"))
     cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
-    log(f"{settings.name}: local real baseline CNN")
+    cap = policy.max_baseline_minutes
+    cfg = dataclasses.replace(cfg, max_minutes=min(cfg.max_minutes or cap, cap))
+    log(f"{settings.name}: local real baseline CNN (≤ {cfg.max_minutes} min)")
     run_baseline(settings.site, cfg, classes=classes, progress=False)
 
 
 # -- evaluation ------------------------------------------------------------------------------
-def load_baseline(settings: NodeSettings) -> dict[str, Any] | None:
-    """The site's signed local baseline, or None when it has not run one."""
+def load_baseline(settings: NodeSettings, binding: Mapping[str, str] | None = None
+                  ) -> dict[str, Any] | None:
+    """The site's signed local baseline, or None when it has not run one. ``binding`` (run
+    tag and request id) is signed in, so the record cannot be replayed into another run."""
     path = settings.site / "metrics" / "baseline.json"
     if not path.exists():
         return None
@@ -307,7 +386,22 @@ def load_baseline(settings: NodeSettings) -> dict[str, Any] | None:
         doc = doc["payload"]
     if not isinstance(doc, dict):
         return None
-    return sign_numbers(dict(doc), settings)
+    return sign_numbers({**doc, **(binding or {})}, settings)
+
+
+def _check_weights_meta(path: Path, role: str) -> None:
+    """Refuse weights whose metadata try to choose what only the site chooses: a decision
+    threshold (which would turn the reply into an oracle on the real test images at the
+    coordinator's operating point). The architecture bounds and the npz size caps are
+    checked by :func:`shared.weights_io.load_weights` and ``load_classifier``."""
+    from shared.weights_io import load_weights
+
+    _, meta = load_weights(path)
+    if meta.get("threshold") is not None:
+        raise RequestRefusedError(
+            f"{role} weights carry a decision threshold ({meta.get('threshold')!r}) in their "
+            "metadata; this site uses its own threshold (site policy eval_threshold), never "
+            "the coordinator's")
 
 
 def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
@@ -316,16 +410,40 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
 
     ``weights`` maps a role ("pooled", "own") to an npz file whose SHA-256 must equal the one
     the request names (so the numbers are bound to exactly the weights the coordinator sent).
+    Every signed record carries the request id and run tag. The request is checked against
+    the site policy (replay, evaluations per run and per day) and logged either way
+    (:mod:`node.evaluation_log`).
     """
-    from node.evaluate import evaluate_weights
-    from shared.files import sha256_file
+    from node import evaluation_log
 
     check_request(request)
+    policy = settings.policy()
+    try:
+        doc = _evaluate(settings, policy, request, weights)
+    except RequestRefusedError as exc:
+        evaluation_log.append(settings.site, request, "refused", scrub_paths(str(exc)))
+        raise
+    evaluation_log.append(settings.site, request, "answered")
+    return doc
+
+
+def _evaluate(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any],
+              weights: Mapping[str, Path]) -> dict[str, Any]:
+    from node import evaluation_log
+    from node.evaluate import evaluate_weights
+    from shared.files import sha256_file
+    from shared.weights_io import WeightsError
+
+    evaluation_log.check_allowed(settings.site, request,
+                                 per_run=policy.max_evaluations_per_run,
+                                 per_day=policy.max_evaluations_per_day)
     expected = {"pooled": request.get("weights-sha256"),
                 "own": request.get("own-weights-sha256")}
     n_boot = int(request.get("n-boot", 1000))
     if not 100 <= n_boot <= 100_000:
         raise RequestRefusedError(f"n-boot {n_boot} is out of range 100..100000")
+    binding = {"request_id": str(request.get("request-id", ""))[:200],
+               "run_tag": str(request.get("run-tag", ""))[:200]}
     evaluations: dict[str, Any] = {}
     for role, path in weights.items():
         if role not in expected:
@@ -334,13 +452,17 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
         if expected[role] and digest != expected[role]:
             raise RequestRefusedError(f"{role} weights have SHA-256 {digest}, the request says "
                                  f"{expected[role]}; the file was changed in transit")
-        record = evaluate_weights(settings.site, path, n_boot=n_boot)
-        record["role"] = role
+        try:
+            _check_weights_meta(path, role)
+            record = evaluate_weights(settings.site, path, n_boot=n_boot,
+                                      threshold=policy.eval_threshold,
+                                      threshold_from_meta=False)
+        except WeightsError as exc:
+            raise RequestRefusedError(f"{role} weights refused: {exc}") from None
+        record.update(role=role, **binding)
         evaluations[role] = sign_numbers(record, settings)
-    return {"protocol": PROTOCOL, "site": settings.name,
-            "request_id": str(request.get("request-id", "")),
-            "run_tag": str(request.get("run-tag", "")),
-            "evaluations": evaluations, "baseline": load_baseline(settings)}
+    return {"protocol": PROTOCOL, "site": settings.name, **binding,
+            "evaluations": evaluations, "baseline": load_baseline(settings, binding)}
 
 
 def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],

@@ -20,12 +20,28 @@ import numpy as np
 import torch
 
 from node.errors import TrainingError
-from node.training.data import images_to_model_space, load_site_data, tensor_to_uint8
+from node.training.data import (
+    describe_transform,
+    images_to_model_space,
+    load_site_data,
+    tensor_to_uint8,
+)
 from node.training.data import to_output_space as _to_output
 from shared.synthetic import SyntheticSet
 
 BATCH = 256
+"""Images per generator call at ≤ 64²; larger sides use fewer (:func:`batch_for`)."""
 MAX_DRAW_FACTOR = 50
+
+
+def batch_for(resolution: int) -> int:
+    """Images per call, so one call holds about as many pixels as 256 images at 64²: a 512²
+    generator at 256 images per call would need gigabytes per activation.
+
+    >>> batch_for(32), batch_for(128), batch_for(512)
+    (256, 64, 16)
+    """
+    return max(16, BATCH * 64 * 64 // max(resolution * resolution, 64 * 64))
 
 
 def load_generator(site_dir: Path, run_name: str = "default") -> tuple[Any, dict[str, Any]]:
@@ -58,8 +74,16 @@ def generate(
     seed: int = 0,
     filter_threshold: float | None = None,
     out_name: str = "default",
+    teacher: bool = False,
 ) -> SyntheticSet:
-    """Draw ``n`` labelled images and save them to ``SITE/synthetic/<out_name>/``."""
+    """Draw ``n`` labelled images and save them to ``SITE/synthetic/<out_name>/``.
+
+    ``teacher=True`` also stores, per image, the probabilities the site's classifier S gives
+    each class (:attr:`SyntheticSet.soft`): the coordinator's CNN can then learn every site's
+    real-data classifier, not only the class each image was drawn for. S is the one the
+    filter uses (SpineGAN's, or one trained now on the real train split; under DP only one
+    trained inside the run's ε), so the labels are post-processing of S.
+    """
     site_dir = Path(site_dir)
     if n < 1:
         raise TrainingError(f"-n must be ≥ 1, got {n}")
@@ -70,11 +94,12 @@ def generate(
     quota = _quota(n, list(meta["class_counts"]), per_class)
     tf: dict[str, Any] = meta["transform"]
     spine = None
-    if filter_threshold is not None:
+    if filter_threshold is not None or teacher:
         spine = _spine_for(site_dir, run_name, meta)
     gen = torch.Generator().manual_seed(seed)
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    softs: list[np.ndarray] = []
     drawn = [0] * len(names)
     kept = [0] * len(names)
     with torch.no_grad():
@@ -86,16 +111,20 @@ def generate(
                         f"{names[k]!r} at threshold {filter_threshold}; lower --filter or train "
                         "longer"
                     )
-                x = _draw(G, k, BATCH, truncation, gen)
-                drawn[k] += BATCH
-                if spine is not None and filter_threshold is not None:
-                    prob = torch.softmax(spine(x), dim=1)[:, k]
-                    x = x[prob >= filter_threshold]
+                b = batch_for(G.resolution)
+                x = _draw(G, k, b, truncation, gen)
+                drawn[k] += b
+                if spine is not None:
+                    probs = torch.softmax(spine(x).float(), dim=1)
+                    if filter_threshold is not None:
+                        keep = probs[:, k] >= filter_threshold
+                        x, probs = x[keep], probs[keep]
+                    softs.append(probs[: want - kept[k]].numpy())
                 x = x[: want - kept[k]]
                 kept[k] += len(x)
                 images.append(tensor_to_uint8(_to_output(x, tf)))
                 labels.append(np.full(len(x), k, dtype=np.int64))
-    if spine is None:
+    if filter_threshold is None:
         drawn = list(quota)
     info = {
         "generator_run": run_name,
@@ -111,8 +140,15 @@ def generate(
         },
         "dp": meta.get("dp"),
         "class_mode": meta["config"]["classes"],
+        "preset": meta["config"].get("preset", "cpu"),
+        "resize": describe_transform(tf),
+        "teacher": "site classifier S probabilities" if teacher else None,
     }
-    s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info)
+    soft = None
+    if teacher:
+        soft = np.concatenate(softs).astype(np.float32)
+        soft /= soft.sum(axis=1, keepdims=True)  # exact rows after float32 softmax
+    s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info, soft=soft)
     s.save(site_dir / "synthetic" / out_name)
     return s
 
@@ -142,8 +178,9 @@ def sample_class(G: Any, meta: dict[str, Any], class_name: str, n: int,
     gen = torch.Generator().manual_seed(seed)
     chunks = []
     with torch.no_grad():
-        for start in range(0, n, BATCH):
-            x = _draw(G, k, min(BATCH, n - start), truncation, gen)
+        step = batch_for(G.resolution)
+        for start in range(0, n, step):
+            x = _draw(G, k, min(step, n - start), truncation, gen)
             chunks.append(tensor_to_uint8(_to_output(x, meta["transform"])))
     info = {"seed": seed, "truncation": truncation,
             "class_mode": meta["config"]["classes"]}

@@ -48,7 +48,9 @@ from shared.files import atomic_write_bytes
 from shared.progress import optional_progress
 
 NPZ_SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+PICTURE_FORMATS = ("PNG", "JPEG", "TIFF")
+"""The Pillow formats import-png decodes (checked by content, not by suffix)."""
 NOT_IMAGE = "not-image"
 
 
@@ -190,20 +192,40 @@ def import_npz(
 
 
 def _load_picture(path: Path, rel: str) -> npt.NDArray[np.float32]:
+    """One picture, decoded only when it is a format this command documents (Pillow would
+    otherwise open any of its ~40 formats by content, whatever the suffix) and its header
+    declares no more pixels than one radiograph may have."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    from node.dicom_pixels import MAX_PIXELS, TOO_LARGE
+
     try:
-        with Image.open(path) as im:
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=PICTURE_FORMATS) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise _Skip(Skipped(rel, TOO_LARGE, f"{rel}: {w}×{h} px is over the "
+                                        f"{MAX_PIXELS} pixel limit of one radiograph; not "
+                                        "decoded"))
+                im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
                 return np.clip(arr / 65535.0, 0, 1)
             if im.mode == "F":
                 return np.clip(np.asarray(im, dtype=np.float32), 0, 1)
             return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        reason = NOT_IMAGE if isinstance(exc, UnidentifiedImageError) else UNREADABLE
-        raise _Skip(Skipped(rel, reason, f"{rel}: not a readable image ({exc})")) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        from node.dicom_pixels import TOO_LARGE
+
+        raise _Skip(Skipped(rel, TOO_LARGE, f"{rel}: {exc}")) from None
+    except UnidentifiedImageError:
+        raise _Skip(Skipped(rel, NOT_IMAGE, f"{rel}: not a {'/'.join(PICTURE_FORMATS)} image "
+                            "(the formats import-png reads)")) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise _Skip(Skipped(rel, UNREADABLE, f"{rel}: not a readable image ({exc})")) from None
 
 
 class _Skip(Exception):  # noqa: N818 - internal control flow, never escapes this module

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from node.dicom_pixels import (
+    BURNED_IN,
     DECODE_ERROR,
     DUPLICATE,
     MIN_SIDE,
@@ -80,6 +81,8 @@ class PreprocessConfig:
     workers: int = 1
     min_side: int = MIN_SIDE
     batch_size: int = 64
+    allow_burned_in: bool = False
+    """Ingest DICOMs marked BurnedInAnnotation = YES (the admin checked the pixels)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,11 +92,14 @@ _ROOT: Path | None = None
 _SHEET: LabelSheet | None = None
 _SIZE = 256
 _MIN_SIDE = MIN_SIDE
+_ALLOW_BURNED_IN = False
 
 
-def _init_worker(root: str, labels: str, size: int, min_side: int) -> None:
-    global _ROOT, _SHEET, _SIZE, _MIN_SIDE
+def _init_worker(root: str, labels: str, size: int, min_side: int,
+                 allow_burned_in: bool = False) -> None:
+    global _ROOT, _SHEET, _SIZE, _MIN_SIDE, _ALLOW_BURNED_IN
     _ROOT, _SHEET, _SIZE, _MIN_SIDE = Path(root), load_labels(Path(labels)), size, min_side
+    _ALLOW_BURNED_IN = allow_burned_in
 
 
 def process_file(rel: str) -> Accepted | Skipped:
@@ -107,7 +113,8 @@ def process_file(rel: str) -> Accepted | Skipped:
         if not stat.S_ISREG(st.st_mode):
             return Skipped(rel, UNREADABLE, f"{rel}: not a regular file")
         ds = read_dataset(_ROOT / rel, rel)
-        check_image(ds, rel, _MIN_SIDE)  # a non-image is skipped as such, not as unlabelled
+        # A non-image is skipped as such, not as unlabelled.
+        check_image(ds, rel, _MIN_SIDE, allow_burned_in=_ALLOW_BURNED_IN)
         row = _SHEET.lookup(match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None))
         if row is None:
             return Skipped(rel, UNLABELLED, f"{rel}: no row in {_SHEET.path.name} for "
@@ -177,7 +184,7 @@ def default_workers() -> int:
 def _results(files: list[str], cfg: PreprocessConfig) -> Iterator[Accepted | Skipped]:
     """One result per file, in completion order (``process_file`` is looked up per call, so a
     test can substitute a picklable stand-in)."""
-    init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side)
+    init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side, cfg.allow_burned_in)
     if cfg.workers <= 1 or len(files) <= 1:
         _init_worker(*init)
         for rel in files:
@@ -203,7 +210,7 @@ def _worker_failed(rel: str, exc: BaseException) -> Skipped:
 
 
 def _pool_results(files: list[str], workers: int,
-                  init: tuple[str, str, int, int]) -> Iterator[Accepted | Skipped]:
+                  init: tuple[str, str, int, int, bool]) -> Iterator[Accepted | Skipped]:
     """``process_file`` over a spawn process pool that survives workers dying.
 
     At most ``2 × workers`` futures are in flight (bounded memory). When a worker dies the pool
@@ -288,6 +295,7 @@ def preprocess(
     min_side: int = MIN_SIDE,
     batch_size: int = 64,
     echo: Callable[[str], None] | None = None,
+    allow_burned_in: bool = False,
 ) -> dict[str, Any]:
     """Ingest new files of ``dicom_dir`` into the store at ``site_dir``; return the report.
 
@@ -302,12 +310,14 @@ def preprocess(
     sheet = load_labels(labels_csv)  # fail early, in the main process, on a bad sheet
     n_workers = default_workers() if workers is None or workers < 1 else workers
     cfg = PreprocessConfig(str(dicom_dir.resolve()), str(labels_csv.resolve()), size,
-                           test_fraction, n_workers, min_side, batch_size)
+                           test_fraction, n_workers, min_side, batch_size, allow_burned_in)
     started = time.perf_counter()
     writer = StoreWriter(site_dir, size=size, test_fraction=test_fraction)
     try:
         write_resolved(cfg, site_dir / "store", "preprocess-config.json")
         retried = writer.forget_skipped(UNLABELLED) + writer.forget_skipped(UNREADABLE)
+        if allow_burned_in:  # the admin has now checked them: try them again
+            retried += writer.forget_skipped(BURNED_IN)
         known = writer.known_sources()
         known_ids = writer.known_image_ids()
         found = scan(dicom_dir, exclude=(labels_csv, site_dir))

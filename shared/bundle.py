@@ -7,6 +7,8 @@ One zip file (``*.slbundle``) with exactly these members, in this order::
                      "signature"}; the base64 Ed25519 signature over the exact bytes of
                      manifest.json
     labels.csv       file,label,class_name — one row per image
+    teacher.csv      OPTIONAL: file,p_0,…,p_{K-1} — per image, the site classifier's class
+                     probabilities (soft "teacher" labels; same row order as labels.csv)
     images/NNNNNN.png
 
 Why PNG, one file per image (and not an npz): an auditor can open any image with any viewer,
@@ -54,10 +56,12 @@ import numpy.typing as npt
 
 from shared.errors import BundleError
 from shared.files import sha256_bytes
+from shared.names import SITE_RE
 from shared.signing import (
     SignatureError,
     SigningError,
     canonical_json,
+    check_signer,
     load_trust,
     sanitize_json,
     sign_bytes,
@@ -71,6 +75,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 LABELS = "labels.csv"
+TEACHER = "teacher.csv"
+"""Optional member (format 1 still): bundles with and without it verify; see ARCHITECTURE.md."""
 SUFFIX = ".slbundle"
 
 MAX_MEMBERS = 500_000
@@ -79,7 +85,11 @@ MAX_TOTAL_BYTES = 8 * 1024 * 1024 * 1024
 MAX_RATIO = 200
 """Uncompressed/compressed ratio above which a (large) member is treated as a zip bomb."""
 MAX_SIDE = 4096
-_MEMBER_RE = re.compile(r"^(manifest\.json|manifest\.sig|labels\.csv|images/[0-9]{6,7}\.png)$")
+MAX_PIXEL_BYTES = 2 * 1024 * 1024 * 1024
+"""Largest decoded image array one bundle may make (checked from the signed image_size and the
+member count before anything is allocated; the pool holds several of them)."""
+_MEMBER_RE = re.compile(
+    r"^(manifest\.json|manifest\.sig|labels\.csv|teacher\.csv|images/[0-9]{6,7}\.png)$")
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -96,6 +106,9 @@ class VerifiedBundle:
     key_fingerprint: str
     key_name: str
     """Name of the trust-folder file holding the signing key (e.g. ``site-a.pub``)."""
+    signed_manifest: dict[str, str] | None = None
+    """The manifest's exact bytes (base64) with its signature and key: what a report carries
+    so an auditor can check each bundle number it shows (:func:`verify_signed_manifest`)."""
 
 
 # -- PNG without metadata ---------------------------------------------------------------------
@@ -209,6 +222,16 @@ def _labels_csv(synthetic: SyntheticSet) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def _teacher_csv(synthetic: SyntheticSet) -> bytes:
+    assert synthetic.soft is not None
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["file", *[f"p_{k}" for k in range(len(synthetic.class_names))]])
+    for i, row in enumerate(synthetic.soft.tolist()):
+        w.writerow([image_name(i), *[f"{v:.6g}" for v in row]])
+    return out.getvalue().encode("utf-8")
+
+
 # -- writing -------------------------------------------------------------------------------------
 def write_bundle(
     out: Path,
@@ -221,8 +244,12 @@ def write_bundle(
     dp: dict[str, Any] | None,
     config: dict[str, Any],
     accepted_risk: str | None = None,
+    privacy_ledger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a signed bundle to ``out`` (atomically) and return its manifest.
+
+    ``privacy_ledger`` is the site's cumulative DP spend (:mod:`node.privacy_ledger`), signed
+    in so the coordinator and auditors see the total, not only this run's ε.
 
     The caller decides *whether* to export (``node.export`` applies the audit gates); this
     function only makes sure what it writes is exactly what the manifest says, signed.
@@ -230,7 +257,7 @@ def write_bundle(
     with the names of the failed gates, under the signature.
     """
     out = Path(out)
-    if not _SITE_RE.match(site):
+    if not SITE_RE.match(site):
         raise BundleError(
             f"site pseudonym {site!r} must be 1–64 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit (choose a pseudonym, not the hospital's name)",
@@ -242,6 +269,8 @@ def write_bundle(
 
     fingerprint = public_key_fingerprint(load_private_key(key_dir).public_key())
     members: dict[str, bytes] = {LABELS: _labels_csv(synthetic)}
+    if synthetic.soft is not None:
+        members[TEACHER] = _teacher_csv(synthetic)
     for i, img in enumerate(synthetic.images):
         members[image_name(i)] = encode_png(np.ascontiguousarray(img))
     failed = [k for k, v in (audit.get("gates") or {}).items()
@@ -266,6 +295,7 @@ def write_bundle(
         "metrics": sanitize_json(metrics),
         "audit": sanitize_json(audit),
         "dp": sanitize_json(dp) if dp is not None else None,
+        "privacy_ledger": sanitize_json(privacy_ledger) if privacy_ledger else None,
         "accepted_risk": (
             {"reason": accepted_risk, "failed_gates": failed} if accepted_risk else None
         ),
@@ -464,9 +494,16 @@ def verify_bundle(
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
         raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
                           "bad-content", path) from None
-    if not isinstance(manifest.get("site"), str) or not _SITE_RE.match(manifest["site"]):
-        raise BundleError(f"manifest site pseudonym {manifest.get('site')!r} is invalid",
-                          "bad-manifest", path)
+    if not isinstance(manifest.get("site"), str) or not SITE_RE.match(manifest["site"]):
+        raise BundleError(f"manifest site pseudonym {str(manifest.get('site'))[:64]!r} is "
+                          "invalid", "bad-manifest", path)
+    try:
+        check_signer(manifest["site"], fingerprint, trust_dir, "the bundle")
+    except SignatureError as exc:
+        raise BundleError(str(exc), exc.reason, path) from None
+    if not isinstance(manifest.get("audit"), dict) or not manifest["audit"]:
+        raise BundleError("the bundle carries no memorization-audit summary; a site exports "
+                          "only audited sets (`synthlearn node audit`)", "no-audit", path)
     bundle_id = str(manifest.get("bundle_id"))
     if bundle_id in seen_ids:
         raise BundleError(
@@ -480,7 +517,30 @@ def verify_bundle(
     names = trusted_names(trust_dir)
     return VerifiedBundle(manifest=manifest, synthetic=synthetic, site=str(manifest["site"]),
                           bundle_id=bundle_id, key_fingerprint=fingerprint,
-                          key_name=names.get(fingerprint, "?"))
+                          key_name=names.get(fingerprint, "?"),
+                          signed_manifest={
+                              "manifest_b64": base64.b64encode(manifest_bytes).decode("ascii"),
+                              "signature": str(sig_doc.get("signature")),
+                              "key_fingerprint": fingerprint})
+
+
+def verify_signed_manifest(signed: Any, trust_dir: Path) -> dict[str, Any]:
+    """The manifest inside a report's ``signed_manifest``, or :class:`SignatureError`: its
+    signature by a trusted key, and the site it names is that key's site."""
+    if not isinstance(signed, dict):
+        raise SignatureError("no signed manifest", reason="not-signed")
+    try:
+        data = base64.b64decode(str(signed.get("manifest_b64")), validate=True)
+        sig = base64.b64decode(str(signed.get("signature")), validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("signed manifest is not base64", reason="bad-signature") from None
+    fp = str(signed.get("key_fingerprint"))
+    verify_bytes(data, sig, fp, load_trust(trust_dir), what="bundle manifest")
+    manifest = json.loads(data.decode("utf-8"))
+    if not isinstance(manifest, dict):
+        raise SignatureError("signed manifest is not an object", reason="malformed")
+    check_signer(manifest.get("site"), fp, trust_dir, "bundle manifest")
+    return manifest
 
 
 def _few(names: list[str]) -> str:
@@ -519,8 +579,15 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     size = manifest.get("image_size")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("manifest has no class list")
-    if not (isinstance(size, list) and len(size) == 2):
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
         raise bad("manifest has no image size")
+    if not all(1 <= v <= MAX_SIDE for v in size):
+        raise bad(f"manifest image size {size[0]}×{size[1]} is outside 1..{MAX_SIDE}")
+    n_images = sum(1 for n in contents if n.startswith("images/"))
+    if n_images * size[0] * size[1] > MAX_PIXEL_BYTES:
+        raise bad(f"{n_images} images of {size[0]}×{size[1]} would need "
+                  f"{n_images * size[0] * size[1]} bytes, over the {MAX_PIXEL_BYTES}-byte cap")
     if LABELS not in contents:
         raise BundleError("labels.csv is missing", "missing-member", path)
     rows = list(csv.reader(io.StringIO(contents[LABELS].decode("utf-8", errors="strict"))))
@@ -548,11 +615,44 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
         if img.shape != (h, w):
             raise bad(f"{row[0]} is {img.shape}, manifest says {h}×{w}")
         images[i], labels[i] = img, lab
+    soft = _decode_teacher(contents, [r[0] for r in rows[1:]], len(classes), bad)
     synthetic = SyntheticSet(images, labels, list(classes),
-                             {"bundle_id": manifest.get("bundle_id"), "site": manifest.get("site")})
+                             {"bundle_id": manifest.get("bundle_id"), "site": manifest.get("site")},
+                             soft=soft)
     if synthetic.counts() != manifest.get("counts"):
         raise bad("per-class counts in the manifest do not match labels.csv")
     return synthetic
+
+
+def _decode_teacher(contents: dict[str, bytes], files: list[str], n_classes: int,
+                    bad: Any) -> npt.NDArray[np.float32] | None:
+    """teacher.csv → (N, K) probabilities in labels.csv order, or None when absent.
+
+    A hostile sender controls every byte: the header, the file order, every value (NaN, inf,
+    negative, rows not summing to 1) is checked, and the first problem rejects the bundle.
+    """
+    if TEACHER not in contents:
+        return None
+    from shared.synthetic import SyntheticSetError, check_soft_labels
+
+    rows = list(csv.reader(io.StringIO(contents[TEACHER].decode("utf-8", errors="strict"))))
+    header = ["file", *[f"p_{k}" for k in range(n_classes)]]
+    if not rows or rows[0] != header:
+        raise bad(f"teacher.csv has the wrong header (expected {','.join(header)})")
+    if len(rows) - 1 != len(files):
+        raise bad(f"teacher.csv has {len(rows) - 1} rows for {len(files)} images")
+    soft = np.empty((len(files), n_classes), np.float64)
+    for i, (row, name) in enumerate(zip(rows[1:], files, strict=True)):
+        if len(row) != n_classes + 1 or row[0] != name:
+            raise bad(f"teacher.csv row {i + 2} does not match labels.csv row {i + 2}")
+        try:
+            soft[i] = [float(v) for v in row[1:]]
+        except ValueError:
+            raise bad(f"teacher.csv row {i + 2}: a probability is not a number") from None
+    try:
+        return check_soft_labels(soft, len(files), n_classes)
+    except SyntheticSetError as exc:
+        raise bad(f"teacher.csv: {exc}") from None
 
 
 def iter_bundle_files(folder: Path) -> Iterator[Path]:

@@ -13,6 +13,12 @@ manifest) and end up in paths; one sanitiser keeps every such path inside its fo
 
 from __future__ import annotations
 
+import re
+
+SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""What a site pseudonym may be (bundle manifests, pings, replies): 1–64 letters, digits,
+``.``, ``_`` or ``-``, starting with a letter or digit."""
+
 
 def safe_name(text: str, *, fallback: str = "site", max_len: int = 64) -> str:
     """Letters, digits, ``-``, ``_`` and ``.`` kept, anything else ``_``; never starting or

@@ -142,50 +142,88 @@ def write_request_folder(out: Path, request: dict[str, Any], pooled: Path,
     return path
 
 
-def verify_reply(doc: dict[str, Any], trust_dir: Path,
-                 expected_sha: dict[str, str]) -> dict[str, Any]:
+NUMBER_FIELDS = {"auc": (0.0, 1.0), "ci_low": (0.0, 1.0), "ci_high": (0.0, 1.0),
+                 "sensitivity": (0.0, 1.0), "specificity": (0.0, 1.0), "accuracy": (0.0, 1.0),
+                 "n_test": (0, 10**9), "n_pos": (0, 10**9), "n_neg": (0, 10**9),
+                 "n_boot": (0, 10**9)}
+"""Numbers a signed evaluation may carry, with their range. A site signs what it likes; the
+coordinator believes a number only when it is one, in range (a string AUC is a failed
+record, not a crash)."""
+
+
+def check_numbers(payload: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the numbers of one signed record (empty when nothing)."""
+    problems = []
+    for key, (lo, hi) in NUMBER_FIELDS.items():
+        if key not in payload or payload[key] is None:
+            continue
+        v = payload[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            problems.append(f"{key} {str(v)[:40]!r} is not a number in [{lo}, {hi}]")
+    if payload.get("kind") == "evaluation" and not isinstance(payload.get("auc"), int | float):
+        problems.append("no numeric auc")
+    return problems
+
+
+def verify_reply(doc: dict[str, Any], trust_dir: Path, expected_sha: dict[str, str],
+                 binding: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Verified numbers from one reply: ``{"site", "pooled", "own", "baseline"}``.
 
     Each present record is checked: trusted signature, kind, the site named inside the signed
-    payload, and (for evaluations) the SHA-256 of the weights it claims to have scored.
-    Problems are listed under ``"problems"`` instead of raising, so one bad record does not
-    discard a site's other numbers.
+    payload *and* that it is the site the signing key belongs to (the trust file's name), the
+    run tag and request id signed in (``binding``: a record from another run or request is a
+    replay), its numbers' types and ranges, and (for evaluations) the SHA-256 of the weights
+    it claims to have scored. Problems are listed under ``"problems"`` instead of raising, so
+    one bad record does not discard a site's other numbers. Each verified record keeps its
+    signed original under ``"signed"``, for ``synthlearn audit verify`` on the report.
     """
-    from shared.signing import SigningError, load_trust, verify_record
+    from shared.signing import SigningError, check_signer, load_trust, verify_record
 
     trusted = load_trust(trust_dir)
-    site = str(doc.get("site", ""))
+    site = str(doc.get("site", ""))[:64]
     out: dict[str, Any] = {"site": site, "problems": []}
     evaluations = doc.get("evaluations") or {}
     if not isinstance(evaluations, dict):
         raise ProtocolError(f"reply from {site}: 'evaluations' is not an object")
-    items: list[tuple[str, Any, str]] = [(role, rec, "evaluation")
+    items: list[tuple[str, Any, str]] = [(str(role)[:20], rec, "evaluation")
                                          for role, rec in evaluations.items()]
     if doc.get("baseline") is not None:
         items.append(("baseline", doc["baseline"], "local_real_baseline"))
     for role, record, kind in items:
         try:
             payload = verify_record(record, trust_dir, trusted)
+            check_signer(payload.get("site"), str(record.get("key_fingerprint")), trust_dir,
+                         f"{role} record")
         except SigningError as exc:
             out["problems"].append(f"{role}: {exc}")
             continue
         if payload.get("kind") != kind:
-            out["problems"].append(f"{role}: signed record is a {payload.get('kind')!r}, "
-                                   f"not {kind!r}")
+            out["problems"].append(f"{role}: signed record is a {str(payload.get('kind'))[:40]!r}"
+                                   f", not {kind!r}")
             continue
         if payload.get("site") != site:
-            out["problems"].append(f"{role}: signed for site {payload.get('site')!r}, reply "
-                                   f"says {site!r}")
+            out["problems"].append(f"{role}: signed for site {str(payload.get('site'))[:64]!r}, "
+                                   f"reply says {site!r}")
+            continue
+        unbound = [f"{k} {str(payload.get(k))[:60]!r} (this run sent {v!r})"
+                   for k, v in (binding or {}).items() if payload.get(k) != v]
+        if unbound:
+            out["problems"].append(f"{role}: signed for another run or request: "
+                                   + ", ".join(unbound) + " — a replayed record")
+            continue
+        bad_numbers = check_numbers(payload)
+        if bad_numbers:
+            out["problems"].append(f"{role}: {'; '.join(bad_numbers)}")
             continue
         if kind == "evaluation":
             want = expected_sha.get(role)
             if want is None or payload.get("weights_sha256") != want:
                 out["problems"].append(
-                    f"{role}: evaluates weights {payload.get('weights_sha256')}, which are not "
-                    f"the {role} weights this run sent ({want})")
+                    f"{role}: evaluates weights {str(payload.get('weights_sha256'))[:64]}, which "
+                    f"are not the {role} weights this run sent ({want})")
                 continue
         out[role] = {**payload, "verified": True,
-                     "key_fingerprint": record.get("key_fingerprint")}
+                     "key_fingerprint": record.get("key_fingerprint"), "signed": record}
     return out
 
 

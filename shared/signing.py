@@ -231,9 +231,16 @@ def load_trust(trust_dir: Path) -> dict[str, Ed25519PublicKey]:
             reason="no-trust",
         )
     keys: dict[str, Ed25519PublicKey] = {}
+    where: dict[str, str] = {}
     for path in sorted(trust_dir.glob("*.pub")):
         pub = load_public_key(path)
-        keys[public_key_fingerprint(pub)] = pub
+        fp = public_key_fingerprint(pub)
+        if fp in where:
+            raise SigningError(
+                f"{trust_dir}: {where[fp]} and {path.name} hold the same key ({fp}); a key "
+                "belongs to exactly one site pseudonym: remove the wrong file",
+                reason="ambiguous-trust")
+        keys[fp], where[fp] = pub, path.name
     return keys
 
 
@@ -241,6 +248,25 @@ def trusted_names(trust_dir: Path) -> dict[str, str]:
     """Fingerprint → trust-file name, for messages ('signed by site-a.pub')."""
     return {public_key_fingerprint(load_public_key(p)): p.name
             for p in sorted(Path(trust_dir).glob("*.pub"))}
+
+
+def trusted_sites(trust_dir: Path) -> dict[str, str]:
+    """Fingerprint → the site pseudonym the trust folder binds it to: the file name without
+    ``.pub`` (``site-a.pub`` holds site-a's one key). A bundle, reply or ping is accepted as
+    site X only when it is signed by the key in ``X.pub``."""
+    load_trust(trust_dir)  # refuses one key under two names
+    return {fp: name[:-len(".pub")] for fp, name in trusted_names(trust_dir).items()}
+
+
+def check_signer(site: Any, fingerprint: str, trust_dir: Path, what: str = "record") -> None:
+    """Raise :class:`SignatureError` (``site-mismatch``) unless ``site`` is the pseudonym
+    whose trust file holds the key ``fingerprint``: site A's key cannot speak for site B."""
+    owner = trusted_sites(trust_dir).get(fingerprint)
+    if owner is None or owner != site:
+        raise SignatureError(
+            f"{what} claims site {str(site)[:64]!r} but is signed by the key of "
+            f"{owner or 'no trusted site'!r} ({fingerprint}); a site may only speak for "
+            "itself", reason="site-mismatch")
 
 
 # -- signatures ---------------------------------------------------------------------------------

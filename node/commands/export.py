@@ -21,8 +21,10 @@ def command(
 ) -> None:
     """Sign and write synthetic images, labels, metrics, audit summary and DP accounting."""
     from node.export import export_bundle
+    from node.site_policy import load_policy
 
-    m = export_bundle(site_dir, out, synthetic, accept_risk, site=site, overwrite=force)
+    m = export_bundle(site_dir, out, synthetic, accept_risk, site=site, overwrite=force,
+                      lifetime_epsilon=load_policy(site_dir).lifetime_epsilon)
     counts = ", ".join(f"{k}: {v}" for k, v in m["counts"].items())
     typer.echo(f"wrote {out}")
     typer.echo(f"bundle {m['bundle_id']} · site {m['site']} · {m['image_count']} images "
@@ -31,5 +33,8 @@ def command(
     dp = m.get("dp")
     typer.echo(f"DP: ε {dp['epsilon_spent']:.3f} at δ {dp['delta']:.3g}" if dp else
                "DP: none (training was not differentially private)")
+    ledger = m.get("privacy_ledger") or {}
+    typer.echo(f"privacy ledger: cumulative ε {ledger.get('cumulative_epsilon', 0):g} over "
+               f"{ledger.get('dp_runs', 0)} DP run(s) (basic composition)")
     if m.get("accepted_risk"):
         typer.echo(f"accepted risk (signed): {m['accepted_risk']['reason']}", err=True)

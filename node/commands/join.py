@@ -11,6 +11,7 @@ from shared.options import port, positive
 
 
 def command(
+    ctx: typer.Context,
     superlink: str = typer.Option(None, "--superlink", help="HOST:PORT of the coordinator's "
                                   "public Fleet port. Required unless --make-auth-key."),
     site_dir: Path = typer.Option(..., "--site-dir", help="This site's folder (store, keys)."),
@@ -29,12 +30,17 @@ def command(
     insecure: bool = typer.Option(False, "--insecure", help="No TLS: loopback tests only; "
                                   "refused for any other address."),
     site: str = typer.Option("", "--site", help="Pseudonym (default: keys/pseudonym)."),
-    allow_train: bool = typer.Option(True, "--allow-train/--no-train", help="Train a GAN when "
-                                     "the coordinator asks ('train' mode), or only export "
-                                     "bundles you trained and audited yourself."),
+    allow_train: bool = typer.Option(False, "--allow-train/--no-train", help="Train a GAN "
+                                     "when the coordinator asks ('train' mode), or only export "
+                                     "bundles you trained and audited yourself (default, or "
+                                     "[policy] allow_train in SITE/site.toml)."),
     max_train_minutes: float = typer.Option(60.0, "--max-train-minutes", help="Upper bound on "
-                                            "training time per request, whatever is asked.",
+                                            "GAN training time per request, whatever is asked "
+                                            "(default, or [policy] in SITE/site.toml).",
                                             callback=positive),
+    policy: Path = typer.Option(None, "--policy", help="Site policy TOML ([policy] and "
+                                "[audit] tables; default SITE/site.toml): what the coordinator "
+                                "may ask of this site."),
     accept_risk: str = typer.Option("", "--accept-risk", help="Export even when an audit gate "
                                     "fails, with this reason signed into the bundle."),
     port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API.",
@@ -79,8 +85,26 @@ def command(
         raise StoreError(f"{site_dir / 'keys'}: no site key; run `synthlearn node keygen "
                          f"--site-dir {site_dir} --name PSEUDONYM` and send keys/site.pub to the "
                          "coordinator")
-    cfg: dict[str, str | bool | float] = {"site-dir": str(site_dir), "allow-train": allow_train,
-                                          "max-train-minutes": max_train_minutes}
+    from node.site_policy import load_policy
+    from shared.config import passed_options
+
+    # Only the policy options the admin typed go into the node config: a CLI default must
+    # never override what the site TOML says.
+    given = passed_options(ctx)
+    cfg: dict[str, str | bool | float] = {"site-dir": str(site_dir)}
+    for name in ("allow_train", "max_train_minutes"):
+        if name in given:
+            cfg[name.replace("_", "-")] = given[name]
+    if policy is not None:
+        cfg["policy-file"] = str(policy.absolute())
+    effective = load_policy(site_dir, policy, {k: given[k] for k in
+                                               ("allow_train", "max_train_minutes") if k in given})
+    typer.echo(f"site policy: train on request {'yes' if effective.allow_train else 'no'}; "
+               f"DP {'required' if effective.require_dp else 'optional'} (ε ≤ "
+               f"{effective.max_epsilon_per_run:g} per run, lifetime "
+               f"{effective.lifetime_epsilon if effective.lifetime_epsilon else 'uncapped'}); "
+               f"≤ {effective.max_evaluations_per_run} evaluations per run, "
+               f"{effective.max_evaluations_per_day} per day")
     if site:
         cfg["site-name"] = site
     if accept_risk:

@@ -29,6 +29,10 @@ def command(
                                  help="Skip images whose smallest side is under this (the "
                                       "seed rule is 128; lower it only for small phantoms).",
                                       callback=positive),
+    allow_burned_in: bool = typer.Option(
+        False, "--allow-burned-in", help="Also ingest DICOMs marked BurnedInAnnotation = YES "
+        "(text such as a name burned into the pixels), after checking them by eye; skipped "
+        "as burned-in-annotation otherwise."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or skip lines."),
 ) -> None:
@@ -44,7 +48,7 @@ def command(
 
     report = preprocess(dicom_dir, labels, site_dir, size=size, test_fraction=test_fraction,
                         workers=workers or None, progress=not quiet, batch_size=batch_size,
-                        min_side=min_side)
+                        min_side=min_side, allow_burned_in=allow_burned_in)
     store = report["store"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -11,12 +11,19 @@ related so generation can undo it:
 * otherwise: bilinear resize (antialiased when shrinking); synthetic images keep the model
   resolution.
 
+Every run records which of these it used (:func:`describe_transform`: ``metrics.json``,
+``metrics.jsonl``, the checkpoint), and so does every synthetic set and bundle made from it
+(generation info), so a 512² store trained at 256² is never a silent mismatch downstream.
+
 >>> fit_transform(28, 32)
 {'kind': 'pad', 'store_size': 28, 'resolution': 32, 'pad': [2, 2]}
 >>> fit_transform(256, 64)['kind']
 'resize'
->>> auto_resolution(28), auto_resolution(256), auto_resolution(1000)
-(32, 256, 256)
+>>> auto_resolution(28), auto_resolution(256), auto_resolution(512), auto_resolution(1000)
+(32, 256, 512, 512)
+>>> describe_transform(fit_transform(1000, 512))["policy"]
+'bilinear resize 1000² → 512² (antialiased)'
+
 """
 
 from __future__ import annotations
@@ -38,11 +45,19 @@ from shared.synthetic import from_tensor_range, to_tensor_range
 log = logging.getLogger(__name__)
 
 
+MAX_AUTO_RESOLUTION = 512
+"""Largest side chosen without being asked (a 1024² GAN needs --resolution 1024 and the
+memory for it); larger stores are resized down, and the resize is recorded."""
+
+
 def auto_resolution(store_size: int) -> int:
-    """Smallest power of two ≥ the store side, within [32, 256]."""
+    """Smallest power of two ≥ the store side, within [32, MAX_AUTO_RESOLUTION]."""
     r = 32
-    while r < store_size and r < 256:
+    while r < store_size and r < MAX_AUTO_RESOLUTION:
         r *= 2
+    if r < store_size:
+        log.warning("store images are %d² but training defaults to at most %d²: they are "
+                    "resized (recorded in the run); pass --resolution to choose", store_size, r)
     return r
 
 
@@ -54,6 +69,20 @@ def fit_transform(store_size: int, resolution: int) -> dict[str, Any]:
         return {"kind": "pad", "store_size": store_size, "resolution": resolution,
                 "pad": [gap // 2, gap - gap // 2]}
     return {"kind": "resize", "store_size": store_size, "resolution": resolution}
+
+
+def describe_transform(tf: dict[str, Any]) -> dict[str, Any]:
+    """The store → model → output sizes of a run and the policy between them, for records."""
+    s, r = int(tf["store_size"]), int(tf["resolution"])
+    if tf["kind"] == "none":
+        policy, out = f"none ({s}² store trained at {s}²)", s
+    elif tf["kind"] == "pad":
+        policy, out = f"reflect-pad {s}² → {r}², cropped back to {s}² on output", s
+    else:
+        how = " (antialiased)" if r < s else ""
+        policy, out = f"bilinear resize {s}² → {r}²{how}", r
+    return {"kind": tf["kind"], "store_size": s, "model_resolution": r, "output_size": out,
+            "policy": policy}
 
 
 def to_model_space(x: torch.Tensor, tf: dict[str, Any]) -> torch.Tensor:

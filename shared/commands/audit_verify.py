@@ -30,33 +30,38 @@ def _fail(what: str, message: str, as_json: bool,
                               indent=2, sort_keys=True))
     else:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]VERDICT: FAILED[/] — {what}: {message}",
-                                   highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]VERDICT: FAILED[/] — {escape(what)}: "
+                                   f"{escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(EXIT_FAILED)
 
 
 def print_gates(summary: dict[str, Any]) -> None:
     """One table of gate values and verdicts (shared with `audit verify`)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Memorization audit gates")
     for col in ("gate", "value", "limit", "verdict"):
         table.add_column(col)
     for name, g in (summary.get("gates") or {}).items():
+        if not isinstance(g, dict):
+            continue
         value = g.get("value")
         shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(
             value)
         verdict = "[green]PASS[/]" if g.get("passed") else "[bold red]FAIL[/]"
         if g.get("note"):
-            verdict += f" ({g['note']})"
-        table.add_row(name, shown, f"≤ {g.get('max')}", verdict)
+            verdict += f" ({escape(str(g['note']))})"
+        table.add_row(escape(str(name)), escape(shown), escape(f"≤ {g.get('max')}"), verdict)
     Console().print(table)
 
 
 def _verify_bundle(path: Path, trust: Path, seen: set[str], as_json: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape as e
 
     from shared.bundle import BundleError, verify_bundle
 
@@ -78,16 +83,26 @@ def _verify_bundle(path: Path, trust: Path, seen: set[str], as_json: bool) -> No
         typer.echo(json.dumps(verdict, indent=2, sort_keys=True))
     else:
         con = Console(soft_wrap=True)
-        con.print(f"[green]signature[/]  OK — key {vb.key_name} ({vb.key_fingerprint})")
-        con.print(f"[green]format[/]     OK — {m['format']} v{m['format_version']}, made by "
-                  f"synthlearn {m.get('software_version')} at {m.get('created_at')}")
+        # Every value below was chosen by the site: escaped, so no rich markup of theirs runs.
+        con.print(f"[green]signature[/]  OK — key {e(vb.key_name)} ({vb.key_fingerprint})")
+        con.print(f"[green]format[/]     OK — {e(str(m['format']))} v{m['format_version']}, "
+                  f"made by synthlearn {e(str(m.get('software_version')))} at "
+                  f"{e(str(m.get('created_at')))}")
         con.print(f"[green]members[/]    OK — {len(m['members'])} SHA-256 hashes match; "
-                  f"{m['image_count']} images {m['counts']}")
-        con.print(f"site {vb.site} · bundle {vb.bundle_id} · config digest "
-                  f"{str(m.get('config_digest'))[:16]}…")
+                  f"{m['image_count']} images {e(str(m['counts']))}")
+        con.print(f"site {e(vb.site)} · bundle {e(vb.bundle_id)} · config digest "
+                  f"{e(str(m.get('config_digest'))[:16])}…")
         dp = m.get("dp")
-        con.print(f"DP: ε {dp.get('epsilon_spent')} at δ {dp.get('delta')}" if dp else
+        con.print(e(f"DP: ε {dp.get('epsilon_spent')} at δ {dp.get('delta')}") if
+                  isinstance(dp, dict) else
                   "DP: none — training was not differentially private (no ε bound)")
+        ledger = m.get("privacy_ledger")
+        con.print(e(f"privacy ledger: cumulative ε {ledger.get('cumulative_epsilon')} "
+                    f"(δ {ledger.get('cumulative_delta')}) over {ledger.get('dp_runs')} DP "
+                    f"run(s), basic composition; lifetime budget "
+                    f"{ledger.get('lifetime_epsilon') or 'not set'}")
+                  if isinstance(ledger, dict) else
+                  "privacy ledger: not in this bundle (made before ledgers were signed in)")
         if audit is not None:
             print_gates(audit)
     if audit is None:
@@ -97,9 +112,9 @@ def _verify_bundle(path: Path, trust: Path, seen: set[str], as_json: bool) -> No
     if failed:
         if not as_json:
             Console(stderr=True).print(
-                f"[bold yellow]VERDICT: AUTHENTIC, AUDIT FAILED[/] — gate(s) {', '.join(failed)}"
-                f" failed; the site accepted the risk: {(risk or {}).get('reason')!r}",
-                highlight=False, soft_wrap=True)
+                f"[bold yellow]VERDICT: AUTHENTIC, AUDIT FAILED[/] — gate(s) "
+                f"{e(', '.join(failed))} failed; the site accepted the risk: "
+                f"{e(repr((risk or {}).get('reason')))}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_ACCEPTED_RISK)
     if not as_json:
         Console().print("[bold green]VERDICT: VALID[/] — signature, hashes, format and gates "
@@ -124,6 +139,7 @@ def _records(obj: Any, where: str = "$") -> list[tuple[str, dict[str, Any]]]:
 
 def _verify_records(path: Path, trust: Path, as_json: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from shared.signing import SignatureError, SigningError, load_trust, trusted_names
@@ -156,6 +172,11 @@ def _verify_records(path: Path, trust: Path, as_json: bool) -> None:
         except SignatureError as exc:
             rows.append((where, "?", str(rec.get("key_fingerprint"))[:19] + "…", exc.reason))
             failures.append(f"{where}: {exc.reason}: {exc}")
+    from shared.report_verify import check_report, is_report
+
+    if is_report(doc):
+        # A report: every site-attested number must equal the signed record it came from.
+        failures += [f"{where}: {what}" for where, what in check_report(doc, trust)]
     if as_json:
         typer.echo(json.dumps({"ok": not failures, "kind": "records", "records": [
             {"path": w, "kind": k, "key": n, "verdict": v} for w, k, n, v in rows],
@@ -165,15 +186,20 @@ def _verify_records(path: Path, trust: Path, as_json: bool) -> None:
         for col in ("where", "kind", "key", "verdict"):
             table.add_column(col)
         for w, k, n, v in rows:
-            table.add_row(w, k, n, "[green]OK[/]" if v == "OK" else f"[bold red]{v}[/]")
+            table.add_row(escape(w), escape(k), escape(n),
+                          "[green]OK[/]" if v == "OK" else f"[bold red]{escape(v)}[/]")
         Console().print(table)
     if failures:
         if not as_json:
-            Console(stderr=True).print("[bold red]VERDICT: FAILED[/] — " + "; ".join(failures),
+            Console(stderr=True).print("[bold red]VERDICT: FAILED[/] — "
+                                       + escape("; ".join(failures)),
                                        highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_FAILED)
     if not as_json:
-        Console().print(f"[bold green]VERDICT: VALID[/] — {len(rows)} signed record(s) verified")
+        what = (" and every site-attested number in the report matches its signature"
+                if is_report(doc) else "")
+        Console().print(f"[bold green]VERDICT: VALID[/] — {len(rows)} signed record(s) "
+                        f"verified{what}")
 
 
 def command(

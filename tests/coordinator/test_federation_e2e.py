@@ -211,8 +211,12 @@ def test_tampered_trust_excludes_site_restart_resumes_and_killed_node_is_dropped
     state = CoordinatorState(work / "state.db")
     assert state.completed_phases("faults") == ["bundles", "pool"]
     status = state.site_statuses("faults")
-    assert status["site-b"]["status"] == "excluded"
-    assert "unknown-key" in status["site-b"]["reason"]
+    # site-b's ping is signed by a key the trust folder does not hold: its node is excluded
+    # (under its node id: an unverified name must not change the named site's verdict).
+    (impostor,) = [s for s, st in status.items() if st["status"] == "excluded"]
+    assert impostor.startswith("node #") and "site-b" not in status
+    assert "ping claiming site 'site-b'" in status[impostor]["reason"]
+    assert "unknown-key" in status[impostor]["reason"]
     pooled_before = state.phase_result("faults", "pool")
     assert pooled_before is not None
     assert sorted(a["site"] for a in pooled_before["accepted"]) == ["site-a", "site-c"]
@@ -243,13 +247,13 @@ def test_tampered_trust_excludes_site_restart_resumes_and_killed_node_is_dropped
     assert [r["kind"] for r in rounds] == ["query", "train", "query", "evaluate"]  # no re-export
     # The dead node is missing from the ping or the evaluation round (depending on when the
     # kill landed); that round returned at its timeout with the live sites' replies.
-    assert rounds[-1]["replies"] == 2
+    assert rounds[-1]["replies"] == 1  # site-a; site-b was never asked, site-c is dead
     assert any(r["replies"] < r["nodes"] for r in rounds[2:])
     report = read_json(work / "report" / "report.json")
     by_site = {r["site"]: r for r in report["sites"]}
     assert by_site["site-a"]["status"] == "ok" and by_site["site-a"]["pooled"]["verified"]
-    assert by_site["site-b"]["status"] == "excluded"
-    assert "unknown-key" in by_site["site-b"]["reason"]
+    assert "site-b" not in by_site and by_site[impostor]["status"] == "excluded"
+    assert "unknown-key" in by_site[impostor]["reason"]
     assert by_site["site-c"]["status"] == "dropped"
     html = (work / "report" / "report.html").read_text()
     assert "dropped" in html and "unknown-key" in html

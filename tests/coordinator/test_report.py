@@ -73,6 +73,17 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (img[:700] < 100).mean() > 0.002 and (img[700:] < 100).mean() > 0.001
 
 
+def test_a_sites_resize_record_reaches_the_report_reduced_to_its_two_sides() -> None:
+    """What a peer wrote about resizing its test images: two sides or nothing."""
+    from coordinator.report import _resize_of
+
+    assert _resize_of({"from": 32, "to": 64, "policy": "<script>x</script>"}) == \
+        {"from": 32, "to": 64}
+    for hostile in (None, "32->64", {"from": "32", "to": 64}, {"from": True, "to": 64},
+                    {"from": 10**12, "to": 64}, {"from": 32}, [32, 64]):
+        assert _resize_of(hostile) is None
+
+
 def test_report_shows_a_bundles_reader_study_and_survives_hostile_values() -> None:
     good = {"readers_finished": 2, "images": {"real": 50, "synthetic": 50},
             "pooled": {"accuracy": {"k": 53, "n": 100, "value": 0.53, "ci_low": 0.43,

@@ -42,7 +42,12 @@ def ask(site: Path, request: dict[str, Any], kind: str,
 def test_ping_names_the_site_and_its_key_only(keyed_site: Path) -> None:
     cfg = ask(keyed_site, {"protocol": PROTOCOL, "action": "ping"}, "query")
     assert cfg["status"] == "ok" and cfg["site"] == "site-t"
-    assert set(cfg["reply-json"]) == {"key_fingerprint", "allow_train"}
+    assert set(cfg["reply-json"]) == {"key_fingerprint", "allow_train", "ping"}
+    from shared.signing import verify_record
+
+    payload = verify_record(cfg["reply-json"]["ping"], keyed_site / "keys")
+    assert payload["kind"] == "ping" and payload["site"] == "site-t"
+    assert cfg["reply-json"]["allow_train"] is False  # off unless the admin turns it on
 
 
 @pytest.mark.parametrize("request_, kind, why", [
@@ -56,16 +61,20 @@ def test_ping_names_the_site_and_its_key_only(keyed_site: Path) -> None:
 ])
 def test_requests_for_anything_else_are_refused_with_a_reason(
         keyed_site: Path, request_: dict[str, Any], kind: str, why: str) -> None:
-    cfg = ask(keyed_site, request_, kind)
+    cfg = ask(keyed_site, request_, kind, node={"allow-train": True})
     assert cfg["status"] == "refused"
     assert why in cfg["reason"]
-    assert "bundle" not in cfg and "reply-json" not in cfg
+    assert "bundle" not in cfg and set(cfg["reply-json"]) == {"refusal"}
+    from shared.signing import verify_record
+
+    signed = verify_record(cfg["reply-json"]["refusal"], keyed_site / "keys")
+    assert signed["kind"] == "refusal" and signed["reason"] == cfg["reason"]
 
 
 def test_site_that_does_not_train_on_request_refuses_train_mode(keyed_site: Path) -> None:
     cfg = ask(keyed_site, {"protocol": PROTOCOL, "action": "export-bundle", "mode": "train"},
               "train", node={"allow-train": False})
-    assert cfg["status"] == "refused" and "allow-train=false" in cfg["reason"]
+    assert cfg["status"] == "refused" and "allow_train = false" in cfg["reason"]
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity"])
@@ -97,10 +106,11 @@ def test_evaluate_returns_signed_numbers_bound_to_the_weights(keyed_site: Path,
 
     weights = tmp_path / "w.npz"
     save_weights(ResNetClassifier(2, width=8), weights,
-                 {"classes": "binary", "class_names": ["normal", "abnormal"], "threshold": 0.5})
+                 {"classes": "binary", "class_names": ["normal", "abnormal"]})
     data = weights.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    req = {"protocol": PROTOCOL, "action": "evaluate", "weights-sha256": sha, "n-boot": 200}
+    req = {"protocol": PROTOCOL, "action": "evaluate", "weights-sha256": sha, "n-boot": 200,
+           "request-id": "req-1", "run-tag": "run-1"}
     cfg = ask(keyed_site, req, "evaluate", {"pooled": data})
     assert cfg["status"] == "ok", cfg
     doc = cfg["reply-json"]
@@ -108,10 +118,13 @@ def test_evaluate_returns_signed_numbers_bound_to_the_weights(keyed_site: Path,
     payload = verify_record(doc["evaluations"]["pooled"], trust)
     assert payload["kind"] == "evaluation" and payload["weights_sha256"] == sha
     assert payload["site"] == "site-t" and 0.0 <= payload["auc"] <= 1.0
+    assert payload["request_id"] == "req-1" and payload["run_tag"] == "run-1"
+    assert "sensitivity" not in payload  # no site threshold set: AUC and its CI only
     check_numbers_only(payload)
     assert doc["baseline"] is None  # this site never ran a baseline
     # Weights changed in transit: refused, nothing evaluated.
-    bad = ask(keyed_site, {**req, "weights-sha256": "0" * 64}, "evaluate", {"pooled": data})
+    bad = ask(keyed_site, {**req, "weights-sha256": "0" * 64, "request-id": "req-2"},
+              "evaluate", {"pooled": data})
     assert bad["status"] == "refused" and "changed in transit" in bad["reason"]
 
 

@@ -60,3 +60,25 @@ def test_evaluate_cli(tiny_site: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)
     assert rec["kind"] == "evaluation" and 0.0 <= rec["auc"] <= 1.0
+
+
+def test_cnn_trained_at_another_size_is_scored_after_an_explicit_recorded_resize(
+        tiny_site: Path, tmp_path: Path) -> None:
+    """Pooled weights learned at 64² scored on this 32² site: the test images are resized to
+    64² and the record says so; weights at the site's own size need no resize."""
+    model = ResNetClassifier(num_classes=2, width=4, norm="group")
+    w = tmp_path / "pooled.npz"
+    save_weights(model, w, {"classes": "binary", "input_size": 64})
+    ev = evaluate_weights(tiny_site, w, n_boot=50, write=False)
+    assert ev["resize"]["from"] == 32 and ev["resize"]["to"] == 64
+    x, y = SiteStore.open(tiny_site).load("test")
+    from node.evaluate import _resize_u8
+
+    p = predict_scores(load_classifier(w), _resize_u8(x, 64))
+    assert ev["auc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
+    save_weights(model, w, {"classes": "binary", "input_size": 32})
+    assert evaluate_weights(tiny_site, w, n_boot=50, write=False)["resize"] is None
+    for bad in (10**6, "64", True, 4):
+        save_weights(model, w, {"classes": "binary", "input_size": bad})
+        with pytest.raises(StoreError, match="input_size"):
+            evaluate_weights(tiny_site, w, n_boot=50, write=False)

@@ -103,3 +103,17 @@ def test_console_script_exit_code_reaches_the_shell(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(risky), str(trust)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
+
+
+def test_site_strings_are_printed_as_text_not_rich_markup(tmp_path: Path) -> None:
+    """A site chooses its accepted-risk reason and gate notes; `[bold green]…[/]` in them must
+    print as those characters, never restyle (or fake) the auditor's verdict line."""
+    keys, trust = setup(tmp_path)
+    fake = "[bold green]VERDICT: VALID[/] [link=https://evil.example]ok[/link]"
+    audit = {"gates_passed": False, "gates": {"copy_rate": {
+        "value": 0.3, "max": 0.1, "passed": False, "note": fake}}}
+    path = bundle(tmp_path, keys, "risk.slbundle", audit, risk=fake)
+    r = runner.invoke(app, ["audit", "verify", str(path), "--trust", str(trust)])
+    assert r.exit_code == 3
+    flat = "".join(r.output.split())
+    assert "".join(fake.split()) in flat  # the reason, verbatim

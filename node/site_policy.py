@@ -1,0 +1,115 @@
+"""What this site is willing to do for a coordinator: set by its admin, never by a request.
+
+Why a policy of its own: the coordinator chooses *what* to ask (a bundle, an evaluation), but
+how much privacy a hospital spends, whether it trains at all, how often its real test images
+may be scored and how long its machines may run are the hospital's decisions. A request that
+asks for more is refused with the reason (signed, :func:`node.federation.refusal`).
+
+Where it comes from (the one config resolver, :func:`shared.config.resolve`): this table's
+defaults, then ``SITE/site.toml`` (``[policy]`` and ``[audit]`` tables, or the file named by
+the node config ``policy-file``), then the policy keys the admin passed to ``synthlearn node
+join`` (node config, e.g. ``allow-train=true``). Nothing in a request reaches it.
+
+Example ``SITE/site.toml``::
+
+    [policy]
+    allow_train = true           # off unless the admin turns it on
+    require_dp = true
+    max_epsilon_per_run = 8.0
+    lifetime_epsilon = 30.0      # the privacy ledger refuses work beyond this
+    max_evaluations_per_run = 2
+    max_evaluations_per_day = 10
+    max_train_minutes = 60       # GAN loop
+    max_spine_minutes = 20       # SpineGAN's classifier S
+    max_baseline_minutes = 20    # the local real baseline CNN
+
+    [audit]                      # the memorization-audit gates (node.audit.config)
+    max_copy_rate = 0.05
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POLICY_FILE = "site.toml"
+"""Default policy file inside the site folder."""
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """The admin's limits. Defaults are the conservative choice (DESIGN §2: the site stays in
+    control): no training on request, DP required, few evaluations."""
+
+    allow_train: bool = False
+    """Train a GAN when the coordinator asks (``train`` mode). Off unless the admin says so."""
+    require_dp: bool = True
+    """A training request without DP (no ``dp_epsilon``) is refused."""
+    max_epsilon_per_run: float = 10.0
+    """The largest ε one training request may spend."""
+    lifetime_epsilon: float | None = None
+    """Total ε (basic composition over the privacy ledger) this site will ever spend on DP
+    training; a request that would go past it is refused. None: no lifetime cap."""
+    max_evaluations_per_run: int = 2
+    """Evaluation requests answered per run tag (a resumed run may ask again once)."""
+    max_evaluations_per_day: int = 10
+    """Evaluation requests answered in any 24 hours, all coordinators and runs together."""
+    max_train_minutes: float = 60.0
+    """Cap on the GAN training loop per request, whatever the request asks."""
+    max_spine_minutes: float = 30.0
+    """Cap on SpineGAN's abnormality classifier S per request."""
+    max_baseline_minutes: float = 30.0
+    """Cap on the local real baseline CNN trained on request."""
+    eval_threshold: float | None = None
+    """Decision threshold for sensitivity/specificity in evaluation replies. None: replies hold
+    AUC and its CI only. The coordinator can never set it (weights carrying one are refused)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_epsilon_per_run", "max_train_minutes", "max_spine_minutes",
+                     "max_baseline_minutes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lifetime_epsilon is not None and self.lifetime_epsilon <= 0:
+            raise ValueError(f"lifetime_epsilon must be > 0, got {self.lifetime_epsilon}")
+        for name in ("max_evaluations_per_run", "max_evaluations_per_day"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.eval_threshold is not None and not 0.0 < self.eval_threshold < 1.0:
+            raise ValueError(f"eval_threshold must be in (0, 1), got {self.eval_threshold}")
+
+
+POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(SitePolicy))
+"""Node-config keys (hyphens as underscores) that set the policy rather than the node."""
+
+
+def policy_path(site_dir: Path, policy_file: str | Path | None = None) -> Path:
+    return Path(policy_file) if policy_file else Path(site_dir) / POLICY_FILE
+
+
+def load_policy(site_dir: Path, policy_file: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> SitePolicy:
+    """Defaults → the site TOML's ``[policy]`` → the admin's node-config overrides."""
+    from shared.config import resolve
+
+    path = policy_path(site_dir, policy_file)
+    if policy_file and not path.is_file():
+        from shared.errors import ConfigError
+
+        raise ConfigError("policy file not found (node-config policy-file)", path)
+    base = resolve(SitePolicy, toml=path if path.is_file() else None, table="policy")
+    if not overrides:
+        return base
+    return resolve(SitePolicy, defaults={**dataclasses.asdict(base), **overrides})
+
+
+def load_audit_config(site_dir: Path, policy_file: str | Path | None = None) -> Any:
+    """The admin's memorization-audit gates (``[audit]`` of the site TOML), for audits run
+    on a coordinator's request: the same gates as ``node audit --config site.toml``."""
+    from node.audit.config import AuditConfig
+    from shared.config import resolve
+
+    path = policy_path(site_dir, policy_file)
+    return resolve(AuditConfig, toml=path if path.is_file() else None, table="audit")

@@ -1,0 +1,116 @@
+"""Check every site-attested number in a coordinator report against the signatures it holds.
+
+Why: a report is the coordinator's document, not the sites'. What makes its numbers
+trustworthy is that each one was signed by the site that measured it: every per-site AUC, CI
+and count sits next to the signed record it came from (``sites[i].<role>.signed``), and every
+pooled bundle's facts (images, classes, DP ε, the site's cumulative ε from its privacy ledger,
+audit verdict, metrics such as a reader study) next to the bundle's signed manifest
+(``pool.accepted[i].signed_manifest``).
+``synthlearn audit verify report.json --trust KEYS`` runs :func:`check_report`: a number that
+differs from its signed source, a record signed by another site's key, or a number without a
+signed source fails, named by its JSON path.
+
+Not site-signed, and so not checked here: what the coordinator computed itself (the pooled
+set's size after de-duplication and balancing, the downstream CNN's training summary, phase
+times). The utility ratio is recomputed from the two signed AUCs it divides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROLES = ("baseline", "own", "pooled")
+BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_count",
+                 "counts": "counts", "dp": "dp", "audit": "audit",
+                 "accepted_risk": "accepted_risk", "privacy_ledger": "privacy_ledger",
+                 "metrics": "metrics", "key_fingerprint": "key_fingerprint"}
+"""Report field of a pooled bundle → the manifest field it must equal."""
+UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b)
+    return bool(a == b)
+
+
+def _site_numbers(row: dict[str, Any], where: str, trust: Path) -> list[tuple[str, str]]:
+    from shared.signing import SigningError, check_signer, verify_record
+
+    out: list[tuple[str, str]] = []
+    site = row.get("site")
+    signed_auc: dict[str, Any] = {}
+    for role in ROLES:
+        rec = row.get(role)
+        if rec is None:
+            continue
+        path = f"{where}.{role}"
+        if not isinstance(rec, dict) or not isinstance(rec.get("signed"), dict):
+            out.append((path, "numbers without the signed record they came from"))
+            continue
+        try:
+            payload = verify_record(rec["signed"], trust)
+            check_signer(payload.get("site"), str(rec["signed"].get("key_fingerprint")), trust,
+                         f"{path} record")
+        except SigningError as exc:
+            out.append((path, f"{getattr(exc, 'reason', 'signing')}: {exc}"))
+            continue
+        if payload.get("site") != site:
+            out.append((path, f"signed for site {payload.get('site')!r}, the report row is "
+                              f"{site!r}"))
+        for key, value in rec.items():
+            if key in UNSIGNED_ROLE_KEYS:
+                continue
+            if key not in payload or not _same(value, payload[key]):
+                out.append((f"{path}.{key}", f"the report says {value!r}, the signed record "
+                                             f"says {payload.get(key)!r}"))
+        if rec.get("key_fingerprint") not in (None, rec["signed"].get("key_fingerprint")):
+            out.append((f"{path}.key_fingerprint", "differs from the signing key"))
+        signed_auc[role] = payload.get("auc")
+    ratio = row.get("utility_ratio")
+    a, b = signed_auc.get("pooled"), signed_auc.get("baseline")
+    expected = (round(float(a) / float(b), 4)
+                if isinstance(a, int | float) and isinstance(b, int | float) and b else None)
+    if not _same(ratio, expected) and not (ratio is None and expected is None):
+        out.append((f"{where}.utility_ratio", f"the report says {ratio!r}; the signed AUCs "
+                                              f"give {expected!r}"))
+    return out
+
+
+def _bundle_numbers(acc: dict[str, Any], where: str, trust: Path) -> list[tuple[str, str]]:
+    from shared.bundle import verify_signed_manifest
+    from shared.signing import SigningError
+
+    try:
+        manifest = verify_signed_manifest(acc.get("signed_manifest"), trust)
+    except (SigningError, ValueError) as exc:
+        return [(f"{where}.signed_manifest", f"{getattr(exc, 'reason', 'invalid')}: {exc}")]
+    out = []
+    for field, mfield in BUNDLE_FIELDS.items():
+        if field in acc and not _same(acc[field], manifest.get(mfield)):
+            out.append((f"{where}.{field}", f"the report says {acc[field]!r:.120}, the signed "
+                                            f"manifest says {manifest.get(mfield)!r:.120}"))
+    return out
+
+
+def is_report(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("format") == "synthlearn-report"
+
+
+def check_report(doc: dict[str, Any], trust: Path) -> list[tuple[str, str]]:
+    """(JSON path, what is wrong) for every site-attested number that its signature does not
+    back; empty when every one checks out."""
+    out: list[tuple[str, str]] = []
+    for i, row in enumerate(doc.get("sites") or []):
+        if isinstance(row, dict):
+            out += _site_numbers(row, f"$.sites[{i}]", trust)
+        else:
+            out.append((f"$.sites[{i}]", "not a site row"))
+    pool: dict[str, Any] = doc["pool"] if isinstance(doc.get("pool"), dict) else {}
+    for i, acc in enumerate(pool.get("accepted") or []):
+        if isinstance(acc, dict):
+            out += _bundle_numbers(acc, f"$.pool.accepted[{i}]", trust)
+    return out

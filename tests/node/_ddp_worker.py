@@ -1,0 +1,48 @@
+"""One process of a torchrun job in tests/node/test_multi_process.py: train the tiny GAN on
+the arrays in DIR/data.npz into DIR/run, then write this rank's weight checksum."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from node.training.config import GanConfig
+from node.training.loop import Trainer, train_arrays
+
+TINY = {"batch": 4, "min_class_images": 1, "resolution": 8, "channel_base": 64,
+        "channel_max": 16, "channel_min": 8, "z_dim": 8, "w_dim": 8, "r1_interval": 2,
+        "grid_per_class": 1, "log_every": 1}
+
+
+def main() -> None:
+    out, kimg = Path(sys.argv[1]), float(sys.argv[2])
+    torch.set_num_threads(1)
+    data = np.load(out / "data.npz")
+    seen: dict[str, Trainer] = {}
+    original = Trainer.step
+
+    def step(self: Trainer) -> dict[str, float]:
+        seen["t"] = self
+        return original(self)
+
+    Trainer.step = step  # type: ignore[method-assign]
+    train_arrays(data["x"], data["y"], ["a", "b"], GanConfig(kimg=kimg, **TINY), out / "run",
+                 progress=False)
+    tr = seen["t"]
+    flat = torch.cat([p.detach().flatten() for p in tr.G.parameters()] +
+                     [p.detach().flatten() for p in tr.D.parameters()])
+    rank = os.environ.get("RANK", "0")
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "sum": float(flat.double().sum()), "abs": float(flat.double().abs().sum()),
+        "nimg": tr.nimg, "local_batch": tr.local_batch, "world": tr.dist.world}))
+
+
+if __name__ == "__main__":
+    main()

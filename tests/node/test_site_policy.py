@@ -1,0 +1,228 @@
+"""A hostile coordinator: whatever it asks, the site's admin policy decides (issue 11, finding 3
+and 4). Every refusal is a signed reply naming the reason, and nothing of the site leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from node.client_app import answer_content, describe_reply
+from shared.protocol import PROTOCOL
+
+
+@pytest.fixture
+def site(tiny_site: Path) -> Path:
+    from shared.signing import generate_keypair
+
+    generate_keypair(tiny_site / "keys")
+    (tiny_site / "keys" / "pseudonym").write_text("site-t")
+    return tiny_site
+
+
+def ask(site: Path, request: dict[str, Any], kind: str, weights: dict[str, bytes] | None = None,
+        node: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = RecordDict({"request": ConfigRecord(request)})
+    if weights:
+        content["weights"] = ArrayRecord({k: Array(np.frombuffer(v, np.uint8))
+                                          for k, v in weights.items()})
+    cfg = describe_reply(answer_content(content, {"site-dir": str(site), **(node or {})}, kind))
+    if cfg["status"] != "ok":
+        # Every refusal is signed by the site and carries the same reason; no local path.
+        from shared.signing import verify_record
+
+        signed = verify_record(cfg["reply-json"]["refusal"], site / "keys")
+        assert signed["reason"] == cfg["reason"] and signed["site"] == "site-t"
+        assert str(site) not in json.dumps(cfg)
+    return cfg
+
+
+def train_request(gan: dict[str, Any]) -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "action": "export-bundle", "mode": "train",
+            "run-tag": "r1", "gan-config": json.dumps(gan)}
+
+
+# -- training ------------------------------------------------------------------------------------
+def test_training_is_refused_unless_the_admin_turned_it_on(site: Path) -> None:
+    cfg = ask(site, train_request({"dp_epsilon": 2.0, "kimg": 1}), "train")
+    assert cfg["status"] == "refused"
+    assert "does not train on request (site policy allow_train = false)" in cfg["reason"]
+
+
+@pytest.mark.parametrize("gan, why", [
+    ({"kimg": 1}, "trains only with differential privacy (site policy require_dp)"),
+    ({"kimg": 1, "dp_epsilon": 1e6}, "requested ε = 1e+06 is above this site's limit of 10"),
+])
+def test_dp_off_or_epsilon_above_policy_is_refused(site: Path, gan: dict[str, Any],
+                                                   why: str) -> None:
+    cfg = ask(site, train_request(gan), "train", node={"allow-train": True})
+    assert cfg["status"] == "refused" and why in cfg["reason"]
+    assert not (site / "runs").exists()  # nothing trained
+
+
+def test_a_request_past_the_lifetime_budget_is_refused(site: Path) -> None:
+    from node.privacy_ledger import record_spend
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\nlifetime_epsilon = 10.0\n")
+    record_spend(site, 7.5, 1e-5, run="earlier")
+    cfg = ask(site, train_request({"kimg": 1, "dp_epsilon": 4.0}), "train")
+    assert cfg["status"] == "refused"
+    assert ("has spent ε = 7.5 of its lifetime ε = 10; a run at ε = 4 would exceed it (2.5 "
+            "left)") in cfg["reason"]
+
+
+def test_time_caps_and_audit_gates_are_the_admins(site: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator asks for 600 minutes and loose gates; the site trains within its own
+    caps and audits with the [audit] table of its site.toml."""
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.training
+
+    (site / "site.toml").write_text(
+        "[policy]\nallow_train = true\nmax_train_minutes = 3\nmax_spine_minutes = 2\n"
+        "max_baseline_minutes = 1.5\n\n[audit]\nmax_copy_rate = 0.02\nencoder = \"none\"\n")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(node.training, "train", lambda s, cfg, **kw: seen.update(gan=cfg))
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+
+    def audit(*a: Any, cfg: Any = None, **kw: Any) -> None:
+        seen["audit"] = cfg
+        raise node.audit.AuditError("stop here")
+
+    monkeypatch.setattr(node.audit, "run_audit", audit)
+    cfg = ask(site, train_request({"kimg": 1, "dp_epsilon": 5.0, "max_minutes": 600,
+                                   "spine_max_minutes": 600}), "train")
+    assert cfg["status"] == "failed" and "stop here" in cfg["reason"]
+    assert seen["gan"].max_minutes == 3 and seen["gan"].spine_max_minutes == 2
+    assert seen["audit"].max_copy_rate == 0.02
+
+    baseline: dict[str, Any] = {}
+
+    def run_baseline(s: Path, cfg: Any, **kw: Any) -> None:
+        baseline["cfg"] = cfg
+        raise node.audit.AuditError("baseline stop")
+
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    monkeypatch.setattr(node.baseline, "run_baseline", run_baseline)
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}),
+           "baseline-config": json.dumps({"max_minutes": 500})}
+    cfg = ask(site, req, "train")
+    assert "baseline stop" in cfg["reason"] and baseline["cfg"].max_minutes == 1.5
+
+
+def test_node_config_overrides_the_site_toml_and_a_bad_policy_stops(site: Path) -> None:
+    from node.federation import settings_from_node_config
+    from shared.errors import ConfigError
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\nmax_epsilon_per_run = 4\n")
+    s = settings_from_node_config({"site-dir": str(site), "max-epsilon-per-run": 2.0})
+    assert s.policy().allow_train is True and s.policy().max_epsilon_per_run == 2.0
+    (site / "site.toml").write_text("[policy]\nallow_trian = true\n")
+    with pytest.raises(ConfigError, match="unknown key 'allow_trian'"):
+        settings_from_node_config({"site-dir": str(site)})
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def weights_file(tmp: Path, meta: dict[str, Any] | None = None, width: int = 8) -> bytes:
+    from shared.classifier import ResNetClassifier
+    from shared.weights_io import save_weights
+
+    path = tmp / f"w-{width}-{len(meta or {})}.npz"
+    save_weights(ResNetClassifier(2, width=width), path,
+                 {"classes": "binary", "class_names": ["normal", "abnormal"], **(meta or {})})
+    return path.read_bytes()
+
+
+def eval_request(data: bytes, rid: str, tag: str = "run-1") -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "action": "evaluate", "request-id": rid, "run-tag": tag,
+            "weights-sha256": hashlib.sha256(data).hexdigest(), "n-boot": 200}
+
+
+def test_a_threshold_in_the_weights_metadata_is_refused(site: Path, tmp_path: Path) -> None:
+    data = weights_file(tmp_path, {"threshold": 0.01})
+    cfg = ask(site, eval_request(data, "r1"), "evaluate", {"pooled": data})
+    assert cfg["status"] == "refused"
+    assert ("pooled weights carry a decision threshold (0.01) in their metadata; this site "
+            "uses its own threshold") in cfg["reason"]
+
+
+def test_the_site_scores_at_its_own_threshold_only(site: Path, tmp_path: Path) -> None:
+    data = weights_file(tmp_path)
+    (site / "site.toml").write_text("[policy]\neval_threshold = 0.5\n")
+    cfg = ask(site, eval_request(data, "r1"), "evaluate", {"pooled": data})
+    payload = cfg["reply-json"]["evaluations"]["pooled"]["payload"]
+    assert {"sensitivity", "specificity"} <= set(payload)
+
+
+def test_an_unbounded_architecture_is_refused_before_building(site: Path,
+                                                              tmp_path: Path) -> None:
+    import io
+
+    from shared.weights_io import META_KEY
+
+    data = weights_file(tmp_path)
+    arrays = dict(np.load(io.BytesIO(data)))
+    meta = json.loads(arrays[META_KEY].tobytes())
+    meta["architecture"]["width"] = 4096
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    hostile = buf.getvalue()
+    cfg = ask(site, eval_request(hostile, "r1"), "evaluate", {"pooled": hostile})
+    assert cfg["status"] == "refused"
+    assert "architecture width = 4096 is outside 1..128; refused before building" in cfg["reason"]
+    meta["architecture"].update(width=8, depth=50)
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    cfg = ask(site, eval_request(buf.getvalue(), "r2"), "evaluate", {"pooled": buf.getvalue()})
+    assert "architecture sets unknown keys ['depth']" in cfg["reason"]
+
+
+def test_an_oversized_npz_member_is_refused_before_inflating(site: Path, tmp_path: Path) -> None:
+    import io
+
+    data = weights_file(tmp_path)
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.npy", b"\0" * (80 << 20))  # 80 MiB of zeros, ~80 kB deflated
+    hostile = buf.getvalue()
+    assert len(hostile) < 1 << 20
+    cfg = ask(site, eval_request(hostile, "r1"), "evaluate", {"pooled": hostile})
+    assert cfg["status"] == "refused"
+    assert "member 'bomb.npy' inflates to 83886080 bytes, over the 67108864-byte cap" \
+        in cfg["reason"] and "refused before decompressing" in cfg["reason"]
+
+
+def test_evaluations_beyond_the_policy_and_replays_are_refused_and_logged(
+        site: Path, tmp_path: Path) -> None:
+    from node.evaluation_log import entries
+
+    (site / "site.toml").write_text("[policy]\nmax_evaluations_per_run = 2\n"
+                                    "max_evaluations_per_day = 3\n")
+    data = weights_file(tmp_path)
+    w = {"pooled": data}
+    assert ask(site, eval_request(data, "a1"), "evaluate", w)["status"] == "ok"
+    replay = ask(site, eval_request(data, "a1"), "evaluate", w)
+    assert replay["status"] == "refused"
+    assert "evaluation request a1 was already answered: a replayed request" in replay["reason"]
+    assert ask(site, eval_request(data, "a2"), "evaluate", w)["status"] == "ok"
+    third = ask(site, eval_request(data, "a3"), "evaluate", w)
+    assert third["status"] == "refused"
+    assert "at most 2 evaluation request(s) per run (policy max_evaluations_per_run); run " \
+        "'run-1' has had 2" in third["reason"]
+    assert ask(site, eval_request(data, "b1", "run-2"), "evaluate", w)["status"] == "ok"
+    day = ask(site, eval_request(data, "c1", "run-3"), "evaluate", w)
+    assert "at most 3 evaluation request(s) per day" in day["reason"]
+    log = entries(site)
+    assert [e["verdict"] for e in log] == ["answered", "refused", "answered", "refused",
+                                           "answered", "refused"]
+    assert [e["request_id"] for e in log] == ["a1", "a1", "a2", "a3", "b1", "c1"]
