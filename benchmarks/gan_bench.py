@@ -173,6 +173,37 @@ def throughput(seconds: float, out: dict[str, Any]) -> None:
               flush=True)
 
 
+def speed_ablation(rounds: int, seconds: float, out: dict[str, Any],
+                   modes: tuple[str, ...] = ("float32", "channels_last", "bf16")) -> None:
+    """img/s of full training steps (D + G + lazy R1 + EMA) per numeric mode, 32², batch 64.
+
+    The modes run interleaved, ``rounds`` times ``seconds`` each, so load changes on a shared
+    machine hit every mode alike; each mode's figure is also given as a ratio to float32
+    (today's configuration) measured in the same run.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (512, 32, 32), dtype=np.uint8)
+    y = np.arange(512) % 2
+    trainers = {m: Trainer(x, y, ["a", "b"], GanConfig(kimg=1.0, batch=64, speed=m),  # type: ignore[arg-type]
+                           32, None, False) for m in modes}
+    for tr in trainers.values():
+        tr.step()  # warm-up
+    imgs = dict.fromkeys(modes, 0)
+    secs = dict.fromkeys(modes, 0.0)
+    for _ in range(rounds):
+        for m, tr in trainers.items():
+            t, n0 = time.monotonic(), tr.nimg
+            while time.monotonic() - t < seconds:
+                tr.step()
+            secs[m] += time.monotonic() - t
+            imgs[m] += tr.nimg - n0
+    base = imgs["float32"] / secs["float32"]
+    for m in modes:
+        rate = imgs[m] / secs[m]
+        out[m] = {"img_per_s": rate, "ratio_vs_float32": rate / base, "seconds": secs[m]}
+        print(f"speed {m}: {rate:.1f} img/s, ×{rate / base:.2f} vs float32", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -188,11 +219,20 @@ def main() -> None:
     ap.add_argument("--throughput", action="store_true", help="also measure img/s 32²–256²")
     ap.add_argument("--throughput-seconds", type=float, default=20.0)
     ap.add_argument("--skip-real", action="store_true", help="skip the CNN-on-real ceiling")
+    ap.add_argument("--speed-ablation", type=int, default=0, metavar="ROUNDS",
+                    help="only measure img/s per numeric mode (float32 / channels_last / bf16), "
+                         "interleaved ROUNDS times, then exit")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     torch.set_num_threads(os.cpu_count() or 1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed_ablation:
+        speed: dict[str, Any] = {"cpu": platform.processor() or platform.machine(),
+                                 "threads": torch.get_num_threads()}
+        speed_ablation(args.speed_ablation, args.throughput_seconds, speed)
+        (args.out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
+        return
     budgets = [float(b) for b in args.budgets.split(",")]
     x_tr, y_tr = load_npz(args.data, "train")
     x_va, y_va = load_npz(args.data, "val")

@@ -53,9 +53,9 @@ print('cpu', platform.processor() or platform.machine())
 "
 if [ "$DEVICE" = cpu ]; then
   # The CUDA tests skip themselves without a GPU: the rehearsal checks they are collected.
-  step cuda_tests 60 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/node/test_cuda.py
+  step cuda_tests 60 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/node/test_cuda.py tests/node/test_speed.py
 else
-  step cuda_tests 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/node/test_cuda.py
+  step cuda_tests 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/node/test_cuda.py tests/node/test_speed.py
 fi
 rm -f "$OUT/speed.jsonl"
 step speed_gpu_presets 150 "$PY" benchmarks/gpu_bench.py speed --device "$DEVICE" $TINY \

@@ -277,6 +277,28 @@ def main(argv: list[str] | None = None) -> int:
                          "split in the augmentation arm (0 = skip the arm)")
     ap.add_argument("--extra-test", type=Path, default=None,
                     help="npz with test_images/test_labels (MedMNIST layout): another real test")
+    ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,
+                    help="the pooled CNN learns from each site classifier's probabilities "
+                         "(soft teacher labels, SyntheticSet.soft) instead of hard labels")
+    ap.add_argument("--synthetic-factor", type=float, default=1.0,
+                    help="synthetic images per site = factor × its real train split")
+    ap.add_argument("--ablate", default="",
+                    help="comma list of extra pooled-CNN arms on the SAME generators: "
+                         "teacher, factor3, teacher-factor3 (ablation; 'pooled' stays the "
+                         "configured arm)")
+    ap.add_argument("--reuse-gans", action="store_true",
+                    help="skip GAN training for a site whose run in --out already finished "
+                         "(re-run downstream arms on the same generators)")
+    ap.add_argument("--round2", action="store_true",
+                    help="second round: each site pretrains on the OTHER sites' pooled synthetic "
+                         "images (--init-from), fine-tunes on its own, exports again; adds the "
+                         "'pooled-round2' arm")
+    ap.add_argument("--round2-epsilon-share", type=float, default=0.3,
+                    help="under DP, the share of each site's ε kept for round 2 (round 1 gets "
+                         "the rest; both are charged to the site budget --dp-epsilon)")
+    ap.add_argument("--screen", action="store_true",
+                    help="ablation screening on a busy machine: no own-synthetic CNNs, no "
+                         "memorization audit, no distribution scores (pooled arms unchanged)")
     ap.add_argument("--quick", action="store_true",
                     help="plumbing check: tiny GAN/CNN budgets (numbers not meaningful)")
     args = ap.parse_args(argv)
@@ -308,9 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     cnn_cfg = ClassifierConfig(epochs=args.cnn_epochs, width=args.cnn_width,
                                patience=args.cnn_patience, seed=args.seed,
                                max_minutes=args.cnn_minutes)
+    eps_r1 = args.dp_epsilon
+    if args.round2 and args.dp_epsilon is not None:
+        eps_r1 = args.dp_epsilon * (1.0 - args.round2_epsilon_share)
     gan_cfg = GanConfig(model=args.model, classes="binary", seed=args.seed,
                         max_minutes=args.gan_minutes, kimg=args.gan_kimg,
-                        dp_epsilon=args.dp_epsilon)
+                        dp_epsilon=eps_r1, dp_site_budget=args.dp_epsilon)
     site_names = [s.name for s in SITES]
 
     with clock.stage("partition + stores"):
@@ -332,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, torch.nn.Module] = {}
     train_info: dict[str, dict[str, Any]] = {}
 
-    def fit(key: str, x: U8, y: I64, val_eligible: npt.NDArray[np.bool_] | None = None) -> None:
+    def fit(key: str, x: U8, y: I64, val_eligible: npt.NDArray[np.bool_] | None = None,
+            soft_labels: Any = None) -> None:
         with clock.stage(f"cnn {key}"):
             trained = train_classifier(x, y, 2, cnn_cfg, progress=True,
-                                       val_eligible=val_eligible)
+                                       val_eligible=val_eligible, soft_labels=soft_labels)
         models[key] = trained.model
         train_info[key] = {"n_train": trained.n_train, "n_val": trained.n_val,
                            "epochs_run": len(trained.history), "stopped": trained.stopped,
@@ -348,28 +374,87 @@ def main(argv: list[str] | None = None) -> int:
     gan_info: dict[str, Any] = {}
     dist: dict[str, Any] = {}
     encoder = get_encoder("domain")
+    arms = [a for a in args.ablate.split(",") if a]
+    unknown = set(arms) - {"teacher", "factor3", "teacher-factor3"}
+    if unknown:
+        raise SystemExit(f"--ablate: unknown arm(s) {sorted(unknown)}")
+    want_teacher = args.teacher or any(a.startswith("teacher") for a in arms)
+    soft: dict[str, Any] = {}
+    synth_x3: dict[str, tuple[U8, I64, Any]] = {}
     for name in site_names:
         x, y = train_sets[name]
         fit(f"local-{name}", x, y)
-        with clock.stage(f"gan train site-{name}"):
-            run_dir = train(site_dirs[name], gan_cfg, run_name="bench", progress=True)
+        run_dir = site_dirs[name] / "runs" / "bench"
         metrics_path = Path(run_dir) / "metrics.json"
+        if not (args.reuse_gans and metrics_path.exists()):
+            with clock.stage(f"gan train site-{name}"):
+                run_dir = train(site_dirs[name], gan_cfg, run_name="bench", progress=True)
         gan_info[name] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        n_syn = args.synthetic_per_site or len(y)
+        n_syn = args.synthetic_per_site or round(args.synthetic_factor * len(y))
         with clock.stage(f"generate site-{name}"):
             s = generate(site_dirs[name], n_syn, run_name="bench", truncation=args.truncation,
-                         per_class=args.per_class, seed=args.seed, out_name="bench")
+                         per_class=args.per_class, seed=args.seed, out_name="bench",
+                         teacher=want_teacher)
+            if any(a.endswith("factor3") for a in arms):
+                s3 = generate(site_dirs[name], 3 * n_syn, run_name="bench",
+                              truncation=args.truncation, per_class=args.per_class,
+                              seed=args.seed + 1, out_name="bench-x3", teacher=want_teacher)
+                synth_x3[name] = (s3.images, s3.labels, s3.soft)
         synth[name] = (s.images, s.labels)
-        with clock.stage(f"audit site-{name}"):
-            audits[name] = audit_numbers(run_audit(site_dirs[name], "bench", progress=False))
-        dist[name] = distribution_scores(x, s.images, encoder).to_dict()
-        fit(f"own-{name}", s.images, s.labels)
+        soft[name] = s.soft
+        if not args.screen:
+            with clock.stage(f"audit site-{name}"):
+                audits[name] = audit_numbers(run_audit(site_dirs[name], "bench",
+                                                       progress=False))
+            dist[name] = distribution_scores(x, s.images, encoder).to_dict()
+            fit(f"own-{name}", s.images, s.labels)
         sample_grid(out / f"samples-site-{name}.png", (x, y), synth[name],
                     f"site {name}: real train (top) vs own synthetic (bottom)")
 
     pooled_x = np.concatenate([synth[n][0] for n in site_names])
     pooled_y = np.concatenate([synth[n][1] for n in site_names])
-    fit("pooled", pooled_x, pooled_y)
+    pooled_soft = (np.concatenate([soft[n] for n in site_names]) if want_teacher else None)
+    fit("pooled", pooled_x, pooled_y, soft_labels=pooled_soft if args.teacher else None)
+    for arm in arms:
+        if arm == "teacher":
+            fit("pooled-teacher", pooled_x, pooled_y, soft_labels=pooled_soft)
+        else:
+            x3 = np.concatenate([synth_x3[n][0] for n in site_names])
+            y3 = np.concatenate([synth_x3[n][1] for n in site_names])
+            soft3 = (np.concatenate([synth_x3[n][2] for n in site_names])
+                  if arm == "teacher-factor3" else None)
+            fit(f"pooled-{arm}", x3, y3, soft_labels=soft3)
+    if args.round2:
+        from node.store import SiteStore
+        from shared.synthetic import SyntheticSet
+
+        r2x: list[U8] = []
+        r2y: list[I64] = []
+        r2soft: list[Any] = []
+        for name in site_names:
+            # The only cross-site input: the others' synthetic images (what bundles carry).
+            others = [n for n in site_names if n != name]
+            shared_set = SyntheticSet(np.concatenate([synth[n][0] for n in others]),
+                                      np.concatenate([synth[n][1] for n in others]),
+                                      SiteStore.open(site_dirs[name]).class_names("binary"))
+            shared_dir = out / "round2-inputs" / f"site-{name}"
+            shared_set.save(shared_dir)
+            r2_cfg = dataclasses.replace(
+                gan_cfg, dp_epsilon=(None if args.dp_epsilon is None
+                                     else args.dp_epsilon * args.round2_epsilon_share))
+            with clock.stage(f"gan round2 site-{name}"):
+                train(site_dirs[name], r2_cfg, run_name="bench-r2", progress=True,
+                      init_from=shared_dir)
+            r2_metrics = site_dirs[name] / "runs" / "bench-r2" / "metrics.json"
+            gan_info[f"{name}-round2"] = json.loads(r2_metrics.read_text())
+            s2 = generate(site_dirs[name], len(synth[name][1]), run_name="bench-r2",
+                          truncation=args.truncation, per_class=args.per_class, seed=args.seed,
+                          out_name="bench-r2", teacher=want_teacher)
+            r2x.append(s2.images)
+            r2y.append(s2.labels)
+            r2soft.append(s2.soft)
+        fit("pooled-round2", np.concatenate(r2x), np.concatenate(r2y),
+            soft_labels=np.concatenate(r2soft) if args.teacher else None)
     central_x = np.concatenate([train_sets[n][0] for n in site_names])
     central_y = np.concatenate([train_sets[n][1] for n in site_names])
     fit("centralised", central_x, central_y)
@@ -397,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": len(train_sets[n][1]),
             "n_test": len(tests[t][1]),
             "local_real": scores[f"local-{n}"]["auc"][t],
-            "own_synthetic": scores[f"own-{n}"]["auc"][t],
+            "own_synthetic": scores[f"own-{n}"]["auc"][t] if f"own-{n}" in scores else None,
             "pooled_synthetic": scores["pooled"]["auc"][t],
             "centralised_real": scores["centralised"]["auc"][t],
             "utility_ratio": scores["pooled"]["auc"][t]["auc"]
@@ -408,6 +493,17 @@ def main(argv: list[str] | None = None) -> int:
         k: scores[k]["auc"]["common-val"] for k in models
     }
     ratio_common = common["pooled"]["auc"] / common["centralised"]["auc"]
+    ablation = {
+        k: {"common_val": common[k], "ratio_vs_central": common[k]["auc"]
+            / common["centralised"]["auc"],
+            "ratio_vs_pooled": common[k]["auc"] / common["pooled"]["auc"],
+            "sites": {n: scores[k]["auc"][f"site-{n}"] for n in site_names},
+            "minus_local": {n: scores[k]["auc"][f"site-{n}"]["auc"]
+                            - scores[f"local-{n}"]["auc"][f"site-{n}"]["auc"]
+                            for n in site_names},
+            "seconds": clock.stages.get(f"cnn {k}")}
+        for k in models if k.startswith("pooled")
+    }
     small = min(SITES, key=lambda s: s.normal + s.pneumonia).name
     small_gain = (scores["pooled"]["auc"][f"site-{small}"]["auc"]
                   - scores[f"local-{small}"]["auc"][f"site-{small}"]["auc"])
@@ -440,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         "table": table,
         "common_val": common,
         "utility_ratio_common": ratio_common,
+        "pooled_arms": ablation,
+        "teacher": args.teacher,
+        "synthetic_factor": args.synthetic_factor,
         "small_site": {"site": small, "pooled_minus_local": small_gain},
         "all_auc": {k: scores[k]["auc"] for k in models},
         "cnn_training": train_info,
@@ -493,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                      "pass" if a["gates_passed"] else "FAIL " + ",".join(a["failed_gates"]))
     con.print(tab3)
     con.print(f"utility ratio pooled ÷ centralised (common val): {ratio_common:.4f}")
+    for k, a in ablation.items():
+        con.print(f"  {k}: common {fmt(a['common_val'])} ÷central {a['ratio_vs_central']:.3f} "
+                  f"÷pooled {a['ratio_vs_pooled']:.3f}; minus local "
+                  + " ".join(f"{n} {v:+.3f}" for n, v in a["minus_local"].items()))
     con.print(f"small site {small}: pooled − local real on its own test = {small_gain:+.3f}")
     con.print(f"stages (s): {stage_sum}; dominant: {dominant}; total {total:.0f} s; "
               f"peak RSS {results['peak_rss']}")

@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 
 
-def phantoms(n: int, size: int, seed: int) -> np.ndarray:
+def phantoms(n: int, size: int, seed: int, exposure: float = 1.0) -> np.ndarray:
+    """New phantom patients (``exposure`` < 1: the same scanner curve, darker)."""
     from node.phantoms import LESION_CLASSES, render
 
     rng = np.random.default_rng([seed, 11])
     out = np.empty((n, size, size), np.uint8)
     for i in range(n):
         lesion = LESION_CLASSES[0] if i % 2 == 0 else LESION_CLASSES[1 + (i // 2) % 4]
-        img = render(rng, lesion, size, float(np.exp(rng.normal(0, 0.1))))
+        img = render(rng, lesion, size, exposure * float(np.exp(rng.normal(0, 0.1))))
         out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return out
 

@@ -154,10 +154,17 @@ def pool_bundles(paths: Iterable[Path], trust_dir: Path, state: CoordinatorState
 
 
 def _merge(kept: list[Any], result: PoolResult, *, balance: bool, seed: int) -> SyntheticSet:
-    images, labels, sources = [], [], []
+    images, labels, sources, softs = [], [], [], []
     seen_hashes: set[bytes] = set()
+    class_names = list(kept[0].synthetic.class_names)
+    # Teacher labels (optional bundle member): kept when at least one bundle has them; an
+    # image from a bundle without them gets its one-hot hard label, so old and new bundles pool.
+    with_teacher = any(vb.synthetic.soft is not None for vb in kept)
+    eye = np.eye(len(class_names), dtype=np.float32)
     for vb in kept:
-        for img, lab in zip(vb.synthetic.images, vb.synthetic.labels, strict=True):
+        syn = vb.synthetic
+        soft = syn.soft if syn.soft is not None else eye[syn.labels]
+        for img, lab, p in zip(syn.images, syn.labels, soft, strict=True):
             digest = hashlib.sha256(img.tobytes()).digest()
             if digest in seen_hashes:
                 result.duplicates_dropped += 1
@@ -166,10 +173,11 @@ def _merge(kept: list[Any], result: PoolResult, *, balance: bool, seed: int) -> 
             images.append(img)
             labels.append(int(lab))
             sources.append(vb.site)
+            softs.append(p)
     x = np.stack(images).astype(np.uint8)
     y = np.asarray(labels, dtype=np.int64)
     src = np.asarray(sources)
-    class_names = list(kept[0].synthetic.class_names)
+    teacher = np.stack(softs).astype(np.float32)
     if balance:
         counts = np.bincount(y, minlength=len(class_names))
         present = counts[counts > 0]
@@ -182,12 +190,13 @@ def _merge(kept: list[Any], result: PoolResult, *, balance: bool, seed: int) -> 
                 idx = rng.choice(idx, target, replace=False)
             keep[idx] = True
         result.balanced_dropped = int((~keep).sum())
-        x, y, src = x[keep], y[keep], src[keep]
+        x, y, src, teacher = x[keep], y[keep], src[keep], teacher[keep]
     info = {"sites": sorted(set(src.tolist())),
             "bundle_ids": [vb.bundle_id for vb in kept],
             "per_site": {s: int((src == s).sum()) for s in sorted(set(src.tolist()))},
-            "synthetic_only": True}
-    return SyntheticSet(x, y, class_names, info)
+            "synthetic_only": True,
+            "teacher_sites": sorted({vb.site for vb in kept if vb.synthetic.soft is not None})}
+    return SyntheticSet(x, y, class_names, info, soft=teacher if with_teacher else None)
 
 
 def require_pool(result: PoolResult, where: Path | str) -> SyntheticSet:

@@ -45,8 +45,9 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     if info.get("synthetic_only") is False:
         raise ValueError("refusing to train the coordinator's CNN on a set not marked synthetic")
     t0 = time.monotonic()
+    # Teacher labels when the bundles carried them: the CNN distils every site's classifier.
     trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names), cfg,
-                               progress=progress, device=device)
+                               progress=progress, device=device, soft_labels=pooled.soft)
     seconds = time.monotonic() - t0
     bundle_ids = list(info.get("bundle_ids", []))
     meta = {
@@ -60,6 +61,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         # The side the CNN learned at: a site whose real images differ resizes to it, and
         # records that it did (node/evaluate.py), instead of scoring at a silent mismatch.
         "input_size": int(pooled.images.shape[1]),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "role": role,
         "config": to_dict(cfg),
@@ -70,6 +72,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "weights": str(out),
         "weights_sha256": sha256_file(out),
         "n_images": len(pooled),
+        "teacher_labels": pooled.soft is not None,
         "counts": pooled.counts(),
         "sites": meta["sites"],
         "bundle_ids": bundle_ids,

@@ -24,6 +24,7 @@ from shared.config import to_dict, write_resolved
 from shared.files import atomic_write_bytes
 
 BASELINE_KIND = "local_real_baseline"
+WITH_SYNTHETIC_KIND = "local_real_plus_synthetic"
 
 
 def run_baseline(
@@ -33,8 +34,16 @@ def run_baseline(
     progress: bool = True,
     n_boot: int = 1000,
     device: str | None = None,
+    with_synthetic: Path | None = None,
+    synthetic_share: float = 0.5,
 ) -> dict[str, Any]:
-    """Train on the site's real train split, score its real test split, save both."""
+    """Train on the site's real train split, score its real test split, save both.
+
+    ``with_synthetic`` (a synthetic set folder, e.g. the pooled set the coordinator sends
+    back): the other way a site gains by joining — its CNN trains on its real images plus
+    synthetic ones making up ``synthetic_share`` of the mix, early-stopped on real images only.
+    Written next to (never over) the real-only baseline, as ``baseline-with-synthetic.*``.
+    """
     from node.evaluate import score_test_split
     from node.store import SiteStore
     from shared import __version__
@@ -50,25 +59,37 @@ def run_baseline(
     images, labels = store.load("train", classes)  # type: ignore[arg-type]
     if len(labels) == 0:
         raise StoreError(f"{site_dir}: the site store has no training images")
+    val_eligible = None
+    n_synthetic = 0
+    if with_synthetic is not None:
+        images, labels, val_eligible = _mix_in(Path(with_synthetic), images, labels, names,
+                                               synthetic_share, cfg.seed)
+        n_synthetic = int((~val_eligible).sum())
     t0 = time.monotonic()
     trained = train_classifier(images, labels, len(names), cfg, progress=progress,
-                               device=device)
+                               device=device, val_eligible=val_eligible)
     train_seconds = time.monotonic() - t0
     del images, labels
     # Only now is the test split read, by a function training code never calls.
     scores = score_test_split(trained.model, site_dir, classes, trained.threshold, n_boot,
                               cfg.seed)
     out_dir = site_dir / "metrics"
-    weights = out_dir / "baseline-cnn.npz"
+    stem = "baseline" if with_synthetic is None else "baseline-with-synthetic"
+    weights = out_dir / f"{stem}-cnn.npz"
+    trained_on = ("local real train split" if with_synthetic is None else
+                  f"local real train split + {n_synthetic} synthetic images from "
+                  f"{Path(with_synthetic).name}")
     save_weights(
         trained.model.cpu(),
         weights,
         {"classes": classes, "class_names": names, "threshold": trained.threshold,
-         "trained_on": "local real train split", "config": to_dict(cfg)},
+         "trained_on": trained_on, "config": to_dict(cfg)},
     )
-    write_resolved(cfg, out_dir, "baseline-config.json")
+    write_resolved(cfg, out_dir, f"{stem}-config.json")
     record: dict[str, Any] = {
-        "kind": BASELINE_KIND,
+        "kind": BASELINE_KIND if with_synthetic is None else WITH_SYNTHETIC_KIND,
+        "trained_on": trained_on,
+        "n_synthetic": n_synthetic,
         **scores,
         "n_train": trained.n_train,
         "n_val": trained.n_val,
@@ -84,6 +105,21 @@ def run_baseline(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     atomic_write_bytes(
-        out_dir / "baseline.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        out_dir / f"{stem}.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     )
     return record
+
+
+def _mix_in(folder: Path, images: Any, labels: Any, names: list[str], share: float,
+            seed: int) -> tuple[Any, Any, Any]:
+    """Real + synthetic training rows and the mask of real rows (checked before training)."""
+    from shared.cnn_train import mix_real_synthetic
+    from shared.synthetic import SyntheticSetError, load_matching
+
+    if not 0.0 < share < 1.0:
+        raise StoreError(f"--synthetic-share must be in (0, 1), got {share}")
+    try:
+        syn = load_matching(folder, names, int(images.shape[1]))
+    except SyntheticSetError as exc:
+        raise StoreError(str(exc)) from None
+    return mix_real_synthetic(images, labels, syn.images, syn.labels, share, seed=seed)

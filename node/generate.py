@@ -74,8 +74,16 @@ def generate(
     seed: int = 0,
     filter_threshold: float | None = None,
     out_name: str = "default",
+    teacher: bool = False,
 ) -> SyntheticSet:
-    """Draw ``n`` labelled images and save them to ``SITE/synthetic/<out_name>/``."""
+    """Draw ``n`` labelled images and save them to ``SITE/synthetic/<out_name>/``.
+
+    ``teacher=True`` also stores, per image, the probabilities the site's classifier S gives
+    each class (:attr:`SyntheticSet.soft`): the coordinator's CNN can then learn every site's
+    real-data classifier, not only the class each image was drawn for. S is the one the
+    filter uses (SpineGAN's, or one trained now on the real train split; under DP only one
+    trained inside the run's ε), so the labels are post-processing of S.
+    """
     site_dir = Path(site_dir)
     if n < 1:
         raise TrainingError(f"-n must be ≥ 1, got {n}")
@@ -86,11 +94,12 @@ def generate(
     quota = _quota(n, list(meta["class_counts"]), per_class)
     tf: dict[str, Any] = meta["transform"]
     spine = None
-    if filter_threshold is not None:
+    if filter_threshold is not None or teacher:
         spine = _spine_for(site_dir, run_name, meta)
     gen = torch.Generator().manual_seed(seed)
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    softs: list[np.ndarray] = []
     drawn = [0] * len(names)
     kept = [0] * len(names)
     with torch.no_grad():
@@ -105,14 +114,17 @@ def generate(
                 b = batch_for(G.resolution)
                 x = _draw(G, k, b, truncation, gen)
                 drawn[k] += b
-                if spine is not None and filter_threshold is not None:
-                    prob = torch.softmax(spine(x), dim=1)[:, k]
-                    x = x[prob >= filter_threshold]
+                if spine is not None:
+                    probs = torch.softmax(spine(x).float(), dim=1)
+                    if filter_threshold is not None:
+                        keep = probs[:, k] >= filter_threshold
+                        x, probs = x[keep], probs[keep]
+                    softs.append(probs[: want - kept[k]].numpy())
                 x = x[: want - kept[k]]
                 kept[k] += len(x)
                 images.append(tensor_to_uint8(_to_output(x, tf)))
                 labels.append(np.full(len(x), k, dtype=np.int64))
-    if spine is None:
+    if filter_threshold is None:
         drawn = list(quota)
     info = {
         "generator_run": run_name,
@@ -130,8 +142,13 @@ def generate(
         "class_mode": meta["config"]["classes"],
         "preset": meta["config"].get("preset", "cpu"),
         "resize": describe_transform(tf),
+        "teacher": "site classifier S probabilities" if teacher else None,
     }
-    s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info)
+    soft = None
+    if teacher:
+        soft = np.concatenate(softs).astype(np.float32)
+        soft /= soft.sum(axis=1, keepdims=True)  # exact rows after float32 softmax
+    s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info, soft=soft)
     s.save(site_dir / "synthetic" / out_name)
     return s
 

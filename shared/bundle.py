@@ -7,6 +7,8 @@ One zip file (``*.slbundle``) with exactly these members, in this order::
                      "signature"}; the base64 Ed25519 signature over the exact bytes of
                      manifest.json
     labels.csv       file,label,class_name — one row per image
+    teacher.csv      OPTIONAL: file,p_0,…,p_{K-1} — per image, the site classifier's class
+                     probabilities (soft "teacher" labels; same row order as labels.csv)
     images/NNNNNN.png
 
 Why PNG, one file per image (and not an npz): an auditor can open any image with any viewer,
@@ -73,6 +75,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 LABELS = "labels.csv"
+TEACHER = "teacher.csv"
+"""Optional member (format 1 still): bundles with and without it verify; see ARCHITECTURE.md."""
 SUFFIX = ".slbundle"
 
 MAX_MEMBERS = 500_000
@@ -84,7 +88,9 @@ MAX_SIDE = 4096
 MAX_PIXEL_BYTES = 2 * 1024 * 1024 * 1024
 """Largest decoded image array one bundle may make (checked from the signed image_size and the
 member count before anything is allocated; the pool holds several of them)."""
-_MEMBER_RE = re.compile(r"^(manifest\.json|manifest\.sig|labels\.csv|images/[0-9]{6,7}\.png)$")
+_MEMBER_RE = re.compile(
+    r"^(manifest\.json|manifest\.sig|labels\.csv|teacher\.csv|images/[0-9]{6,7}\.png)$")
+_SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -216,6 +222,16 @@ def _labels_csv(synthetic: SyntheticSet) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def _teacher_csv(synthetic: SyntheticSet) -> bytes:
+    assert synthetic.soft is not None
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["file", *[f"p_{k}" for k in range(len(synthetic.class_names))]])
+    for i, row in enumerate(synthetic.soft.tolist()):
+        w.writerow([image_name(i), *[f"{v:.6g}" for v in row]])
+    return out.getvalue().encode("utf-8")
+
+
 # -- writing -------------------------------------------------------------------------------------
 def write_bundle(
     out: Path,
@@ -253,6 +269,8 @@ def write_bundle(
 
     fingerprint = public_key_fingerprint(load_private_key(key_dir).public_key())
     members: dict[str, bytes] = {LABELS: _labels_csv(synthetic)}
+    if synthetic.soft is not None:
+        members[TEACHER] = _teacher_csv(synthetic)
     for i, img in enumerate(synthetic.images):
         members[image_name(i)] = encode_png(np.ascontiguousarray(img))
     failed = [k for k, v in (audit.get("gates") or {}).items()
@@ -597,11 +615,44 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
         if img.shape != (h, w):
             raise bad(f"{row[0]} is {img.shape}, manifest says {h}×{w}")
         images[i], labels[i] = img, lab
+    soft = _decode_teacher(contents, [r[0] for r in rows[1:]], len(classes), bad)
     synthetic = SyntheticSet(images, labels, list(classes),
-                             {"bundle_id": manifest.get("bundle_id"), "site": manifest.get("site")})
+                             {"bundle_id": manifest.get("bundle_id"), "site": manifest.get("site")},
+                             soft=soft)
     if synthetic.counts() != manifest.get("counts"):
         raise bad("per-class counts in the manifest do not match labels.csv")
     return synthetic
+
+
+def _decode_teacher(contents: dict[str, bytes], files: list[str], n_classes: int,
+                    bad: Any) -> npt.NDArray[np.float32] | None:
+    """teacher.csv → (N, K) probabilities in labels.csv order, or None when absent.
+
+    A hostile sender controls every byte: the header, the file order, every value (NaN, inf,
+    negative, rows not summing to 1) is checked, and the first problem rejects the bundle.
+    """
+    if TEACHER not in contents:
+        return None
+    from shared.synthetic import SyntheticSetError, check_soft_labels
+
+    rows = list(csv.reader(io.StringIO(contents[TEACHER].decode("utf-8", errors="strict"))))
+    header = ["file", *[f"p_{k}" for k in range(n_classes)]]
+    if not rows or rows[0] != header:
+        raise bad(f"teacher.csv has the wrong header (expected {','.join(header)})")
+    if len(rows) - 1 != len(files):
+        raise bad(f"teacher.csv has {len(rows) - 1} rows for {len(files)} images")
+    soft = np.empty((len(files), n_classes), np.float64)
+    for i, (row, name) in enumerate(zip(rows[1:], files, strict=True)):
+        if len(row) != n_classes + 1 or row[0] != name:
+            raise bad(f"teacher.csv row {i + 2} does not match labels.csv row {i + 2}")
+        try:
+            soft[i] = [float(v) for v in row[1:]]
+        except ValueError:
+            raise bad(f"teacher.csv row {i + 2}: a probability is not a number") from None
+    try:
+        return check_soft_labels(soft, len(files), n_classes)
+    except SyntheticSetError as exc:
+        raise bad(f"teacher.csv: {exc}") from None
 
 
 def iter_bundle_files(folder: Path) -> Iterator[Path]:

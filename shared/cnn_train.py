@@ -51,6 +51,7 @@ class ClassifierConfig:
     crop_scale_min: float = 0.8
     max_minutes: float | None = None
     """Wall-clock budget for the training loop; the best epoch so far is kept."""
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -69,6 +70,8 @@ class ClassifierConfig:
             raise ValueError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
 
@@ -200,11 +203,17 @@ def train_classifier(
     progress: bool = True,
     device: str | None = None,
     val_eligible: npt.NDArray[np.bool_] | None = None,
+    soft_labels: npt.NDArray[np.floating[Any]] | None = None,
 ) -> TrainedClassifier:
     """Train the CNN on *training* images only; return the best-validation-epoch model.
 
     ``val_eligible`` (optional bool mask over ``images``) limits which training rows may be
     carved off as the validation part; by default any row may.
+
+    ``soft_labels`` (optional (N, classes) rows summing to 1): train on these probabilities
+    instead of one-hot ``labels`` (knowledge distillation: a synthetic image labelled by the
+    site classifier's belief, not only by the class it was drawn for). Early stopping and the
+    threshold still use the hard ``labels`` of the validation part.
     """
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -224,6 +233,14 @@ def train_classifier(
         raise ClassifierTrainingError(
             "training data holds a single class; a classifier needs at least two"
         )
+    if soft_labels is not None:
+        soft_labels = np.asarray(soft_labels, dtype=np.float32)
+        if soft_labels.shape != (len(labels), num_classes):
+            raise ClassifierTrainingError(
+                f"soft labels must be ({len(labels)}, {num_classes}), got {soft_labels.shape}")
+        if (not np.isfinite(soft_labels).all() or soft_labels.min() < 0
+                or np.abs(soft_labels.sum(1) - 1.0).max() > 1e-3):
+            raise ClassifierTrainingError("soft labels must be probabilities (rows sum to 1)")
     dev = pick_device(device)
     # bf16 where the GPU has it (no loss scaling, so no per-step check for inf on the host);
     # fp16 with a GradScaler on older GPUs; fp32 on CPU.
@@ -233,6 +250,7 @@ def train_classifier(
     val_mask = stratified_holdout(labels, cfg.val_fraction, cfg.seed, val_eligible)
     tr_x = torch.from_numpy(np.ascontiguousarray(images[~val_mask]))
     tr_y = torch.from_numpy(labels[~val_mask])
+    tr_soft = None if soft_labels is None else torch.from_numpy(soft_labels[~val_mask])
     va_x, va_y = images[val_mask], labels[val_mask]
 
     with torch.random.fork_rng(devices=[]):
@@ -273,11 +291,11 @@ def train_classifier(
                 if len(idx) < 2:
                     continue
                 x = _to_input(tr_x[idx], dev)
-                y = tr_y[idx].to(dev)
+                y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
                 if cfg.augment:
                     x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
                 with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                    loss = F.cross_entropy(model(x), y)
+                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -5,6 +5,8 @@ On disk (a folder)::
     images.npy        uint8 (N, H, W), never pickled
     labels.csv        index,label,class_name
     set.json          class names, class mode, provenance (generator run, seed, ψ, filter)
+    teacher.npy       optional float32 (N, classes): the site classifier's probabilities for
+                      each image (soft "teacher" labels, see ``SyntheticSet.soft``)
 
 Pixel convention everywhere in synthlearn: uint8 0–255 on disk, float in [-1, 1] in tensors
 (``to_tensor_range``/``from_tensor_range``), bone bright.
@@ -57,9 +59,16 @@ class SyntheticSet:
     labels: npt.NDArray[np.int64]
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    soft: npt.NDArray[np.float32] | None = None
+    """Optional teacher labels: per image, the probabilities the site's classifier S (trained
+    on the site's real images; under DP with DP-SGD inside the run's ε) gives each class.
+    Post-processing of S, so they cost no extra privacy. The pooled CNN can learn from them
+    (distilling every site's real-data classifier) instead of from the hard labels alone."""
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.soft is not None:
+            self.soft = check_soft_labels(self.soft, len(self.labels), len(self.class_names))
         if self.images.dtype != np.uint8 or self.images.ndim != 3:
             raise SyntheticSetError(f"images must be uint8 (N, H, W), got {self.images.dtype} "
                                     f"{self.images.shape}")
@@ -88,6 +97,12 @@ class SyntheticSet:
         for i, lab in enumerate(self.labels.tolist()):
             w.writerow([i, lab, self.class_names[lab]])
         atomic_write_bytes(folder / "labels.csv", out.getvalue().encode())
+        if self.soft is not None:
+            buf = io.BytesIO()
+            np.save(buf, self.soft, allow_pickle=False)
+            atomic_write_bytes(folder / "teacher.npy", buf.getvalue())
+        elif (folder / "teacher.npy").exists():
+            (folder / "teacher.npy").unlink()
         meta = {"class_names": self.class_names, "count": len(self), "info": self.info}
         atomic_write_bytes(folder / "set.json", (json.dumps(meta, indent=2) + "\n").encode())
 
@@ -102,4 +117,52 @@ class SyntheticSet:
         images = np.load(folder / "images.npy", allow_pickle=False)
         with (folder / "labels.csv").open(newline="") as fh:
             labels = np.array([int(r["label"]) for r in csv.DictReader(fh)], dtype=np.int64)
-        return cls(images, labels, list(meta["class_names"]), dict(meta.get("info", {})))
+        soft = None
+        if (folder / "teacher.npy").exists():
+            try:
+                soft = np.load(folder / "teacher.npy", allow_pickle=False)
+            except ValueError as exc:
+                raise SyntheticSetError(f"{folder / 'teacher.npy'}: unreadable ({exc})") from None
+        try:
+            return cls(images, labels, list(meta["class_names"]), dict(meta.get("info", {})),
+                       soft=soft)
+        except SyntheticSetError as exc:
+            raise SyntheticSetError(f"{folder}: {exc}") from None
+
+
+def load_matching(folder: Path, class_names: list[str], size: int) -> SyntheticSet:
+    """Load a set that must fit a site (same class names, ``size``² images), or say why not.
+
+    For sets a site receives (a pooled set sent back, another site's images): every error is a
+    :class:`SyntheticSetError` naming the folder and what differs.
+    """
+    try:
+        syn = SyntheticSet.load(folder)
+    except SyntheticSetError:
+        raise
+    except (ValueError, OSError, KeyError) as exc:
+        raise SyntheticSetError(f"{folder}: unreadable synthetic set ({exc})") from None
+    if list(syn.class_names) != list(class_names):
+        raise SyntheticSetError(f"{folder}: classes {syn.class_names} differ from this site's "
+                                f"{class_names}")
+    if syn.images.shape[1:] != (size, size):
+        raise SyntheticSetError(f"{folder}: images are {syn.images.shape[1]}×"
+                                f"{syn.images.shape[2]}, this site's store is {size}×{size}")
+    return syn
+
+
+def check_soft_labels(soft: Any, n: int, n_classes: int) -> npt.NDArray[np.float32]:
+    """Teacher probabilities as float32 (n, n_classes), finite, in [0, 1], rows summing to 1.
+
+    They may come from another site's bundle, so every property is checked, not assumed.
+    """
+    arr = np.asarray(soft)
+    if arr.dtype.kind != "f" or arr.shape != (n, n_classes):
+        raise SyntheticSetError(
+            f"teacher labels must be float ({n}, {n_classes}), got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+        raise SyntheticSetError("teacher labels must be finite probabilities in [0, 1]")
+    if n and np.abs(arr.sum(axis=1) - 1.0).max() > 1e-3:
+        raise SyntheticSetError("teacher labels of an image must sum to 1")
+    return arr

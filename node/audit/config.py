@@ -26,8 +26,28 @@ Defaults, and why:
   0.5: with a few dozen held-out images the AUC of an honest generator swings by ±0.1.
 * ``exact_copy_correlation = 0.995`` — Pearson correlation at which a synthetic image is a copy
   whatever τ is (a training image plus light noise sits at ≥ 0.99 at 32–256 px).
-* ``max_synthetic = 2000`` / ``max_real = 5000`` — the audit compares every synthetic image with
-  every training image; random subsets (seeded, reported) keep it to minutes on a CPU.
+* ``near_copy_ratio = 0.5`` — a synthetic image whose residual 1 − r (after the transform
+  search of ``node.audit.matcher``) is below half that of the *closest* held-out patient is a
+  near-exact copy and fails the audit on its own, whatever the rate: no new patient came
+  anywhere near that close. Verbatim, shifted, flipped, re-exposed copies sit at r ≈ 1.
+* ``data_copying_significance = 0.01`` — the per-image data-copying test: a synthetic image
+  closer to the training set than *every* held-out patient has conformal p = 1/(n + 1). A
+  generator as novel as new patients has that many by chance (beta-binomial, as for τ); more
+  at p < 0.01 fails. 0.01 rather than 0.05 because this gate runs in every audit: an honest
+  site should fail it in one audit of a hundred, not one of twenty.
+* ``min_meehan_ct = -3`` — Meehan et al.'s C_T (cell-wise Mann–Whitney Z of synthetic vs
+  held-out distances to training) below −3 also fails ``data_copying``: the synthetic images
+  as a whole sit closer to the training images than new patients do.
+* ``shifted_auc = 0.6`` — the blind baseline on raw pixels (training half A vs held-out, by
+  closeness to half B) at or above this, with its CI above 0.5, is reported as "held-out set
+  shifted". The copy and MIA comparisons are on histogram-equalised images, so an exposure or
+  window difference between the splits does not fail an honest generator; the MIA gate also
+  passes when the MIA AUC is not above that baseline.
+* ``max_shift = 4`` / ``zooms`` — the transform search: ±4 px, crops down to 1/1.16 ≈ 86 % of
+  the side (see ``node.audit.matcher``).
+* ``max_synthetic = None`` / ``max_real = None`` — every image is audited. A limit audits a
+  seeded random subset and the summary states ``copy_fraction_upper_95``, the 95 % upper
+  bound on the copy fraction of the whole export (Clopper–Pearson).
 
 Gates set to ``None`` are reported but never fail the audit.
 """
@@ -56,8 +76,16 @@ class AuditConfig:
     """Gate on the larger of the pixel and embedding membership-inference AUCs."""
     max_epsilon: float | None = None
     """Optional gate on the DP ε spent (fails if a limit is set and training was not DP)."""
-    max_synthetic: int = 2000
-    max_real: int = 5000
+    near_copy_ratio: float = 0.5
+    """Residual ratio to the closest held-out patient below which an image is a near copy."""
+    data_copying_significance: float = 0.01
+    min_meehan_ct: float | None = -3.0
+    meehan_cells: int = 20
+    shifted_auc: float = 0.6
+    max_shift: int = 4
+    zooms: tuple[float, ...] = (1.0, 1.04, 1.08, 1.12, 1.16)
+    max_synthetic: int | None = None
+    max_real: int | None = None
     min_heldout: int = 20
     """Fewer held-out real images cannot calibrate τ; the audit refuses rather than guess."""
     n_boot: int = 1000
@@ -79,5 +107,15 @@ class AuditConfig:
             raise ValueError(f"max_epsilon must be > 0, got {self.max_epsilon}")
         if self.max_mia_auc is not None and not 0.5 <= self.max_mia_auc <= 1.0:
             raise ValueError(f"max_mia_auc must be in [0.5, 1], got {self.max_mia_auc}")
-        if self.max_synthetic < 10 or self.max_real < 10 or self.min_heldout < 5:
-            raise ValueError("max_synthetic/max_real must be ≥ 10 and min_heldout ≥ 5")
+        if any(v is not None and v < 10 for v in (self.max_synthetic, self.max_real)) or \
+                self.min_heldout < 5:
+            raise ValueError("max_synthetic/max_real must be ≥ 10 (or unset) and "
+                             "min_heldout ≥ 5")
+        if not 0.0 < self.near_copy_ratio < 1.0:
+            raise ValueError(f"near_copy_ratio must be in (0, 1), got {self.near_copy_ratio}")
+        if not 0.0 < self.data_copying_significance < 1.0:
+            raise ValueError("data_copying_significance must be in (0, 1)")
+        if self.max_shift < 0 or self.meehan_cells < 2:
+            raise ValueError("max_shift must be ≥ 0 and meehan_cells ≥ 2")
+        if not self.zooms or any(not 1.0 <= z < 2.0 for z in self.zooms):
+            raise ValueError(f"zooms must be in [1, 2), got {self.zooms}")

@@ -2,9 +2,11 @@
 
 Two views of "nearest training image", because each misses things the other catches:
 
-* **pixel correlation** (Akbar et al., "Beware of diffusion models for synthesizing medical
-  images", 2023): Pearson correlation between flattened images, maximised over the training
-  set. Catches copies, shifted intensities and light noise; blind to small shifts/flips.
+* **transform-robust pixel correlation** (``node.audit.matcher``; Akbar et al., "Beware of
+  diffusion models for synthesizing medical images", 2023, for plain correlation): Pearson
+  correlation of histogram-equalised, lightly blurred images, maximised over the training set
+  *and* over flips, small crops rescaled and shifts of a few pixels. Catches verbatim copies
+  and the edits of ``node.audit.edits``.
 * **embedding distance**: Euclidean distance in a documented encoder's space
   (``shared.metrics.encoders``, default ``domain-rfconv-v1``), which pools over space and so
   tolerates small shifts.
@@ -33,6 +35,11 @@ non-members. 0.5 = nothing to infer. Two controls say how to read that AUC:
   (acquisition, time, several images per patient on one side of a patient-level split), so an
   MIA AUC at or below this baseline is not evidence of leakage from the generator; an MIA AUC
   well above it is.
+
+Gates on top (``node.audit.config``): any near-exact copy fails on its own; the copy rate
+against τ; the per-image data-copying test (images closer to training than every held-out
+patient, beyond the novel rate) with Meehan et al.'s C_T; membership inference read against
+the blind baseline. Two blind checks on raw pixels say whether the held-out split is shifted.
 
 What this cannot catch: copies of a *part* of an image (a distinctive implant pasted into a new
 anatomy), copies of images that are not in the audited subset when subsampling, leakage of
@@ -141,6 +148,12 @@ class AuditResult:
     synthetic_labels: npt.NDArray[np.int64]
     train: U8
     class_names: list[str] = field(default_factory=list)
+    matches: Any = None
+    """``node.audit.matcher.Matches`` of every audited synthetic image (local only)."""
+    per_image_p: npt.NDArray[np.float64] | None = None
+    """Per synthetic image: share of held-out patients at least as close to training."""
+    near: npt.NDArray[np.bool_] | None = None
+    """Per synthetic image: near-exact copy (fails the audit on its own)."""
 
 
 def _auc(members: npt.NDArray[np.float64], nonmembers: npt.NDArray[np.float64],
@@ -228,8 +241,88 @@ def _blind_baseline(a_close: npt.NDArray[np.float64], held_close: npt.NDArray[np
     return _auc(a_close, held_close, cfg.n_boot, cfg.seed)
 
 
-def _subset(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    return np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)
+def _subset(n: int, limit: int | None, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, limit, replace=False))
+
+
+def unaudited_copy_bound(copies: int, audited: int, total: int, confidence: float = 0.95
+                         ) -> float | None:
+    """Upper ``confidence`` bound on the copy fraction of the whole export when only a random
+    ``audited`` of ``total`` images were audited (Clopper–Pearson); None when all were."""
+    if audited >= total:
+        return None
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, copies + 1, max(audited - copies, 1)))
+
+
+def near_copy_limit(held_closeness: npt.NDArray[np.float64], ratio: float) -> float:
+    """Similarity above which a synthetic image is a *near-exact* copy whatever the rate: its
+    residual 1 − r is below ``ratio`` × the residual of the closest held-out patient, i.e.
+    far closer to a training image than any new patient came."""
+    return float(1.0 - ratio * (1.0 - float(np.max(held_closeness))))
+
+
+def meehan_ct(syn_dist: npt.NDArray[np.float64], held_dist: npt.NDArray[np.float64],
+              syn_cell: npt.NDArray[np.int64], held_cell: npt.NDArray[np.int64],
+              min_per_cell: int = 5) -> dict[str, float] | None:
+    """Meehan et al. (AISTATS 2020) C_T: per cell of a partition of the training data, the
+    Mann–Whitney Z of synthetic-to-train vs held-out-to-train distances, averaged with the
+    held-out mass of the cell. ≪ 0 means the synthetic images sit closer to the training
+    images than new patients do (data copying); ≫ 0 means under-fitting. Cells with fewer
+    than ``min_per_cell`` images on either side are skipped, as in the paper."""
+    from scipy.stats import mannwhitneyu
+
+    zs, weights = [], []
+    for c in np.unique(held_cell):
+        a, b = syn_dist[syn_cell == c], held_dist[held_cell == c]
+        if len(a) < min_per_cell or len(b) < min_per_cell:
+            continue
+        u = mannwhitneyu(a, b, alternative="two-sided").statistic
+        mu, sd = len(a) * len(b) / 2.0, math.sqrt(len(a) * len(b) * (len(a) + len(b) + 1) / 12)
+        zs.append((u - mu) / sd)
+        weights.append(len(b))
+    if not zs:
+        return None
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    return {"c_t": float(np.dot(w, zs)), "cells": len(zs),
+            "heldout_covered": float(np.sum(weights) / len(held_dist))}
+
+
+def intensity_shift(train: U8, heldout: U8, n_boot: int, seed: int) -> dict[str, float] | None:
+    """A blind check of the splits themselves: can simple per-image intensity statistics
+    (quantiles, mean, spread of the raw pixels) tell held-out from training images? AUC of a
+    cross-validated logistic regression; 0.5 when the splits were acquired alike, high when the
+    held-out images come at another exposure, window or scanner curve."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(train) < 10 or len(heldout) < 10:
+        return None
+    rng = np.random.default_rng(seed)
+    tr = train[rng.choice(len(train), min(len(train), 4 * len(heldout)), replace=False)]
+
+    def feats(x: U8) -> npt.NDArray[np.float64]:
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        q = np.quantile(flat, [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98], axis=1).T
+        return np.c_[q, flat.mean(1), flat.std(1)]
+
+    x = np.r_[feats(tr), feats(heldout)]
+    y = np.r_[np.zeros(len(tr)), np.ones(len(heldout))]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    score = cross_val_predict(model, x, y, cv=folds, method="decision_function")
+    return _auc(score[y == 1], score[y == 0], n_boot, seed)
+
+
+def _cells(train_desc: torch.Tensor, k: int, seed: int) -> Any:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(train_desc.numpy())
 
 
 def audit_arrays(
@@ -241,14 +334,24 @@ def audit_arrays(
     synthetic_labels: npt.NDArray[np.int64] | None = None,
     dp: dict[str, Any] | None = None,
     encoder: Any = None,
+    matcher: Any = None,
 ) -> AuditResult:
-    """The audit on arrays (uint8, same H×W). ``encoder=None`` builds ``cfg.encoder``."""
+    """The audit on arrays (uint8, same H×W). ``encoder=None`` builds ``cfg.encoder``;
+    ``matcher``: a ``TransformMatcher`` already built on ``train`` (to audit several sets
+    against one site without indexing it again)."""
+    from node.audit.matcher import MatchConfig, TransformMatcher, equalize
+
     cfg = cfg or AuditConfig()
     if synthetic.ndim != 3 or train.ndim != 3 or heldout.ndim != 3:
         raise AuditError("images must be uint8 arrays (N, H, W)")
     if not (synthetic.shape[1:] == train.shape[1:] == heldout.shape[1:]):
         raise AuditError(f"image sizes differ: synthetic {synthetic.shape[1:]}, train "
                          f"{train.shape[1:]}, held-out {heldout.shape[1:]}")
+    if synthetic.shape[1] != synthetic.shape[2]:
+        raise AuditError(f"images must be square, got {synthetic.shape[1:]}")
+    if synthetic.shape[1] < 2 * cfg.max_shift + 8:
+        raise AuditError(f"{synthetic.shape[1]}-px images are too small for the ±{cfg.max_shift}"
+                         " px shift search; lower max_shift in the audit config")
     if len(heldout) < cfg.min_heldout:
         raise AuditError(
             f"only {len(heldout)} held-out (test split) real images; the copy threshold needs at "
@@ -266,18 +369,45 @@ def audit_arrays(
     control = rng.permutation(len(tr))
     half_a, half_b = control[: len(tr) // 2], control[len(tr) // 2:]
 
-    # Pixel correlation view.
-    s_c, s_nn = nearest_correlation(syn, tr)
-    h_c, _ = nearest_correlation(held, tr)
-    m_c, _ = nearest_correlation(tr, syn)
-    n_c, _ = nearest_correlation(held, syn)
-    exact = s_c >= cfg.exact_copy_correlation
-    pixel = _build_view("pixel", "correlation", s_c, s_nn, h_c, m_c, n_c, cfg, exact)
+    # Transform-robust view: copies under shifts, flips, crops and intensity edits.
+    match_cfg = MatchConfig(max_shift=cfg.max_shift, zooms=cfg.zooms)
+    if matcher is None:
+        matcher = TransformMatcher(tr, match_cfg)
+    elif len(matcher) != len(tr) or matcher.cfg != match_cfg or matcher.size != tr.shape[1]:
+        raise AuditError("the matcher passed in was not built on this training set and config")
+    s_m = matcher.match(syn)
+    h_m = matcher.match(held)
+    # Membership inference and the blind baseline on equalised pixels (invariant to exposure,
+    # so a held-out split at another exposure does not read as membership).
+    eq = [np.rint(equalize(x).numpy() * 255).astype(np.uint8) for x in (syn, tr, held)]
+    e_syn, e_tr, e_held = eq
+    m_c, _ = nearest_correlation(e_tr, e_syn)
+    n_c, _ = nearest_correlation(e_held, e_syn)
+    limit = near_copy_limit(h_m.similarity, cfg.near_copy_ratio)
+    near = s_m.similarity >= limit
+    pixel = _build_view("pixel", "correlation", s_m.similarity, s_m.index, h_m.similarity,
+                        m_c, n_c, cfg, near)
     views = [pixel]
-    blind = {"pixel": _blind_baseline(nearest_correlation(tr[half_a], tr[half_b])[0],
-                                      nearest_correlation(held, tr[half_b])[0], cfg)}
+    blind = {"pixel": _blind_baseline(nearest_correlation(e_tr[half_a], e_tr[half_b])[0],
+                                      nearest_correlation(e_held, e_tr[half_b])[0], cfg)}
+    # The same blind attack on raw pixels: does the held-out split differ *by itself* (another
+    # exposure, scanner, period)? Reported, so that a reader knows the held-out set is shifted.
+    raw_blind = _blind_baseline(nearest_correlation(tr[half_a], tr[half_b])[0],
+                                nearest_correlation(held, tr[half_b])[0], cfg)
 
-    # Embedding view.
+    # Per-image data-copying test (conformal): the fraction of held-out patients at least as
+    # close to the training set as this synthetic image. Small = closer than new patients.
+    h_sorted = np.sort(h_m.similarity)
+    per_image_p = ((len(h_sorted) - np.searchsorted(h_sorted, s_m.similarity, side="left")) + 1
+                   ) / (len(h_sorted) + 1)
+    # Meehan's C_T over cells of the training set (k-means on the coarse descriptor).
+    k = int(max(2, min(cfg.meehan_cells, len(held) // 10, len(tr) // 10)))
+    km = _cells(matcher.descriptor(tr), k, cfg.seed)
+    meehan = meehan_ct(1.0 - s_m.similarity, 1.0 - h_m.similarity,
+                       km.predict(matcher.descriptor(syn).numpy()),
+                       km.predict(matcher.descriptor(held).numpy()))
+
+    # Embedding view (on equalised images too, for the same reason).
     encoder_name = None
     if cfg.encoder != "none":
         if encoder is None:
@@ -285,7 +415,7 @@ def audit_arrays(
 
             encoder = get_encoder(cfg.encoder)
         encoder_name = str(encoder.name)
-        e_s, e_t, e_h = (np.asarray(encoder.embed(x), np.float32) for x in (syn, tr, held))
+        e_s, e_t, e_h = (np.asarray(encoder.embed(x), np.float32) for x in eq)
         d_s, e_nn = nearest_l2(e_s, e_t)
         d_h, _ = nearest_l2(e_h, e_t)
         d_m, _ = nearest_l2(e_t, e_s)
@@ -298,8 +428,10 @@ def audit_arrays(
                 for v in views}
     emb = per_view.get(encoder_name) if encoder_name else None
     any_copy = np.logical_or.reduce([v.is_copy for v in views])
-    mia_auc = max(pv["mia"]["auc"] for pv in per_view.values())
     eps = (dp or {}).get("epsilon_spent") if dp else None
+    intensity = intensity_shift(tr, held, cfg.n_boot, cfg.seed)
+    shifted = any(b is not None and b["ci_low"] > 0.5 and b["auc"] >= cfg.shifted_auc
+                  for b in (raw_blind, intensity))
 
     gates: dict[str, dict[str, Any]] = {}
 
@@ -310,6 +442,9 @@ def audit_arrays(
         passed = (not missing_fails) if value is None else value <= limit
         gates[name] = {"value": value, "max": limit, "passed": bool(passed)}
 
+    # 1. Any near-exact copy (after the transform search) fails, whatever the rate.
+    gates["near_copies"] = {"value": int(near.sum()), "max": 0, "passed": not near.any()}
+    # 2. The copy rate against τ (95 % of new patients), significance-tested.
     gate("copy_rate", per_view["pixel"]["copy_rate"], cfg.max_copy_rate)
     if emb is not None:
         gate("copy_rate_embedding", emb["copy_rate"], cfg.max_copy_rate_embedding)
@@ -319,43 +454,74 @@ def audit_arrays(
             continue
         g["p_value"] = pv["copy_p_value"]
         if pv["copy_p_value"] >= cfg.copy_significance and not (name == "copy_rate"
-                                                                  and exact.any()):
+                                                                  and near.any()):
             # Above the line, but a novel generator would reach this count this often
             # through the noise of τ alone: too few held-out images to call it copying.
             g.update(passed=True, note=(
                 f"above the limit but not significantly above the rate of new patients "
                 f"(p = {pv['copy_p_value']:.3f} with {len(held)} held-out images); "
                 "more held-out images would sharpen τ"))
+    # 3. Data copying: how many synthetic images are closer to training than *every* held-out
+    #    patient (per-image conformal p = 1/(n+1)), against what a novel generator would show.
+    n_h = len(held)
+    beyond = int((per_image_p <= 1.0 / (n_h + 1)).sum())
+    p_beyond = copy_count_p_value(beyond, len(syn), n_h, n_h)
+    gates["data_copying"] = {
+        "value": beyond / len(syn), "max": novel_copy_rate(n_h, n_h), "p_value": p_beyond,
+        "passed": bool(p_beyond >= cfg.data_copying_significance
+                       and (meehan is None or cfg.min_meehan_ct is None
+                            or meehan["c_t"] >= cfg.min_meehan_ct)),
+    }
+    if meehan is not None:
+        gates["data_copying"]["meehan_c_t"] = meehan["c_t"]
     gate("train_with_copy", per_view["pixel"]["train_with_copy"], cfg.max_train_with_copy)
+    # 4. Membership inference, read against the blind split-bias baseline.
+    worst = max(per_view.values(), key=lambda pv: pv["mia"]["auc"])
+    mia_auc = float(worst["mia"]["auc"])
     gate("mia_auc", mia_auc, cfg.max_mia_auc)
     if "mia_auc" in gates and not gates["mia_auc"]["passed"]:
-        # Above the line but not distinguishable from chance (CI includes 0.5): with a few
-        # dozen held-out images the AUC alone swings by ±0.1, so this is reported, not failed.
-        worst = max(per_view.values(), key=lambda pv: pv["mia"]["auc"])
+        base = worst.get("split_bias_baseline") or {"auc": 0.5}
         if worst["mia"]["ci_low"] <= 0.5:
+            # With a few dozen held-out images the AUC alone swings by ±0.1.
             gates["mia_auc"].update(passed=True, note="above the limit but its 95% CI "
                                     "includes 0.5 (not significant at this sample size)")
+        elif worst["mia"]["ci_low"] <= base["auc"]:
+            gates["mia_auc"].update(passed=True, note=(
+                f"above the limit but not above the blind split-bias baseline "
+                f"({base['auc']:.3f}): training and held-out images differ by themselves"))
     gate("epsilon", float(eps) if eps is not None else None, cfg.max_epsilon,
          missing_fails=True)
 
     from shared.config import to_dict
 
+    flagged = pixel.is_copy | near
     summary: dict[str, Any] = {
         "kind": "memorization_audit",
-        "version": 1,
+        "version": 2,
         "encoder": encoder_name,
+        "matcher": {"intensity": "histogram-equalised, Gaussian blur "
+                                 f"σ={matcher_blur()} px",
+                    "flips": 4, "max_shift_px": cfg.max_shift, "zooms": list(cfg.zooms)},
         "n_synthetic": len(syn),
         "n_synthetic_total": len(synthetic),
+        "copy_fraction_upper_95": unaudited_copy_bound(int(flagged.sum()), len(syn),
+                                                       len(synthetic)),
         "n_train": len(tr),
+        "n_train_total": len(train),
         "n_heldout": len(held),
         "image_size": [int(synthetic.shape[1]), int(synthetic.shape[2])],
         "copy_percentile": cfg.copy_percentile,
         "expected_copy_rate_if_novel": round(per_view["pixel"]["copy_rate_if_novel"], 6),
         "copy_rate": per_view["pixel"]["copy_rate"],
         "copy_rate_any_view": float(any_copy.mean()),
-        "exact_copies": int(exact.sum()),
+        "exact_copies": int(near.sum()),
+        "near_copy_similarity": limit,
+        "closer_than_every_heldout": beyond,
+        "meehan": meehan,
         "train_with_copy": per_view["pixel"]["train_with_copy"],
         "mia_auc": mia_auc,
+        "heldout_shift": {"raw_pixel_baseline": raw_blind, "intensity_statistics": intensity,
+                          "shifted": shifted},
         "views": per_view,
         "dp": ({"epsilon_spent": eps, "delta": (dp or {}).get("delta")} if eps is not None
                else None),
@@ -363,4 +529,11 @@ def audit_arrays(
         "gates_passed": all(g["passed"] for g in gates.values()),
         "config": to_dict(cfg),
     }
-    return AuditResult(summary, views, syn, labels, tr)
+    return AuditResult(summary, views, syn, labels, tr, matches=s_m, per_image_p=per_image_p,
+                       near=near)
+
+
+def matcher_blur() -> float:
+    from node.audit.matcher import BLUR
+
+    return BLUR

@@ -86,6 +86,33 @@ def _pairs(result: AuditResult, view: View, k: int) -> str:
     return "\n".join(cells)
 
 
+def _flagged(result: AuditResult, limit: int = 200) -> str:
+    """Every flagged synthetic image (up to ``limit``, closest first) beside the training image
+    it copies, as stored and with the transform found applied, and the transform in words."""
+    from node.audit.matcher import apply
+
+    m, view = result.matches, result.views[0]
+    if m is None or result.near is None or result.per_image_p is None:
+        return ""
+    flagged = np.flatnonzero(view.is_copy | result.near)
+    if len(flagged) == 0:
+        return "<p class=\"ok\">No synthetic image is flagged.</p>"
+    order = flagged[np.argsort(-m.similarity[flagged])][:limit]
+    redone = apply(result.train[m.index[order]], m.flip[order], m.zoom[order], m.shift[order])
+    cells = []
+    for k, i in enumerate(order):
+        kind = "NEAR-EXACT COPY" if result.near[i] else "copy (closer than τ)"
+        cells.append(
+            f'<div class="pair three"><img src="{_png_uri(result.synthetic[i])}" title="synthetic">'
+            f'<img src="{_png_uri(result.train[m.index[i]])}" title="training image">'
+            f'<img src="{_png_uri(redone[k])}" title="training image, transform applied">'
+            f'<div><b class="bad">{kind}</b> · r = {m.similarity[i]:.4f} · per-image p = '
+            f"{result.per_image_p[i]:.3g}<br>synthetic #{int(i)} ← training #{int(m.index[i])}"
+            f"<br>transform: {html.escape(m.describe(int(i)))}</div></div>")
+    more = (f"<p>… and {len(flagged) - limit} more.</p>" if len(flagged) > limit else "")
+    return "\n".join(cells) + more
+
+
 def render_report(result: AuditResult, title: str = "Memorization audit") -> str:
     s = result.summary
     rows = []
@@ -113,6 +140,18 @@ member-only control AUC {pv['mia_control']['auc']:.3f} · split-bias baseline AU
 <img class="hist" src="{_histogram(v)}">
 <h3>Closest synthetic / real training pairs (left synthetic, right real)</h3>
 <div class="pairs">{_pairs(result, v, int(s['config']['pairs_in_report']))}</div>""")
+    flagged_html = _flagged(result)
+    shift = s.get("heldout_shift") or {}
+    shift_line = ""
+    if shift.get("shifted"):
+        shift_line = (
+            '<p class="bad big">The held-out set is shifted: a blind attack that never looks at '
+            "the synthetic images separates training from held-out images by themselves (raw-pixel "
+            f"baseline AUC {_auc_text(shift.get('raw_pixel_baseline'))}; intensity statistics "
+            f"AUC {_auc_text(shift.get('intensity_statistics'))}). The copy and "
+            "membership comparisons use histogram-equalised images and the blind baseline, so an "
+            "exposure or window difference does not fail an honest generator; a different anatomy "
+            "mix or scanner resolution still widens τ.</p>")
     dp = s.get("dp")
     dp_line = (f"DP-SGD: ε spent {dp['epsilon_spent']:.3f} at δ {dp['delta']}" if dp else
                "Training was not differentially private (no ε bound).")
@@ -128,6 +167,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 .pairs {{ display: flex; flex-wrap: wrap; gap: 10px; }}
 .pair {{ border: 1px solid #ddd; padding: 4px; font-size: 12px; width: 210px; }}
 .pair img {{ width: 100px; height: 100px; image-rendering: pixelated; }}
+.pair.three {{ width: 320px; }}
 img.hist {{ max-width: 100%; }}
 </style></head><body>
 <div class="banner">LOCAL ONLY — real patient images below. This report must stay on site.
@@ -137,6 +177,7 @@ Only <code>summary.json</code> (numbers only) may be exported, inside a signed b
 {s['n_train']} training and {s['n_heldout']} held-out real images · encoder
 {html.escape(str(s['encoder']))} · {html.escape(dp_line)}</p>
 {overall}
+{shift_line}
 <table><tr><th>gate</th><th>value</th><th>limit</th><th>verdict</th></tr>
 {''.join(rows)}</table>
 <p>A <em>copy</em> is a synthetic image closer to its nearest training image than
@@ -146,6 +187,11 @@ rate of {s['expected_copy_rate_if_novel']:.2f}. Membership-inference AUC should 
 member-only control shows the AUC's noise at this sample size, and the split-bias baseline (a
 blind attack that never looks at the synthetic images) shows how far training and held-out
 images differ by themselves: an MIA AUC at or below it is not evidence of leakage.</p>
+<h2>Flagged synthetic images</h2>
+<p>Left: synthetic. Middle: the training image it matches. Right: that training image with the
+transform found applied (flip, crop-and-rescale, shift; intensity edits are not redone). The
+per-image p is the share of held-out patients at least as close to the training set.</p>
+<div class="pairs">{flagged_html}</div>
 {''.join(sections)}
 </body></html>
 """

@@ -38,9 +38,14 @@ def command(
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print_gates(summary)
-        typer.echo(f"copy rate {summary['copy_rate']:.4f} · training images with a copy "
+        typer.echo(f"{summary['n_synthetic']} of {summary['n_synthetic_total']} synthetic images "
+                   f"audited · near-exact copies {summary['exact_copies']} · copy rate "
+                   f"{summary['copy_rate']:.4f} · training images with a copy "
                    f"{summary['train_with_copy']:.4f} · MIA AUC {summary['mia_auc']:.3f} · "
                    f"ε {summary['dp']['epsilon_spent'] if summary['dp'] else 'not private'}")
+        if (summary.get("heldout_shift") or {}).get("shifted"):
+            typer.echo("note: the held-out split differs from training by itself (exposure, "
+                       "scanner, period); see the report")
         typer.echo(f"local report (stays on site): {site_dir / 'audit' / 'report.html'}")
         typer.echo(f"exportable summary: {site_dir / 'audit' / 'summary.json'}")
     if not summary["gates_passed"]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shared.options import fraction
+
 
 def print_record(record: dict[str, object], title: str) -> None:
     """One small table of an AUC record (shared with `node evaluate`)."""
@@ -39,6 +41,12 @@ def command(
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     config: Path | None = typer.Option(None, "--config",
                                        help="TOML file; its [classifier] table sets the recipe."),
+    with_synthetic: Path | None = typer.Option(
+        None, "--with-synthetic", help="A synthetic set folder (e.g. the pooled set sent back "
+        "by the coordinator): train on real + synthetic; saved as baseline-with-synthetic.*"),
+    synthetic_share: float = typer.Option(
+        0.5, "--synthetic-share", help="Share of synthetic images in the mix (0 < s < 1).",
+        callback=fraction),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
@@ -48,9 +56,12 @@ def command(
     from shared.config import resolve
 
     cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier")
-    record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress)
+    record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress,
+                          with_synthetic=with_synthetic, synthetic_share=synthetic_share)
+    stem = "baseline" if with_synthetic is None else "baseline-with-synthetic"
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
     else:
-        print_record(record, f"Local real baseline: {site_dir}")
-        typer.echo(f"saved {site_dir / 'metrics' / 'baseline.json'} and baseline-cnn.npz")
+        print_record(record, f"Local {'real' if with_synthetic is None else 'real + synthetic'}"
+                             f" baseline: {site_dir}")
+        typer.echo(f"saved {site_dir / 'metrics' / (stem + '.json')} and {stem}-cnn.npz")

@@ -22,6 +22,10 @@ def command(
         None, "--filter", help="Keep a sample only if S gives its class ≥ this probability.",
         callback=probability),
     out_name: str = typer.Option("default", "--out-name", help="Folder under SITE/synthetic/."),
+    teacher: bool = typer.Option(
+        False, "--teacher/--no-teacher",
+        help="Also store S's class probabilities per image (soft labels the coordinator's CNN "
+             "learns from; exported as teacher.csv in the bundle)."),
 ) -> None:
     """Sample labelled synthetic images from a trained run into SITE/synthetic/<out-name>/.
 
@@ -30,6 +34,8 @@ def command(
     from node.generate import generate
 
     s = generate(site_dir, n, run_name=run_name, truncation=truncation, per_class=per_class,
-                 seed=seed, filter_threshold=filter_threshold, out_name=out_name)
+                 seed=seed, filter_threshold=filter_threshold, out_name=out_name,
+                 teacher=teacher)
     typer.echo(json.dumps({"images": len(s), "counts": s.counts(), "filter": s.info["filter"],
+                           "teacher": s.soft is not None,
                            "folder": str(site_dir / "synthetic" / out_name)}, indent=2))

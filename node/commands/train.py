@@ -31,6 +31,10 @@ def command(
         "this ε; needs --kimg to plan the noise."),
     dp_delta: float | None = typer.Option(None, "--dp-delta",
                                           help="δ of the DP guarantee (default 1/n_train)."),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Start a NEW run from a GAN checkpoint (G/D weights) or a "
+        "synthetic set folder (pretrain on it, then fine-tune on the site's real images; "
+        "under DP the pretraining costs no ε)."),
     config: Path | None = typer.Option(None, "--config",
                                        help="TOML with more GanConfig keys (table [gan]); "
                                             "options given here override it."),
@@ -43,5 +47,5 @@ def command(
     from_file = read_table(config, "gan") if config is not None else {}
     name = preset or from_file.get("preset") or DEFAULT_PRESET
     cfg = resolve(GanConfig, ctx, toml=config, table="gan", defaults=preset_defaults(name))
-    run_dir = train(site_dir, cfg, run_name=run_name)
+    run_dir = train(site_dir, cfg, run_name=run_name, init_from=init_from)
     typer.echo(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))

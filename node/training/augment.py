@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,55 +56,89 @@ class Augment:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"augmentation probability must be in [0, 1], got {p}")
         self.mode = mode
-        self.p = float(p) if mode != "none" else 0.0
+        # p lives in a 0-d tensor on the data's device, and the ADA controller updates it
+        # there: reading it back (``.p``) is a host synchronisation, done only when logging
+        # or checkpointing, never inside a training step.
+        self._p = torch.tensor(float(p) if mode != "none" else 0.0, dtype=torch.float64)
+        self._p_host_zero = mode == "none" or float(p) == 0.0
+        """True while p is known on the host to be exactly 0 (skip the pipe without a sync)."""
         self.target = target
         self.ada_kimg = ada_kimg
         self.interval = interval
         self.max_p = max_p
-        self._signs = 0.0
+        self._signs = torch.zeros((), dtype=torch.float64)
         self._count = 0
         self._updates = 0
-        self.last_rt: float | None = None
+        self._last_rt: torch.Tensor | None = None
+
+    @property
+    def p(self) -> float:
+        """Current probability (a host read: call at logging intervals only)."""
+        return float(self._p)
+
+    def average_p_(self, average: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace p by ``average(p)`` on the device (torchrun: every process the same p)."""
+        self._p = average(self._p.clone())
+
+    @property
+    def last_rt(self) -> float | None:
+        """The overfitting heuristic at the last ADA update (a host read)."""
+        return None if self._last_rt is None else float(self._last_rt)
 
     # -- the controller -------------------------------------------------------------------
     def observe_real_logits(self, logits: torch.Tensor) -> None:
-        """Accumulate sign(D(real)); every ``interval`` calls, nudge p towards the target."""
+        """Accumulate sign(D(real)); every ``interval`` calls, nudge p towards the target.
+
+        All on the logits' device: the step size depends only on how many logits were seen
+        (known on the host), its sign on r_t − target (a tensor), so nothing is read back.
+        """
         if self.mode != "ada":
             return
-        self._signs += float(torch.sign(logits.detach().float()).sum())
+        signs = torch.sign(logits.detach().float()).sum().double()
+        self._signs = self._signs.to(signs.device) + signs
         self._count += int(logits.numel())
         self._updates += 1
         if self._updates >= self.interval and self._count:
             rt = self._signs / self._count
             step = self._count / (self.ada_kimg * 1000.0)
-            p = self.p + math.copysign(step, rt - self.target)
-            self.p = float(min(self.max_p, max(0.0, p)))
-            self.last_rt = rt
-            self._signs, self._count, self._updates = 0.0, 0, 0
+            direction = torch.where(rt >= self.target, 1.0, -1.0)
+            p = self._p.to(rt.device) + direction * step
+            self._p = p.clamp(0.0, self.max_p)
+            self._p_host_zero = False
+            self._last_rt = rt
+            self._signs = torch.zeros((), dtype=torch.float64, device=rt.device)
+            self._count, self._updates = 0, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "p": self.p, "signs": self._signs, "count": self._count,
-                "updates": self._updates}
+        return {"mode": self.mode, "p": self.p, "signs": float(self._signs),
+                "count": self._count, "updates": self._updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p = float(state["p"])
-        self._signs = float(state["signs"])
+        self._p = torch.tensor(float(state["p"]), dtype=torch.float64)
+        self._p_host_zero = self.mode == "none" or float(state["p"]) == 0.0
+        self._signs = torch.tensor(float(state["signs"]), dtype=torch.float64)
         self._count = int(state["count"])
         self._updates = int(state["updates"])
 
     # -- the pipe -------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "none" or self.p <= 0.0:
+        if self._p_host_zero:
             return x
-        return augment(x, self.p)
+        if self._p.device != x.device:
+            self._p = self._p.to(x.device)
+        return augment(x, self._p)
 
 
-def _gate(n: int, p: float, device: torch.device) -> torch.Tensor:
+def _gate(n: int, p: float | torch.Tensor, device: torch.device) -> torch.Tensor:
     return (torch.rand(n, device=device) < p).float()
 
 
-def augment(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Apply the pipeline with per-image probability ``p`` per operation (differentiable)."""
+def augment(x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """Apply the pipeline with per-image probability ``p`` per operation (differentiable).
+
+    ``p`` may be a 0-d tensor on ``x``'s device; every gate is computed on the device and the
+    warp always runs (identity where closed), so the pipe never waits for the device.
+    """
     n, _, h, w = x.shape
     dev = x.device
     dtype = x.dtype
@@ -119,10 +154,8 @@ def augment(x: torch.Tensor, p: float) -> torch.Tensor:
     theta = torch.stack(
         [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
     ).to(dtype)
-    if bool((g_t + g_s + g_r).any()):
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                          align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     # Intensity.
     g_b = _gate(n, p, dev).view(n, 1, 1, 1).to(dtype)
     x = x + torch.randn(n, 1, 1, 1, device=dev, dtype=dtype) * 0.2 * g_b

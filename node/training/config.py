@@ -69,6 +69,9 @@ class GanConfig:
     dp_epsilon: float | None = None
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
+    dp_site_budget: float | None = None
+    """The site's total ε over all its DP runs (e.g. both rounds). A run whose ε would exceed
+    what earlier runs left is refused before training (``dp.check_site_budget``)."""
     lr_g: float = 0.002
     lr_d: float = 0.002
     beta1: float = 0.0
@@ -88,6 +91,8 @@ class GanConfig:
     mbstd: bool = True
     min_class_images: int = HARD_MIN_CLASS_IMAGES
     warn_class_images: int = WARN_CLASS_IMAGES
+    init_pretrain_kimg: float = 8.0
+    """kimg of pretraining on a synthetic set given to ``--init-from`` (no real image read)."""
     log_every: int = 25
     """Steps between metrics.jsonl lines and progress-bar refreshes of the losses."""
     grid_per_class: int = 8
@@ -95,6 +100,10 @@ class GanConfig:
     """None → CUDA (with bf16 autocast) when available, else CPU with all cores."""
     amp: bool = True
     """bf16 autocast on a CUDA device that supports it (never on CPU)."""
+    speed: Literal["auto", "float32", "bf16", "channels_last"] = "auto"
+    """Numeric mode of the adversarial passes. ``auto``: bf16 on CUDA; on CPU a start-up probe
+    (:mod:`node.training.speed`) times float32, bf16 autocast and channels_last on this
+    machine and keeps the fastest if it wins by ≥ 10 %. R1 and DP steps always run float32."""
 
     def __post_init__(self) -> None:
         from node.training.presets import PRESETS
@@ -103,7 +112,8 @@ class GanConfig:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.resolution is not None:
             check_resolution(self.resolution)
-        for name in ("kimg", "max_minutes", "checkpoint_kimg", "ada_kimg", "ema_kimg"):
+        for name in ("kimg", "max_minutes", "checkpoint_kimg", "ada_kimg", "ema_kimg",
+                     "init_pretrain_kimg"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -111,6 +121,8 @@ class GanConfig:
             raise ValueError(f"batch must be ≥ 2, got {self.batch}")
         if self.aug_p is not None and not 0.0 <= self.aug_p <= 1.0:
             raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
+        if self.dp_site_budget is not None and self.dp_site_budget <= 0:
+            raise ValueError(f"dp_site_budget must be > 0, got {self.dp_site_budget}")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ValueError(f"dp_epsilon must be > 0, got {self.dp_epsilon}")
         if self.dp_delta is not None and not 0.0 < self.dp_delta < 1.0:

@@ -41,6 +41,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,6 +94,49 @@ def smallest_feasible_epsilon(
 ) -> float:
     """ε reached at the largest usable noise multiplier: no smaller budget can train."""
     return _epsilon_for(max_noise_multiplier, sample_rate, steps, delta, accountant)
+
+
+def epsilon_spent_by_runs(runs_dir: Path, exclude: str | None = None) -> dict[str, float]:
+    """ε spent per earlier DP run of a site (``runs/*/metrics.json``), run name → ε.
+
+    HOOK: this is the site's own record until a per-site privacy ledger exists; summing the
+    runs' ε (basic composition) is an upper bound on what the site has spent in total.
+    """
+    import json
+
+    spent: dict[str, float] = {}
+    for metrics in sorted(Path(runs_dir).glob("*/metrics.json")):
+        if metrics.parent.name == exclude:
+            continue
+        try:
+            dp = (json.loads(metrics.read_text()).get("dp") or {})
+        except (OSError, ValueError):
+            continue
+        eps = dp.get("epsilon_spent") if isinstance(dp, dict) else None
+        if isinstance(eps, int | float) and eps > 0:
+            spent[metrics.parent.name] = float(eps)
+    return spent
+
+
+def check_site_budget(runs_dir: Path, run_name: str, epsilon: float, site_budget: float,
+                      sample_rate: float, steps: int, delta: float) -> None:
+    """Refuse, before training, a DP run (e.g. a second round) whose ε exceeds what remains.
+
+    The message gives the remaining budget and the smallest ε this run could be trained with,
+    so the admin can lower ``--dp-epsilon`` or ``--kimg`` (or stop).
+    """
+    spent = epsilon_spent_by_runs(runs_dir, exclude=run_name)
+    remaining = site_budget - sum(spent.values())
+    if epsilon <= remaining + 1e-9:
+        return
+    smallest = smallest_feasible_epsilon(sample_rate, steps, delta)
+    runs = ", ".join(f"{k} ε={v:.3g}" for k, v in spent.items()) or "none"
+    hint = (f"lower --dp-epsilon to ≤ {remaining:.3g}" if remaining >= smallest else
+            f"this run needs at least ε {_round_up(smallest)} at these settings; lower --kimg")
+    raise DPBudgetError(
+        f"{runs_dir}: run {run_name!r} would spend ε {epsilon:g} but only {max(remaining, 0):.3g}"
+        f" of the site's budget {site_budget:g} remains (earlier runs: {runs}); {hint}",
+        smallest_epsilon=smallest)
 
 
 def plan_noise_multiplier(

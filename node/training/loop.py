@@ -60,13 +60,14 @@ from node.training.data import (
 from node.training.hardware import (
     Distributed,
     adam,
-    amp_dtype,
     check_memory,
     enable_fast_math,
     pick_device,
 )
 from node.training.losses import GanLoss, r1_gamma_heuristic
 from node.training.networks import Discriminator, Generator, build_discriminator, build_generator
+from node.training.speed import MODES as SPEED_MODES
+from node.training.speed import SpeedChoice, probe_speed, to_channels_last
 from shared.config import to_dict, write_resolved
 from shared.files import atomic_write_bytes
 from shared.synthetic import to_tensor_range
@@ -105,7 +106,6 @@ class Trainer:
         self.device = pick_device(cfg.device)
         self.dist.start(self.device)
         enable_fast_math(self.device)
-        self.amp_dtype = amp_dtype(self.device, cfg.amp)
         if cfg.dp and self.dist.active:
             raise TrainingError("DP training runs on one process; start it without torchrun")
         # Each process draws its share of the batch; the step's images shown are the total.
@@ -166,12 +166,39 @@ class Trainer:
         self.loss = GanLoss(self.G, self.D, self.augment, r1_gamma=self.r1_gamma,
                             r1_interval=e.r1_interval, spine=self.spine,
                             spine_gamma=e.spine_gamma)
+        self.speed = self._choose_speed()
+        self.amp_dtype = self.speed.amp_dtype
+        if self.speed.channels_last:
+            to_channels_last(self.G, self.D, self.G_ema)
         self.step_count = 0
         self.nimg = 0
         self.dp_session: Any = None
         self._dp_iter: Iterator[Any] | None = None
         self._D_raw: nn.Module = self.D
         self.last_stats: dict[str, float] = {}
+        self.init_from: dict[str, Any] | None = None
+        """What this run started from (``--init-from``), recorded in checkpoints and metrics."""
+        self._stat_sums: dict[str, torch.Tensor] = {}
+        self._stat_counts: dict[str, int] = {}
+
+    def _choose_speed(self) -> SpeedChoice:
+        """float32, bf16 autocast or channels_last: as configured, or probed on this machine.
+
+        CUDA keeps bf16 autocast where supported (no probe needed); DP runs stay float32
+        (Opacus' per-example gradients and clipping are not validated in bf16).
+        """
+        mode = self.eff.speed
+        if self.eff.dp:
+            return SpeedChoice("float32", failed={"bf16": "DP runs stay float32"})
+        if mode == "auto" and self.device.type == "cuda":
+            bf16 = self.eff.amp and torch.cuda.is_bf16_supported()
+            return SpeedChoice("bf16" if bf16 else "float32")
+        if mode == "auto":
+            with torch.random.fork_rng(devices=[]):
+                choice = probe_speed(self.G, self.D, self.eff.batch)
+            log.info("speed probe: %s", choice.to_dict())
+            return choice
+        return SpeedChoice(mode)
 
     def _seed_process_rng(self) -> None:
         """Under torchrun, each process its own noise stream (same nets, different z): a
@@ -238,13 +265,14 @@ class Trainer:
             xb, yb = self._dp_batch()
         else:
             idx = torch.randint(len(self.labels), (self.local_batch,), generator=self.data_gen)
-            idx = idx.to(self.device)
+            idx = idx.to(self.device, non_blocking=True)  # a blocking copy would sync a GPU
             xb, yb = self.data_u8[idx], self.labels[idx]
         return to_tensor_range(xb), yb
 
     def _fake_labels(self, n: int) -> torch.Tensor:
         """Fake classes follow the real class ratio, as in conditional StyleGAN2-ADA."""
-        idx = torch.randint(len(self.labels), (n,), generator=self.data_gen).to(self.device)
+        idx = torch.randint(len(self.labels), (n,), generator=self.data_gen)
+        idx = idx.to(self.device, non_blocking=True)
         return self.labels[idx]
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -252,7 +280,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def step(self) -> dict[str, float]:
+    def step(self) -> dict[str, torch.Tensor]:
+        """One D-step and one G-step; returns detached 0-d stat tensors (nothing read back).
+
+        The step makes no host synchronisation: stats stay on the device, ADA's p is updated
+        on the device, and the real/fake counts come from shapes. :meth:`read_stats` turns the
+        accumulated sums into floats at logging intervals.
+        """
         e = self.eff
         real, c_real = self._real_batch()
         n_real = real.shape[0]
@@ -263,7 +297,7 @@ class Trainer:
         n_fake = self.local_batch
         z = torch.randn(n_fake, e.z_dim, device=self.device)
         c_fake = self._fake_labels(n_fake)
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}
 
         # D step.
         self.D.requires_grad_(True)
@@ -306,12 +340,20 @@ class Trainer:
         if self.dist.active:
             # Keep what each process tracks from its own share identical everywhere.
             self.dist.average_(self.G.w_avg)  # type: ignore[arg-type]
-            p = self.dist.average_(torch.tensor([self.augment.p], device=self.device))
-            self.augment.p = float(p[0])
+            self.augment.average_p_(self.dist.average_)
         self._update_ema()
-        stats["aug_p"] = self.augment.p
-        self.last_stats = stats
+        for k, v in stats.items():
+            self._stat_sums[k] = self._stat_sums[k] + v if k in self._stat_sums else v
+            self._stat_counts[k] = self._stat_counts.get(k, 0) + 1
         return stats
+
+    def read_stats(self) -> dict[str, float]:
+        """Means of the stats since the last call, as floats (the one host read per interval)."""
+        out = {k: float(v) / self._stat_counts[k] for k, v in self._stat_sums.items()}
+        out["aug_p"] = self.augment.p
+        self._stat_sums, self._stat_counts = {}, {}
+        self.last_stats = out
+        return out
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -320,8 +362,9 @@ class Trainer:
         if e.ema_rampup is not None:
             ema_nimg = min(ema_nimg, self.nimg * e.ema_rampup)
         beta = 0.5 ** (e.batch / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        ema: list[torch.Tensor] = list(self.G_ema.parameters())
+        live = [p.detach() for p in self.G.parameters()]
+        torch._foreach_lerp_(ema, live, 1.0 - beta)  # ema += (1 − β)(p − ema), one fused op
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
 
@@ -342,6 +385,8 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "augment": self.augment.state_dict(),
+            "speed_mode": self.speed.mode,
+            "init_from": self.init_from,
             "rng": rng_state(self.data_gen),
             "dp": self.dp_report(),
         }
@@ -372,6 +417,7 @@ class Trainer:
         self.step_count = int(ckpt["step"])
         self.nimg = int(ckpt["nimg"])
         self._seed_process_rng()
+        self.init_from = ckpt.get("init_from")
 
     @torch.no_grad()
     def sample_grid(self, per_class: int) -> npt.NDArray[np.uint8]:
@@ -434,15 +480,26 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def train(site_dir: Path, cfg: GanConfig, run_name: str = "default",
-          progress: bool = True) -> Path:
-    """Train (or resume) ``SITE/runs/<run_name>`` on the site's real train split."""
+          progress: bool = True, init_from: Path | None = None) -> Path:
+    """Train (or resume) ``SITE/runs/<run_name>`` on the site's real train split.
+
+    ``init_from``: a checkpoint or a synthetic set to start a NEW run from
+    (:mod:`node.training.init_from`).
+    """
     site_dir = Path(site_dir)
     images, labels, names, store_size = load_site_data(site_dir, cfg.classes)
+    if cfg.dp and cfg.dp_site_budget is not None and cfg.kimg is not None:
+        from node.training.dp import check_site_budget, dp_delta_default
+
+        steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
+        check_site_budget(site_dir / "runs", run_name, float(cfg.dp_epsilon),  # type: ignore[arg-type]
+                          cfg.dp_site_budget, min(1.0, cfg.batch / len(labels)), steps,
+                          cfg.dp_delta or dp_delta_default(len(labels)))
     run_dir = site_dir / "runs" / run_name
     started = time.time()
     try:
         return train_arrays(images, labels, names, cfg, run_dir, store_size=store_size,
-                            progress=progress, where=site_dir)
+                            progress=progress, where=site_dir, init_from=init_from)
     finally:
         # Every DP run's spend goes into the site's privacy ledger, interrupted runs too
         # (their metrics.json is written before the interrupt propagates).
@@ -464,6 +521,7 @@ def train_arrays(
     store_size: int | None = None,
     progress: bool = True,
     where: Path | str | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """The loop behind :func:`train`, on arrays (the benchmark calls it directly)."""
     if cfg.kimg is None and cfg.max_minutes is None:
@@ -474,11 +532,15 @@ def train_arrays(
     pick_device(cfg.device)  # a missing GPU is the first thing to say, before any data check
     store_size = store_size or int(images.shape[-1])
     warnings = check_class_counts(labels, class_names, cfg, where or run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    init = _check_init_from(init_from, ckpt, ckpt_path, cfg, class_names, store_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt is not None and cfg.resolution is None:
         cfg = replace(cfg, resolution=ckpt["config"]["resolution"])
+    if ckpt is not None and cfg.speed == "auto" and ckpt.get("speed_mode") in SPEED_MODES:
+        # A resumed run keeps the numeric mode it was probed into: same arithmetic throughout.
+        cfg = replace(cfg, speed=ckpt["speed_mode"])
     trainer = Trainer(images, labels, class_names, cfg, store_size, run_dir, progress)
     cfg = trainer.cfg
     dist = trainer.dist
@@ -490,6 +552,8 @@ def train_arrays(
                 "new --run-name (or delete this run) instead"
             )
         trainer.load_state(ckpt, ckpt_path)
+    elif init is not None:
+        _start_from(trainer, init, cfg, run_dir, store_size, progress)
     # What actually trains: DP's forced settings (fixed augmentation, group norm, no mbstd)
     # included, so the file next to the outputs never claims settings the run did not use.
     if dist.main:
@@ -553,21 +617,26 @@ def train_arrays(
                 stopped = reasons[int(flag[0])]
             if stopped:
                 break
-            stats = trainer.step()
+            trainer.step()
             _after_step(trainer.step_count)
+            if trainer.step_count % cfg.log_every == 0:
+                # The only host read of the training stats: once per logging interval.
+                stats = trainer.read_stats()
             if trainer.step_count % cfg.log_every == 0 and dist.main:
                 rec = {"step": trainer.step_count, "kimg": trainer.nimg / 1000,
                        "img_per_s": rate(), "elapsed_s": time.monotonic() - t0, **stats}
                 if trainer.augment.last_rt is not None:
                     rec["ada_rt"] = trainer.augment.last_rt
                 _append_jsonl(metrics_path, rec)
+                if bar is not None and task is not None:
+                    bar.update(task, status=(
+                        f"kimg {trainer.nimg / 1000:.1f}  G {stats.get('g_adv', 0):.2f}  "
+                        f"D {stats.get('d_loss', 0):.2f}  p {stats['aug_p']:.2f}"))
             if bar is not None and task is not None:
                 if total is None and math.isfinite(deadline):
                     left = max(0.0, deadline - time.monotonic())
                     bar.update(task, total=trainer.nimg + rate() * left)
-                status = (f"kimg {trainer.nimg / 1000:.1f}  G {stats.get('g_adv', 0):.2f}  "
-                          f"D {stats.get('d_loss', 0):.2f}  p {trainer.augment.p:.2f}")
-                bar.update(task, completed=trainer.nimg, status=status)
+                bar.update(task, completed=trainer.nimg)
             if trainer.nimg >= next_ckpt:
                 checkpoint()
                 next_ckpt = (math.floor(trainer.nimg / ckpt_every) + 1) * ckpt_every
@@ -596,6 +665,8 @@ def train_arrays(
         "stopped": stopped,
         "warnings": warnings,
         "aug_p": trainer.augment.p,
+        "speed": trainer.speed.to_dict(),
+        "init_from": trainer.init_from,
         "dp": trainer.dp_report(),
     }
     if dist.main:
@@ -606,6 +677,48 @@ def train_arrays(
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return run_dir
+
+
+def _check_init_from(init_from: Path | None, ckpt: dict[str, Any] | None, ckpt_path: Path,
+                     cfg: GanConfig, class_names: list[str], store_size: int) -> Any:
+    """The checked ``--init-from`` source, or None; raises before anything is written.
+
+    Re-running the command that started a run from ``init_from`` resumes it (same source);
+    naming another source for an existing run is refused, so its checkpoint is never mixed.
+    """
+    if init_from is None:
+        return None
+    from node.training.init_from import InitFromError, load_init_source
+
+    if ckpt is not None:
+        started = (ckpt.get("init_from") or {}).get("path")
+        if started is not None and Path(started) in (Path(init_from),
+                                                     Path(init_from) / CHECKPOINT_NAME):
+            return None  # resume of the run that started from it
+        raise InitFromError(
+            f"{ckpt_path.parent}: already holds a run; --init-from starts a new run, so choose "
+            "a new --run-name (this run and its checkpoint are left as they are)")
+    resolved = cfg if cfg.resolution is not None else replace(
+        cfg, resolution=auto_resolution(store_size))
+    return load_init_source(Path(init_from), resolved, class_names, store_size)
+
+
+def _start_from(trainer: Trainer, init: Any, cfg: GanConfig, run_dir: Path, store_size: int,
+                progress: bool) -> None:
+    """Load the checked source's weights into a fresh trainer (pretraining first for a set)."""
+    from node.training.init_from import apply_checkpoint, pretrain_config
+
+    source = init.checkpoint
+    path = init.path
+    if init.synthetic is not None:
+        syn = init.synthetic
+        pre_dir = train_arrays(syn.images, syn.labels, list(syn.class_names),
+                               pretrain_config(cfg), run_dir / "pretrain", store_size=store_size,
+                               progress=progress, where=init.path)
+        path = pre_dir / CHECKPOINT_NAME
+        source = load_checkpoint(path)
+    apply_checkpoint(trainer, source, path)
+    trainer.init_from = init.describe()
 
 
 def load_trained(run_dir: Path, device: str = "cpu") -> tuple[Generator, dict[str, Any]]:

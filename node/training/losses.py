@@ -71,8 +71,11 @@ class GanLoss:
 
     def generator_loss(
         self, z: torch.Tensor, c: torch.Tensor, D: nn.Module | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """softplus(−D(aug(G(z, c)), c)) [+ γ·CE(S(G(z, c)), c)].
+
+        Stats are detached 0-d tensors on the device: the loop sums them and reads them back
+        only at logging intervals (a ``float()`` here would stall a GPU every step).
 
         ``D`` overrides the discriminator used (under DP the loop passes the raw module so that
         Opacus' per-example hooks on the private wrapper are not fed G's step).
@@ -81,13 +84,13 @@ class GanLoss:
         fake = self._fake(z, c, track=True)
         logits = disc(self.augment(fake), c)
         adv = F.softplus(-logits).mean()
-        stats = {"g_adv": float(adv.detach())}
+        stats = {"g_adv": adv.detach().float()}
         loss = adv
         if self.spine is not None and self.spine_gamma > 0:
             s_logits = self.spine(self.spine_preprocess(fake.float()))
             ce = F.cross_entropy(s_logits, c.long())
             loss = loss + self.spine_gamma * ce
-            stats["g_spine_ce"] = float(ce.detach())
+            stats["g_spine_ce"] = ce.detach().float()
         return loss, stats
 
     def discriminator_loss(
@@ -97,7 +100,7 @@ class GanLoss:
         z: torch.Tensor,
         c_fake: torch.Tensor,
         joint: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """softplus(D(fake)) + softplus(−D(real)); returns (loss, stats, real logits).
 
         ``joint=True`` runs ONE forward over ``cat([real, fake])`` and averages per-example
@@ -118,18 +121,18 @@ class GanLoss:
             lr_ = self.D(self.augment(real), c_real)
             lf = self.D(self.augment(fake), c_fake)
             loss = F.softplus(-lr_).mean() + F.softplus(lf).mean()
-        stats = {
-            "d_loss": float(loss.detach()),
-            "d_real": float(lr_.detach().float().mean()) if lr_.numel() else 0.0,
-            "d_fake": float(lf.detach().float().mean()) if lf.numel() else 0.0,
-        }
+        stats = {"d_loss": loss.detach().float(), "d_fake": lf.detach().float().mean()}
+        if lr_.numel():  # a Poisson-sampled DP batch may hold no real image
+            stats["d_real"] = lr_.detach().float().mean()
         return loss, stats, lr_.detach()
 
-    def r1_penalty(self, real: torch.Tensor, c_real: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def r1_penalty(
+        self, real: torch.Tensor, c_real: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lazy R1 term, already multiplied by the interval; returns (loss, ‖∇‖² mean)."""
         x = real.detach().float().requires_grad_(True)
         logits = self.D(self.augment(x), c_real)
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         penalty = grad.pow(2).sum(dim=(1, 2, 3))
         loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
-        return loss, float(penalty.detach().mean())
+        return loss, penalty.detach().mean()

@@ -69,3 +69,38 @@ def test_baseline_cli(tiny_site: Path) -> None:
                                    "--width", "4", "--json", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["kind"] == "local_real_baseline"
+
+
+def test_baseline_with_synthetic_trains_on_both_and_keeps_the_real_baseline(
+    tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.errors import StoreError
+    from shared.synthetic import SyntheticSet
+
+    store = SiteStore.open(tiny_site)
+    names = store.class_names("binary")
+    rng = np.random.default_rng(0)
+    syn = SyntheticSet(rng.integers(0, 256, (40, 32, 32), dtype=np.uint8),
+                       np.arange(40) % 2, names)
+    syn.save(tmp_path / "pool")
+    seen: list[tuple[int, int]] = []
+    real_train = cnn_train.train_classifier
+
+    def spy(images: np.ndarray, *args: object, **kwargs: object) -> object:
+        eligible = kwargs.get("val_eligible")
+        assert eligible is not None  # early stopping only on real rows
+        seen.append((len(images), int(np.sum(~np.asarray(eligible)))))
+        return real_train(images, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cnn_train, "train_classifier", spy)
+    rec = run_baseline(tiny_site, CFG, progress=False, n_boot=20,
+                       with_synthetic=tmp_path / "pool", synthetic_share=0.25)
+    n_real = len(store.load("train")[1])
+    assert seen == [(n_real + rec["n_synthetic"], rec["n_synthetic"])] and rec["n_synthetic"] > 0
+    assert rec["kind"] == "local_real_plus_synthetic"
+    assert (tiny_site / "metrics" / "baseline-with-synthetic.json").exists()
+    assert not (tiny_site / "metrics" / "baseline.json").exists()
+
+    SyntheticSet(syn.images, syn.labels, ["cat", "dog"]).save(tmp_path / "other")
+    with pytest.raises(StoreError, match=r"other: classes \['cat', 'dog'\] differ"):
+        run_baseline(tiny_site, CFG, progress=False, with_synthetic=tmp_path / "other")

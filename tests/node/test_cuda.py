@@ -81,14 +81,5 @@ def test_cnn_training_step_has_no_host_sync(sync_errors: None) -> None:
         loss_sum += loss.detach().float()
 
 
-@pytest.mark.xfail(reason="GAN step host syncs (float()/bool() in losses/augment/loop) are "
-                   "removed by issue 12; XPASS here means that work has landed", strict=False)
-def test_gan_step_has_no_host_sync() -> None:
-    tr = _trainer("gpu-64", r1_interval=1000)
-    tr.step()  # type: ignore[attr-defined]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        tr.step()  # type: ignore[attr-defined]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+# The GAN training step's no-sync test lives with the step's other sync tests:
+# tests/node/test_speed.py::test_training_step_makes_no_cuda_sync.

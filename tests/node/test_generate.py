@@ -14,7 +14,7 @@ from node.training import GanConfig, train
 
 TINY = GanConfig(resolution=32, batch=16, kimg=0.032, checkpoint_kimg=1.0, channel_base=128,
                  channel_min=4, z_dim=8, w_dim=16, min_class_images=8, device="cpu",
-                 grid_per_class=2)
+                 grid_per_class=2, speed="float32")
 
 
 def test_same_seed_same_images_and_balance(tiny_site: Path) -> None:

@@ -16,7 +16,7 @@ from node.training.checkpoint import load_checkpoint
 
 TINY = GanConfig(resolution=16, batch=8, kimg=0.08, checkpoint_kimg=0.032, channel_base=64,
                  channel_min=4, z_dim=8, w_dim=16, min_class_images=8, r1_interval=4,
-                 log_every=2, grid_per_class=2, device="cpu")
+                 log_every=2, grid_per_class=2, device="cpu", speed="float32")
 
 
 def test_kill_and_resume_continue_same_steps_and_rng(tiny_site: Path,

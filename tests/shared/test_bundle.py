@@ -253,3 +253,47 @@ def test_signed_but_malformed_contents_are_a_clean_error(env: dict[str, Path]) -
     assert code == "bad-content"
     code, _ = reason(_resign(path, env, "m3.slbundle", site="../evil"), env)
     assert code == "bad-manifest"
+
+
+def _with_teacher(n: int = 6) -> SyntheticSet:
+    syn = synthetic(n)
+    p1 = np.linspace(0.1, 0.9, n, dtype=np.float32)
+    syn.soft = np.stack([1 - p1, p1], axis=1)
+    return syn
+
+
+def _resign_member(path: Path, env: dict[str, Path], dst: str, name: str, data: bytes) -> Path:
+    """What a hostile site (holding its own key) can send: any member content, signed."""
+    from shared.files import sha256_bytes
+
+    manifest = json.loads(member(path, MANIFEST))
+    manifest["members"][name] = sha256_bytes(data)
+    tmp = rewrite(path, env["tmp"] / f"tmp-{dst}", {name: data})
+    return _resign(tmp, env, dst, members=manifest["members"])
+
+
+def test_teacher_labels_roundtrip_and_old_bundles_still_verify(env: dict[str, Path]) -> None:
+    syn = _with_teacher()
+    vb = verify_bundle(make(env, "t.slbundle", syn=syn), env["trust"])
+    assert vb.synthetic.soft is not None
+    assert np.allclose(vb.synthetic.soft, syn.soft, atol=1e-5)
+    plain = verify_bundle(make(env, "p.slbundle"), env["trust"])  # no teacher.csv
+    assert plain.synthetic.soft is None
+
+
+def test_hostile_teacher_labels_are_rejected(env: dict[str, Path]) -> None:
+    path = make(env, "t.slbundle", syn=_with_teacher())
+    good = member(path, "teacher.csv").decode().splitlines()
+    cases = {
+        "nan": [good[0], "images/000000.png,nan,nan", *good[2:]],
+        "over-one": [good[0], "images/000000.png,1.5,-0.5", *good[2:]],
+        "not-summing": [good[0], "images/000000.png,0.9,0.9", *good[2:]],
+        "reordered": [good[0], good[2], good[1], *good[3:]],
+        "short": good[:-1],
+        "header": ["file,p_a,p_b", *good[1:]],
+    }
+    for label, lines in cases.items():
+        bad = _resign_member(path, env, f"{label}.slbundle", "teacher.csv",
+                             ("\n".join(lines) + "\n").encode())
+        code, msg = reason(bad, env)
+        assert code == "bad-content" and "teacher.csv" in msg, (label, code, msg)

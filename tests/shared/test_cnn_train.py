@@ -68,7 +68,7 @@ def test_train_classifier_cannot_receive_a_test_split() -> None:
     params = set(inspect.signature(train_classifier).parameters)
     assert not any("test" in p for p in params)
     assert params == {"images", "labels", "num_classes", "cfg", "progress", "device",
-                      "val_eligible"}
+                      "val_eligible", "soft_labels"}
 
 
 def test_time_budget_stops_training() -> None:

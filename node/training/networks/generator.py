@@ -152,10 +152,14 @@ class Generator(nn.Module):
             x = lrelu(layer(x))
         w_avg: torch.Tensor = self.w_avg  # type: ignore[assignment]
         if update_w_avg is not None:
+            # Per-class means by one matrix product, all on the device: a loop over
+            # c.unique() would read the labels back to the host (a GPU sync) every step.
             with torch.no_grad():
-                for k in c.unique().tolist():
-                    mean = x[c == k].detach().float().mean(0)
-                    w_avg[k].lerp_(mean, 1.0 - update_w_avg)
+                onehot = F.one_hot(c.long(), self.num_classes).float()  # (N, K)
+                counts = onehot.sum(0)
+                means = (onehot.t() @ x.detach().float()) / counts.clamp_min(1.0)[:, None]
+                moved = w_avg.lerp(means.to(w_avg.dtype), 1.0 - update_w_avg)
+                w_avg.copy_(torch.where((counts > 0)[:, None], moved, w_avg))
         if truncation != 1.0:
             centre = w_avg[c.long()].to(x.dtype)
             x = centre + truncation * (x - centre)
