@@ -147,7 +147,7 @@ def augment_batch(
     cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-    ).to(device=x.device, dtype=torch.float32)
+    ).to(device=x.device, dtype=torch.float32, non_blocking=True)  # no stream sync on a GPU
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x.float() + 1.0, grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)

@@ -95,14 +95,14 @@ class Augment:
         if self.mode != "ada":
             return
         signs = torch.sign(logits.detach().float()).sum().double()
-        self._signs = self._signs.to(signs.device) + signs
+        self._signs = _on(self._signs, signs.device) + signs
         self._count += int(logits.numel())
         self._updates += 1
         if self._updates >= self.interval and self._count:
             rt = self._signs / self._count
             step = self._count / (self.ada_kimg * 1000.0)
             direction = torch.where(rt >= self.target, 1.0, -1.0)
-            p = self._p.to(rt.device) + direction * step
+            p = _on(self._p, rt.device) + direction * step
             self._p = p.clamp(0.0, self.max_p)
             self._p_host_zero = False
             self._last_rt = rt
@@ -125,8 +125,18 @@ class Augment:
         if self._p_host_zero:
             return x
         if self._p.device != x.device:
-            self._p = self._p.to(x.device)
+            self._p = _on(self._p, x.device)
         return augment(x, self._p)
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A 0-d state tensor on ``device`` without a host synchronisation: a CPU value (a fresh
+    or resumed state) is rebuilt there from its host value instead of copied."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu":
+        return torch.full((), float(t), dtype=t.dtype, device=device)
+    return t.to(device)
 
 
 def _gate(n: int, p: float | torch.Tensor, device: torch.device) -> torch.Tensor:

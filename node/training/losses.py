@@ -2,7 +2,7 @@
 
 * **Non-saturating logistic** (Goodfellow 2014, StyleGAN2): D minimises
   softplus(D(fake)) + softplus(−D(real)); G minimises softplus(−D(G(z, c))).
-* **Lazy R1** (Mescheder 2018; Karras 2020): γ/2·‖∇ₓD(x_real)‖², evaluated only every
+* **Lazy R1** (Mescheder 2018; Karras 2020): γ/2·‖∇ₓD(x)‖² at augmented reals, evaluated every
   ``r1_interval`` D-steps and scaled up by the interval, which keeps its regularising effect
   at a fraction of the cost (a double backward is the most expensive thing in a step).
   Switched off under DP: it is a second, unclipped per-example gradient of D on private data.
@@ -129,9 +129,15 @@ class GanLoss:
     def r1_penalty(
         self, real: torch.Tensor, c_real: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lazy R1 term, already multiplied by the interval; returns (loss, ‖∇‖² mean)."""
-        x = real.detach().float().requires_grad_(True)
-        logits = self.D(self.augment(x), c_real)
+        """Lazy R1 term, already multiplied by the interval; returns (loss, ‖∇‖² mean).
+
+        The gradient is taken at D's actual input, the augmented real image: the penalty
+        smooths D where it sees real data, and no double backward runs through the
+        augmentation's ``grid_sample`` (PyTorch has no derivative of its backward; StyleGAN2-ADA
+        ships a custom op for it). With augmentation off the two forms are identical.
+        """
+        x = self.augment(real.detach().float()).detach().requires_grad_(True)
+        logits = self.D(x, c_real)
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         penalty = grad.pow(2).sum(dim=(1, 2, 3))
         loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
