@@ -39,20 +39,31 @@ def _trainer(preset: str, batch: int = 4, **kw: object) -> object:
 
 
 @pytest.mark.parametrize("preset", ["gpu-64", "gpu-128", "gpu-256", "gpu-512"])
-def test_preset_trains_in_bf16_on_cuda(preset: str) -> None:
+def test_preset_trains_in_bf16_on_cuda_within_its_memory_estimate(preset: str) -> None:
+    """The memory guard's estimate is enough: the steps run with the allocator capped at it.
+
+    (Comparing with max_memory_allocated() would not do: cuDNN's autotuner takes large
+    transient workspaces when memory is free, 19 GiB at batch 4 on an H100, and skips such
+    algorithms when it is not.)
+    """
+    torch.cuda.empty_cache()
     tr = _trainer(preset, r1_interval=2)
     assert tr.device.type == "cuda"  # type: ignore[attr-defined]
     if torch.cuda.is_bf16_supported():
         assert tr.amp_dtype == torch.bfloat16  # type: ignore[attr-defined]
-    for _ in range(3):  # includes an R1 step
-        tr.step()  # type: ignore[attr-defined]
-    stats = tr.read_stats()  # type: ignore[attr-defined]
+    est = tr.memory  # type: ignore[attr-defined]
+    assert est is not None
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, est.needed(4) / total))
+    try:
+        for _ in range(3):  # includes an R1 step
+            tr.step()  # type: ignore[attr-defined]
+        stats = tr.read_stats()  # type: ignore[attr-defined]
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
     assert stats and all(np.isfinite(v) for v in stats.values()), stats
     assert all(p.is_cuda and p.dtype == torch.float32
                for p in tr.G.parameters())  # type: ignore[attr-defined]
-    peak = torch.cuda.max_memory_allocated()
-    est = tr.memory  # type: ignore[attr-defined]
-    assert est is not None and peak < est.needed(4), "the memory guard under-estimates"
 
 
 def test_tf32_and_fused_adam_are_on() -> None:
