@@ -12,14 +12,18 @@ Defaults, and why:
   exactly (n + 1 − k)/(n + 1) ≤ 5 % under exchangeability.
 * ``max_copy_rate = 0.10`` — twice that base rate: a generator that reproduces even 5 % of
   its outputs from training images (plus its honest 5 %) fails.
-* ``copy_significance = 0.05`` — τ comes from the held-out set, and with few held-out images it
+* ``copy_significance = 0.01`` — τ comes from the held-out set, and with few held-out images it
   is noisy: at 20 of them an honest generator's copy rate exceeds 10 % in one audit of eight
   (in a third of them with the interpolated percentile used before). A copy-rate gate above
   its limit therefore fails only if the count is also significant against the exact null of a
   novel generator (beta-binomial over the noise of τ, p below this); otherwise it passes with
   a note. The test never excuses a pixel copy rate that includes exact copies
   (``exact_copy_correlation``). With a few hundred held-out images the limit, not the test,
-  decides.
+  decides. 0.01, not 0.05, because the audit now runs several gates on the same images (copy
+  rate, data copying, near copies, MIA) and an honest generator must pass all of them: at
+  0.05 a fresh, honest phantom set of 40 images against 38 held-out failed at p = 0.03 (the
+  Flower end-to-end test's stand-in). Planted and transformed copies are failed by the
+  ``near_copies`` gate, which no significance level excuses.
 * ``max_mia_auc = 0.60`` — black-box membership inference (GAN-Leaks style, distance to the
   nearest synthetic image) should be at chance (0.5). 0.6 is the usual "weak but real leak"
   line. The gate fails only when the AUC is above it *and* its bootstrap 95 % CI excludes
@@ -68,7 +72,7 @@ class AuditConfig:
     """Gate on the pixel-correlation copy rate."""
     max_copy_rate_embedding: float | None = 0.10
     """Gate on the embedding copy rate (same calibration, in the encoder's space)."""
-    copy_significance: float = 0.05
+    copy_significance: float = 0.01
     """A copy-rate gate over its limit fails only if p (novel-generator null) is below this."""
     max_train_with_copy: float | None = None
     """Optional gate on the fraction of training images that have at least one copy."""
