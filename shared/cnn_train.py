@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from shared.classifier import ResNetClassifier
 from shared.errors import ClassifierTrainingError
+from shared.image_rows import ImageRows, image_rows
 from shared.metrics.auc import class_auc
 from shared.synthetic import to_tensor_range
 
@@ -160,19 +161,26 @@ def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def predict_scores(
-    model: torch.nn.Module, images: npt.NDArray[np.uint8], batch: int = 256
+    model: torch.nn.Module, images: npt.NDArray[np.uint8] | ImageRows, batch: int = 256,
+    index: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Softmax probabilities (N, classes) as float64, in eval mode, on the model's device."""
-    if images.ndim != 3:
-        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, got {images.shape}")
+    """Softmax probabilities (N, classes) as float64, in eval mode, on the model's device.
+
+    ``images`` may be an on-disk pool (:mod:`shared.image_rows`): it is read ``batch`` rows
+    at a time; ``index`` scores only those rows, in that order.
+    """
+    rows = image_rows(images)
+    if len(rows.shape) != 3:
+        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, got {rows.shape}")
+    idx = np.arange(len(rows)) if index is None else np.asarray(index, np.int64)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out: list[npt.NDArray[np.float64]] = []
-    data = torch.from_numpy(np.ascontiguousarray(images))
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            logits = model(_to_input(data[i : i + batch], device)).float()
+        for i in range(0, len(idx), batch):
+            chunk = torch.from_numpy(rows.take(idx[i : i + batch]))
+            logits = model(_to_input(chunk, device)).float()
             out.append(torch.softmax(logits, 1).double().cpu().numpy())
     if was_training:
         model.train()
@@ -196,7 +204,7 @@ def youden_threshold(y_true: npt.NDArray[np.int64], p1: npt.NDArray[np.float64])
 
 
 def train_classifier(
-    images: npt.NDArray[np.uint8],
+    images: npt.NDArray[np.uint8] | ImageRows,
     labels: npt.NDArray[np.int64],
     num_classes: int,
     cfg: ClassifierConfig,
@@ -214,10 +222,14 @@ def train_classifier(
     instead of one-hot ``labels`` (knowledge distillation: a synthetic image labelled by the
     site classifier's belief, not only by the class it was drawn for). Early stopping and the
     threshold still use the hard ``labels`` of the validation part.
+
+    ``images`` may stay on disk (a pool opened with ``np.load(..., mmap_mode="r")`` or an
+    :class:`shared.image_rows.ImageRows`): each step reads only its batch, so memory does not
+    grow with the number of images (the coordinator's pool at consortium scale).
     """
-    images = np.asarray(images)
+    images = image_rows(images)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if images.dtype != np.uint8 or images.ndim != 3:
+    if images.dtype != np.uint8 or len(images.shape) != 3:
         raise ClassifierTrainingError(
             f"training images must be uint8 (N, H, W), got {images.dtype} {images.shape}"
         )
@@ -248,10 +260,11 @@ def train_classifier(
         else torch.float16
     use_amp = dev.type == "cuda"
     val_mask = stratified_holdout(labels, cfg.val_fraction, cfg.seed, val_eligible)
-    tr_x = torch.from_numpy(np.ascontiguousarray(images[~val_mask]))
-    tr_y = torch.from_numpy(labels[~val_mask])
-    tr_soft = None if soft_labels is None else torch.from_numpy(soft_labels[~val_mask])
-    va_x, va_y = images[val_mask], labels[val_mask]
+    # Indices, not copies: the training rows are read batch by batch (see ``images`` above).
+    tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    tr_y = torch.from_numpy(labels[tr_idx])
+    tr_soft = None if soft_labels is None else torch.from_numpy(soft_labels[tr_idx])
+    va_y = labels[va_idx]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -290,7 +303,7 @@ def train_classifier(
                 idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
                 if len(idx) < 2:
                     continue
-                x = _to_input(tr_x[idx], dev)
+                x = _to_input(torch.from_numpy(images.take(tr_idx[idx.numpy()])), dev)
                 y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
                 if cfg.augment:
                     x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
@@ -309,7 +322,8 @@ def train_classifier(
                 if time.monotonic() > deadline:
                     stopped = "time-budget"
                     break
-            probs = predict_scores(model, va_x) if len(va_y) else np.zeros((0, num_classes))
+            probs = (predict_scores(model, images, index=va_idx) if len(va_y)
+                     else np.zeros((0, num_classes)))
             val_loss = (
                 float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
                                  torch.from_numpy(va_y)))
@@ -348,7 +362,7 @@ def train_classifier(
     threshold: float | None = None
     val_metrics: dict[str, Any] = {"best_epoch": best_epoch, "n_val": len(va_y)}
     if len(va_y):
-        probs = predict_scores(model, va_x)
+        probs = predict_scores(model, images, index=va_idx)
         val_metrics["val_auc"] = class_auc(va_y, probs)
         if num_classes == 2:
             threshold = youden_threshold(va_y, probs[:, 1])
