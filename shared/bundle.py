@@ -45,7 +45,7 @@ import tempfile
 import uuid
 import zipfile
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -479,21 +479,28 @@ def verify_bundle(
         if missing:
             raise BundleError(f"member(s) listed in the manifest but absent: {_few(missing)}",
                               "missing-member", path)
-        contents: dict[str, bytes] = {}
-        for name in sorted(declared):
+
+        def read_checked(name: str) -> bytes:
             data = _read(zf, infos[name], path)
             if sha256_bytes(data) != declared[name]:
                 raise BundleError(
                     f"member {name!r} does not match its SHA-256 in the signed manifest: it was "
                     "changed after signing", "hash-mismatch", path)
-            contents[name] = data
-    try:
-        synthetic = _decode_contents(manifest, contents, path)
-    except BundleError:
-        raise
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
-                          "bad-content", path) from None
+            return data
+
+        # Streaming: the small members are read (and hash-checked) first; each image is then
+        # read, hash-checked and decoded one at a time, so a bundle never sits in memory twice
+        # (once compressed, once decoded) and the pool can verify any number of sites.
+        small = {name: read_checked(name) for name in sorted(declared)
+                 if not name.startswith("images/")}
+        image_names = sorted(name for name in declared if name.startswith("images/"))
+        try:
+            synthetic = _decode_contents(manifest, small, image_names, read_checked, path)
+        except BundleError:
+            raise
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+            raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
+                              "bad-content", path) from None
     if not isinstance(manifest.get("site"), str) or not SITE_RE.match(manifest["site"]):
         raise BundleError(f"manifest site pseudonym {str(manifest.get('site'))[:64]!r} is "
                           "invalid", "bad-manifest", path)
@@ -571,7 +578,10 @@ def _parse_sig(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
+                     image_names: list[str], read_image: Callable[[str], bytes],
                      path: Path) -> SyntheticSet:
+    """Labels, teacher labels and images; ``contents`` holds every member but the images,
+    which ``read_image`` reads (hash-checked) one by one, in labels.csv order."""
     def bad(msg: str) -> BundleError:
         return BundleError(msg, "bad-content", path)
 
@@ -584,7 +594,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
         raise bad("manifest has no image size")
     if not all(1 <= v <= MAX_SIDE for v in size):
         raise bad(f"manifest image size {size[0]}×{size[1]} is outside 1..{MAX_SIDE}")
-    n_images = sum(1 for n in contents if n.startswith("images/"))
+    n_images = len(image_names)
     if n_images * size[0] * size[1] > MAX_PIXEL_BYTES:
         raise bad(f"{n_images} images of {size[0]}×{size[1]} would need "
                   f"{n_images * size[0] * size[1]} bytes, over the {MAX_PIXEL_BYTES}-byte cap")
@@ -593,7 +603,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     rows = list(csv.reader(io.StringIO(contents[LABELS].decode("utf-8", errors="strict"))))
     if not rows or rows[0] != ["file", "label", "class_name"]:
         raise bad("labels.csv has the wrong header")
-    image_names = sorted(n for n in contents if n.startswith("images/"))
+    known = set(image_names)
     if len(rows) - 1 != len(image_names):
         raise bad(f"labels.csv has {len(rows) - 1} rows for {len(image_names)} images")
     h, w = int(size[0]), int(size[1])
@@ -601,7 +611,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     labels = np.empty(len(image_names), np.int64)
     seen: set[str] = set()
     for i, row in enumerate(rows[1:]):
-        if len(row) != 3 or row[0] not in contents or row[0] in seen:
+        if len(row) != 3 or row[0] not in known or row[0] in seen:
             raise bad(f"labels.csv row {i + 2} is malformed or names an unknown/duplicate image")
         seen.add(row[0])
         try:
@@ -611,7 +621,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
         if not 0 <= lab < len(classes) or classes[lab] != row[2]:
             raise bad(f"labels.csv row {i + 2}: label {lab} / class {row[2]!r} do not match the "
                       "class list")
-        img = decode_png(contents[row[0]], row[0])
+        img = decode_png(read_image(row[0]), row[0])
         if img.shape != (h, w):
             raise bad(f"{row[0]} is {img.shape}, manifest says {h}×{w}")
         images[i], labels[i] = img, lab
