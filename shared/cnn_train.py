@@ -52,6 +52,10 @@ class ClassifierConfig:
     crop_scale_min: float = 0.8
     max_minutes: float | None = None
     """Wall-clock budget for the training loop; the best epoch so far is kept."""
+    max_steps: int | None = None
+    """Work budget: stop after this many optimizer steps in all (the epoch they end in is then
+    validated as usual). For bounded runs whose cost must not depend on the machine's load
+    (benchmarks, smoke tests), where ``max_minutes`` would."""
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
@@ -65,6 +69,8 @@ class ClassifierConfig:
             raise ValueError(f"patience must be ≥ 0 (0 = never stop early), got {self.patience}")
         if self.seed < 0:
             raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be ≥ 1, got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0.0 < self.val_fraction < 0.9:
@@ -90,7 +96,7 @@ class TrainedClassifier:
     val_metrics: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     stopped: str = "epochs"
-    """Why training ended: 'epochs', 'early-stopping' or 'time-budget'."""
+    """Why training ended: 'epochs', 'early-stopping', 'time-budget' or 'step-budget'."""
     n_train: int = 0
     n_val: int = 0
 
@@ -281,6 +287,7 @@ def train_classifier(
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch = 0
     stopped = "epochs"
+    total_steps = 0
     start = time.monotonic()
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
 
@@ -319,8 +326,12 @@ def train_classifier(
                     bar.update(task, advance=len(idx))
                     if n_steps % 50 == 1:
                         bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
+                total_steps += 1
                 if time.monotonic() > deadline:
                     stopped = "time-budget"
+                    break
+                if cfg.max_steps is not None and total_steps >= cfg.max_steps:
+                    stopped = "step-budget"
                     break
             probs = (predict_scores(model, images, index=va_idx) if len(va_y)
                      else np.zeros((0, num_classes)))
@@ -347,7 +358,7 @@ def train_classifier(
             if best_state is None or key > best_key:
                 best_key, best_epoch = key, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if stopped == "time-budget":
+            if stopped in ("time-budget", "step-budget"):
                 break
             if cfg.patience > 0 and epoch - best_epoch >= cfg.patience:
                 stopped = "early-stopping"

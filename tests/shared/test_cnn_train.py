@@ -78,6 +78,15 @@ def test_time_budget_stops_training() -> None:
     assert trained.stopped == "time-budget" and len(trained.history) == 1
 
 
+def test_step_budget_counts_steps_across_epochs() -> None:
+    x, y = _data(64, 4)  # 58 training images, batch 16: 3 steps an epoch
+    cfg = ClassifierConfig(epochs=50, width=4, batch=16, patience=0, max_steps=5)
+    trained = train_classifier(x, y, 2, cfg, progress=False)
+    assert trained.stopped == "step-budget" and len(trained.history) == 2
+    with pytest.raises(ValueError, match="max_steps"):
+        ClassifierConfig(max_steps=0)
+
+
 def test_early_stopping_stops_before_max_epochs() -> None:
     x, y = _data(64, 5)
     cfg = ClassifierConfig(epochs=30, width=4, batch=16, patience=1, lr=1e-2)
