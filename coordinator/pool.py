@@ -28,7 +28,6 @@ before (ARCHITECTURE.md, "The pool on disk").
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ import numpy.typing as npt
 
 from coordinator.errors import PoolError
 from coordinator.state import CoordinatorState
-from shared.files import atomic_write_json
+from shared.files import atomic_write_json, atomic_writer
 from shared.synthetic import SyntheticSet
 
 
@@ -252,24 +251,15 @@ def _write_rows(out: Path, kept: list[_Staged], owner: npt.NDArray[np.int64],
                 rows: npt.NDArray[np.int64]) -> None:
     """Write the pooled ``.npy`` by appending each bundle's kept rows (atomic rename at the end):
     one bundle's images in memory at a time."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
               "fortran_order": False, "shape": (len(rows), *kept[0].image_shape)}
     starts = np.concatenate([[0], np.cumsum([len(st.labels) for st in kept])])
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.lib.format.write_array_header_1_0(fh, header)
-            for k, st in enumerate(kept):
-                mine = rows[owner[rows] == k] - starts[k]
-                if len(mine):
-                    fh.write(np.load(st.images, allow_pickle=False)[mine].tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for k, st in enumerate(kept):
+            mine = rows[owner[rows] == k] - starts[k]
+            if len(mine):
+                fh.write(np.load(st.images, allow_pickle=False)[mine].tobytes())
 
 
 def require_pool(result: PoolResult, where: Path | str) -> SyntheticSet:
