@@ -285,6 +285,7 @@ def train_classifier(
     history: list[dict[str, Any]] = []
     best_key: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
+    best_probs = np.zeros((0, num_classes))
     best_epoch = 0
     stopped = "epochs"
     total_steps = 0
@@ -356,7 +357,7 @@ def train_classifier(
                 -val_loss if not math.isnan(val_loss) else -math.inf,
             )
             if best_state is None or key > best_key:
-                best_key, best_epoch = key, epoch
+                best_key, best_epoch, best_probs = key, epoch, probs
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if stopped in ("time-budget", "step-budget"):
                 break
@@ -373,7 +374,10 @@ def train_classifier(
     threshold: float | None = None
     val_metrics: dict[str, Any] = {"best_epoch": best_epoch, "n_val": len(va_y)}
     if len(va_y):
-        probs = predict_scores(model, images, index=va_idx)
+        # The best epoch's validation scores, kept from that epoch: the same weights on the
+        # same images, so a second pass over the validation part (10 % of a pool of any
+        # size) would only repeat them.
+        probs = best_probs
         val_metrics["val_auc"] = class_auc(va_y, probs)
         if num_classes == 2:
             threshold = youden_threshold(va_y, probs[:, 1])
