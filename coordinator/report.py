@@ -112,6 +112,16 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         row["gain"] = gain_by_joining(row["pooled"])
         row["quality"] = quality_scores(row["bundle"])
+        if row["own"] is None and (row["quality"] or {}).get("gan_train"):
+            # Without a coordinator-side own-synthetic CNN (run config own-synthetic = false,
+            # as in the demo), the site's signed GAN-train score is the same measurement: a
+            # CNN trained on the site's own synthetic images, AUC on its real test split.
+            gt = row["quality"]["gan_train"]
+            nums = {k: _finite(gt.get(k)) for k in ("auc", "ci_low", "ci_high", "n_test")} \
+                if isinstance(gt, dict) else {}
+            if nums.get("auc") is not None:
+                row["own"] = {**{k: v for k, v in nums.items() if v is not None},
+                              "source": "site GAN-train score (signed in its bundle)"}
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
         rows.append(row)
