@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_DEFAULTS: dict[str, Any] = {
-    "sites": 3, "scale": 1.0, "size": 32, "model": "spinegan", "gan_minutes": 5.0,
+    "sites": 3, "scale": 1.0, "size": 32, "model": "spinegan", "gan_minutes": 4.5,
     "n_synthetic": 1000, "cnn_minutes": 1.5, "classes": "binary", "seed": 0,
 }
 """The one table of the demo's defaults (the command's options read it). Budgets are sized

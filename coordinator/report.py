@@ -289,7 +289,7 @@ def _gain_svg(rows: list[dict[str, Any]]) -> str:
         return left + (min(max(v, lo), hi) - lo) / (hi - lo) * width
 
     parts = [f'<svg role="img" aria-label="gain in AUC by joining, per site" '
-             f'width="{left + width + 90}" height="{height}" '
+             f'width="{left + width + 140}" height="{height}" '
              'xmlns="http://www.w3.org/2000/svg" font-size="12">',
              f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="14" y2="{height - 4}" stroke="#999"/>',
              f'<text x="{x(0):.1f}" y="11" text-anchor="middle" fill="#666">0 (no gain)</text>']

@@ -105,21 +105,11 @@ class _Body:
 
 
 def render_with_bbox(
-    rng: np.random.Generator, lesion: str, size: int, exposure: float = 1.0,
-    severity: float = 1.0,
+    rng: np.random.Generator, lesion: str, size: int, exposure: float = 1.0
 ) -> tuple[FloatImage, BoxT | None]:
-    """Like :func:`render`, also returning the lesion box (x0, y0, x1, y1) in pixels.
-
-    ``severity`` in [0, 1] scales how far the lesion departs from normal anatomy: 1 is the
-    textbook case described in the module docstring, 0 is the mildest form still labelled
-    (a body at 80 % height, a slip of a tenth of a body, a disc at two thirds of its height,
-    a thin implant). Real archives hold the whole range; a CNN needs many examples to learn
-    the mild end, which is what makes a small site gain by joining."""
+    """Like :func:`render`, also returning the lesion box (x0, y0, x1, y1) in pixels."""
     if lesion not in LESION_CLASSES:
         raise ValueError(f"unknown lesion {lesion!r}; known: {', '.join(LESION_CLASSES)}")
-    if not 0.0 <= severity <= 1.0:
-        raise ValueError(f"severity must be in [0, 1], got {severity}")
-    sev = float(severity)
     n = 5
     span_top = 0.06 + rng.uniform(-0.02, 0.02)
     period = (0.88 + rng.uniform(-0.03, 0.03)) / n
@@ -144,13 +134,12 @@ def render_with_bbox(
     b = bodies[k]
     if lesion == "Vertebral collapse":
         bottom = b.y + b.h / 2
-        keep = 0.80 - 0.48 * sev  # height kept: 0.80 (mild) … 0.32 (severe)
-        b.h *= keep
+        b.h *= 0.32
         b.y = bottom - b.h / 2
-        b.dense = 1.0 + 0.5 * (0.4 + 0.6 * sev)
-        box = (b.x - b.w / 2, bottom - b.h / keep, b.x + b.w / 2, bottom)
+        b.dense = 1.5
+        box = (b.x - b.w / 2, bottom - b.h / 0.32, b.x + b.w / 2, bottom)
     elif lesion == "Spondylolisthesis":
-        shift = (0.10 + 0.35 * sev) * width * rng.choice([-1.0, 1.0])
+        shift = 0.45 * width * rng.choice([-1.0, 1.0])
         for body in bodies[: k + 1]:
             body.x += shift
         lo, hi = bodies[k], bodies[k + 1]
@@ -159,10 +148,10 @@ def render_with_bbox(
     elif lesion == "Disc space narrowing":
         lo, hi = bodies[k], bodies[k + 1]
         gap = (hi.y - hi.h / 2) - (lo.y + lo.h / 2)
-        move = (0.17 + 0.30 * sev) * gap
+        move = 0.47 * gap
         lo.y += move
         hi.y -= move
-        lo.dense = hi.dense = 1.0 + 0.45 * (0.4 + 0.6 * sev)
+        lo.dense = hi.dense = 1.45
         box = (min(lo.x, hi.x) - width / 2, lo.y, max(lo.x, hi.x) + width / 2, hi.y)
     elif lesion == "Surgical implant":
         levels = bodies[k - 1 : k + 2]
@@ -203,11 +192,10 @@ def render_with_bbox(
             local += 0.10 * tp / body.dense
         density[r0:r1] += body.dense * local
     yy_all = c[:, None]
-    metal = 0.35 + 1.05 * sev  # a thin or partly radiolucent implant at the mild end
     for x, y0, y1, hw in rods:
-        density += metal * ((np.abs(xx - x) < hw) & (yy_all > y0) & (yy_all < y1))
+        density += 1.4 * ((np.abs(xx - x) < hw) & (yy_all > y0) & (yy_all < y1))
     for xa, xb, y, hh in screws:
-        density += metal * ((xx > xa) & (xx < xb) & (np.abs(yy_all - y) < hh))
+        density += 1.4 * ((xx > xa) & (xx < xb) & (np.abs(yy_all - y) < hh))
     density += 0.03 * _smooth_noise(rng, size, 6)
     density += rng.normal(0.0, 0.018, (size, size)).astype(np.float32)
     gamma = 1.0 / max(float(exposure), 0.1)
