@@ -23,6 +23,49 @@ def make_keyed_site(root: Path, name: str, n: int = 48, size: int = 32, seed: in
     return site
 
 
+def lesion_site(root: Path, name: str, lesions: tuple[str, ...], n: int = 60, size: int = 16,
+                seed: int = 0, keyed: bool = True) -> Path:
+    """A phantom site store whose images show only ``lesions`` (vocabulary names), cycled:
+    sites that each lack some class. Every fifth pair of images is held out for testing."""
+    import numpy as np
+
+    from node.phantoms import render_with_bbox
+    from node.store import Accepted, StoreWriter
+    from shared.signing import generate_keypair
+
+    site = root / name
+    rng = np.random.default_rng([seed, 7])
+    batch = []
+    for i in range(n):
+        lesion = lesions[i % len(lesions)]
+        img, box = render_with_bbox(rng, lesion, size)
+        batch.append(Accepted(f"{name}-{i:04d}", np.clip(np.rint(img * 255), 0, 255)
+                              .astype(np.uint8), lesion, f"src:{i}", patient_id=f"P{i}",
+                              split="test" if (i // len(lesions)) % 4 == 3 else "train",
+                              bbox=box))
+    with StoreWriter(site, size=size, test_fraction=0.2) as w:
+        w.add_batch(batch)
+    if keyed:
+        generate_keypair(site / "keys")
+        (site / "keys" / "pseudonym").write_text(name)
+    return site
+
+
+def stand_in_lesions(n: int, size: int, seed: int, lesions: tuple[str, ...]) -> Any:
+    """:func:`stand_in_synthetic` for lesion mode: rendered phantoms of ``lesions`` only,
+    labelled by their vocabulary id in the whole vocabulary's class list."""
+    import numpy as np
+
+    from node.phantoms import render
+    from shared.synthetic import SyntheticSet
+    from shared.vocabulary import LESION_CLASSES, class_id
+
+    rng = np.random.default_rng([seed, 11])
+    names = [lesions[i % len(lesions)] for i in range(n)]
+    imgs = np.stack([np.rint(render(rng, name, size) * 255).astype(np.uint8) for name in names])
+    return SyntheticSet(imgs, np.array([class_id(x) for x in names]), list(LESION_CLASSES))
+
+
 def stand_in_synthetic(n: int, size: int, seed: int) -> Any:
     """What `node generate` would leave, without a GAN: freshly rendered phantoms (never a
     stored real image), alternating normal / abnormal. The coordinator tests exercise the
