@@ -90,6 +90,35 @@ def audited_stand_in(site: Path, seed: int, n: int = 24, size: int = 16) -> None
     run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
 
 
+def collect_config(root: Path, trust: Path, sites: dict[str, Path]) -> tuple[dict[str, Any],
+                                                                          dict[str, Any]]:
+    """(coordinator run config, per-site node config) of a tiny ``collect`` run over
+    :func:`audited_stand_in`-style sites: 16-px phantoms look alike, so the audit's copy gate
+    fails and each admin overrides it."""
+    cfg = {"work-dir": str(root / "work"), "trust-dir": str(trust), "mode": "collect",
+           "expected-sites": len(sites), "cnn-epochs": 1, "cnn-width": 8, "cnn-batch": 16,
+           "n-boot": 200, "own-synthetic": False, "node-wait-s": 1.0}
+    node_cfg = {name: {"site-dir": str(site), "accept-risk": "test stand-ins: 16 px phantoms "
+                       "look alike; no patient exists"} for name, site in sites.items()}
+    return cfg, node_cfg
+
+
+def answer_requests(work: Path, sites: dict[str, Path], replies: Path) -> None:
+    """The air-gapped sites' side: each runs `node evaluate --request` on the request folder
+    the coordinator wrote for it and carries its signed reply to ``replies``."""
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    replies.mkdir(parents=True, exist_ok=True)
+    for name, site in sites.items():
+        req = work / "requests" / name / "request.json"
+        res = CliRunner().invoke(app, ["node", "evaluate", "--request", str(req),
+                                       "--site-dir", str(site)])
+        assert res.exit_code == 0, res.output + str(res.exception or "")
+        shutil.copy(req.parent / f"reply-{name}.json", replies)
+
+
 def trust_folder(root: Path, sites: dict[str, Path]) -> Path:
     """The coordinator's trust folder: each site's public key, copied by hand in real life."""
     trust = root / "trust"

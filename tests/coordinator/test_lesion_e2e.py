@@ -12,7 +12,13 @@ from typing import Any
 from typer.testing import CliRunner
 
 from shared.vocabulary import LESION_CLASSES
-from tests.coordinator.fedutil import lesion_site, stand_in_lesions, trust_folder
+from tests.coordinator.fedutil import (
+    answer_requests,
+    collect_config,
+    lesion_site,
+    stand_in_lesions,
+    trust_folder,
+)
 
 # Site b has Spondylolisthesis, which site a lacks; a has two classes b lacks.
 SITES = {"site-a": ("No finding", "Surgical implant", "Vertebral collapse"),
@@ -58,11 +64,7 @@ def test_lesion_classes_over_the_in_process_transport(tmp_path: Path) -> None:
     for i, (name, site) in enumerate(sites.items()):
         _audited(site, name, i)
     trust = trust_folder(tmp_path, sites)
-    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "collect",
-           "expected-sites": 2, "cnn-epochs": 1, "cnn-width": 8, "cnn-batch": 16,
-           "n-boot": 200, "own-synthetic": False, "node-wait-s": 1.0}
-    node_cfg = {name: {"site-dir": str(site), "accept-risk": "test stand-ins: 16 px phantoms "
-                       "look alike; no patient exists"} for name, site in sites.items()}
+    cfg, node_cfg = collect_config(tmp_path, trust, sites)
     report = Run(settings_from_run_config(cfg), LocalTransport(node_cfg)).execute()
     pool = json.loads((tmp_path / "work" / "pool" / "pool.json").read_text())
     assert pool["class_names"] == list(LESION_CLASSES) and pool["class_ids"] == list(range(8))
@@ -103,13 +105,7 @@ def test_lesion_classes_over_files_and_a_mismatched_site_refused(tmp_path: Path)
                               "--width", "8", "--n-boot", "200"])
     assert res.exit_code == 0, res.output
     replies = tmp_path / "replies"
-    replies.mkdir()
-    for name, site in sites.items():
-        req = work / "requests" / name / "request.json"
-        res = runner.invoke(app, ["node", "evaluate", "--request", str(req), "--site-dir",
-                                  str(site)])
-        assert res.exit_code == 0, res.output
-        shutil.copy(req.parent / f"reply-{name}.json", replies)
+    answer_requests(work, sites, replies)
     res = runner.invoke(app, ["coordinator", "report", "--replies", str(replies), "--work",
                               str(work), "--trust", str(trust)])
     assert res.exit_code == 0, res.output
