@@ -11,8 +11,9 @@ Checks beyond the bundle's own verification:
   copy of the same bundle inside one pool;
 * **one bundle per site**: a second bundle from the same site in one pool is refused
   (``duplicate-site``) — the first, in name order, is kept;
-* **compatibility**: every bundle must have the class list and image size of the first good
-  one (``class-mismatch`` / ``size-mismatch``);
+* **compatibility**: every bundle must have the class list (names and vocabulary ids,
+  :mod:`shared.vocabulary`) and image size of the first good one, in site order
+  (``class-mismatch``, with both lists in the message / ``size-mismatch``);
 * **duplicate images**: byte-identical images across bundles are kept once;
 * **balance** (optional): undersample each class to the smallest class's count, so the
   downstream CNN does not learn the site mix instead of the lesions.
@@ -42,6 +43,7 @@ from coordinator.errors import PoolError
 from coordinator.state import CoordinatorState
 from shared.files import atomic_write_json, atomic_writer
 from shared.synthetic import SyntheticSet
+from shared.vocabulary import class_ids, mismatch
 
 
 @dataclass
@@ -61,6 +63,7 @@ class PoolResult:
             "images": 0 if self.pooled is None else len(self.pooled),
             "counts": {} if self.pooled is None else self.pooled.counts(),
             "class_names": [] if self.pooled is None else list(self.pooled.class_names),
+            "class_ids": None if self.pooled is None else class_ids(self.pooled.class_names),
             "duplicates_dropped": self.duplicates_dropped,
             "balanced_dropped": self.balanced_dropped,
         }
@@ -169,9 +172,10 @@ def _verify_and_stage(paths: Iterable[Path], trust_dir: Path, state: Coordinator
             problem = ("duplicate-site", f"a bundle from site {vb.site} is already in this pool")
         elif kept:
             first = kept[0]
-            if list(vb.synthetic.class_names) != first.class_names:
-                problem = ("class-mismatch", f"classes {vb.synthetic.class_names} differ from "
-                           f"the pool's {first.class_names}")
+            differ = mismatch(first.class_names, list(vb.synthetic.class_names),
+                              f"the pool (from site {first.site})", f"site {vb.site}")
+            if differ:
+                problem = ("class-mismatch", differ)
             elif vb.synthetic.images.shape[1:] != first.image_shape:
                 problem = ("size-mismatch", f"image size {vb.synthetic.images.shape[1:]} "
                            f"differs from the pool's {first.image_shape}")

@@ -52,9 +52,19 @@ def load_generator(site_dir: Path, run_name: str = "default") -> tuple[Any, dict
 
 
 def _quota(n: int, counts: list[int], per_class: str) -> list[int]:
-    k = len(counts)
+    """Images to draw per class. A class the site's GAN never saw (a vocabulary class this
+    site lacks, count 0) gets none: its label would name images the GAN cannot draw.
+
+    >>> _quota(7, [5, 0, 2], "balanced"), _quota(7, [5, 0, 2], "real")
+    ([4, 0, 3], [5, 0, 2])
+    """
     if per_class == "balanced":
-        return [n // k + (1 if i < n % k else 0) for i in range(k)]
+        seen = [i for i, c in enumerate(counts) if c > 0]
+        q = [0] * len(counts)
+        for j, i in enumerate(seen):
+            q[i] = n // len(seen) + (1 if j < n % len(seen) else 0)
+        return q
+    k = len(counts)
     if per_class == "real":
         total = sum(counts)
         raw = [n * c / total for c in counts]

@@ -19,16 +19,19 @@ one image changes that image's SHA-256 and nothing else.
 
 ``manifest.json`` holds: ``format`` and ``format_version``, ``bundle_id`` (UUID4), ``site``
 (the admin's pseudonym), ``key_fingerprint``, ``created_at`` (UTC), ``software_version``,
-``config`` and ``config_digest`` (SHA-256 of its canonical JSON), ``classes``, ``counts`` per
-class, ``image_count``, ``image_size``, ``members`` (SHA-256 of every other member), ``metrics``,
-``audit`` (the exportable audit summary), ``dp`` (the DP accounting, or null), and
-``accepted_risk`` (null, or the admin's signed override reason and the gates it overrides).
+``config`` and ``config_digest`` (SHA-256 of its canonical JSON), ``classes`` with
+``class_ids`` and ``vocabulary`` (the lesion vocabulary's fixed ids, :mod:`shared.vocabulary`;
+null for a site-defined class list), ``counts`` per class, ``image_count``, ``image_size``,
+``members`` (SHA-256 of every other member), ``metrics``, ``audit`` (the exportable audit
+summary), ``dp`` (the DP accounting, or null), and ``accepted_risk`` (null, or the admin's
+signed override reason and the gates it overrides).
 
 Verification (:func:`verify_bundle`) fails with a :class:`BundleError` whose ``reason`` is one
 of: ``not-found``, ``truncated``, ``corrupt``, ``unsafe-member`` (path traversal, links,
 encryption, zip-bomb sizes), ``missing-signature``, ``bad-signature``, ``unknown-key``,
 ``format-version``, ``bad-manifest``, ``extra-member``, ``missing-member``, ``hash-mismatch``,
-``bad-content``, ``replayed``, ``gates-failed``.
+``bad-content``, ``class-mismatch`` (class ids that do not fit the names), ``replayed``,
+``gates-failed``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from shared.signing import (
     verify_bytes,
 )
 from shared.synthetic import SyntheticSet
+from shared.vocabulary import VOCABULARY, class_ids, describe
 
 FORMAT = "synthlearn-bundle"
 FORMAT_VERSION = 1
@@ -287,6 +291,8 @@ def write_bundle(
         "config": clean_config,
         "config_digest": sha256_bytes(canonical_json(clean_config)),
         "classes": list(synthetic.class_names),
+        "class_ids": class_ids(synthetic.class_names),
+        "vocabulary": VOCABULARY if class_ids(synthetic.class_names) else None,
         "counts": synthetic.counts(),
         "image_count": len(synthetic),
         "image_size": [int(synthetic.images.shape[1]), int(synthetic.images.shape[2])],
@@ -589,6 +595,14 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     size = manifest.get("image_size")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("manifest has no class list")
+    if "class_ids" in manifest or "vocabulary" in manifest:  # absent in older bundles
+        ids = class_ids(classes)
+        if manifest.get("class_ids") != ids or manifest.get("vocabulary") != (
+                VOCABULARY if ids else None):
+            raise BundleError(
+                f"the manifest's class ids {manifest.get('class_ids')!r} (vocabulary "
+                f"{manifest.get('vocabulary')!r}) do not fit its classes {describe(classes)}",
+                "class-mismatch", path)
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
         raise bad("manifest has no image size")

@@ -178,3 +178,55 @@ def test_pool_streams_to_disk_and_equals_the_obvious_pool(tmp_path: Path) -> Non
     in_memory = pool_bundles(paths, trust, CoordinatorState(tmp_path / "m.db"), "r", seed=4)
     assert in_memory.pooled is not None and not isinstance(in_memory.pooled.images, np.memmap)
     assert np.array_equal(in_memory.pooled.images, x)
+
+
+def test_bundles_with_another_class_list_are_refused_with_both_lists(tmp_path: Path) -> None:
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        12, 16, 0, ("No finding", "Surgical implant", "Vertebral collapse")))
+    b = make_bundle(tmp_path, "site-b", seed=2, trust=trust)  # binary: normal / abnormal
+    res = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "s.db"), "r1", balance=False)
+    (rej,) = res.rejected
+    assert (rej["site"], rej["reason"]) == ("site-b", "class-mismatch")
+    assert ("site site-b has [0:normal, 1:abnormal], the pool (from site site-a) has "
+            "[0:No finding, 1:Disc space narrowing, 2:Foraminal stenosis") in rej["message"]
+
+
+def test_a_class_only_one_site_has_is_pooled_under_its_vocabulary_id(tmp_path: Path) -> None:
+    from shared.vocabulary import LESION_CLASSES
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        12, 16, 0, ("No finding", "Surgical implant", "Vertebral collapse")))
+    b = make_bundle(tmp_path, "site-b", trust=trust, synthetic=stand_in_lesions(
+        8, 16, 1, ("No finding", "Spondylolisthesis")))
+    res = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "s.db"), "r1", balance=False)
+    assert res.rejected == [] and res.pooled is not None
+    assert res.pooled.class_names == list(LESION_CLASSES)
+    assert res.pooled.counts() == {**dict.fromkeys(LESION_CLASSES, 0), "No finding": 8,
+                                   "Surgical implant": 4, "Vertebral collapse": 4,
+                                   "Spondylolisthesis": 4}
+    assert res.summary()["class_ids"] == list(range(8))
+    # Balancing ignores the classes nobody sent (it would otherwise drop everything).
+    bal = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "t.db"), "r2")
+    assert bal.pooled is not None and set(bal.pooled.counts().values()) == {0, 4}
+
+
+def test_class_ids_that_do_not_fit_the_names_are_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed manifest whose ids say one thing and names another: which would the CNN
+    learn? Neither: the bundle is refused."""
+    from shared import bundle
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    monkeypatch.setattr(bundle, "class_ids", lambda names: list(range(len(names)))[::-1])
+    bad = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        8, 16, 0, ("No finding", "Surgical implant")))
+    monkeypatch.undo()
+    res = pool_bundles([bad], trust, CoordinatorState(tmp_path / "s.db"), "r1")
+    (rej,) = res.rejected
+    assert rej["reason"] == "class-mismatch" and "[7, 6, 5" in rej["message"]
