@@ -65,3 +65,8 @@ class LedgerError(NodeError):
 
 class PrivacyBudgetError(NodeError, RequestRefusedError):
     """Work refused: it would take the site past the lifetime ε its admin set."""
+
+
+class InsertionError(NodeError):
+    """Lesion insertion cannot run: unknown class, no stored boxes for it, or a patch
+    generator that does not fit the request; the message says what differs."""
