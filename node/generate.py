@@ -105,7 +105,7 @@ def generate(
     tf: dict[str, Any] = meta["transform"]
     spine = None
     if filter_threshold is not None or teacher:
-        spine = _spine_for(site_dir, run_name, meta)
+        spine = spine_for(site_dir, run_name, meta)
     gen = torch.Generator().manual_seed(seed)
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -122,7 +122,7 @@ def generate(
                         "longer"
                     )
                 b = batch_for(G.resolution)
-                x = _draw(G, k, b, truncation, gen)
+                x = draw_images(G, k, b, truncation, gen)
                 drawn[k] += b
                 if spine is not None:
                     probs = torch.softmax(spine(x).float(), dim=1)
@@ -163,7 +163,8 @@ def generate(
     return s
 
 
-def _draw(G: Any, k: int, b: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
+def draw_images(G: Any, k: int, b: int, truncation: float,
+                gen: torch.Generator) -> torch.Tensor:
     """``b`` images of class ``k`` in model space, clamped to [-1, 1]."""
     z = torch.randn(b, int(G.z_dim), generator=gen)
     c = torch.full((b,), k, dtype=torch.long)
@@ -190,14 +191,14 @@ def sample_class(G: Any, meta: dict[str, Any], class_name: str, n: int,
     with torch.no_grad():
         step = batch_for(G.resolution)
         for start in range(0, n, step):
-            x = _draw(G, k, min(step, n - start), truncation, gen)
+            x = draw_images(G, k, min(step, n - start), truncation, gen)
             chunks.append(tensor_to_uint8(_to_output(x, meta["transform"])))
     info = {"seed": seed, "truncation": truncation,
             "class_mode": meta["config"]["classes"]}
     return SyntheticSet(np.concatenate(chunks), np.full(n, k, np.int64), names, info)
 
 
-def _spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:
+def spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:
     """The run's S (SpineGAN) or, for a plain GAN run, one trained now and kept in the run.
 
     A DP run only uses an S that was trained inside its budget (SpineGAN with DP): training
