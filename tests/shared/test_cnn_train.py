@@ -146,7 +146,8 @@ def test_a_pool_on_disk_trains_batch_by_batch_to_the_same_model(tmp_path) -> Non
     mem = train_classifier(x, y, 2, cfg, progress=False)
     disk = train_classifier(Counting(path), y, 2, cfg, progress=False)
     mapped = train_classifier(np.load(path, mmap_mode="r"), y, 2, cfg, progress=False)
-    assert max(largest) <= 256 and len(largest) > 2 * (len(y) // 16)
+    n_train = len(y) - len(y) // 10  # the 10 % validation part is carved out first
+    assert max(largest) <= 256 and len(largest) >= 2 * (n_train // 16)  # ≥ one read a batch
     for other in (disk, mapped):
         assert [h["train_loss"] for h in other.history] == [h["train_loss"] for h in mem.history]
         assert other.threshold == mem.threshold
