@@ -192,6 +192,6 @@ def test_init_from_weights_keep_d_heads_strict_and_start_projected_heads_fresh()
     apply_checkpoint(_T(fresh), ckpt, Path("src.pt"))
     assert torch.equal(fresh.from_img.weight, src.from_img.weight)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in heads.items())
-    with pytest.raises(InitFromError, match="src.pt: weights do not fit"):
+    with pytest.raises(InitFromError, match=r"src\.pt: weights do not fit"):
         apply_checkpoint(_T(Discriminator(16, 2, channel_base=64, channel_min=4, recon=True)),
                          ckpt, Path("src.pt"))

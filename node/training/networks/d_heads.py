@@ -52,7 +52,7 @@ def recon_error(x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
 
 
 class ReconDecoder(nn.Module):
-    """(N, cin, side, side) → (N, channels, out_side, out_side): nearest ×2 + 3×3 conv per octave."""
+    """(N, cin, side, side) → (N, channels, out_side, out_side): ×2 upsample + 3×3 conv each."""
 
     def __init__(self, cin: int, side: int, out_side: int, channels: int) -> None:
         super().__init__()
@@ -110,7 +110,7 @@ class ProjectedHeads(nn.Module):
     def forward(self, feats: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
         if len(feats) != len(self.heads):
             raise ValueError(f"expected {len(self.heads)} feature maps, got {len(feats)}")
-        out: torch.Tensor = sum(  # type: ignore[assignment]
+        out: torch.Tensor = sum(
             head(f, c) for head, f in zip(self.heads, feats, strict=True))
         return out
 
