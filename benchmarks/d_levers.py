@@ -107,6 +107,17 @@ def train_arms(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], base: GanConf
             for arm, tr in trainers.items()}
 
 
+def stratified_subset(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], n: int
+                      ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """``n`` images with the split's class ratio, drawn with a fixed seed (same for every run)."""
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([
+        rng.choice(np.flatnonzero(y == k), round(n * float(np.mean(y == k))), replace=False)
+        for k in np.unique(y)])
+    keep.sort()
+    return x[keep], y[keep]
+
+
 @torch.no_grad()
 def synthesize(tr: Trainer, n: int, seed: int
                ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
@@ -132,6 +143,9 @@ def main() -> None:
     ap.add_argument("--speed", default="channels_last",
                     help="numeric mode for every arm (fixed: no per-arm probe)")
     ap.add_argument("--spine-max-minutes", type=float, default=3.0)
+    ap.add_argument("--n-train", type=int, default=0,
+                    help="train on a stratified random subset of this many real images (a small "
+                         "site, where D-side levers are meant to help); 0 = all")
     ap.add_argument("--n-synth", type=int, default=2000)
     ap.add_argument("--cnn-epochs", type=int, default=3)
     ap.add_argument("--cnn-width", type=int, default=8)
@@ -146,6 +160,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr = load_split(args.data, "train")
     x_va, y_va = load_split(args.data, "val")
+    if 0 < args.n_train < len(y_tr):
+        x_tr, y_tr = stratified_subset(x_tr, y_tr, args.n_train)
     cnn = ClassifierConfig(epochs=args.cnn_epochs, width=args.cnn_width, batch=64, seed=0,
                            patience=args.cnn_epochs)
     base = GanConfig(model="spinegan", kimg=args.kimg, speed=args.speed,
