@@ -112,6 +112,16 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         row["gain"] = gain_by_joining(row["pooled"])
         row["quality"] = quality_scores(row["bundle"])
+        if row["own"] is None and (row["quality"] or {}).get("gan_train"):
+            # Without a coordinator-side own-synthetic CNN (run config own-synthetic = false,
+            # as in the demo), the site's signed GAN-train score is the same measurement: a
+            # CNN trained on the site's own synthetic images, AUC on its real test split.
+            gt = row["quality"]["gan_train"]
+            nums = {k: _finite(gt.get(k)) for k in ("auc", "ci_low", "ci_high", "n_test")} \
+                if isinstance(gt, dict) else {}
+            if nums.get("auc") is not None:
+                row["own"] = {**{k: v for k, v in nums.items() if v is not None},
+                              "source": "site GAN-train score (signed in its bundle)"}
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
         rows.append(row)
@@ -279,7 +289,7 @@ def _gain_svg(rows: list[dict[str, Any]]) -> str:
         return left + (min(max(v, lo), hi) - lo) / (hi - lo) * width
 
     parts = [f'<svg role="img" aria-label="gain in AUC by joining, per site" '
-             f'width="{left + width + 90}" height="{height}" '
+             f'width="{left + width + 140}" height="{height}" '
              'xmlns="http://www.w3.org/2000/svg" font-size="12">',
              f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="14" y2="{height - 4}" stroke="#999"/>',
              f'<text x="{x(0):.1f}" y="11" text-anchor="middle" fill="#666">0 (no gain)</text>']

@@ -197,3 +197,20 @@ def test_hostile_gain_and_quality_numbers_do_not_break_the_page(tmp_path: Path) 
     assert "site-a: +0.10 AUC by joining (– → –)" in page
     assert "<script>" not in page and "<i>1</i>" not in page and "<b>0</b>" not in page
     assert "site-b: " not in page.split("Gain by joining")[1].split("</ul>")[0]
+
+
+def test_own_column_falls_back_to_the_sites_signed_gan_train_score() -> None:
+    """Without coordinator-side own-synthetic CNNs (the demo), the "own synthetic" column shows
+    the GAN-train AUC the site signed into its bundle; a hostile, non-numeric one is dropped."""
+    bundle = {"metrics": {"synthetic-quality": QUALITY}}
+    hostile = {"metrics": {"synthetic-quality": {"gan_train": {"auc": "<script>", "n_test": 9}}}}
+    report = build_report(run="r", pool=None, cnn=None, sites={
+        "site-a": {"status": "ok", "baseline": _rec(0.9), "pooled": _rec(0.85), "bundle": bundle},
+        "site-b": {"status": "ok", "baseline": _rec(0.9), "pooled": _rec(0.85), "bundle": hostile},
+        "site-c": {"status": "ok", "baseline": _rec(0.9), "own": _rec(0.7), "bundle": bundle}})
+    rows = {r["site"]: r for r in report["sites"]}
+    assert rows["site-a"]["own"]["auc"] == 0.91 and rows["site-a"]["own"]["n_test"] == 80
+    assert "GAN-train" in rows["site-a"]["own"]["source"]
+    assert rows["site-b"]["own"] is None
+    assert rows["site-c"]["own"]["auc"] == 0.7  # a coordinator-side CNN wins when present
+    assert "0.910" in render_html(report)
