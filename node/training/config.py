@@ -102,13 +102,13 @@ class GanConfig:
     """bf16 autocast on a CUDA device that supports it (never on CPU)."""
     d_recon: bool = False
     """FastGAN's self-supervised D: a decoder on D's 8×8 features reconstructs each real input
-    and D's loss adds the error (:mod:`node.training.networks.d_heads`). Off: the ablation
-    (BENCHMARKS.md, issue 12) found no gain beyond its CI."""
+    and D's loss adds the error (:mod:`node.training.networks.d_heads`). Off until its
+    ablation (benchmarks/d_levers.py) shows a gain beyond the CI: BENCHMARKS.md, issue 12."""
     d_recon_weight: float = 1.0
     d_projected: bool = False
     """Projected GAN on SpineGAN's frozen classifier S: extra patch discriminators on S's
     intermediate features of real and generated images. SpineGAN only; refused under DP.
-    Off: see ``d_recon``."""
+    Off for the same reason as ``d_recon``."""
     d_projected_weight: float = 1.0
     speed: Literal["auto", "float32", "bf16", "channels_last"] = "auto"
     """Numeric mode of the adversarial passes. ``auto``: bf16 on CUDA; on CPU a start-up probe
