@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _cfg(name: str, tiny: bool, **overrides: Any) -> Any:
-    from node.training.presets import preset_config, preset_defaults
+    from node.training.config import preset_config
+    from node.training.presets import preset_defaults
 
     d = preset_defaults(name)
     if tiny:

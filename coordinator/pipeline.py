@@ -86,7 +86,7 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     from shared.synthetic import SyntheticSet
 
     cnn_dir = work / "cnn"
-    pooled = SyntheticSet.load(work / "pool" / "pooled")
+    pooled = SyntheticSet.load(work / "pool" / "pooled", on_disk=True)  # read batch by batch
     result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
                                                      progress=progress), "own": {}}
     write_resolved(cfg, cnn_dir, "cnn-config.json")

@@ -30,7 +30,8 @@ from shared.files import atomic_write_bytes
 
 RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
                "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
-               "class_names", "per_class_auc", "paired_vs_local", "signed")
+               "class_names", "class_ids", "per_class_auc", "absent_classes", "paired_vs_local",
+               "signed")
 """What the report keeps of a verified evaluation record."""
 
 ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
@@ -379,25 +380,34 @@ def _samples_section(samples: dict[str, dict[str, str]]) -> list[str]:
 
 
 def _per_class_section(rows: list[dict[str, Any]]) -> list[str]:
-    """Lesion mode: each class's one-vs-rest AUC per site and model."""
+    """Lesion mode: each class's one-vs-rest AUC per site and model. A class a site has no
+    test image of reads "absent" there (the site said so in its signed record), never 0."""
     esc = html.escape
     names: list[str] = []
     for r in rows:
         for role, _ in ROLES:
-            for name in ((r.get(role) or {}).get("per_class_auc") or {}):
-                if name not in names:
+            per = (r.get(role) or {}).get("per_class_auc")
+            for name in per if isinstance(per, dict) else ():
+                if isinstance(name, str) and name not in names:
                     names.append(name)
     if not names:
         return []
-    out = ["<h2>Per-class AUC (one vs rest, real test split)</h2><table><tr><th>Site</th>"
-           "<th>Model</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"]
+    out = ["<h2>Per-class AUC (one vs rest, real test split)</h2><p>“absent”: the site has "
+           "no test image of that class, so it has no AUC for it (the macro AUC averages the "
+           "classes it has).</p><table><tr><th>Site</th><th>Model</th>"
+           + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"]
     for r in rows:
         for role, label in ROLES:
-            per = (r.get(role) or {}).get("per_class_auc")
-            if not per:
+            rec = r.get(role) or {}
+            per = rec.get("per_class_auc")
+            if not per or not isinstance(per, dict):
                 continue
+            absent = rec.get("absent_classes")
+            absent = set(a for a in absent if isinstance(a, str)) \
+                if isinstance(absent, list) else set()
             out.append(f"<tr><td>{esc(r['site'])}</td><td>{esc(label)}</td>" + "".join(
-                f"<td class='n'>{_num(per.get(n))}</td>" for n in names) + "</tr>")
+                "<td class='n'>absent</td>" if n in absent
+                else f"<td class='n'>{_num(per.get(n))}</td>" for n in names) + "</tr>")
     out.append("</table>")
     return out
 

@@ -20,11 +20,7 @@ from typing import Any
 
 from shared.cnn_train import ClassifierConfig
 from shared.synthetic import SyntheticSet
-
-
-def class_mode(class_names: list[str]) -> str:
-    """'binary' for the two-class set, else 'lesion' (what `node evaluate` expects)."""
-    return "binary" if len(class_names) == 2 else "lesion"
+from shared.vocabulary import VOCABULARY, class_ids, class_mode
 
 
 def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
@@ -53,6 +49,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     meta = {
         "classes": class_mode(list(pooled.class_names)),
         "class_names": list(pooled.class_names),
+        "class_ids": class_ids(pooled.class_names),
+        "vocabulary": VOCABULARY if class_ids(pooled.class_names) else None,
         "trained_on": f"{role} synthetic images from {len(bundle_ids)} verified bundle(s)",
         "synthetic_only": True,
         "bundle_ids": bundle_ids,

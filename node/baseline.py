@@ -22,6 +22,7 @@ from node.errors import StoreError
 from shared.cnn_train import ClassifierConfig
 from shared.config import to_dict, write_resolved
 from shared.files import atomic_write_bytes
+from shared.vocabulary import class_ids
 
 BASELINE_KIND = "local_real_baseline"
 WITH_SYNTHETIC_KIND = "local_real_plus_synthetic"
@@ -82,7 +83,8 @@ def run_baseline(
     save_weights(
         trained.model.cpu(),
         weights,
-        {"classes": classes, "class_names": names, "threshold": trained.threshold,
+        {"classes": classes, "class_names": names, "class_ids": class_ids(names),
+         "threshold": trained.threshold,
          "trained_on": trained_on, "config": to_dict(cfg)},
     )
     write_resolved(cfg, out_dir, f"{stem}-config.json")

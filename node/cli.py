@@ -23,6 +23,7 @@ from node.commands import (
     preprocess,
     reader_study,
     train,
+    train_patches,
 )
 
 app = typer.Typer(help="Run inside a hospital: ingest DICOMs, train, generate, audit, export.",
@@ -36,6 +37,7 @@ for _name, _mod in (
     ("import-png", import_png),
     ("baseline", baseline),
     ("train", train),
+    ("train-patches", train_patches),
     ("generate", generate),
     ("audit", audit),
     ("reader-study", reader_study),

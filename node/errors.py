@@ -65,3 +65,13 @@ class LedgerError(NodeError):
 
 class PrivacyBudgetError(NodeError, RequestRefusedError):
     """Work refused: it would take the site past the lifetime ε its admin set."""
+
+
+class ClassMismatchError(NodeError, RequestRefusedError):
+    """Weights or a synthetic set use another class list than this site's store: scoring them
+    would compare class 2 with whatever this site calls class 2 (both lists in the message)."""
+
+
+class InsertionError(NodeError):
+    """Lesion insertion cannot run: unknown class, no stored boxes for it, or a patch
+    generator that does not fit the request; the message says what differs."""

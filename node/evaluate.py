@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from node.errors import StoreError
+from node.errors import ClassMismatchError, StoreError
 from shared.files import atomic_write_bytes, sha256_file
+from shared.vocabulary import VOCABULARY, class_ids, class_mode, mismatch
 
 EVAL_KIND = "evaluation"
 
@@ -39,8 +40,14 @@ def score_test_split(
     seed: int = 0,
     input_size: int | None = None,
     compare_with: Any = None,
+    expect_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """AUC (+ CI) of ``model`` on the site's real test split; numbers only.
+
+    ``expect_names``: the class list the model was trained on (its weights' metadata); any
+    other list than this site's is refused with both lists (:class:`ClassMismatchError`).
+    Classes of the list with no test image here are reported under ``absent_classes`` and
+    get no AUC (None), never a score of zero; the macro AUC averages the present ones.
 
     ``input_size`` is the side the CNN was trained at (its weights' metadata); test images of
     another side are resized to it (bilinear, antialiased when shrinking) and the record says
@@ -63,6 +70,11 @@ def score_test_split(
             "test fraction > 0"
         )
     names = store.class_names(classes)  # type: ignore[arg-type]
+    if expect_names is not None:
+        differ = mismatch(names, expect_names, "this site's store", "the CNN's weights")
+        if differ:
+            raise ClassMismatchError(f"{site_dir}: {differ}; ask for weights trained on this "
+                                     "site's class list")
     n_out = int(getattr(model, "num_classes", 2))
     if n_out != len(names):
         raise StoreError(
@@ -77,8 +89,14 @@ def score_test_split(
                             "size" + (" (antialiased)" if input_size < images.shape[1] else "")}
         images = _resize_u8(images, int(input_size))
     probs = predict_scores(model, images)
+    counts = np.bincount(labels, minlength=len(names))
     out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels),
-                           "resize": resize}
+                           "resize": resize, "class_ids": class_ids(names),
+                           "vocabulary": VOCABULARY if class_ids(names) else None,
+                           "per_class_n": {n: int(k) for n, k in zip(names, counts,
+                                                                     strict=True)},
+                           "absent_classes": [n for n, k in zip(names, counts, strict=True)
+                                              if k == 0]}
     out.update(class_auc_with_ci(labels, probs, n_boot=n_boot, seed=seed).to_dict())
     if n_out == 2 and threshold is not None:
         out.update(sens_spec(labels, probs[:, 1], threshold))
@@ -180,9 +198,18 @@ def evaluate_weights(
     digest = sha256_file(weights) if weights.is_file() else ""
     model = load_classifier(weights)  # raises WeightsError for a missing/bad file
     _, meta = load_weights(weights)
-    classes = str(meta.get("classes", "binary"))
-    if classes not in ("binary", "lesion"):
-        classes = "binary"
+    expect = meta.get("class_names")
+    if expect is not None and not (isinstance(expect, list) and 0 < len(expect) <= 64
+                                   and all(isinstance(n, str) and len(n) <= 200
+                                           for n in expect)):
+        raise ClassMismatchError(f"{weights}: the weights' class_names is not a list of class "
+                                 "names; ask the coordinator for weights it trained")
+    if expect is not None:
+        classes = class_mode(expect)
+    else:  # weights from before class lists were carried: the class count is checked
+        classes = str(meta.get("classes", "binary"))
+        if classes not in ("binary", "lesion"):
+            classes = "binary"
     if threshold_from_meta:
         threshold = meta.get("threshold")
     input_size = meta.get("input_size")
@@ -200,7 +227,8 @@ def evaluate_weights(
         "weights_sha256": digest,
         **score_test_split(model, site_dir, classes,
                            float(threshold) if threshold is not None else None, n_boot, seed,
-                           input_size=input_size, compare_with=reference),
+                           input_size=input_size, compare_with=reference,
+                           expect_names=expect),
         "seconds": round(time.monotonic() - t0, 2),
         "software_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

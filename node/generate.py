@@ -52,9 +52,19 @@ def load_generator(site_dir: Path, run_name: str = "default") -> tuple[Any, dict
 
 
 def _quota(n: int, counts: list[int], per_class: str) -> list[int]:
-    k = len(counts)
+    """Images to draw per class. A class the site's GAN never saw (a vocabulary class this
+    site lacks, count 0) gets none: its label would name images the GAN cannot draw.
+
+    >>> _quota(7, [5, 0, 2], "balanced"), _quota(7, [5, 0, 2], "real")
+    ([4, 0, 3], [5, 0, 2])
+    """
     if per_class == "balanced":
-        return [n // k + (1 if i < n % k else 0) for i in range(k)]
+        seen = [i for i, c in enumerate(counts) if c > 0]
+        q = [0] * len(counts)
+        for j, i in enumerate(seen):
+            q[i] = n // len(seen) + (1 if j < n % len(seen) else 0)
+        return q
+    k = len(counts)
     if per_class == "real":
         total = sum(counts)
         raw = [n * c / total for c in counts]
@@ -95,7 +105,7 @@ def generate(
     tf: dict[str, Any] = meta["transform"]
     spine = None
     if filter_threshold is not None or teacher:
-        spine = _spine_for(site_dir, run_name, meta)
+        spine = spine_for(site_dir, run_name, meta)
     gen = torch.Generator().manual_seed(seed)
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -112,7 +122,7 @@ def generate(
                         "longer"
                     )
                 b = batch_for(G.resolution)
-                x = _draw(G, k, b, truncation, gen)
+                x = draw_images(G, k, b, truncation, gen)
                 drawn[k] += b
                 if spine is not None:
                     probs = torch.softmax(spine(x).float(), dim=1)
@@ -153,7 +163,8 @@ def generate(
     return s
 
 
-def _draw(G: Any, k: int, b: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
+def draw_images(G: Any, k: int, b: int, truncation: float,
+                gen: torch.Generator) -> torch.Tensor:
     """``b`` images of class ``k`` in model space, clamped to [-1, 1]."""
     z = torch.randn(b, int(G.z_dim), generator=gen)
     c = torch.full((b,), k, dtype=torch.long)
@@ -180,14 +191,14 @@ def sample_class(G: Any, meta: dict[str, Any], class_name: str, n: int,
     with torch.no_grad():
         step = batch_for(G.resolution)
         for start in range(0, n, step):
-            x = _draw(G, k, min(step, n - start), truncation, gen)
+            x = draw_images(G, k, min(step, n - start), truncation, gen)
             chunks.append(tensor_to_uint8(_to_output(x, meta["transform"])))
     info = {"seed": seed, "truncation": truncation,
             "class_mode": meta["config"]["classes"]}
     return SyntheticSet(np.concatenate(chunks), np.full(n, k, np.int64), names, info)
 
 
-def _spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:
+def spine_for(site_dir: Path, run_name: str, meta: dict[str, Any]) -> torch.nn.Module:
     """The run's S (SpineGAN) or, for a plain GAN run, one trained now and kept in the run.
 
     A DP run only uses an S that was trained inside its budget (SpineGAN with DP): training

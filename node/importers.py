@@ -34,6 +34,7 @@ import numpy.typing as npt
 from node.dicom_pixels import (
     MIN_SIDE,
     TOO_SMALL,
+    UNKNOWN_LABEL,
     UNLABELLED,
     UNREADABLE,
     centre_square,
@@ -42,7 +43,7 @@ from node.dicom_pixels import (
 )
 from node.errors import IngestError
 from node.ingest import REPORT_NAME, scan
-from node.labels import load_labels, match_keys
+from node.labels import LABEL_MAP, checked_box, load_label_map, load_labels, match_keys
 from node.store import NORMAL, Accepted, SiteStore, Skipped, StoreWriter
 from shared.files import atomic_write_bytes
 from shared.progress import optional_progress
@@ -248,13 +249,16 @@ def import_png(
     folder, site_dir = Path(folder), Path(site_dir)
     if not folder.is_dir():
         raise IngestError(f"{folder}: not a folder of images")
-    sheet = load_labels(labels_csv)
+    map_path = site_dir / LABEL_MAP
+    sheet = load_labels(labels_csv, load_label_map(map_path))
     started = time.perf_counter()
     found = scan(folder, exclude=(Path(labels_csv), site_dir))
     skipped: list[Skipped] = []
+    notes = list(sheet.notes)
     accepted = 0
     with StoreWriter(site_dir, size=size, test_fraction=test_fraction) as writer:
         writer.forget_skipped(UNLABELLED)
+        writer.forget_skipped(UNKNOWN_LABEL)
         known = writer.known_sources()
         known_ids = writer.known_image_ids()
         todo = [rel for rel in found if rel not in known]
@@ -262,12 +266,16 @@ def import_png(
         skip_batch: list[Skipped] = []
         with optional_progress(progress, "img") as bar:
             task = bar.add_task("import-png", total=len(todo), status="") if bar else None
+            for line in notes if bar is not None and todo else ():
+                bar.console.print(f"label note: {line}", highlight=False, markup=False)
             for rel in todo:
                 try:
                     if Path(rel).suffix.lower() not in IMAGE_SUFFIXES:
                         raise _Skip(Skipped(rel, NOT_IMAGE, f"{rel}: not an image file "
                                             f"({', '.join(sorted(IMAGE_SUFFIXES))})"))
                     row = sheet.lookup(match_keys(rel))
+                    if row is None and (why := sheet.rejection(match_keys(rel))) is not None:
+                        raise _Skip(Skipped(rel, UNKNOWN_LABEL, f"{rel}: {why}"))
                     if row is None:
                         raise _Skip(Skipped(rel, UNLABELLED, f"{rel}: no row in "
                                             f"{sheet.path.name}; add one (never guessed)"))
@@ -280,12 +288,17 @@ def import_png(
                                             f"{img.shape[1]} px; the smallest side must be "
                                             f"≥ {min_side} px"))
                     top, left, side = centre_square(*img.shape)
-                    box = None
-                    if row.bbox is not None:
+                    box, note = checked_box(row, sheet.path, img.shape[0], img.shape[1])
+                    if box is not None:
                         from node.dicom_pixels import Geometry
 
                         box = Geometry(img.shape[0], img.shape[1], top, left, side,
-                                       size).map_bbox(row.bbox)
+                                       size).map_bbox(box)
+                    if note:
+                        notes.append(note)
+                        if bar is not None:
+                            bar.console.print(f"label note: {note}", highlight=False,
+                                              markup=False)
                     batch.append(Accepted(row.image_id, _fit(img, size), row.lesion, rel,
                                           patient_id=row.patient_id,
                                           split=row.split,  # type: ignore[arg-type]
@@ -307,4 +320,5 @@ def import_png(
             writer.add_batch(batch, skip_batch)
     return _report("import_png_report", site_dir, folder, accepted, skipped, len(found),
                    len(found) - len(todo), time.perf_counter() - started,
-                   {"size": size, "label_sheet": {"layout": sheet.layout, "rows": len(sheet)}})
+                   {"size": size, "label_sheet": {"layout": sheet.layout, "rows": len(sheet)},
+                    "label_notes": notes})

@@ -53,6 +53,7 @@ from node.dicom_pixels import (
     DECODE_ERROR,
     DUPLICATE,
     MIN_SIDE,
+    UNKNOWN_LABEL,
     UNLABELLED,
     UNREADABLE,
     SkipFileError,
@@ -61,7 +62,7 @@ from node.dicom_pixels import (
     read_dataset,
 )
 from node.errors import IngestError
-from node.labels import LabelSheet, load_labels, match_keys
+from node.labels import LABEL_MAP, LabelSheet, checked_box, load_label_map, load_labels, match_keys
 from node.store import Accepted, SiteStore, Skipped, StoreWriter
 from shared.config import write_resolved
 from shared.files import atomic_write_bytes
@@ -83,6 +84,8 @@ class PreprocessConfig:
     batch_size: int = 64
     allow_burned_in: bool = False
     """Ingest DICOMs marked BurnedInAnnotation = YES (the admin checked the pixels)."""
+    label_map: str = ""
+    """The site's ``label-map.csv`` (:mod:`node.labels`), or "" when it has none."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +99,10 @@ _ALLOW_BURNED_IN = False
 
 
 def _init_worker(root: str, labels: str, size: int, min_side: int,
-                 allow_burned_in: bool = False) -> None:
+                 allow_burned_in: bool = False, label_map: str = "") -> None:
     global _ROOT, _SHEET, _SIZE, _MIN_SIDE, _ALLOW_BURNED_IN
-    _ROOT, _SHEET, _SIZE, _MIN_SIDE = Path(root), load_labels(Path(labels)), size, min_side
+    words = load_label_map(Path(label_map)) if label_map else {}
+    _ROOT, _SHEET, _SIZE, _MIN_SIDE = Path(root), load_labels(Path(labels), words), size, min_side
     _ALLOW_BURNED_IN = allow_burned_in
 
 
@@ -115,13 +119,21 @@ def process_file(rel: str) -> Accepted | Skipped:
         ds = read_dataset(_ROOT / rel, rel)
         # A non-image is skipped as such, not as unlabelled.
         check_image(ds, rel, _MIN_SIDE, allow_burned_in=_ALLOW_BURNED_IN)
-        row = _SHEET.lookup(match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None))
+        keys = match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None)
+        row = _SHEET.lookup(keys)
+        if row is None and (why := _SHEET.rejection(keys)) is not None:
+            return Skipped(rel, UNKNOWN_LABEL, f"{rel}: {why}")
         if row is None:
             return Skipped(rel, UNLABELLED, f"{rel}: no row in {_SHEET.path.name} for "
                            f"image_id '{Path(rel).stem}' or its SOP Instance UID; "
                            "add one (never guessed)")
         pixels, geom = checked_store_pixels(ds, _SIZE, rel)
         pid = row.patient_id or str(ds.get("PatientID", "") or "").strip() or None
+        box, note = checked_box(row, _SHEET.path, geom.rows, geom.columns)
+        mapped = geom.map_bbox(box) if box is not None else None
+        if box is not None and mapped is None:
+            note = (f"{_SHEET.path.name}:{row.line}: box {box} lies outside the kept centre "
+                    "square; image kept without a box")
         return Accepted(
             image_id=row.image_id,
             pixels=pixels,
@@ -129,7 +141,8 @@ def process_file(rel: str) -> Accepted | Skipped:
             source_key=rel,
             patient_id=pid,
             split=row.split,  # type: ignore[arg-type]  # validated by load_labels
-            bbox=geom.map_bbox(row.bbox) if row.bbox is not None else None,
+            bbox=mapped,
+            note=note,
         )
     except SkipFileError as exc:
         return Skipped(rel, exc.reason, exc.detail)
@@ -184,7 +197,8 @@ def default_workers() -> int:
 def _results(files: list[str], cfg: PreprocessConfig) -> Iterator[Accepted | Skipped]:
     """One result per file, in completion order (``process_file`` is looked up per call, so a
     test can substitute a picklable stand-in)."""
-    init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side, cfg.allow_burned_in)
+    init = (cfg.dicom_dir, cfg.labels, cfg.size, cfg.min_side, cfg.allow_burned_in,
+            cfg.label_map)
     if cfg.workers <= 1 or len(files) <= 1:
         _init_worker(*init)
         for rel in files:
@@ -210,7 +224,7 @@ def _worker_failed(rel: str, exc: BaseException) -> Skipped:
 
 
 def _pool_results(files: list[str], workers: int,
-                  init: tuple[str, str, int, int, bool]) -> Iterator[Accepted | Skipped]:
+                  init: tuple[str, str, int, int, bool, str]) -> Iterator[Accepted | Skipped]:
     """``process_file`` over a spawn process pool that survives workers dying.
 
     At most ``2 × workers`` futures are in flight (bounded memory). When a worker dies the pool
@@ -307,15 +321,19 @@ def preprocess(
         raise IngestError(f"{dicom_dir}: not a folder; pass the folder holding the DICOM files")
     if batch_size < 1:
         raise IngestError(f"batch size must be ≥ 1, got {batch_size}")
-    sheet = load_labels(labels_csv)  # fail early, in the main process, on a bad sheet
+    map_path = site_dir / LABEL_MAP
+    # fail early, in the main process, on a bad sheet or label map
+    sheet = load_labels(labels_csv, load_label_map(map_path))
     n_workers = default_workers() if workers is None or workers < 1 else workers
     cfg = PreprocessConfig(str(dicom_dir.resolve()), str(labels_csv.resolve()), size,
-                           test_fraction, n_workers, min_side, batch_size, allow_burned_in)
+                           test_fraction, n_workers, min_side, batch_size, allow_burned_in,
+                           str(map_path.resolve()) if map_path.is_file() else "")
     started = time.perf_counter()
     writer = StoreWriter(site_dir, size=size, test_fraction=test_fraction)
     try:
         write_resolved(cfg, site_dir / "store", "preprocess-config.json")
-        retried = writer.forget_skipped(UNLABELLED) + writer.forget_skipped(UNREADABLE)
+        retried = (writer.forget_skipped(UNLABELLED) + writer.forget_skipped(UNREADABLE)
+                   + writer.forget_skipped(UNKNOWN_LABEL))
         if allow_burned_in:  # the admin has now checked them: try them again
             retried += writer.forget_skipped(BURNED_IN)
         known = writer.known_sources()
@@ -324,6 +342,7 @@ def preprocess(
         todo = [rel for rel in found if rel not in known]
         accepted_n = 0
         skipped_rows: list[Skipped] = []
+        notes: list[str] = list(sheet.notes) if todo else []
         batch: list[Accepted] = []
         skip_batch: list[Skipped] = []
         last_flush = time.monotonic()
@@ -339,12 +358,17 @@ def preprocess(
             task = bar.add_task("preprocess", total=len(todo), status="") if bar else None
             say = echo or ((lambda line: bar.console.print(line, highlight=False, markup=False))
                            if bar else (lambda line: None))
+            for line in notes:
+                say(f"label note: {line}")
             for result in _results(todo, cfg):
                 if isinstance(result, Accepted) and result.image_id in known_ids:
                     result = Skipped(result.source_key, DUPLICATE,
                                      f"{result.source_key}: image id '{result.image_id}' is "
                                      "already in the store from another file")
                 if isinstance(result, Accepted):
+                    if result.note:
+                        notes.append(result.note)
+                        say(f"label note: {result.note}")
                     known_ids.add(result.image_id)
                     batch.append(result)
                     accepted_n += 1
@@ -369,7 +393,9 @@ def preprocess(
         "kind": "preprocess_report",
         "config": {"size": size, "test_fraction": test_fraction, "workers": n_workers,
                    "min_side": min_side, "batch_size": batch_size},
-        "label_sheet": {"layout": sheet.layout, "rows": len(sheet)},
+        "label_sheet": {"layout": sheet.layout, "rows": len(sheet),
+                        "label_map": cfg.label_map or None},
+        "label_notes": notes,
         "files_found": len(found),
         "already_in_store": len(found) - len(todo),
         "retried": retried,

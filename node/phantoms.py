@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-LESION_CLASSES: tuple[str, ...] = (
+LESION_CLASSES: tuple[str, ...] = (  # the vocabulary classes (shared.vocabulary) drawn here
     "No finding",
     "Surgical implant",
     "Vertebral collapse",

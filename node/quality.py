@@ -47,13 +47,14 @@ def score_synthetic(site_dir: Path, synthetic_name: str, cfg: Any = None, *,
     from shared.metrics.distribution import distribution_scores
     from shared.metrics.encoders import get_encoder
     from shared.synthetic import SyntheticSet
+    from shared.vocabulary import class_mode
     from shared.weights_io import load_classifier
 
     site_dir = Path(site_dir)
     t0 = time.monotonic()
     syn = SyntheticSet.load(site_dir / "synthetic" / synthetic_name)
     store = SiteStore.open(site_dir)
-    classes = "binary" if len(syn.class_names) == 2 else "lesion"
+    classes = class_mode(syn.class_names)
     record: dict[str, Any] = {"kind": "synthetic_quality", "synthetic": synthetic_name,
                               "classes": classes, "n_synthetic": len(syn)}
     problems: list[str] = []
@@ -61,7 +62,8 @@ def score_synthetic(site_dir: Path, synthetic_name: str, cfg: Any = None, *,
         cfg = cfg or ClassifierConfig(max_minutes=0.5, seed=seed)
         trained = train_classifier(syn.images, syn.labels, len(syn.class_names), cfg,
                                    progress=False)
-        gt = score_test_split(trained.model, site_dir, classes, None, n_boot, seed)
+        gt = score_test_split(trained.model, site_dir, classes, None, n_boot, seed,
+                              expect_names=list(syn.class_names))
         record["gan_train"] = {k: gt[k] for k in ("auc", "ci_low", "ci_high", "n_test")}
     except Exception as exc:  # a failed score is reported, not fatal to the export
         problems.append(f"GAN-train: {exc}"[:200])

@@ -46,10 +46,9 @@ import numpy.typing as npt
 
 from node.errors import StoreError
 from shared.files import atomic_write_bytes
+from shared.vocabulary import BINARY_CLASSES, LESION_CLASSES, NORMAL, binary_label
 
 FORMAT_VERSION = 1
-NORMAL = "No finding"
-"""The VinDr-SpineXR name of the normal class; every other lesion name means abnormal."""
 
 Split = Literal["train", "test"]
 ClassMode = Literal["binary", "lesion"]
@@ -88,6 +87,9 @@ class Accepted:
     split: Split | None = None
     """Force a split (research importers with predefined splits); None → patient hash."""
     bbox: tuple[float, float, float, float] | None = None
+    note: str | None = None
+    """One line for the admin about a row the image was accepted despite (e.g. its box was
+    dropped); printed and kept in the import report, not stored."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,6 @@ class Sample:
     lesion: str
     split: Split
     bbox: tuple[float, float, float, float] | None = None
-
-
-def binary_label(lesion: str) -> int:
-    """VinDr convention: 'No finding' is normal (0); any lesion is abnormal (1)."""
-    return 0 if lesion == NORMAL else 1
 
 
 def patient_split(patient_key: str, test_fraction: float) -> Split:
@@ -298,13 +295,17 @@ class SiteStore:
         return self._maps[shard]
 
     def lesion_classes(self) -> list[str]:
-        """Class names for multi-class runs: 'No finding' first (index 0), others sorted."""
+        """Class names for multi-class runs (:mod:`shared.vocabulary`): the whole vocabulary
+        in id order when every stored name is a vocabulary name, whether or not this site has
+        each class; else the site-defined list, 'No finding' first (index 0), others sorted."""
         names = {r[4] for r in self._rows}
+        if names <= set(LESION_CLASSES):
+            return list(LESION_CLASSES)
         rest = sorted(names - {NORMAL})
         return ([NORMAL] if NORMAL in names else []) + rest
 
     def class_names(self, mode: ClassMode) -> list[str]:
-        return ["normal", "abnormal"] if mode == "binary" else self.lesion_classes()
+        return list(BINARY_CLASSES) if mode == "binary" else self.lesion_classes()
 
     def samples(self, split: Split | None = None) -> Iterator[Sample]:
         """Yield every image (optionally one split) in image-id order."""

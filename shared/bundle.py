@@ -19,16 +19,19 @@ one image changes that image's SHA-256 and nothing else.
 
 ``manifest.json`` holds: ``format`` and ``format_version``, ``bundle_id`` (UUID4), ``site``
 (the admin's pseudonym), ``key_fingerprint``, ``created_at`` (UTC), ``software_version``,
-``config`` and ``config_digest`` (SHA-256 of its canonical JSON), ``classes``, ``counts`` per
-class, ``image_count``, ``image_size``, ``members`` (SHA-256 of every other member), ``metrics``,
-``audit`` (the exportable audit summary), ``dp`` (the DP accounting, or null), and
-``accepted_risk`` (null, or the admin's signed override reason and the gates it overrides).
+``config`` and ``config_digest`` (SHA-256 of its canonical JSON), ``classes`` with
+``class_ids`` and ``vocabulary`` (the lesion vocabulary's fixed ids, :mod:`shared.vocabulary`;
+null for a site-defined class list), ``counts`` per class, ``image_count``, ``image_size``,
+``members`` (SHA-256 of every other member), ``metrics``, ``audit`` (the exportable audit
+summary), ``dp`` (the DP accounting, or null), and ``accepted_risk`` (null, or the admin's
+signed override reason and the gates it overrides).
 
 Verification (:func:`verify_bundle`) fails with a :class:`BundleError` whose ``reason`` is one
 of: ``not-found``, ``truncated``, ``corrupt``, ``unsafe-member`` (path traversal, links,
 encryption, zip-bomb sizes), ``missing-signature``, ``bad-signature``, ``unknown-key``,
 ``format-version``, ``bad-manifest``, ``extra-member``, ``missing-member``, ``hash-mismatch``,
-``bad-content``, ``replayed``, ``gates-failed``.
+``bad-content``, ``class-mismatch`` (class ids that do not fit the names), ``replayed``,
+``gates-failed``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import tempfile
 import uuid
 import zipfile
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +72,7 @@ from shared.signing import (
     verify_bytes,
 )
 from shared.synthetic import SyntheticSet
+from shared.vocabulary import VOCABULARY, class_ids, describe
 
 FORMAT = "synthlearn-bundle"
 FORMAT_VERSION = 1
@@ -287,6 +291,8 @@ def write_bundle(
         "config": clean_config,
         "config_digest": sha256_bytes(canonical_json(clean_config)),
         "classes": list(synthetic.class_names),
+        "class_ids": class_ids(synthetic.class_names),
+        "vocabulary": VOCABULARY if class_ids(synthetic.class_names) else None,
         "counts": synthetic.counts(),
         "image_count": len(synthetic),
         "image_size": [int(synthetic.images.shape[1]), int(synthetic.images.shape[2])],
@@ -479,21 +485,28 @@ def verify_bundle(
         if missing:
             raise BundleError(f"member(s) listed in the manifest but absent: {_few(missing)}",
                               "missing-member", path)
-        contents: dict[str, bytes] = {}
-        for name in sorted(declared):
+
+        def read_checked(name: str) -> bytes:
             data = _read(zf, infos[name], path)
             if sha256_bytes(data) != declared[name]:
                 raise BundleError(
                     f"member {name!r} does not match its SHA-256 in the signed manifest: it was "
                     "changed after signing", "hash-mismatch", path)
-            contents[name] = data
-    try:
-        synthetic = _decode_contents(manifest, contents, path)
-    except BundleError:
-        raise
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
-                          "bad-content", path) from None
+            return data
+
+        # Streaming: the small members are read (and hash-checked) first; each image is then
+        # read, hash-checked and decoded one at a time, so a bundle never sits in memory twice
+        # (once compressed, once decoded) and the pool can verify any number of sites.
+        small = {name: read_checked(name) for name in sorted(declared)
+                 if not name.startswith("images/")}
+        image_names = sorted(name for name in declared if name.startswith("images/"))
+        try:
+            synthetic = _decode_contents(manifest, small, image_names, read_checked, path)
+        except BundleError:
+            raise
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+            raise BundleError(f"signed contents are malformed ({type(exc).__name__}: {exc})",
+                              "bad-content", path) from None
     if not isinstance(manifest.get("site"), str) or not SITE_RE.match(manifest["site"]):
         raise BundleError(f"manifest site pseudonym {str(manifest.get('site'))[:64]!r} is "
                           "invalid", "bad-manifest", path)
@@ -571,7 +584,10 @@ def _parse_sig(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
+                     image_names: list[str], read_image: Callable[[str], bytes],
                      path: Path) -> SyntheticSet:
+    """Labels, teacher labels and images; ``contents`` holds every member but the images,
+    which ``read_image`` reads (hash-checked) one by one, in labels.csv order."""
     def bad(msg: str) -> BundleError:
         return BundleError(msg, "bad-content", path)
 
@@ -579,12 +595,20 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     size = manifest.get("image_size")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("manifest has no class list")
+    if "class_ids" in manifest or "vocabulary" in manifest:  # absent in older bundles
+        ids = class_ids(classes)
+        if manifest.get("class_ids") != ids or manifest.get("vocabulary") != (
+                VOCABULARY if ids else None):
+            raise BundleError(
+                f"the manifest's class ids {manifest.get('class_ids')!r} (vocabulary "
+                f"{manifest.get('vocabulary')!r}) do not fit its classes {describe(classes)}",
+                "class-mismatch", path)
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
         raise bad("manifest has no image size")
     if not all(1 <= v <= MAX_SIDE for v in size):
         raise bad(f"manifest image size {size[0]}×{size[1]} is outside 1..{MAX_SIDE}")
-    n_images = sum(1 for n in contents if n.startswith("images/"))
+    n_images = len(image_names)
     if n_images * size[0] * size[1] > MAX_PIXEL_BYTES:
         raise bad(f"{n_images} images of {size[0]}×{size[1]} would need "
                   f"{n_images * size[0] * size[1]} bytes, over the {MAX_PIXEL_BYTES}-byte cap")
@@ -593,7 +617,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     rows = list(csv.reader(io.StringIO(contents[LABELS].decode("utf-8", errors="strict"))))
     if not rows or rows[0] != ["file", "label", "class_name"]:
         raise bad("labels.csv has the wrong header")
-    image_names = sorted(n for n in contents if n.startswith("images/"))
+    known = set(image_names)
     if len(rows) - 1 != len(image_names):
         raise bad(f"labels.csv has {len(rows) - 1} rows for {len(image_names)} images")
     h, w = int(size[0]), int(size[1])
@@ -601,7 +625,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
     labels = np.empty(len(image_names), np.int64)
     seen: set[str] = set()
     for i, row in enumerate(rows[1:]):
-        if len(row) != 3 or row[0] not in contents or row[0] in seen:
+        if len(row) != 3 or row[0] not in known or row[0] in seen:
             raise bad(f"labels.csv row {i + 2} is malformed or names an unknown/duplicate image")
         seen.add(row[0])
         try:
@@ -611,7 +635,7 @@ def _decode_contents(manifest: dict[str, Any], contents: dict[str, bytes],
         if not 0 <= lab < len(classes) or classes[lab] != row[2]:
             raise bad(f"labels.csv row {i + 2}: label {lab} / class {row[2]!r} do not match the "
                       "class list")
-        img = decode_png(contents[row[0]], row[0])
+        img = decode_png(read_image(row[0]), row[0])
         if img.shape != (h, w):
             raise bad(f"{row[0]} is {img.shape}, manifest says {h}×{w}")
         images[i], labels[i] = img, lab

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from shared.classifier import ResNetClassifier
 from shared.errors import ClassifierTrainingError
+from shared.image_rows import ImageRows, image_rows
 from shared.metrics.auc import class_auc
 from shared.synthetic import to_tensor_range
 
@@ -51,6 +52,10 @@ class ClassifierConfig:
     crop_scale_min: float = 0.8
     max_minutes: float | None = None
     """Wall-clock budget for the training loop; the best epoch so far is kept."""
+    max_steps: int | None = None
+    """Work budget: stop after this many optimizer steps in all (the epoch they end in is then
+    validated as usual). For bounded runs whose cost must not depend on the machine's load
+    (benchmarks, smoke tests), where ``max_minutes`` would."""
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
@@ -64,6 +69,8 @@ class ClassifierConfig:
             raise ValueError(f"patience must be ≥ 0 (0 = never stop early), got {self.patience}")
         if self.seed < 0:
             raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be ≥ 1, got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0.0 < self.val_fraction < 0.9:
@@ -89,7 +96,7 @@ class TrainedClassifier:
     val_metrics: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     stopped: str = "epochs"
-    """Why training ended: 'epochs', 'early-stopping' or 'time-budget'."""
+    """Why training ended: 'epochs', 'early-stopping', 'time-budget' or 'step-budget'."""
     n_train: int = 0
     n_val: int = 0
 
@@ -160,19 +167,26 @@ def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def predict_scores(
-    model: torch.nn.Module, images: npt.NDArray[np.uint8], batch: int = 256
+    model: torch.nn.Module, images: npt.NDArray[np.uint8] | ImageRows, batch: int = 256,
+    index: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Softmax probabilities (N, classes) as float64, in eval mode, on the model's device."""
-    if images.ndim != 3:
-        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, got {images.shape}")
+    """Softmax probabilities (N, classes) as float64, in eval mode, on the model's device.
+
+    ``images`` may be an on-disk pool (:mod:`shared.image_rows`): it is read ``batch`` rows
+    at a time; ``index`` scores only those rows, in that order.
+    """
+    rows = image_rows(images)
+    if len(rows.shape) != 3:
+        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, got {rows.shape}")
+    idx = np.arange(len(rows)) if index is None else np.asarray(index, np.int64)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out: list[npt.NDArray[np.float64]] = []
-    data = torch.from_numpy(np.ascontiguousarray(images))
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            logits = model(_to_input(data[i : i + batch], device)).float()
+        for i in range(0, len(idx), batch):
+            chunk = torch.from_numpy(rows.take(idx[i : i + batch]))
+            logits = model(_to_input(chunk, device)).float()
             out.append(torch.softmax(logits, 1).double().cpu().numpy())
     if was_training:
         model.train()
@@ -196,7 +210,7 @@ def youden_threshold(y_true: npt.NDArray[np.int64], p1: npt.NDArray[np.float64])
 
 
 def train_classifier(
-    images: npt.NDArray[np.uint8],
+    images: npt.NDArray[np.uint8] | ImageRows,
     labels: npt.NDArray[np.int64],
     num_classes: int,
     cfg: ClassifierConfig,
@@ -214,10 +228,14 @@ def train_classifier(
     instead of one-hot ``labels`` (knowledge distillation: a synthetic image labelled by the
     site classifier's belief, not only by the class it was drawn for). Early stopping and the
     threshold still use the hard ``labels`` of the validation part.
+
+    ``images`` may stay on disk (a pool opened with ``np.load(..., mmap_mode="r")`` or an
+    :class:`shared.image_rows.ImageRows`): each step reads only its batch, so memory does not
+    grow with the number of images (the coordinator's pool at consortium scale).
     """
-    images = np.asarray(images)
+    images = image_rows(images)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if images.dtype != np.uint8 or images.ndim != 3:
+    if images.dtype != np.uint8 or len(images.shape) != 3:
         raise ClassifierTrainingError(
             f"training images must be uint8 (N, H, W), got {images.dtype} {images.shape}"
         )
@@ -248,10 +266,11 @@ def train_classifier(
         else torch.float16
     use_amp = dev.type == "cuda"
     val_mask = stratified_holdout(labels, cfg.val_fraction, cfg.seed, val_eligible)
-    tr_x = torch.from_numpy(np.ascontiguousarray(images[~val_mask]))
-    tr_y = torch.from_numpy(labels[~val_mask])
-    tr_soft = None if soft_labels is None else torch.from_numpy(soft_labels[~val_mask])
-    va_x, va_y = images[val_mask], labels[val_mask]
+    # Indices, not copies: the training rows are read batch by batch (see ``images`` above).
+    tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    tr_y = torch.from_numpy(labels[tr_idx])
+    tr_soft = None if soft_labels is None else torch.from_numpy(soft_labels[tr_idx])
+    va_y = labels[va_idx]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -266,8 +285,10 @@ def train_classifier(
     history: list[dict[str, Any]] = []
     best_key: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
+    best_probs = np.zeros((0, num_classes))
     best_epoch = 0
     stopped = "epochs"
+    total_steps = 0
     start = time.monotonic()
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
 
@@ -290,7 +311,7 @@ def train_classifier(
                 idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
                 if len(idx) < 2:
                     continue
-                x = _to_input(tr_x[idx], dev)
+                x = _to_input(torch.from_numpy(images.take(tr_idx[idx.numpy()])), dev)
                 y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
                 if cfg.augment:
                     x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
@@ -306,10 +327,15 @@ def train_classifier(
                     bar.update(task, advance=len(idx))
                     if n_steps % 50 == 1:
                         bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
+                total_steps += 1
                 if time.monotonic() > deadline:
                     stopped = "time-budget"
                     break
-            probs = predict_scores(model, va_x) if len(va_y) else np.zeros((0, num_classes))
+                if cfg.max_steps is not None and total_steps >= cfg.max_steps:
+                    stopped = "step-budget"
+                    break
+            probs = (predict_scores(model, images, index=va_idx) if len(va_y)
+                     else np.zeros((0, num_classes)))
             val_loss = (
                 float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
                                  torch.from_numpy(va_y)))
@@ -331,9 +357,9 @@ def train_classifier(
                 -val_loss if not math.isnan(val_loss) else -math.inf,
             )
             if best_state is None or key > best_key:
-                best_key, best_epoch = key, epoch
+                best_key, best_epoch, best_probs = key, epoch, probs
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if stopped == "time-budget":
+            if stopped in ("time-budget", "step-budget"):
                 break
             if cfg.patience > 0 and epoch - best_epoch >= cfg.patience:
                 stopped = "early-stopping"
@@ -348,7 +374,10 @@ def train_classifier(
     threshold: float | None = None
     val_metrics: dict[str, Any] = {"best_epoch": best_epoch, "n_val": len(va_y)}
     if len(va_y):
-        probs = predict_scores(model, va_x)
+        # The best epoch's validation scores, kept from that epoch: the same weights on the
+        # same images, so a second pass over the validation part (10 % of a pool of any
+        # size) would only repeat them.
+        probs = best_probs
         val_metrics["val_auc"] = class_auc(va_y, probs)
         if num_classes == 2:
             threshold = youden_threshold(va_y, probs[:, 1])

@@ -91,6 +91,12 @@ class SyntheticSet:
         buf = io.BytesIO()
         np.save(buf, self.images, allow_pickle=False)
         atomic_write_bytes(folder / "images.npy", buf.getvalue())
+        self.save_labels(folder)
+
+    def save_labels(self, folder: Path) -> None:
+        """Everything but ``images.npy`` (labels, teacher labels, set.json): for a writer that
+        streams the images to ``images.npy`` itself (the coordinator's pool)."""
+        folder.mkdir(parents=True, exist_ok=True)
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["index", "label", "class_name"])
@@ -107,14 +113,17 @@ class SyntheticSet:
         atomic_write_bytes(folder / "set.json", (json.dumps(meta, indent=2) + "\n").encode())
 
     @classmethod
-    def load(cls, folder: Path) -> SyntheticSet:
+    def load(cls, folder: Path, *, on_disk: bool = False) -> SyntheticSet:
+        """Read a set; ``on_disk`` leaves the images in the file (a read-only memory map that
+        :mod:`shared.cnn_train` reads batch by batch) instead of loading them all."""
         for name in ("images.npy", "labels.csv", "set.json"):
             if not (folder / name).exists():
                 raise SyntheticSetError(
                     f"{folder / name}: missing; run `synthlearn node generate` first"
                 )
         meta = json.loads((folder / "set.json").read_text())
-        images = np.load(folder / "images.npy", allow_pickle=False)
+        images = np.load(folder / "images.npy", allow_pickle=False,
+                         mmap_mode="r" if on_disk else None)
         with (folder / "labels.csv").open(newline="") as fh:
             labels = np.array([int(r["label"]) for r in csv.DictReader(fh)], dtype=np.int64)
         soft = None

@@ -55,6 +55,37 @@ def test_import_rules_catch_each_kind_of_breach(tmp_path: Path) -> None:
                                     "coordinator/d.py imports node"]
 
 
+def imported_modules(source: str) -> set[str]:
+    """Dotted names a module imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return out
+
+
+def mutual_imports(root: Path) -> list[tuple[str, str]]:
+    """Pairs of our modules that import each other (even inside functions): data flows one way,
+    so one of the two should own what both need."""
+    deps: dict[str, set[str]] = {}
+    for package in ("node", "coordinator", "shared"):
+        for path in sorted((root / package).rglob("*.py")):
+            name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+            deps[name] = imported_modules(path.read_text(encoding="utf-8"))
+    return sorted({(min(a, b), max(a, b)) for a, used in deps.items() for b in used
+                   if b != a and a in deps.get(b, ())})
+
+
+def test_no_two_modules_import_each_other(tmp_path: Path) -> None:
+    assert mutual_imports(REPO) == []
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "a.py").write_text("def f():\n    from node.b import x\n")
+    (tmp_path / "node" / "b.py").write_text("from node import a\n")
+    assert mutual_imports(tmp_path) == [("node.a", "node.b")]
+
+
 def test_flower_run_config_defaults_are_one_table() -> None:
     from coordinator.phases import run_config_defaults
 

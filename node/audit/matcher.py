@@ -282,6 +282,7 @@ class TransformMatcher:
         # so the flipped variants are the flipped grids.
         self.pooled = _unit_rows(torch.stack([_flip(grids, f) for f in range(len(FLIPS))]))
         self.spectrum = _spectrum(small)
+        self._memo: tuple[bytes, Matches] | None = None
 
     def descriptor(self, images: U8) -> torch.Tensor:
         """Descriptor (a) of images as they are (no flip, zoom or shift): a coarse layout."""
@@ -319,6 +320,21 @@ class TransformMatcher:
         out = [self._match_chunk(query[s: s + self.cfg.chunk])
                for s in range(0, len(query), self.cfg.chunk)]
         return Matches(*(np.concatenate([o[i] for o in out]) for i in range(5)))
+
+    def match_remembered(self, query: U8) -> Matches:
+        """:meth:`match`, remembering the last query set by content digest: several synthetic
+        sets audited against one site (tests, benchmarks, a re-run) match its held-out split
+        once. One entry, so memory stays bounded; results are copies, so callers cannot edit
+        the remembered one."""
+        import hashlib
+
+        key = hashlib.blake2b(np.ascontiguousarray(query).tobytes(), digest_size=16,
+                              person=str(query.shape).encode()[:16]).digest()
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, self.match(query))
+        m = self._memo[1]
+        return Matches(m.similarity.copy(), m.index.copy(), m.flip.copy(), m.zoom.copy(),
+                       m.shift.copy())
 
     def _match_chunk(self, query: U8) -> tuple[npt.NDArray[np.generic], ...]:
         cfg = self.cfg

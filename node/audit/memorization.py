@@ -376,7 +376,7 @@ def audit_arrays(
     elif len(matcher) != len(tr) or matcher.cfg != match_cfg or matcher.size != tr.shape[1]:
         raise AuditError("the matcher passed in was not built on this training set and config")
     s_m = matcher.match(syn)
-    h_m = matcher.match(held)
+    h_m = matcher.match_remembered(held)  # the same split in every audit of this site
     # Membership inference and the blind baseline on equalised pixels (invariant to exposure,
     # so a held-out split at another exposure does not read as membership).
     eq = [np.rint(equalize(x).numpy() * 255).astype(np.uint8) for x in (syn, tr, held)]

@@ -14,7 +14,8 @@ def command(
     folder: Path = typer.Argument(..., help="Folder of PNG/JPEG/TIFF images (recursive)."),
     labels: Path = typer.Option(..., "--labels",
                                 help="image_id,lesion_type or image_id,label sheet "
-                                     "(optional patient_id, split columns)."),
+                                     "(optional patient_id, split columns); unknown lesion "
+                                     "names: map them in SITE/label-map.csv."),
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory (created if new)."),
     size: int = typer.Option(256, "--size", help="Side of the stored square images, px.",
                              callback=positive),

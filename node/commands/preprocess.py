@@ -14,7 +14,9 @@ def command(
     dicom_dir: Path = typer.Argument(..., help="Folder of DICOM files (searched recursively)."),
     labels: Path = typer.Option(..., "--labels",
                                 help="Label sheet: image_id,lesion_type (VinDr) or "
-                                     "image_id,label."),
+                                     "image_id,label. Lesion names outside the VinDr-SpineXR "
+                                     "vocabulary are mapped in SITE/label-map.csv "
+                                     "(label,class) or skipped."),
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory (created if new)."),
     size: int = typer.Option(256, "--size", help="Side of the stored square images, px.",
                              callback=positive),

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from node.training.networks.generator import check_resolution
+from node.training.presets import PRESETS, with_preset
+from shared.errors import ConfigError
 
 STRUCTURAL = (
     "preset", "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
@@ -116,8 +118,6 @@ class GanConfig:
     machine and keeps the fastest if it wins by ≥ 10 %. R1 and DP steps always run float32."""
 
     def __post_init__(self) -> None:
-        from node.training.presets import PRESETS
-
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.resolution is not None:
@@ -181,3 +181,12 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if was != now:
             out.append(f"{key}: checkpoint has {was!r}, now {now!r}")
     return out
+
+
+def preset_config(name: str, **overrides: Any) -> GanConfig:
+    """A :class:`GanConfig` from a preset plus explicit overrides (benchmarks, tests)."""
+    fields = {f.name for f in dataclasses.fields(GanConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"GanConfig: unknown key {unknown[0]!r}")
+    return GanConfig(**with_preset({"preset": name, **overrides}))

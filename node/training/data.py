@@ -126,10 +126,15 @@ def check_class_counts(
     labels: npt.NDArray[np.int64], class_names: list[str], cfg: GanConfig, where: Path | str
 ) -> list[str]:
     """Refuse classes under ``cfg.min_class_images``; return warnings for those under the
-    GIST threshold (``cfg.warn_class_images``, default 500)."""
+    GIST threshold (``cfg.warn_class_images``, default 500). A vocabulary class with no image
+    at all is absent from this site, not too small: the GAN never draws it
+    (:mod:`shared.vocabulary`)."""
+    from shared.vocabulary import class_mode
+
     counts = np.bincount(labels, minlength=len(class_names))
+    floor = 1 if class_mode(class_names) == "lesion" else 0  # binary: both classes needed
     low = [f"{n!r}: {int(k)}" for n, k in zip(class_names, counts, strict=True)
-           if k < cfg.min_class_images]
+           if floor <= k < cfg.min_class_images]
     if low:
         raise TrainingError(
             f"{where}: too few training images to train a GAN for class(es) "
@@ -140,7 +145,7 @@ def check_class_counts(
     warnings = [
         f"class {n!r} has only {int(k)} training images; GIST reported artefacts in GANs "
         f"trained on fewer than ~{cfg.warn_class_images} per class"
-        for n, k in zip(class_names, counts, strict=True) if k < cfg.warn_class_images
+        for n, k in zip(class_names, counts, strict=True) if floor <= k < cfg.warn_class_images
     ]
     for w in warnings:
         log.warning(w)

@@ -439,14 +439,19 @@ class Trainer:
         """Rows = classes, columns = fixed latent vectors (same every checkpoint), EMA G."""
         gen = torch.Generator().manual_seed(self.cfg.seed + 999)
         z = torch.randn(per_class, self.G_ema.z_dim, generator=gen)
-        rows = []
+        rows: list[npt.NDArray[np.uint8] | None] = []
         for k in range(self.num_classes):
+            if self.class_counts[k] == 0:  # a vocabulary class this site lacks: a blank row
+                rows.append(None)
+                continue
             c = torch.full((per_class,), k, dtype=torch.long)
             x = self.G_ema(z.to(self.device), c.to(self.device)).float().cpu()
             x = to_output_space(x, self.transform)
             imgs = tensor_to_uint8(x)
             rows.append(np.concatenate(list(imgs), axis=1))
-        return np.concatenate(rows, axis=0)
+        shape = next(r.shape for r in rows if r is not None)
+        return np.concatenate([r if r is not None else np.zeros(shape, np.uint8)
+                               for r in rows], axis=0)
 
 
 def write_grid(path: Path, grid: npt.NDArray[np.uint8], min_tile: int = 64) -> None:

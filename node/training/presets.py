@@ -1,5 +1,9 @@
 """Network presets: the one table of GAN capacity per resolution and device.
 
+This module owns the table and imports nothing from the trainer; ``GanConfig`` (which checks a
+preset name against it) and :func:`node.training.config.preset_config` (a config from a preset)
+import it, one way only.
+
 Why presets: the lean nets benchmarked on 2 CPU cores (16 channels from 32² up, ~0.7 M
 parameters whatever the image size) are right for a site without a GPU and far too small for
 a 256² radiograph on a hospital GPU, where StyleGAN2 uses 128–512 channels. A site admin
@@ -26,8 +30,8 @@ smaller batch). EMA half-life is in kimg, ramped up over the first images (``ema
 so short runs are not stuck on the initial weights. The GPU presets pin their resolution (a
 512² store trains at 512² with ``gpu-512``); ``cpu`` follows the store size.
 
->>> preset_config("cpu").channel_min, preset_defaults("gpu-256")["resolution"]
-(16, 256)
+>>> PRESETS["gpu-256"]["channel_min"], preset_defaults("gpu-256")["resolution"]
+(32, 256)
 >>> preset_defaults("gpu-1024")
 Traceback (most recent call last):
 ...
@@ -36,7 +40,6 @@ shared.errors.ConfigError: unknown preset 'gpu-1024' (known: cpu, gpu-64, gpu-12
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,14 +82,3 @@ def with_preset(data: Mapping[str, Any]) -> dict[str, Any]:
     values: the one place a preset name turns into numbers."""
     name = data.get("preset", DEFAULT_PRESET)
     return {**preset_defaults(str(name)), **data}
-
-
-def preset_config(name: str, **overrides: Any) -> Any:
-    """A :class:`GanConfig` from a preset plus explicit overrides (benchmarks, tests)."""
-    from node.training.config import GanConfig
-
-    fields = {f.name for f in dataclasses.fields(GanConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ConfigError(f"GanConfig: unknown key {unknown[0]!r}")
-    return GanConfig(**with_preset({"preset": name, **overrides}))

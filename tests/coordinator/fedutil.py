@@ -23,6 +23,49 @@ def make_keyed_site(root: Path, name: str, n: int = 48, size: int = 32, seed: in
     return site
 
 
+def lesion_site(root: Path, name: str, lesions: tuple[str, ...], n: int = 60, size: int = 16,
+                seed: int = 0, keyed: bool = True) -> Path:
+    """A phantom site store whose images show only ``lesions`` (vocabulary names), cycled:
+    sites that each lack some class. Every fifth pair of images is held out for testing."""
+    import numpy as np
+
+    from node.phantoms import render_with_bbox
+    from node.store import Accepted, StoreWriter
+    from shared.signing import generate_keypair
+
+    site = root / name
+    rng = np.random.default_rng([seed, 7])
+    batch = []
+    for i in range(n):
+        lesion = lesions[i % len(lesions)]
+        img, box = render_with_bbox(rng, lesion, size)
+        batch.append(Accepted(f"{name}-{i:04d}", np.clip(np.rint(img * 255), 0, 255)
+                              .astype(np.uint8), lesion, f"src:{i}", patient_id=f"P{i}",
+                              split="test" if (i // len(lesions)) % 4 == 3 else "train",
+                              bbox=box))
+    with StoreWriter(site, size=size, test_fraction=0.2) as w:
+        w.add_batch(batch)
+    if keyed:
+        generate_keypair(site / "keys")
+        (site / "keys" / "pseudonym").write_text(name)
+    return site
+
+
+def stand_in_lesions(n: int, size: int, seed: int, lesions: tuple[str, ...]) -> Any:
+    """:func:`stand_in_synthetic` for lesion mode: rendered phantoms of ``lesions`` only,
+    labelled by their vocabulary id in the whole vocabulary's class list."""
+    import numpy as np
+
+    from node.phantoms import render
+    from shared.synthetic import SyntheticSet
+    from shared.vocabulary import LESION_CLASSES, class_id
+
+    rng = np.random.default_rng([seed, 11])
+    names = [lesions[i % len(lesions)] for i in range(n)]
+    imgs = np.stack([np.rint(render(rng, name, size) * 255).astype(np.uint8) for name in names])
+    return SyntheticSet(imgs, np.array([class_id(x) for x in names]), list(LESION_CLASSES))
+
+
 def stand_in_synthetic(n: int, size: int, seed: int) -> Any:
     """What `node generate` would leave, without a GAN: freshly rendered phantoms (never a
     stored real image), alternating normal / abnormal. The coordinator tests exercise the
@@ -45,6 +88,35 @@ def audited_stand_in(site: Path, seed: int, n: int = 24, size: int = 16) -> None
 
     stand_in_synthetic(n, size, seed).save(site / "synthetic" / "default")
     run_audit(site, cfg=AuditConfig(encoder="none", n_boot=200, min_heldout=5), progress=False)
+
+
+def collect_config(root: Path, trust: Path, sites: dict[str, Path]) -> tuple[dict[str, Any],
+                                                                          dict[str, Any]]:
+    """(coordinator run config, per-site node config) of a tiny ``collect`` run over
+    :func:`audited_stand_in`-style sites: 16-px phantoms look alike, so the audit's copy gate
+    fails and each admin overrides it."""
+    cfg = {"work-dir": str(root / "work"), "trust-dir": str(trust), "mode": "collect",
+           "expected-sites": len(sites), "cnn-epochs": 1, "cnn-width": 8, "cnn-batch": 16,
+           "n-boot": 200, "own-synthetic": False, "node-wait-s": 1.0}
+    node_cfg = {name: {"site-dir": str(site), "accept-risk": "test stand-ins: 16 px phantoms "
+                       "look alike; no patient exists"} for name, site in sites.items()}
+    return cfg, node_cfg
+
+
+def answer_requests(work: Path, sites: dict[str, Path], replies: Path) -> None:
+    """The air-gapped sites' side: each runs `node evaluate --request` on the request folder
+    the coordinator wrote for it and carries its signed reply to ``replies``."""
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    replies.mkdir(parents=True, exist_ok=True)
+    for name, site in sites.items():
+        req = work / "requests" / name / "request.json"
+        res = CliRunner().invoke(app, ["node", "evaluate", "--request", str(req),
+                                       "--site-dir", str(site)])
+        assert res.exit_code == 0, res.output + str(res.exception or "")
+        shutil.copy(req.parent / f"reply-{name}.json", replies)
 
 
 def trust_folder(root: Path, sites: dict[str, Path]) -> Path:

@@ -120,3 +120,113 @@ def test_state_is_read_back_after_restart(tmp_path: Path) -> None:
     assert back.evaluations("run") == {"site-a": {"pooled": {"auc": 0.8}}}
     back.invalidate_from("run", "bundles")
     assert back.completed_phases("run") == []
+
+
+def _reference_pool(sets: dict[str, SyntheticSet], seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                                        np.ndarray]:
+    """What pooling means, the slow obvious way: every site's rows in site order, the first
+    copy of an image kept, then each class undersampled to the smallest (seeded)."""
+    images, labels, soft, seen = [], [], [], set()
+    for site in sorted(sets):
+        s = sets[site]
+        teacher = s.soft if s.soft is not None else np.eye(2, dtype=np.float32)[s.labels]
+        for img, lab, p in zip(s.images, s.labels, teacher, strict=True):
+            if img.tobytes() not in seen:
+                seen.add(img.tobytes())
+                images.append(img)
+                labels.append(lab)
+                soft.append(p)
+    x, y, t = np.stack(images), np.array(labels), np.stack(soft)
+    target = np.bincount(y).min()
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(y), bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        keep[rng.choice(idx, target, replace=False) if len(idx) > target else idx] = True
+    return x[keep], y[keep], t[keep]
+
+
+def test_pool_streams_to_disk_and_equals_the_obvious_pool(tmp_path: Path) -> None:
+    """Bundles are merged on disk (site order, duplicates across sites once, balanced, teacher
+    labels where a site sent them), the result left on disk for the CNN, staging cleaned."""
+    trust = tmp_path / "trust"
+    common = fake_synthetic(6, 8, seed=99).images
+    sets, paths = {}, []
+    for i, site in enumerate(["zulu", "alpha", "mike"]):
+        s = fake_synthetic(20 + 5 * i, 8, seed=i)
+        images = s.images.copy()
+        images[:4] = common[:4]
+        labels = (np.arange(len(images)) % 3 == 0).astype(np.int64) if i == 1 else s.labels
+        soft = None
+        if i == 2:
+            p = np.random.default_rng(i).random((len(images), 2)).astype(np.float32)
+            soft = p / p.sum(1, keepdims=True)
+        sets[site] = SyntheticSet(images, labels, s.class_names, soft=soft)
+        paths.append(make_bundle(tmp_path, site, trust=trust, synthetic=sets[site]))
+    out = tmp_path / "pool"
+    (out / ".pool-staging-old").mkdir(parents=True)  # left by a killed pool
+    res = pool_bundles(paths, trust, CoordinatorState(tmp_path / "s.db"), "r", seed=4,
+                       out_dir=out)
+    x, y, t = _reference_pool(sets, seed=4)
+    assert res.pooled is not None and isinstance(res.pooled.images, np.memmap)
+    assert res.duplicates_dropped == 8 and res.pooled.info["sites"] == ["alpha", "mike", "zulu"]
+    loaded = SyntheticSet.load(out / "pooled")
+    for pooled in (res.pooled, loaded):
+        assert np.array_equal(np.asarray(pooled.images), x)
+        assert np.array_equal(pooled.labels, y) and np.allclose(pooled.soft, t, atol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["pool.json", "pooled"]
+    in_memory = pool_bundles(paths, trust, CoordinatorState(tmp_path / "m.db"), "r", seed=4)
+    assert in_memory.pooled is not None and not isinstance(in_memory.pooled.images, np.memmap)
+    assert np.array_equal(in_memory.pooled.images, x)
+
+
+def test_bundles_with_another_class_list_are_refused_with_both_lists(tmp_path: Path) -> None:
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        12, 16, 0, ("No finding", "Surgical implant", "Vertebral collapse")))
+    b = make_bundle(tmp_path, "site-b", seed=2, trust=trust)  # binary: normal / abnormal
+    res = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "s.db"), "r1", balance=False)
+    (rej,) = res.rejected
+    assert (rej["site"], rej["reason"]) == ("site-b", "class-mismatch")
+    assert ("site site-b has [0:normal, 1:abnormal], the pool (from site site-a) has "
+            "[0:No finding, 1:Disc space narrowing, 2:Foraminal stenosis") in rej["message"]
+
+
+def test_a_class_only_one_site_has_is_pooled_under_its_vocabulary_id(tmp_path: Path) -> None:
+    from shared.vocabulary import LESION_CLASSES
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    a = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        12, 16, 0, ("No finding", "Surgical implant", "Vertebral collapse")))
+    b = make_bundle(tmp_path, "site-b", trust=trust, synthetic=stand_in_lesions(
+        8, 16, 1, ("No finding", "Spondylolisthesis")))
+    res = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "s.db"), "r1", balance=False)
+    assert res.rejected == [] and res.pooled is not None
+    assert res.pooled.class_names == list(LESION_CLASSES)
+    assert res.pooled.counts() == {**dict.fromkeys(LESION_CLASSES, 0), "No finding": 8,
+                                   "Surgical implant": 4, "Vertebral collapse": 4,
+                                   "Spondylolisthesis": 4}
+    assert res.summary()["class_ids"] == list(range(8))
+    # Balancing ignores the classes nobody sent (it would otherwise drop everything).
+    bal = pool_bundles([a, b], trust, CoordinatorState(tmp_path / "t.db"), "r2")
+    assert bal.pooled is not None and set(bal.pooled.counts().values()) == {0, 4}
+
+
+def test_class_ids_that_do_not_fit_the_names_are_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed manifest whose ids say one thing and names another: which would the CNN
+    learn? Neither: the bundle is refused."""
+    from shared import bundle
+    from tests.coordinator.fedutil import stand_in_lesions
+
+    trust = tmp_path / "trust"
+    monkeypatch.setattr(bundle, "class_ids", lambda names: list(range(len(names)))[::-1])
+    bad = make_bundle(tmp_path, "site-a", trust=trust, synthetic=stand_in_lesions(
+        8, 16, 0, ("No finding", "Surgical implant")))
+    monkeypatch.undo()
+    res = pool_bundles([bad], trust, CoordinatorState(tmp_path / "s.db"), "r1")
+    (rej,) = res.rejected
+    assert rej["reason"] == "class-mismatch" and "[7, 6, 5" in rej["message"]

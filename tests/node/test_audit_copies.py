@@ -35,7 +35,9 @@ def phantoms(n: int, seed: int, exposure: float = 1.0) -> np.ndarray:
 @cache
 def dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, TransformMatcher]:
     """(train, held-out, honest synthetic, matcher on train). PneumoniaMNIST: the honest
-    'generator' is real radiographs of other children, never in the training subset."""
+    'generator' is other train-split radiographs, never in the training subset (no patient
+    ids, so a sibling image of a training child can be among them: BENCHMARKS.md § issue 14
+    measures both this and a validation-split stand-in over 20 seeds)."""
     if name == "phantoms":
         train, held, honest = phantoms(200, 1), phantoms(100, 2), phantoms(120, 3)
     else:

@@ -29,8 +29,8 @@ def sync_errors_raised() -> Iterator[None]:
 
 
 def _trainer(preset: str, batch: int = 4, **kw: object) -> object:
+    from node.training.config import preset_config
     from node.training.loop import Trainer
-    from node.training.presets import preset_config
 
     cfg = preset_config(preset, batch=batch, kimg=1.0, min_class_images=1, device="cuda", **kw)
     res = int(cfg.resolution or 32)

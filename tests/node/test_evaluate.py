@@ -50,6 +50,53 @@ def test_wrong_class_count_and_bad_files_are_refused(tiny_site: Path, tmp_path: 
         evaluate_weights(tiny_site, pickled)
 
 
+A_SITE = ("No finding", "Surgical implant", "Vertebral collapse", "Spondylolisthesis")
+
+
+def test_weights_for_another_class_list_are_refused_with_both_lists(tmp_path: Path) -> None:
+    """Issue 15: weights of [No finding, Vertebral collapse, Other lesions] were scored at a
+    site with other classes (macro AUC 0.552) without complaint."""
+    from node.errors import ClassMismatchError
+    from tests.coordinator.fedutil import lesion_site
+
+    site = lesion_site(tmp_path, "site-a", A_SITE, keyed=False)
+    other = ["No finding", "Vertebral collapse", "Other lesions"]
+    w = tmp_path / "other.npz"
+    save_weights(ResNetClassifier(num_classes=3, width=4), w,
+                 {"classes": "lesion", "class_names": other})
+    with pytest.raises(ClassMismatchError) as err:
+        evaluate_weights(site, w, n_boot=100)
+    msg = str(err.value)
+    assert "the CNN's weights has [No finding, Vertebral collapse, Other lesions]" in msg
+    assert "this site's store has [0:No finding, 1:Disc space narrowing, 2:Foraminal" in msg
+    # Same count, other names: refused too (the count check alone let this through).
+    binary = tmp_path / "binary.npz"
+    save_weights(ResNetClassifier(num_classes=8, width=4), binary,
+                 {"classes": "lesion", "class_names": [f"c{i}" for i in range(8)]})
+    with pytest.raises(ClassMismatchError, match=r"has \[c0, c1"):
+        evaluate_weights(site, binary, n_boot=100)
+    assert not (site / "metrics").exists()  # no evaluation record was written
+
+
+def test_classes_a_site_lacks_are_reported_absent_never_scored(tmp_path: Path) -> None:
+    from shared.vocabulary import LESION_CLASSES
+    from tests.coordinator.fedutil import lesion_site
+
+    site = lesion_site(tmp_path, "site-a", A_SITE, keyed=False)
+    w = tmp_path / "vocab.npz"
+    save_weights(ResNetClassifier(num_classes=8, width=4).eval(), w,
+                 {"classes": "lesion", "class_names": list(LESION_CLASSES),
+                  "class_ids": list(range(8))})
+    ev = evaluate_weights(site, w, n_boot=100, write=False)
+    absent = ["Disc space narrowing", "Foraminal stenosis", "Osteophytes", "Other lesions"]
+    assert ev["class_names"] == list(LESION_CLASSES) and ev["class_ids"] == list(range(8))
+    assert ev["absent_classes"] == absent
+    assert all(ev["per_class_auc"][n] is None and ev["per_class_n"][n] == 0 for n in absent)
+    present = [ev["per_class_auc"][n] for n in A_SITE]
+    assert all(isinstance(v, float) for v in present)
+    assert ev["auc"] == pytest.approx(float(np.mean(present)))  # macro over present classes
+
+
 def test_evaluate_cli(tiny_site: Path, tmp_path: Path) -> None:
     from node.cli import app
 

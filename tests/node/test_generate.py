@@ -63,3 +63,20 @@ def test_class_condition_is_learned(tiny_site: Path) -> None:
     pred = clf.predict(s.images.reshape(len(s), -1) / 255.0)
     acc = [float((pred[s.labels == k] == k).mean()) for k in (0, 1)]
     assert min(acc) > 0.5, acc
+
+
+def test_lesion_mode_uses_the_vocabulary_and_draws_no_class_the_site_lacks(
+        tmp_path: Path) -> None:
+    from node.phantoms import LESION_CLASSES as DRAWN
+    from node.phantoms import phantom_store
+    from shared.vocabulary import LESION_CLASSES
+
+    site = phantom_store(tmp_path / "site", n=100, size=32, seed=1, classes="lesion")
+    train(site, replace(TINY, classes="lesion"), progress=False)
+    s = generate(site, 10, seed=0)
+    assert s.class_names == list(LESION_CLASSES)  # all eight ids, whatever the site has
+    counts = s.counts()
+    assert {n: counts[n] for n in DRAWN} == dict.fromkeys(DRAWN, 2)
+    assert all(counts[n] == 0 for n in LESION_CLASSES if n not in DRAWN)
+    real = generate(site, 10, seed=0, per_class="real", out_name="r")
+    assert all(real.counts()[n] == 0 for n in LESION_CLASSES if n not in DRAWN)

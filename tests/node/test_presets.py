@@ -12,10 +12,10 @@ import torch
 
 from node.errors import CheckpointError, DeviceError
 from node.training import hardware
-from node.training.config import GanConfig
+from node.training.config import GanConfig, preset_config
 from node.training.loop import Trainer, train
 from node.training.networks import Discriminator, Generator
-from node.training.presets import PRESETS, preset_config, preset_defaults
+from node.training.presets import PRESETS, preset_defaults
 from shared.errors import ConfigError
 
 

@@ -41,6 +41,24 @@ def test_probe_keeps_float32_when_others_are_slower_or_unsupported() -> None:
     assert faster.mode == "bf16" and faster.amp_dtype == torch.bfloat16
 
 
+def test_probe_keeps_each_modes_fastest_interleaved_round() -> None:
+    """A burst of a neighbour's load during one mode's round must not decide the pick: the
+    modes are timed in interleaved rounds and each keeps its fastest."""
+    G, D = _nets()
+    order: list[str] = []
+    burst = {("float32", 0): 3.0, ("bf16", 0): 0.6, ("bf16", 1): 5.0}  # noisy rounds
+
+    def timer(mode: str, one_pass: Callable[[], None]) -> float:
+        r = sum(m == mode for m in order)
+        order.append(mode)
+        return burst.get((mode, r), {"float32": 1.0, "bf16": 0.7, "channels_last": 1.2}[mode])
+
+    choice = probe_speed(G, D, 4, timer=timer, rounds=3)
+    assert order[:3] == ["float32", "bf16", "channels_last"] and len(order) == 9  # interleaved
+    assert choice.seconds == {"float32": 1.0, "bf16": 0.6, "channels_last": 1.2}
+    assert choice.mode == "bf16"
+
+
 def test_probe_leaves_the_run_networks_untouched() -> None:
     G, D = _nets()
     before = {k: v.clone() for k, v in G.state_dict().items()}

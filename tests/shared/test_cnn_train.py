@@ -78,6 +78,15 @@ def test_time_budget_stops_training() -> None:
     assert trained.stopped == "time-budget" and len(trained.history) == 1
 
 
+def test_step_budget_counts_steps_across_epochs() -> None:
+    x, y = _data(64, 4)  # 58 training images, batch 16: 3 steps an epoch
+    cfg = ClassifierConfig(epochs=50, width=4, batch=16, patience=0, max_steps=5)
+    trained = train_classifier(x, y, 2, cfg, progress=False)
+    assert trained.stopped == "step-budget" and len(trained.history) == 2
+    with pytest.raises(ValueError, match="max_steps"):
+        ClassifierConfig(max_steps=0)
+
+
 def test_early_stopping_stops_before_max_epochs() -> None:
     x, y = _data(64, 5)
     cfg = ClassifierConfig(epochs=30, width=4, batch=16, patience=1, lr=1e-2)
@@ -116,3 +125,35 @@ def test_mix_and_augmentation_experiment() -> None:
                                    n_boot=50, progress=False)
     assert [r["n_synthetic"] for r in rows] == [0, 48]
     assert all(r["ci_low"] <= r["auc"] <= r["ci_high"] for r in rows)
+
+
+def test_a_pool_on_disk_trains_batch_by_batch_to_the_same_model(tmp_path) -> None:
+    """The coordinator's pool stays on disk: training reads only batches (never the whole
+    set) and gives exactly what training from memory gives."""
+    from shared.image_rows import NpyImageRows
+
+    x, y = _data(120, 3)
+    path = tmp_path / "images.npy"
+    np.save(path, x)
+    largest: list[int] = []
+
+    class Counting(NpyImageRows):
+        def take(self, idx):  # type: ignore[no-untyped-def]
+            largest.append(len(idx))
+            return super().take(idx)
+
+    cfg = ClassifierConfig(epochs=2, width=4, batch=16, patience=0, seed=5)
+    mem = train_classifier(x, y, 2, cfg, progress=False)
+    disk = train_classifier(Counting(path), y, 2, cfg, progress=False)
+    mapped = train_classifier(np.load(path, mmap_mode="r"), y, 2, cfg, progress=False)
+    assert max(largest) <= 256 and len(largest) > 2 * (len(y) // 16)
+    for other in (disk, mapped):
+        assert [h["train_loss"] for h in other.history] == [h["train_loss"] for h in mem.history]
+        assert other.threshold == mem.threshold
+        for k, v in mem.model.state_dict().items():
+            assert torch.equal(v, other.model.state_dict()[k]), k
+    xt, _ = _data(30, 4)
+    np.save(tmp_path / "test.npy", xt)
+    assert np.allclose(predict_scores(mem.model, xt),
+                       predict_scores(mem.model, NpyImageRows(tmp_path / "test.npy"), batch=7),
+                       atol=1e-6)
