@@ -27,7 +27,7 @@ from shared.errors import ConfigError
 STRUCTURAL = (
     "preset", "model", "resolution", "classes", "seed", "z_dim", "w_dim", "mapping_layers",
     "channel_base", "channel_max", "channel_min", "d_norm", "mbstd", "dp_epsilon", "dp_delta",
-    "dp_max_grad_norm", "spine_width",
+    "dp_max_grad_norm", "spine_width", "d_recon", "d_projected",
 )
 """Fields a checkpoint must agree on to be resumed (see :func:`config_differences`)."""
 
@@ -102,6 +102,16 @@ class GanConfig:
     """None → CUDA (with bf16 autocast) when available, else CPU with all cores."""
     amp: bool = True
     """bf16 autocast on a CUDA device that supports it (never on CPU)."""
+    d_recon: bool = False
+    """FastGAN's self-supervised D: a decoder on D's 8×8 features reconstructs each real input
+    and D's loss adds the error (:mod:`node.training.networks.d_heads`). Off until its
+    ablation (benchmarks/d_levers.py) shows a gain beyond the CI: BENCHMARKS.md, issue 12."""
+    d_recon_weight: float = 1.0
+    d_projected: bool = False
+    """Projected GAN on SpineGAN's frozen classifier S: extra patch discriminators on S's
+    intermediate features of real and generated images. SpineGAN only; refused under DP.
+    Off for the same reason as ``d_recon``."""
+    d_projected_weight: float = 1.0
     speed: Literal["auto", "float32", "bf16", "channels_last"] = "auto"
     """Numeric mode of the adversarial passes. ``auto``: bf16 on CUDA; on CPU a start-up probe
     (:mod:`node.training.speed`) times float32, bf16 autocast and channels_last on this
@@ -129,6 +139,17 @@ class GanConfig:
             raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if self.seed < 0:
             raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.d_projected and self.model != "spinegan":
+            raise ValueError("d_projected needs model 'spinegan': its heads read SpineGAN's "
+                             "classifier S, which plain 'gan' runs do not train")
+        if self.d_projected and self.dp_epsilon is not None:
+            raise ValueError(
+                "d_projected is not available with DP (dp_epsilon): the projected heads would "
+                "read S's features of private images outside the D-step's per-example clipping; "
+                "drop d_projected (d_recon works under DP)")
+        for name in ("d_recon_weight", "d_projected_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.min_class_images < 1:
             raise ValueError("min_class_images must be ≥ 1")
 

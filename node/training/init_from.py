@@ -33,8 +33,11 @@ from shared.config import to_dict
 from shared.synthetic import SyntheticSet, SyntheticSetError, load_matching
 
 SHAPE_FIELDS = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base",
-                "channel_max", "channel_min", "d_norm", "mbstd")
-"""What a checkpoint's networks must share with the new run for its weights to load."""
+                "channel_max", "channel_min", "d_norm", "mbstd", "d_recon")
+"""What a checkpoint's networks must share with the new run for its weights to load.
+
+``d_projected`` is not among them: the projected heads read the site's own classifier S, which
+the source run (or a pretraining on synthetic images) never had, so they start fresh."""
 
 
 class InitFromError(CheckpointError):
@@ -118,7 +121,7 @@ def pretrain_config(cfg: GanConfig) -> GanConfig:
     eff = cfg.effective()
     return dataclasses.replace(eff, dp_epsilon=None, dp_delta=None, kimg=cfg.init_pretrain_kimg,
                                max_minutes=None, min_class_images=1, warn_class_images=0,
-                               model="gan")
+                               model="gan", d_projected=False)
 
 
 def apply_checkpoint(trainer: Any, ckpt: dict[str, Any], path: Path) -> None:
@@ -126,11 +129,21 @@ def apply_checkpoint(trainer: Any, ckpt: dict[str, Any], path: Path) -> None:
     try:
         with torch.no_grad():
             trainer.G.load_state_dict(ckpt["G"])
-            trainer._D_raw.load_state_dict(ckpt["D"])
+            _load_d_weights(trainer._D_raw, ckpt["D"])
             trainer.G_ema.load_state_dict(ckpt["G_ema"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise InitFromError(
             f"{path}: weights do not fit this run ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _load_d_weights(D: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Strict load of D except its projected heads (``proj.*``), which always start fresh: they
+    were fitted to the source's classifier S, and this run trains its own S."""
+    state = {k: v for k, v in state.items() if not k.startswith("proj.")}
+    missing, unexpected = D.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("proj.")]
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]} in D")
 
 
 __all__ = ["InitFromError", "InitSource", "apply_checkpoint", "checkpoint_differences",

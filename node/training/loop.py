@@ -66,6 +66,7 @@ from node.training.hardware import (
 )
 from node.training.losses import GanLoss, r1_gamma_heuristic
 from node.training.networks import Discriminator, Generator, build_discriminator, build_generator
+from node.training.networks.d_heads import spine_feature_channels, spine_features
 from node.training.speed import MODES as SPEED_MODES
 from node.training.speed import SpeedChoice, probe_speed, to_channels_last
 from shared.config import to_dict, write_resolved
@@ -128,7 +129,9 @@ class Trainer:
                            channel_max=e.channel_max, channel_min=e.channel_min).to(self.device)
         self.D: nn.Module = Discriminator(
             res, self.num_classes, channel_base=e.channel_base, channel_max=e.channel_max,
-            channel_min=e.channel_min, norm=e.d_norm, mbstd=e.mbstd).to(self.device)
+            channel_min=e.channel_min, norm=e.d_norm, mbstd=e.mbstd, recon=e.d_recon,
+            projected=spine_feature_channels(e.spine_width) if e.d_projected else ()
+        ).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self._seed_process_rng()
         betas = (e.beta1, e.beta2)
@@ -143,7 +146,7 @@ class Trainer:
         self.augment = Augment(mode=e.augment, p=e.initial_p(), target=e.ada_target,
                                ada_kimg=e.ada_kimg)
         self.spine: nn.Module | None = None
-        uses_spine = e.model == "spinegan" and e.spine_gamma > 0
+        uses_spine = e.model == "spinegan" and (e.spine_gamma > 0 or e.d_projected)
         self.dp_budgets = self._plan_dp_budgets(uses_spine)
         self.spine_dp: dict[str, Any] | None = None
         if uses_spine:
@@ -161,11 +164,19 @@ class Trainer:
             if self.dist.main:
                 self.dist.barrier()
             self.spine = s.to(self.device).eval().requires_grad_(False)
+            if e.d_projected and getattr(self.spine, "width", None) != e.spine_width:
+                raise TrainingError(
+                    f"{run_dir}: the saved classifier S has width "
+                    f"{getattr(self.spine, 'width', None)}, d_projected's heads were sized for "
+                    f"spine_width {e.spine_width}; delete the S file or use a new --run-name")
             if e.dp:
                 self.spine_dp = spine_dp_report(run_dir)
         self.loss = GanLoss(self.G, self.D, self.augment, r1_gamma=self.r1_gamma,
                             r1_interval=e.r1_interval, spine=self.spine,
-                            spine_gamma=e.spine_gamma)
+                            spine_gamma=e.spine_gamma,
+                            recon_weight=e.d_recon_weight if e.d_recon else 0.0,
+                            projected=self._spine_features if e.d_projected else None,
+                            projected_weight=e.d_projected_weight)
         self.speed = self._choose_speed()
         self.amp_dtype = self.speed.amp_dtype
         if self.speed.channels_last:
@@ -180,6 +191,10 @@ class Trainer:
         """What this run started from (``--init-from``), recorded in checkpoints and metrics."""
         self._stat_sums: dict[str, torch.Tensor] = {}
         self._stat_counts: dict[str, int] = {}
+
+    def _spine_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        assert self.spine is not None
+        return spine_features(self.spine, x)
 
     def _choose_speed(self) -> SpeedChoice:
         """float32, bf16 autocast or channels_last: as configured, or probed on this machine.

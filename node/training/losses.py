@@ -11,6 +11,11 @@
   into S's input space (``spine_preprocess``: crop the padding / resize to the store size, clamp
   to [−1, 1]) so S sees exactly what it was trained on. CE over S's logits is the multi-class
   form; with two classes it equals the paper's BCE.
+* **D-side levers** (off by default, :mod:`node.training.networks.d_heads`): ``recon_weight``
+  adds FastGAN's reconstruction error of D's decoder on *real* inputs to D's loss (per real
+  example, so under DP it is clipped with that example's gradient); ``projected`` (a function
+  from images to SpineGAN's S feature maps) adds the non-saturating loss of D's projected heads
+  to both players, on the same augmented images the main head sees.
 
 >>> import torch
 >>> from node.training.networks import Generator, Discriminator
@@ -32,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from node.training.augment import Augment
+from node.training.networks.d_heads import recon_error
 
 
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:
@@ -53,6 +59,9 @@ class GanLoss:
         spine_gamma: float = 0.1,
         spine_preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
         w_avg_decay: float | None = 0.995,
+        recon_weight: float = 0.0,
+        projected: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+        projected_weight: float = 1.0,
     ) -> None:
         self.G = G
         self.D = D
@@ -63,6 +72,16 @@ class GanLoss:
         self.spine_gamma = spine_gamma
         self.spine_preprocess = spine_preprocess or (lambda x: x.clamp(-1.0, 1.0))
         self.w_avg_decay = w_avg_decay
+        self.recon_weight = recon_weight
+        self.projected = projected
+        self.projected_weight = projected_weight
+
+    def _project(self, disc: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """D's projected-head logits for (augmented) images ``x``, seen through frozen S."""
+        assert self.projected is not None
+        feats = self.projected(self.spine_preprocess(x.float()))
+        out: torch.Tensor = disc.project(feats, c)  # type: ignore[operator]
+        return out
 
     def _fake(self, z: torch.Tensor, c: torch.Tensor, track: bool) -> torch.Tensor:
         decay = self.w_avg_decay if track else None
@@ -82,10 +101,15 @@ class GanLoss:
         """
         disc = D if D is not None else self.D
         fake = self._fake(z, c, track=True)
-        logits = disc(self.augment(fake), c)
+        seen = self.augment(fake)
+        logits = disc(seen, c)
         adv = F.softplus(-logits).mean()
         stats = {"g_adv": adv.detach().float()}
         loss = adv
+        if self.projected is not None:
+            g_proj = F.softplus(-self._project(disc, seen, c)).mean()
+            loss = loss + self.projected_weight * g_proj
+            stats["g_proj"] = g_proj.detach().float()
         if self.spine is not None and self.spine_gamma > 0:
             s_logits = self.spine(self.spine_preprocess(fake.float()))
             ce = F.cross_entropy(s_logits, c.long())
@@ -110,18 +134,46 @@ class GanLoss:
         """
         with torch.no_grad():
             fake = self._fake(z, c_fake, track=False)
+        recon = self.recon_weight > 0
+        rec: torch.Tensor | None = None
         if joint:
-            x = torch.cat([self.augment(real), self.augment(fake)])
-            logits = self.D(x, torch.cat([c_real, c_fake]))
+            xr, xf = self.augment(real), self.augment(fake)
+            x, c = torch.cat([xr, xf]), torch.cat([c_real, c_fake])
             n = real.shape[0]
+            if recon:
+                logits, decoded = self.D(x, c, with_recon=True)
+                rec = recon_error(xr, decoded[:n])
+            else:
+                logits = self.D(x, c)
             lr_, lf = logits[:n], logits[n:]
-            per_example = torch.cat([F.softplus(-lr_), F.softplus(lf)])
+            real_terms = F.softplus(-lr_)
+            if rec is not None:
+                real_terms = real_terms + self.recon_weight * rec
+            per_example = torch.cat([real_terms, F.softplus(lf)])
             loss = per_example.mean()
         else:
-            lr_ = self.D(self.augment(real), c_real)
-            lf = self.D(self.augment(fake), c_fake)
+            xr = self.augment(real)
+            if recon:
+                lr_, decoded = self.D(xr, c_real, with_recon=True)
+                rec = recon_error(xr, decoded)
+            else:
+                lr_ = self.D(xr, c_real)
+            xf = self.augment(fake)
+            lf = self.D(xf, c_fake)
             loss = F.softplus(-lr_).mean() + F.softplus(lf).mean()
-        stats = {"d_loss": loss.detach().float(), "d_fake": lf.detach().float().mean()}
+            if rec is not None:
+                loss = loss + self.recon_weight * rec.mean()
+        stats = {"d_fake": lf.detach().float().mean()}
+        if self.projected is not None:
+            if joint:
+                raise ValueError("the projected heads are not available in the joint (DP) D-step")
+            d_proj = (F.softplus(-self._project(self.D, xr, c_real)).mean()
+                      + F.softplus(self._project(self.D, xf, c_fake)).mean())
+            loss = loss + self.projected_weight * d_proj
+            stats["d_proj"] = d_proj.detach().float()
+        stats["d_loss"] = loss.detach().float()
+        if rec is not None and rec.numel():
+            stats["d_recon"] = rec.detach().float().mean()
         if lr_.numel():  # a Poisson-sampled DP batch may hold no real image
             stats["d_real"] = lr_.detach().float().mean()
         return loss, stats, lr_.detach()

@@ -11,6 +11,20 @@ so DP-SGD) undefined and lets D tell real from fake batches by their statistics.
 deviation, a cross-example feature that fights mode collapse) is switched off under DP for the
 same reason.
 
+Two optional heads (GanConfig ``d_recon`` / ``d_projected``, off by default; see
+benchmarks/d_levers.py for their ablation):
+
+* ``recon``: FastGAN's self-supervised D (:class:`node.training.networks.d_heads.ReconDecoder`).
+  A small decoder turns D's 8×8 feature map back into the (downsampled) input, and D's loss on
+  real images adds the reconstruction error, so D must keep a description of the whole image
+  rather than the few cues that separate real from fake on a small data set.
+* ``projected``: Projected GAN's idea on SpineGAN's frozen classifier S
+  (:class:`node.training.networks.d_heads.ProjectedHeads`): per-scale patch discriminators on
+  S's intermediate feature maps. Only the heads are D's; S's weights stay in S's own file.
+
+With both off, the module, its parameters and its ``architecture()`` are exactly as before, so
+old checkpoints load and a run draws the same random numbers.
+
 >>> import torch
 >>> d = Discriminator(resolution=32, num_classes=2)
 >>> d(torch.zeros(3, 1, 32, 32), torch.tensor([0, 1, 1])).shape
@@ -26,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from node.training.networks.d_heads import ProjectedHeads, ReconDecoder
 from node.training.networks.generator import check_resolution
 from node.training.networks.layers import EqConv2d, EqLinear, channels_at, lrelu
 
@@ -70,6 +85,8 @@ class Discriminator(nn.Module):
         norm: str = "none",
         mbstd: bool = True,
         mbstd_group: int = 4,
+        recon: bool = False,
+        projected: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -85,6 +102,11 @@ class Discriminator(nn.Module):
             "channel_min": channel_min, "channels": channels, "norm": norm, "mbstd": mbstd,
             "mbstd_group": mbstd_group,
         }
+        # Recorded only when on, so a lever-free D has the architecture dict it always had.
+        if recon:
+            self._arch["recon"] = True
+        if projected:
+            self._arch["projected"] = [int(c) for c in projected]
 
         def ch(r: int) -> int:
             return channels_at(r, channel_base, channel_max, channel_min)
@@ -103,6 +125,17 @@ class Discriminator(nn.Module):
         self.out = EqLinear(c4, 1)
         self.embed = EqLinear(num_classes, c4, bias=False)
         self.cmap_scale = 1.0 / math.sqrt(c4)
+        # Built after every base layer, so the base layers draw the same initial weights.
+        self.recon_tap: int | None = None
+        self.recon: ReconDecoder | None = None
+        if recon:
+            # The first block whose output is ≤ 8×8 (FastGAN decodes its 8×8 map).
+            sides = [resolution // 2 ** (i + 1) for i in range(len(blocks))]
+            self.recon_tap = next(i for i, side in enumerate(sides) if side <= 8)
+            self.recon = ReconDecoder(ch(sides[self.recon_tap]), sides[self.recon_tap],
+                                      recon_side(resolution), channels)
+        self.proj: ProjectedHeads | None = (
+            ProjectedHeads(list(projected), num_classes) if projected else None)
 
     def architecture(self) -> dict[str, Any]:
         return dict(self._arch)
@@ -118,17 +151,46 @@ class Discriminator(nn.Module):
         return torch.cat([x, y], dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x)[0]
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(final feature vector, the recon decoder's feature map or None)."""
         x = lrelu(self.from_img(x))
-        for block in self.blocks:
+        tap = None
+        for i, block in enumerate(self.blocks):
             x = block(x)
+            if i == self.recon_tap:
+                tap = x
         if self.mbstd:
             x = self._mbstd(x)
         x = lrelu(self.norm4(self.conv4(x)))
-        return lrelu(self.fc(x.flatten(1)))
+        return lrelu(self.fc(x.flatten(1))), tap
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, with_recon: bool = False
+    ) -> Any:
+        """Logits (N,); with ``with_recon`` (needs ``recon=True``) also the decoded image.
+
+        One method rather than two so that Opacus' wrapper, which only forwards ``forward``,
+        sees the reconstruction pass too (its per-example hooks then cover the decoder).
+        """
+        h, tap = self._features(x)
         onehot = F.one_hot(c.long(), self.num_classes).to(h.dtype)
         proj = (self.embed(onehot) * h).sum(dim=1) * self.cmap_scale
         out: torch.Tensor = self.out(h).squeeze(1) + proj
-        return out
+        if not with_recon:
+            return out
+        if self.recon is None or tap is None:
+            raise ValueError("this discriminator has no reconstruction decoder (recon=False)")
+        return out, self.recon(tap)
+
+    def project(self, feats: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        """Projected head: one logit per image from S's feature maps (N,)."""
+        if self.proj is None:
+            raise ValueError("this discriminator has no projected head (projected=())")
+        return self.proj(feats, c)
+
+
+def recon_side(resolution: int) -> int:
+    """Side of the reconstructed image: the input side, at most 32 (a cheap decoder)."""
+    return min(resolution, 32)
