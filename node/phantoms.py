@@ -497,8 +497,8 @@ def phantom_store(site_dir: Path, n: int, size: int, seed: int = 0,
     batch: list[Accepted] = []
     with StoreWriter(site_dir, size=size, test_fraction=0.2) as writer:
         for i in range(n):
-            if classes == "lesion":
-                lesion = LESION_CLASSES[i % len(LESION_CLASSES)]
+            if classes == "lesion":  # shifted every 5 patients so both splits see every class
+                lesion = LESION_CLASSES[(i + i // 10) % len(LESION_CLASSES)]
             else:
                 lesion = LESION_CLASSES[0] if i % 2 == 0 else \
                     LESION_CLASSES[1 + (i // 2) % (len(LESION_CLASSES) - 1)]

@@ -135,8 +135,6 @@ def test_dp_run_is_refused(lesion_site: Path, tmp_path: Path) -> None:
         insert_lesions(site, "Surgical implant", 4, run_name="dp")
 
 
-@pytest.mark.skip(reason="NOT DONE: failed its one run (2026-11-26, 71 min under load 20+; the "
-                         "assertion values were lost); margin and mask core to be calibrated")
 def test_cnn_trained_on_real_images_sees_inserted_lesions(tmp_path: Path) -> None:
     """Placement, resizing and blending keep a lesion recognisable: real test-split lesion
     crops (the patch generator's ideal output) inserted into held-out normal phantoms at
@@ -158,8 +156,11 @@ def test_cnn_trained_on_real_images_sees_inserted_lesions(tmp_path: Path) -> Non
     for k, lesion in enumerate(names):
         if lesion == NORMAL:
             continue
-        crops = np.stack([c for s in test if s.lesion == lesion
-                          if (c := lesion_crop(s, 32, 16, 1.5)) is not None])
+        found = [c for s in test if s.lesion == lesion
+                 if (c := lesion_crop(s, 32, 16, 1.5)) is not None]
+        if not found:  # a vocabulary class the phantoms do not draw
+            continue
+        crops = np.stack(found)
         n = min(len(crops), len(hosts))
         places = draw_placements(class_boxes(store, lesion), n, rng) * 32
         inserted = insert_patches(hosts[:n], crops[:n], places, 1.5)
