@@ -137,11 +137,7 @@ def generate(
     if filter_threshold is None:
         drawn = list(quota)
     info = {
-        "generator_run": run_name,
-        "kimg": meta["nimg"] / 1000,
-        "model": meta["config"]["model"],
-        "seed": seed,
-        "truncation": truncation,
+        **generator_info(meta, run_name, seed, truncation, tf),
         "per_class": per_class,
         "filter": None if filter_threshold is None else {
             "threshold": filter_threshold,
@@ -149,9 +145,6 @@ def generate(
             "kept": dict(zip(names, kept, strict=True)),
         },
         "dp": meta.get("dp"),
-        "class_mode": meta["config"]["classes"],
-        "preset": meta["config"].get("preset", "cpu"),
-        "resize": describe_transform(tf),
         "teacher": "site classifier S probabilities" if teacher else None,
     }
     soft = None
@@ -161,6 +154,23 @@ def generate(
     s = SyntheticSet(np.concatenate(images), np.concatenate(labels), names, info, soft=soft)
     s.save(site_dir / "synthetic" / out_name)
     return s
+
+
+def generator_info(meta: dict[str, Any], run_name: str, seed: int, truncation: float,
+                   tf: dict[str, Any]) -> dict[str, Any]:
+    """Where a synthetic set's images came from (its ``set.json`` ``info``): the generator run,
+    its training, and how images were drawn and resized. Every way of making a set records
+    these; each adds what is particular to it."""
+    return {
+        "generator_run": run_name,
+        "kimg": meta["nimg"] / 1000,
+        "model": meta["config"]["model"],
+        "seed": seed,
+        "truncation": truncation,
+        "class_mode": meta["config"]["classes"],
+        "preset": meta["config"].get("preset", "cpu"),
+        "resize": describe_transform(tf),
+    }
 
 
 def draw_images(G: Any, k: int, b: int, truncation: float,

@@ -37,6 +37,7 @@ from node.generate import (
     MAX_DRAW_FACTOR,
     batch_for,
     draw_images,
+    generator_info,
     load_generator,
     spine_for,
 )
@@ -160,19 +161,12 @@ def insert_lesions(
                 x0, y0, x1, y1 = np.clip(places[i], 0, side)
                 kept_boxes.append([round(float(v), 2) for v in (x0, y0, x1, y1)])
     info = {
-        "generator_run": run_name,
-        "kimg": meta["nimg"] / 1000,
-        "model": meta["config"]["model"],
-        "seed": seed,
-        "truncation": truncation,
+        **generator_info(meta, run_name, seed, truncation, tf),
         "per_class": None,
         "filter": None if spine is None else {
             "kind": "classifier S on the inserted image", "quantile": filter_quantile,
             "threshold": threshold, "drawn": {lesion: drawn}, "kept": {lesion: n}},
         "dp": None,
-        "class_mode": meta["config"]["classes"],
-        "preset": meta["config"].get("preset", "cpu"),
-        "resize": describe_transform(tf),
         "teacher": None,
         "inserted": {
             "class": lesion,
