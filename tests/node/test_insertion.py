@@ -139,7 +139,11 @@ def test_cnn_trained_on_real_images_sees_inserted_lesions(tmp_path: Path) -> Non
     """Placement, resizing and blending keep a lesion recognisable: real test-split lesion
     crops (the patch generator's ideal output) inserted into held-out normal phantoms at
     jittered real box positions are labelled as their class by a CNN trained on the real
-    train split far above chance (1/5), while the same hosts without them are not."""
+    train split far above chance (1/5), while the same hosts without them are not.
+
+    The bound is set from the spread, not from one run: CNN seeds 0-5 on an AMD EPYC gave a
+    mean hit rate of 0.42-0.73 (hosts alone 0.00-0.05), and the same seed differs between CPU
+    models. 0.35 is three binomial standard deviations above chance on these 64 inserts."""
     from node.phantoms import phantom_store
     from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier
 
@@ -166,5 +170,5 @@ def test_cnn_trained_on_real_images_sees_inserted_lesions(tmp_path: Path) -> Non
         inserted = insert_patches(hosts[:n], crops[:n], places, 1.5)
         hits.append(float((predict_scores(model.model, inserted).argmax(1) == k).mean()))
         host_hits.append(float((predict_scores(model.model, hosts[:n]).argmax(1) == k).mean()))
-    assert np.mean(hits) >= 0.6, (hits, host_hits)
-    assert np.mean(hits) >= np.mean(host_hits) + 0.4, (hits, host_hits)
+    assert np.mean(hits) >= 0.35, (hits, host_hits)
+    assert np.mean(hits) >= np.mean(host_hits) + 0.3, (hits, host_hits)

@@ -18,6 +18,7 @@ ZERO_ALLOWED = {
     ("node", "train", "--seed"), ("node", "baseline", "--seed"), ("node", "generate", "--seed"),
     ("node", "audit", "--max-copy-rate"), ("coordinator", "train", "--patience"),
     ("node", "reader-study", "--seed"), ("demo", "--seed"),
+    ("node", "train-patches", "--seed"),
 }
 """Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early)."""
 
