@@ -15,7 +15,8 @@ from shared.options import non_negative, positive
 def command(
     site_dir: Path = typer.Option(..., "--site-dir", help="Site directory with a store."),
     patch_size: int = typer.Option(PATCH_DEFAULTS["patch_size"], "--patch-size",
-                                   callback=positive, help="Side of the patches, a power of two (8–64)."),
+                                   callback=positive,
+                                   help="Side of the patches, a power of two (8–64)."),
     kimg: float | None = typer.Option(PATCH_DEFAULTS["kimg"], "--kimg", callback=positive,
                                       help="Stop after N thousand real crops shown."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", callback=positive,
