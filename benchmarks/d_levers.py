@@ -52,6 +52,8 @@ from node.training.data import to_output_space  # noqa: E402
 from node.training.loop import Trainer  # noqa: E402
 from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier  # noqa: E402
 from shared.metrics.auc import auc_with_ci  # noqa: E402
+from shared.metrics.distribution import distribution_scores  # noqa: E402
+from shared.metrics.encoders import get_encoder  # noqa: E402
 from shared.metrics.paired import delong_paired  # noqa: E402
 from shared.synthetic import from_tensor_range  # noqa: E402
 
@@ -61,6 +63,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "recon": {"d_recon": True},
     "projected": {"d_projected": True},
     "both": {"d_recon": True, "d_projected": True},
+    "ms": {"g_diversity": 1.0},
+    "ms-0.1": {"g_diversity": 0.1},
 }
 """Arm name → GanConfig fields changed from today's SpineGAN defaults."""
 
@@ -71,6 +75,15 @@ def load_split(path: Path, split: str) -> tuple[npt.NDArray[np.uint8], npt.NDArr
                 d[f"{split}_labels"].reshape(-1).astype(np.int64))
 
 
+def load_store(site: Path) -> tuple[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+                                    tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]]:
+    """A site store's (train, test) splits, binary classes (e.g. a demo site's store)."""
+    from node.store import SiteStore
+
+    store = SiteStore.open(site)
+    return store.load("train", "binary"), store.load("test", "binary")
+
+
 def train_arms(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], base: GanConfig,
                arms: list[str], run_dir: Path) -> dict[str, dict[str, Any]]:
     """Advance every arm's trainer to ``base.kimg`` interleaved, step by step."""
@@ -78,8 +91,8 @@ def train_arms(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], base: GanConf
     rng: dict[str, torch.Tensor] = {}
     for arm in arms:
         t = time.monotonic()
-        trainers[arm] = Trainer(x, y, ["normal", "pneumonia"], replace(base, **ARMS[arm]), 28,
-                                run_dir, progress=False)
+        trainers[arm] = Trainer(x, y, ["normal", "abnormal"], replace(base, **ARMS[arm]),
+                                x.shape[-1], run_dir, progress=False)
         rng[arm] = torch.get_rng_state()
         print(f"  [{arm}] built in {time.monotonic() - t:.0f} s", flush=True)
     secs = dict.fromkeys(arms, 0.0)
@@ -136,6 +149,10 @@ def synthesize(tr: Trainer, n: int, seed: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--store", type=Path, default=None,
+                    help="a site folder instead of --data: GAN on its train split, scores on "
+                         "its test split (e.g. a demo site: OUT/sites/site-b)")
+    ap.add_argument("--batch", type=int, default=64, help="GAN batch (the demo uses 32)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/d-levers"))
     ap.add_argument("--kimg", type=float, default=1.0, help="work budget per arm")
     ap.add_argument("--seeds", default="0,1")
@@ -158,13 +175,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    x_tr, y_tr = load_split(args.data, "train")
-    x_va, y_va = load_split(args.data, "val")
+    if args.store is not None:
+        (x_tr, y_tr), (x_va, y_va) = load_store(args.store)
+    else:
+        x_tr, y_tr = load_split(args.data, "train")
+        x_va, y_va = load_split(args.data, "val")
     if 0 < args.n_train < len(y_tr):
         x_tr, y_tr = stratified_subset(x_tr, y_tr, args.n_train)
     cnn = ClassifierConfig(epochs=args.cnn_epochs, width=args.cnn_width, batch=64, seed=0,
                            patience=args.cnn_epochs)
-    base = GanConfig(model="spinegan", kimg=args.kimg, speed=args.speed,
+    base = GanConfig(model="spinegan", kimg=args.kimg, speed=args.speed, batch=args.batch,
                      spine_max_minutes=args.spine_max_minutes)
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -186,10 +206,13 @@ def main() -> None:
             model = train_classifier(xs, ys, 2, cnn, progress=False, device="cpu").model
             scores[arm] = predict_scores(model, x_va)[:, 1]
             auc = auc_with_ci(y_va, scores[arm], n_boot=1000, seed=0)
-            rows[arm] = {"kimg": r["kimg"], "train_s": r["train_s"],
+            dist = distribution_scores(x_tr, xs, get_encoder("domain"), max_samples=1000, seed=0)
+            rows[arm] = {"precision": dist.precision, "recall": dist.recall,
+                         "kimg": r["kimg"], "train_s": r["train_s"],
                          "s_per_kimg": r["s_per_kimg"], "val_auc": auc.to_dict(),
                          "cnn_s": time.monotonic() - t, "last_stats": r["stats"]}
             print(f"  [{arm}] AUC {auc.auc:.3f} [{auc.ci_low:.3f}, {auc.ci_high:.3f}], "
+                  f"precision {dist.precision:.2f}, recall {dist.recall:.2f}, "
                   f"{r['s_per_kimg']:.0f} s/kimg", flush=True)
         for arm in arms:
             rows[arm]["s_per_kimg_ratio_vs_default"] = (
@@ -204,8 +227,9 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print("| seed | arm | val AUC [95 % CI] | Δ vs default [DeLong 95 % CI] | s/kimg | × default |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | arm | val AUC [95 % CI] | Δ vs default [DeLong 95 % CI] | precision | "
+          "recall | s/kimg | × default |")
+    print("|---|---|---|---|---|---|---|---|")
     for seed, rows in results["seeds"].items():
         for arm, r in rows.items():
             a = r["val_auc"]
@@ -213,7 +237,9 @@ def print_table(results: dict[str, Any]) -> None:
             delta = (f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
                      if d else "—")
             print(f"| {seed} | {arm} | {a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
-                  f"| {delta} | {r['s_per_kimg']:.0f} | {r['s_per_kimg_ratio_vs_default']:.2f} |")
+                  f"| {delta} | {r.get('precision', float('nan')):.2f} "
+                  f"| {r.get('recall', float('nan')):.2f} | {r['s_per_kimg']:.0f} "
+                  f"| {r['s_per_kimg_ratio_vs_default']:.2f} |")
 
 
 if __name__ == "__main__":

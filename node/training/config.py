@@ -67,6 +67,10 @@ class GanConfig:
     spine_gamma: float = 0.1
     spine_epochs: int = 3
     spine_width: int = 8
+    spine_min_steps: int = 200
+    """S trains for at least this many steps whatever the data size (``spine_epochs`` alone gave
+    the demo's small site 21 steps and an S at chance, so SpineGAN's S loss carried no signal
+    there). Not applied under DP, where more steps would cost more noise for the same ε."""
     spine_max_minutes: float | None = None
     dp_epsilon: float | None = None
     dp_delta: float | None = None
@@ -112,6 +116,12 @@ class GanConfig:
     intermediate features of real and generated images. SpineGAN only; refused under DP.
     Off for the same reason as ``d_recon``."""
     d_projected_weight: float = 1.0
+    g_diversity: float = 0.0
+    """Weight of the mode-seeking term (Mao et al., "Mode Seeking GANs", CVPR 2019): for pairs
+    of G's batch with the same class, G is penalised by 1 / (mean |G(z1) − G(z2)| / mean
+    |z1 − z2|), so two latents of one class may not give one image. Aimed at the demo's
+    generators that drew one image per class (recall 0.06-0.24, BENCHMARKS.md § demo). 0 = off
+    until benchmarks/d_levers.py measures it."""
     speed: Literal["auto", "float32", "bf16", "channels_last"] = "auto"
     """Numeric mode of the adversarial passes. ``auto``: bf16 on CUDA; on CPU a start-up probe
     (:mod:`node.training.speed`) times float32, bf16 autocast and channels_last on this
@@ -147,7 +157,7 @@ class GanConfig:
                 "d_projected is not available with DP (dp_epsilon): the projected heads would "
                 "read S's features of private images outside the D-step's per-example clipping; "
                 "drop d_projected (d_recon works under DP)")
-        for name in ("d_recon_weight", "d_projected_weight"):
+        for name in ("d_recon_weight", "d_projected_weight", "g_diversity", "spine_min_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.min_class_images < 1:

@@ -159,7 +159,7 @@ class Trainer:
             s = ensure_spine_classifier(
                 run_dir, tensor_to_uint8(x), np.asarray(labels, dtype=np.int64),
                 self.num_classes, resolution=res, epochs=e.spine_epochs, width=e.spine_width,
-                seed=e.seed, max_minutes=e.spine_max_minutes,
+                seed=e.seed, max_minutes=e.spine_max_minutes, min_steps=e.spine_min_steps,
                 dp_budget=self.dp_budgets.get("spine_classifier"), progress=progress)
             if self.dist.main:
                 self.dist.barrier()
@@ -176,7 +176,8 @@ class Trainer:
                             spine_gamma=e.spine_gamma,
                             recon_weight=e.d_recon_weight if e.d_recon else 0.0,
                             projected=self._spine_features if e.d_projected else None,
-                            projected_weight=e.d_projected_weight)
+                            projected_weight=e.d_projected_weight,
+                            diversity_weight=e.g_diversity)
         self.speed = self._choose_speed()
         self.amp_dtype = self.speed.amp_dtype
         if self.speed.channels_last:

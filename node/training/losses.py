@@ -40,6 +40,31 @@ from node.training.augment import Augment
 from node.training.networks.d_heads import recon_error
 
 
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, c: torch.Tensor,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term over the pairs (i, i + n/2) of the batch that share a class.
+
+    1 / (mean_pixels |x_i − x_j| / mean |z_i − z_j|), averaged over those pairs; 0 (with a
+    graph, so backward still works) when no pair shares a class. Pairs, not all n² couples:
+    cost stays O(n), and the batch's class mix is left as the loop drew it.
+
+    Images that differ as much as their latents give 1; identical images give 1/eps:
+
+    >>> c = torch.tensor([0, 1, 0, 1])
+    >>> x = torch.arange(4.).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    >>> z = torch.arange(4.).view(4, 1).expand(4, 3)
+    >>> round(float(mode_seeking(x, z, c)), 3), float(mode_seeking(x * 0, z, c)) > 1e4
+    (1.0, True)
+    """
+    half = len(fake) // 2
+    a, b = fake[:half].float(), fake[half: 2 * half].float()
+    same = (c[:half] == c[half: 2 * half]).float()
+    img = (a - b).abs().flatten(1).mean(1)
+    lat = (z[:half] - z[half: 2 * half]).abs().flatten(1).mean(1)
+    per_pair = 1.0 / (img / lat.clamp_min(eps) + eps)
+    return (per_pair * same).sum() / same.sum().clamp_min(1.0)
+
+
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:
     """StyleGAN2-ADA's default: γ = 0.0002·R²/batch (0.0032 at 32², batch 64)."""
     return 0.0002 * resolution * resolution / batch
@@ -62,6 +87,7 @@ class GanLoss:
         recon_weight: float = 0.0,
         projected: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
         projected_weight: float = 1.0,
+        diversity_weight: float = 0.0,
     ) -> None:
         self.G = G
         self.D = D
@@ -75,6 +101,7 @@ class GanLoss:
         self.recon_weight = recon_weight
         self.projected = projected
         self.projected_weight = projected_weight
+        self.diversity_weight = diversity_weight
 
     def _project(self, disc: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """D's projected-head logits for (augmented) images ``x``, seen through frozen S."""
@@ -115,6 +142,10 @@ class GanLoss:
             ce = F.cross_entropy(s_logits, c.long())
             loss = loss + self.spine_gamma * ce
             stats["g_spine_ce"] = ce.detach().float()
+        if self.diversity_weight > 0:
+            ms = mode_seeking(fake, z, c)
+            loss = loss + self.diversity_weight * ms
+            stats["g_diversity"] = ms.detach().float()
         return loss, stats
 
     def discriminator_loss(

@@ -41,6 +41,7 @@ def ensure_spine_classifier(
     width: int,
     seed: int,
     max_minutes: float | None = None,
+    min_steps: int = 0,
     dp_budget: tuple[float, float] | None = None,
     progress: bool = True,
 ) -> Any:
@@ -81,6 +82,7 @@ def ensure_spine_classifier(
         "epochs": epochs,
         "width": width,
         "seed": seed,
+        "min_steps": min_steps if dp_budget is None else 0,
     }
     if dp_budget is not None:
         from node.training.dp import train_classifier_dp
@@ -94,7 +96,7 @@ def ensure_spine_classifier(
         from shared.cnn_train import ClassifierConfig, train_classifier
 
         ccfg = ClassifierConfig(epochs=epochs, width=width, seed=seed, max_minutes=max_minutes,
-                                patience=max(2, epochs))
+                                patience=max(2, epochs), min_steps=min_steps)
         trained = train_classifier(images, labels, num_classes, ccfg, progress=progress,
                                    device="cpu")
         model = trained.model

@@ -55,3 +55,33 @@ def test_joint_discriminator_loss_matches_separate_without_mbstd() -> None:
     sep, _, _ = loss.discriminator_loss(real, c, z, c)
     joint, _, _ = loss.discriminator_loss(real, c, z, c, joint=True)
     assert torch.allclose(sep, 2 * joint, atol=1e-5)
+
+
+def test_mode_seeking_pushes_same_class_pairs_apart_only() -> None:
+    """Two latents of one class that give (nearly) one image are penalised, and the gradient
+    pulls the two images apart; a pair of different classes adds nothing."""
+    from node.training.losses import mode_seeking
+
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    base = torch.tensor([0.1, 0.2, 0.1001, 0.5]).view(4, 1, 1, 1).repeat(1, 1, 2, 2)
+    x = base.clone().requires_grad_(True)
+    same = torch.tensor([0, 1, 0, 0])  # pairs (0, 2): same class, same image; (1, 3): not
+    loss = mode_seeking(x, z, same)
+    loss.backward()
+    assert loss > 100  # (nearly) one image for two distant latents
+    g = x.grad
+    assert g is not None and torch.all(g[1] == 0) and torch.all(g[3] == 0)
+    # Descending the loss moves image 0 down and image 2 up: apart.
+    assert float(g[0].sum()) > 0 > float(g[2].sum())
+    other = torch.tensor([0, 1, 1, 0])  # no pair shares a class
+    assert float(mode_seeking(base, z, other)) == 0.0
+
+
+def test_diversity_weight_changes_generator_gradients() -> None:
+    G, D = _nets()
+    plain = _grads(GanLoss(G, D, w_avg_decay=None), G)
+    diverse = _grads(GanLoss(G, D, w_avg_decay=None, diversity_weight=1.0), G)
+    assert not torch.allclose(plain, diverse)
+    _, stats = GanLoss(G, D, diversity_weight=1.0).generator_loss(
+        torch.randn(4, G.z_dim), torch.tensor([0, 1, 0, 1]))
+    assert stats["g_diversity"] > 0

@@ -158,3 +158,17 @@ def test_a_pool_on_disk_trains_batch_by_batch_to_the_same_model(tmp_path) -> Non
     assert np.allclose(predict_scores(mem.model, xt),
                        predict_scores(mem.model, NpyImageRows(tmp_path / "test.npy"), batch=7),
                        atol=1e-6)
+
+
+def test_min_steps_raises_epochs_and_holds_off_early_stopping() -> None:
+    """A small data set still gets the steps it asked for (SpineGAN's S at a small site)."""
+    x, y = _data(64, 4)  # 58 training images, batch 16: 3 steps an epoch
+    trained = train_classifier(x, y, 2, ClassifierConfig(epochs=1, width=4, batch=16, patience=0,
+                                                         min_steps=10), progress=False)
+    assert len(trained.history) == 4  # ceil(10 / 3) epochs, not 1
+    trained = train_classifier(x, y, 2, ClassifierConfig(epochs=30, width=4, batch=16,
+                                                         patience=1, lr=1e-2, min_steps=30),
+                               progress=False)
+    assert len(trained.history) >= 10
+    with pytest.raises(ValueError, match="min_steps"):
+        ClassifierConfig(min_steps=-1)
