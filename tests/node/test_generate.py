@@ -41,7 +41,10 @@ def test_missing_run_is_a_clear_error(tiny_site: Path) -> None:
 
 
 def test_filter_reports_drawn_and_kept(tiny_site: Path) -> None:
-    train(tiny_site, replace(TINY, model="spinegan", spine_epochs=1, spine_width=4),
+    # A deliberately weak S (1 epoch, no step floor): this tests the bookkeeping, and a
+    # sharp S would reject every image of a barely trained G at any threshold.
+    train(tiny_site, replace(TINY, model="spinegan", spine_epochs=1, spine_width=4,
+                             spine_min_steps=0),
           run_name="s", progress=False)
     s = generate(tiny_site, 4, run_name="s", filter_threshold=0.01, out_name="f")
     f = s.info["filter"]
