@@ -155,3 +155,18 @@ def nginx_or_skip() -> None:
     if os.environ.get("SYNTHLEARN_REQUIRE_NGINX") == "1":
         pytest.fail("nginx is required here (`make test` installs it: apt-get install -y nginx)")
     pytest.skip("nginx not installed (apt-get install -y nginx; `make test` installs it)")
+
+
+def start_refused_supernode(work: Path, name: str, address: str, node_config: dict[str, Any],
+                            **kwargs: Any) -> Any:
+    """Start a SuperNode the SuperLink should refuse; return its process, or None when the
+    refusal came before the node's own ClientApp API port was up (it then exits at once, and
+    ``start_supernode`` raises with its log). Either is a refusal; anything else fails."""
+    from shared.errors import FlowerProcessError
+    from shared.flower_proc import start_supernode
+
+    try:
+        return start_supernode(work, name, address, node_config, **kwargs)
+    except FlowerProcessError as exc:
+        assert "2004" in str(exc), exc  # Flower's "Failed to activate SuperNode"
+        return None
