@@ -217,7 +217,7 @@ def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
     # stopping (the best epoch on the validation part is still the one kept): at the small
     # site that part is ≈ 20 images, too few to stop on.
     baseline = {"epochs": 12, "width": 16, "max_minutes": 4.0, "patience": 0, "seed": seed,
-                "classes": classes}
+                "min_steps": 300, "classes": classes}
     return {
         "work-dir": str(work), "trust-dir": str(trust), "run-name": "demo",
         "mode": "train", "expected-sites": sites, "node-wait-s": 60.0,

@@ -13,6 +13,7 @@ import pytest
 from node.phantoms import (
     FAKE_PHI,
     LESION_CLASSES,
+    SiteProfile,
     make_sites,
     phantom_store,
     phi_strings,
@@ -113,6 +114,21 @@ def test_lesions_change_the_image_where_the_box_says() -> None:
         inside = diff[y0:y1, x0:x1].mean()
         assert inside > 0.05, lesion
         assert inside > 1.5 * diff.mean(), lesion  # the change is concentrated in the box
+
+
+def test_severity_scales_the_lesion_and_a_profile_draws_it() -> None:
+    """Early disease: a lower severity departs less from the same patient's normal anatomy."""
+    for lesion in LESION_CLASSES[2:]:  # the three deformations; an implant is all or nothing
+        normal = render_with_bbox(np.random.default_rng(3), "No finding", 96)[0]
+        change = [np.abs(render_with_bbox(np.random.default_rng(3), lesion, 96,
+                                          severity=s)[0] - normal).sum()
+                  for s in (0.1, 0.5, 1.0)]
+        assert change[0] < change[1] < change[2], (lesion, change)
+    for bad in (0.0, -0.2, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="severity"):
+            render_with_bbox(np.random.default_rng(0), "Spondylolisthesis", 32, severity=bad)
+    with pytest.raises(ValueError, match="severity"):
+        SiteProfile(64, 64, 1.0, 10, (0.5, 0.5, 0.0, 0.0, 0.0), severity=(0.8, 0.2))
 
 
 def test_phantom_store_fast_path(tmp_path: Path) -> None:
