@@ -197,6 +197,38 @@ def copy_count_p_value(copies: int, n_synthetic: int, n_heldout: int, rank: int)
     return float(betabinom.sf(copies - 1, n_synthetic, a, b))
 
 
+def mia_p_value(members: npt.NDArray[np.float64], nonmembers: npt.NDArray[np.float64]
+                ) -> float:
+    """One-sided p that training members sit closer to the synthetic set than non-members
+    (Mann–Whitney U, whose U/(n₁n₂) is the MIA AUC): exact under the null of a generator
+    that learned nothing about who was in its training set."""
+    from scipy.stats import mannwhitneyu
+
+    if len(members) == 0 or len(nonmembers) == 0:
+        return 1.0
+    return float(mannwhitneyu(members, nonmembers, alternative="greater").pvalue)
+
+
+def holm(p_values: dict[str, float], alpha: float) -> dict[str, dict[str, Any]]:
+    """Holm's step-down test of several p-values at family-wise level ``alpha``: the smallest
+    at alpha/k, the next at alpha/(k − 1), …, stopping at the first it cannot reject. Valid
+    under any dependence, so the chance that *any* true null is rejected is ≤ alpha.
+
+    >>> r = holm({"a": 0.003, "b": 0.004, "c": 0.5}, 0.01)
+    >>> r["a"]["rejected"], r["b"]["rejected"], round(r["b"]["level"], 4)
+    (True, True, 0.005)
+    >>> holm({"a": 0.008, "b": 0.009}, 0.01)["a"]["rejected"]
+    False
+    """
+    out: dict[str, dict[str, Any]] = {}
+    going = True
+    for i, name in enumerate(sorted(p_values, key=lambda k: p_values[k])):
+        level = alpha / (len(p_values) - i)
+        going = going and p_values[name] <= level
+        out[name] = {"p_value": float(p_values[name]), "level": level, "rejected": going}
+    return out
+
+
 def _build_view(space: str, metric: str, syn_close: npt.NDArray[np.float64],
                 syn_nn: npt.NDArray[np.int64], held_close: npt.NDArray[np.float64],
                 member_close: npt.NDArray[np.float64], nonmember_close: npt.NDArray[np.float64],
@@ -227,6 +259,7 @@ def _view_summary(v: View, n_train: int, control: npt.NDArray[np.int64],
         "synthetic_to_train": quantiles(v.value(v.syn_closeness)),
         "heldout_to_train": quantiles(v.value(v.held_closeness)),
         "mia": _auc(v.member_closeness, v.nonmember_closeness, cfg.n_boot, cfg.seed),
+        "mia_p_value": mia_p_value(v.member_closeness, v.nonmember_closeness),
         "mia_control": _auc(v.member_closeness[control[:half]],
                             v.member_closeness[control[half:]], cfg.n_boot, cfg.seed),
         "split_bias_baseline": blind,
@@ -442,33 +475,48 @@ def audit_arrays(
         passed = (not missing_fails) if value is None else value <= limit
         gates[name] = {"value": value, "max": limit, "passed": bool(passed)}
 
+    # The p-value gates are one Holm family at cfg.family_significance (config docstring): an
+    # honest audit fails any of them in at most that share of audits, however many run.
+    n_h = len(held)
+    beyond = int((per_image_p <= 1.0 / (n_h + 1)).sum())
+    family = {"copy_rate": per_view["pixel"]["copy_p_value"],
+              "data_copying": copy_count_p_value(beyond, len(syn), n_h, n_h)}
+    if emb is not None and cfg.max_copy_rate_embedding is not None:
+        family["copy_rate_embedding"] = emb["copy_p_value"]
+    if cfg.max_mia_auc is not None:  # the worst view's AUC is gated: Bonferroni over views
+        family["mia_auc"] = min(1.0, len(per_view) * min(pv["mia_p_value"]
+                                                         for pv in per_view.values()))
+    tested = holm(family, cfg.family_significance)
+
+    def significance(name: str) -> str:
+        t = tested[name]
+        return (f"p = {t['p_value']:.3g} ≥ {t['level']:.3g}, the Holm level of a "
+                f"{100 * cfg.family_significance:g} % family-wise test")
+
     # 1. Any near-exact copy (after the transform search) fails, whatever the rate.
     gates["near_copies"] = {"value": int(near.sum()), "max": 0, "passed": not near.any()}
     # 2. The copy rate against τ (95 % of new patients), significance-tested.
     gate("copy_rate", per_view["pixel"]["copy_rate"], cfg.max_copy_rate)
     if emb is not None:
         gate("copy_rate_embedding", emb["copy_rate"], cfg.max_copy_rate_embedding)
-    for name, pv in (("copy_rate", per_view["pixel"]), ("copy_rate_embedding", emb)):
+    for name in ("copy_rate", "copy_rate_embedding"):
         g = gates.get(name)
-        if g is None or g["passed"] or pv is None:
+        if g is None or g["passed"]:
             continue
-        g["p_value"] = pv["copy_p_value"]
-        if pv["copy_p_value"] >= cfg.copy_significance and not (name == "copy_rate"
-                                                                  and near.any()):
+        g.update(p_value=tested[name]["p_value"], level=tested[name]["level"])
+        if not tested[name]["rejected"] and not (name == "copy_rate" and near.any()):
             # Above the line, but a novel generator would reach this count this often
             # through the noise of τ alone: too few held-out images to call it copying.
             g.update(passed=True, note=(
                 f"above the limit but not significantly above the rate of new patients "
-                f"(p = {pv['copy_p_value']:.3f} with {len(held)} held-out images); "
-                "more held-out images would sharpen τ"))
+                f"({significance(name)}, {n_h} held-out images); more held-out images "
+                "would sharpen τ"))
     # 3. Data copying: how many synthetic images are closer to training than *every* held-out
     #    patient (per-image conformal p = 1/(n+1)), against what a novel generator would show.
-    n_h = len(held)
-    beyond = int((per_image_p <= 1.0 / (n_h + 1)).sum())
-    p_beyond = copy_count_p_value(beyond, len(syn), n_h, n_h)
     gates["data_copying"] = {
-        "value": beyond / len(syn), "max": novel_copy_rate(n_h, n_h), "p_value": p_beyond,
-        "passed": bool(p_beyond >= cfg.data_copying_significance
+        "value": beyond / len(syn), "max": novel_copy_rate(n_h, n_h),
+        "p_value": tested["data_copying"]["p_value"], "level": tested["data_copying"]["level"],
+        "passed": bool(not tested["data_copying"]["rejected"]
                        and (meehan is None or cfg.min_meehan_ct is None
                             or meehan["c_t"] >= cfg.min_meehan_ct)),
     }
@@ -481,10 +529,12 @@ def audit_arrays(
     gate("mia_auc", mia_auc, cfg.max_mia_auc)
     if "mia_auc" in gates and not gates["mia_auc"]["passed"]:
         base = worst.get("split_bias_baseline") or {"auc": 0.5}
-        if worst["mia"]["ci_low"] <= 0.5:
+        gates["mia_auc"].update(p_value=tested["mia_auc"]["p_value"],
+                                level=tested["mia_auc"]["level"])
+        if not tested["mia_auc"]["rejected"]:
             # With a few dozen held-out images the AUC alone swings by ±0.1.
-            gates["mia_auc"].update(passed=True, note="above the limit but its 95% CI "
-                                    "includes 0.5 (not significant at this sample size)")
+            gates["mia_auc"].update(passed=True, note=(
+                f"above the limit but not significantly above 0.5 ({significance('mia_auc')})"))
         elif worst["mia"]["ci_low"] <= base["auc"]:
             gates["mia_auc"].update(passed=True, note=(
                 f"above the limit but not above the blind split-bias baseline "
@@ -511,6 +561,7 @@ def audit_arrays(
         "n_heldout": len(held),
         "image_size": [int(synthetic.shape[1]), int(synthetic.shape[2])],
         "copy_percentile": cfg.copy_percentile,
+        "family_significance": cfg.family_significance,
         "expected_copy_rate_if_novel": round(per_view["pixel"]["copy_rate_if_novel"], 6),
         "copy_rate": per_view["pixel"]["copy_rate"],
         "copy_rate_any_view": float(any_copy.mean()),
