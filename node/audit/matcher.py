@@ -210,9 +210,19 @@ def _transform(eq: torch.Tensor, flip: torch.Tensor, zoom: torch.Tensor, out: in
 
 
 def _window_sums(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sum over every h×w window (stride 1), by an integral image."""
-    c = F.pad(image, (1, 0, 1, 0)).cumsum(1).cumsum(2)
-    return c[:, h:, w:] - c[:, :-h, w:] - c[:, h:, :-w] + c[:, :-h, :-w]
+    """Sum over every h×w window (stride 1).
+
+    The search has few window positions per side (2·max_shift + 1 at full size, 3 in the
+    refinement), so the sums are taken directly, one slice per column offset and then per row
+    offset: five times faster than an integral image (torch's cumsum is sequential) and without
+    its float32 cancellation. Many positions fall back to the integral image.
+    """
+    kh, kw = image.shape[-2] - h + 1, image.shape[-1] - w + 1
+    if max(kh, kw) > 9:
+        c = F.pad(image, (1, 0, 1, 0)).cumsum(1).cumsum(2)
+        return c[:, h:, w:] - c[:, :-h, w:] - c[:, h:, :-w] + c[:, :-h, :-w]
+    rows = torch.stack([image[:, :, j: j + w].sum(-1) for j in range(kw)], dim=-1)
+    return torch.stack([rows[:, i: i + h].sum(1) for i in range(kh)], dim=1)
 
 
 def _window_norms(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
