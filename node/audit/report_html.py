@@ -186,7 +186,10 @@ only); an honest generator whose samples are as novel as new patients has an exp
 rate of {s['expected_copy_rate_if_novel']:.2f}. Membership-inference AUC should be ≈0.5; the
 member-only control shows the AUC's noise at this sample size, and the split-bias baseline (a
 blind attack that never looks at the synthetic images) shows how far training and held-out
-images differ by themselves: an MIA AUC at or below it is not evidence of leakage.</p>
+images differ by themselves: an MIA AUC at or below it is not evidence of leakage. The
+significance tests of the copy-rate, data-copying and MIA gates form one family (Holm, level
+{s['family_significance']:g}): a generator as novel as new patients fails any of them in at
+most {100 * s['family_significance']:g}% of audits. A near-exact copy fails on its own.</p>
 <h2>Flagged synthetic images</h2>
 <p>Left: synthetic. Middle: the training image it matches. Right: that training image with the
 transform found applied (flip, crop-and-rescale, shift; intensity edits are not redone). The
