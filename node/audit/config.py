@@ -24,7 +24,7 @@ Defaults, and why:
   distributions (Meehan's C_T +0.18 and −0.38): chance, not copying (BENCHMARKS.md, issue 14).
   What it costs: a gate fails at p < 0.0025–0.01 instead of < 0.01, so a few copies among many
   honest images are a weaker signal: 10 planted copies among 200 phantoms (120 held-out) sit
-  at data-copying p ≈ 0.005–0.01 and no longer fail that gate. Copies made verbatim or nearly
+  at data-copying p ≈ 0.005–0.008 and no longer fail that gate. Copies made verbatim or nearly
   so fail ``near_copies``, which no significance level excuses (every planted edit in the
   benchmark, both data sets, still fails the audit).
   Two lines below are not p-values and sit outside the family: Meehan's C_T ≤ −3 (a weighted
