@@ -65,6 +65,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "both": {"d_recon": True, "d_projected": True},
     "ms": {"g_diversity": 1.0},
     "ms-0.1": {"g_diversity": 0.1},
+    "recon-ms": {"d_recon": True, "g_diversity": 1.0},
 }
 """Arm name → GanConfig fields changed from today's SpineGAN defaults."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_DEFAULTS: dict[str, Any] = {
-    "sites": 3, "scale": 1.0, "size": 32, "model": "spinegan", "gan_minutes": 4.5,
+    "sites": 3, "scale": 1.0, "size": 32, "model": "spinegan", "gan_minutes": 4.2,
     "n_synthetic": 1000, "cnn_minutes": 1.5, "classes": "binary", "seed": 0,
 }
 """The one table of the demo's defaults (the command's options read it). Budgets are sized
@@ -215,9 +215,11 @@ def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
     # 1-minute cap, three sites sharing two cores (and GANs training beside them) stopped it
     # after 1–2 epochs, and the "local real" column showed contention, not the data. No early
     # stopping (the best epoch on the validation part is still the one kept): at the small
-    # site that part is ≈ 20 images, too few to stop on.
+    # site that part is ≈ 20 images, too few to stop on. At least 200 steps: 12 epochs are
+    # only 84 at the small site, which under-trains a CNN that a fair comparison needs at its
+    # best (early-disease phantoms measured the difference, BENCHMARKS.md § demo).
     baseline = {"epochs": 12, "width": 16, "max_minutes": 4.0, "patience": 0, "seed": seed,
-                "min_steps": 300, "classes": classes}
+                "min_steps": 200, "classes": classes}
     return {
         "work-dir": str(work), "trust-dir": str(trust), "run-name": "demo",
         "mode": "train", "expected-sites": sites, "node-wait-s": 60.0,

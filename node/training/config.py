@@ -106,15 +106,17 @@ class GanConfig:
     """None → CUDA (with bf16 autocast) when available, else CPU with all cores."""
     amp: bool = True
     """bf16 autocast on a CUDA device that supports it (never on CPU)."""
-    d_recon: bool = False
+    d_recon: bool = True
     """FastGAN's self-supervised D: a decoder on D's 8×8 features reconstructs each real input
-    and D's loss adds the error (:mod:`node.training.networks.d_heads`). Off until its
-    ablation (benchmarks/d_levers.py) shows a gain beyond the CI: BENCHMARKS.md, issue 12."""
+    and D's loss adds the error (:mod:`node.training.networks.d_heads`). On by default since
+    its ablation (benchmarks/d_levers.py, 12 kimg, the demo's stores): the CNN trained on the
+    synthetic images gained +0.15 / +0.20 / +0.18 AUC (DeLong CI lower ends +0.05 to +0.08) at
+    two sites and two seeds, for ×1.08-1.12 time per kimg: BENCHMARKS.md, issue 12."""
     d_recon_weight: float = 1.0
     d_projected: bool = False
     """Projected GAN on SpineGAN's frozen classifier S: extra patch discriminators on S's
     intermediate features of real and generated images. SpineGAN only; refused under DP.
-    Off for the same reason as ``d_recon``."""
+    Off: its ablation lost 0.04 AUC (CI −0.14 to +0.06) for ×1.49 time per kimg."""
     d_projected_weight: float = 1.0
     g_diversity: float = 0.0
     """Weight of the mode-seeking term (Mao et al., "Mode Seeking GANs", CVPR 2019): for pairs

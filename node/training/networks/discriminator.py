@@ -11,8 +11,8 @@ so DP-SGD) undefined and lets D tell real from fake batches by their statistics.
 deviation, a cross-example feature that fights mode collapse) is switched off under DP for the
 same reason.
 
-Two optional heads (GanConfig ``d_recon`` / ``d_projected``, off by default; see
-benchmarks/d_levers.py for their ablation):
+Two optional heads (GanConfig ``d_recon``, on by default since its ablation, and
+``d_projected``, off; see benchmarks/d_levers.py and BENCHMARKS.md, issue 12):
 
 * ``recon``: FastGAN's self-supervised D (:class:`node.training.networks.d_heads.ReconDecoder`).
   A small decoder turns D's 8×8 feature map back into the (downsampled) input, and D's loss on
