@@ -116,7 +116,7 @@ def probe_speed(
     min_gain: float = 1.1,
     max_batch: int = 32,
     timer: Timer | None = None,
-    rounds: int = 3,
+    rounds: int = 5,
 ) -> SpeedChoice:
     """Time each candidate on copies of ``G`` and ``D``; return the fastest that wins.
 
@@ -126,7 +126,10 @@ def probe_speed(
     starts three at once), and timing the modes one after the other let a burst of the
     neighbours' start-up land on one mode only — measured, three sites of one demo picked
     bf16, channels_last and float32 on the same CPU. The minimum over interleaved rounds is
-    the time the mode takes when it gets the CPU.
+    the time the mode takes when it gets the CPU. Five rounds, not three: with three, one site
+    of a demo (seed 0, 2026-11-26) timed bf16 at only 1.05× float32 while its neighbours
+    measured 1.15-1.46×, kept float32 and trained 9.6 kimg where they trained 13.4
+    (BENCHMARKS.md § demo); two more rounds cost about two seconds.
     """
     import copy
 
