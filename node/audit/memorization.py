@@ -479,8 +479,10 @@ def audit_arrays(
     # honest audit fails any of them in at most that share of audits, however many run.
     n_h = len(held)
     beyond = int((per_image_p <= 1.0 / (n_h + 1)).sum())
-    family = {"copy_rate": per_view["pixel"]["copy_p_value"],
-              "data_copying": copy_count_p_value(beyond, len(syn), n_h, n_h)}
+    # Only gates that run take a slot: an unused one would make the others stricter.
+    family = {"data_copying": copy_count_p_value(beyond, len(syn), n_h, n_h)}
+    if cfg.max_copy_rate is not None:
+        family["copy_rate"] = per_view["pixel"]["copy_p_value"]
     if emb is not None and cfg.max_copy_rate_embedding is not None:
         family["copy_rate_embedding"] = emb["copy_p_value"]
     if cfg.max_mia_auc is not None:  # the worst view's AUC is gated: Bonferroni over views
