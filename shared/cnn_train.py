@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,14 @@ class ClassifierConfig:
     hflip_p: float = 0.3
     rotation_deg: float = 5.0
     crop_scale_min: float = 0.8
+    gamma_jitter: float = 0.0
+    """Intensity augmentation (:func:`intensity_batch`): each image's gamma is drawn
+    log-uniformly from [e^-g, e^g]. 0 = off (the seed paper's recipe)."""
+    contrast_jitter: float = 0.0
+    """Each image's contrast about its mean is scaled log-uniformly in [e^-c, e^c]; 0 = off."""
+    noise_std: float = 0.0
+    """Gaussian noise of a standard deviation drawn per image from [0, noise_std] (in the
+    [0, 1] intensity range); 0 = off."""
     max_minutes: float | None = None
     """Wall-clock budget for the training loop; the best epoch so far is kept."""
     max_steps: int | None = None
@@ -88,6 +97,15 @@ class ClassifierConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        for name in ("gamma_jitter", "contrast_jitter", "noise_std"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} must be in [0, 1] (0 = off), got {v}")
+
+    @property
+    def intensity(self) -> bool:
+        """Whether any intensity augmentation is on."""
+        return self.gamma_jitter > 0 or self.contrast_jitter > 0 or self.noise_std > 0
 
 
 @dataclass
@@ -168,6 +186,34 @@ def augment_batch(
     return (out - 1.0).to(x.dtype)
 
 
+def intensity_batch(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    gamma_jitter: float = 0.0,
+    contrast_jitter: float = 0.0,
+    noise_std: float = 0.0,
+) -> torch.Tensor:
+    """Per-image gamma, contrast and noise on a batch in [-1, 1]: the exposure and detector
+    differences between sites, which a CNN trained on a few generators' images has seen
+    little of. Random numbers come from ``gen`` (CPU), so runs repeat on any device.
+    """
+    n = x.shape[0]
+    r = torch.rand(n, 3, generator=gen)
+    shape = (n,) + (1,) * (x.dim() - 1)
+    u = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+    if gamma_jitter > 0:
+        gamma = torch.exp((r[:, 0] * 2 - 1) * gamma_jitter).to(x.device).view(shape)
+        u = u.clamp_min(1e-6) ** gamma
+    if contrast_jitter > 0:
+        c = torch.exp((r[:, 1] * 2 - 1) * contrast_jitter).to(x.device).view(shape)
+        mean = u.mean(dim=tuple(range(1, u.dim())), keepdim=True)
+        u = mean + (u - mean) * c
+    if noise_std > 0:
+        sd = (r[:, 2] * noise_std).to(x.device).view(shape)
+        u = u + sd * torch.randn(u.shape, generator=gen).to(x.device)
+    return (u.clamp(0.0, 1.0) * 2.0 - 1.0).to(x.dtype)
+
+
 def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     x: torch.Tensor = to_tensor_range(batch_u8.to(device, non_blocking=True))
     return x.unsqueeze(1)
@@ -225,8 +271,13 @@ def train_classifier(
     device: str | None = None,
     val_eligible: npt.NDArray[np.bool_] | None = None,
     soft_labels: npt.NDArray[np.floating[Any]] | None = None,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainedClassifier:
     """Train the CNN on *training* images only; return the best-validation-epoch model.
+
+    ``on_epoch(epoch, model)`` (optional) is called after each epoch's validation, with the
+    model in eval mode; it must not change the model. Benchmarks use it to follow what each
+    epoch's weights do elsewhere (``benchmarks/pool_replay.py``).
 
     ``val_eligible`` (optional bool mask over ``images``) limits which training rows may be
     carved off as the validation part; by default any row may.
@@ -323,6 +374,9 @@ def train_classifier(
                 y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
                 if cfg.augment:
                     x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
+                    if cfg.intensity:
+                        x = intensity_batch(x, gen, cfg.gamma_jitter, cfg.contrast_jitter,
+                                            cfg.noise_std)
                 with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
                     loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
@@ -364,6 +418,9 @@ def train_classifier(
                 val_auc if not math.isnan(val_auc) else -math.inf,
                 -val_loss if not math.isnan(val_loss) else -math.inf,
             )
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(epoch, model)
             if best_state is None or key > best_key:
                 best_key, best_epoch, best_probs = key, epoch, probs
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -13,6 +13,7 @@ from shared.cnn_train import (
     ClassifierTrainingError,
     augment_batch,
     augmentation_experiment,
+    intensity_batch,
     mix_real_synthetic,
     predict_scores,
     stratified_holdout,
@@ -68,7 +69,27 @@ def test_train_classifier_cannot_receive_a_test_split() -> None:
     params = set(inspect.signature(train_classifier).parameters)
     assert not any("test" in p for p in params)
     assert params == {"images", "labels", "num_classes", "cfg", "progress", "device",
-                      "val_eligible", "soft_labels"}
+                      "val_eligible", "soft_labels", "on_epoch"}
+
+
+def test_an_epoch_observer_sees_every_epoch_and_changes_nothing() -> None:
+    """``on_epoch`` only watches (benchmarks score each epoch elsewhere with it): the weights
+    returned are the same with and without it."""
+    x, y = _data(48, 7)
+    cfg = ClassifierConfig(epochs=3, width=4, batch=16, patience=0)
+    seen: list[int] = []
+
+    def watch(epoch: int, model: torch.nn.Module) -> None:
+        assert not model.training
+        predict_scores(model, x[:8])
+        seen.append(epoch)
+
+    watched = train_classifier(x, y, 2, cfg, progress=False, on_epoch=watch)
+    plain = train_classifier(x, y, 2, cfg, progress=False)
+    assert seen == [1, 2, 3]
+    for a, b in zip(watched.model.state_dict().values(), plain.model.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_time_budget_stops_training() -> None:
@@ -103,6 +124,29 @@ def test_augmentation_keeps_shape_and_range_and_is_identity_without_change() -> 
     torch.testing.assert_close(same, x, atol=1e-4, rtol=0)
     flipped = augment_batch(x, gen, hflip_p=1.0, rotation_deg=0.0, crop_scale_min=1.0)
     torch.testing.assert_close(flipped, x.flip(-1), atol=1e-4, rtol=0)
+
+
+def test_intensity_augmentation_is_per_image_monotone_and_off_at_zero() -> None:
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(intensity_batch(x, gen), x, atol=1e-5, rtol=0)
+    out = intensity_batch(x, torch.Generator().manual_seed(1), gamma_jitter=0.5,
+                          contrast_jitter=0.0, noise_std=0.0)
+    assert out.shape == x.shape and out.min() >= -1.0 and out.max() <= 1.0
+    assert not torch.allclose(out, x, atol=1e-3)
+    # A gamma curve changes brightness, never the order of pixels within an image: the
+    # anatomy (what is brighter than what) survives.
+    for i in range(len(x)):
+        order = x[i].flatten().argsort()
+        assert (out[i].flatten()[order].diff() >= 0).all()
+    again = intensity_batch(x, torch.Generator().manual_seed(1), gamma_jitter=0.5)
+    torch.testing.assert_close(again, out)  # the generator fixes every draw
+    noisy = intensity_batch(x, torch.Generator().manual_seed(2), noise_std=0.2)
+    assert (noisy - x).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="gamma_jitter"):
+        ClassifierConfig(gamma_jitter=-0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        ClassifierConfig(noise_std=float("nan"))
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
