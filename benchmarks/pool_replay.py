@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,6 +60,36 @@ whose own site's S gives their class < 0.5 (``node generate --filter 0.5``). ``_
 CNNs (seeds s … s+K−1) scored as one ensemble (mean probability)."""
 
 
+def site_dirs(run: Path) -> list[Path]:
+    """The run's site folders (``RUN/sites/site-*`` with a store), in site order."""
+    return sorted(p for p in (run / "sites").iterdir() if (p / "site.json").exists())
+
+
+def load_run(run: Path, epochs: int, splits: tuple[Literal["train", "test"], ...], **changes: Any
+             ) -> tuple[Any, Any, dict[tuple[str, str], tuple[Any, Any]]]:
+    """(pool, the run's CNN config with a fixed epoch count and ``changes``, the sites' real
+    ``splits`` keyed by (site, split)). The demo's wall-clock cap is dropped so that load on
+    the machine cannot change how long a CNN trains."""
+    import numpy as np
+
+    from node.store import SiteStore
+    from shared.cnn_train import ClassifierConfig
+    from shared.config import from_mapping
+    from shared.synthetic import SyntheticSet
+
+    pool = SyntheticSet.load(run / "coordinator" / "pool" / "pooled")
+    doc = json.loads((run / "coordinator" / "cnn" / "cnn-config.json").read_text())
+    base = replace(from_mapping(ClassifierConfig, doc, source=str(run)), max_minutes=None,
+                   epochs=epochs, **changes)
+    real: dict[tuple[str, str], tuple[Any, Any]] = {}
+    for site in site_dirs(run):
+        store = SiteStore.open(site)
+        for split in splits:
+            x, y = store.load(split, "binary")
+            real[(site.name, split)] = (x, np.asarray(y, np.int64))
+    return pool, base, real
+
+
 def site_pools(run: Path) -> Any:
     """The run's pool rebuilt from every site's generator with S's probabilities attached.
 
@@ -70,10 +100,10 @@ def site_pools(run: Path) -> Any:
     from node.generate import generate
     from shared.synthetic import SyntheticSet
 
-    seed = json.loads((run / "demo-timing.json").read_text())["seed"]
-    n = json.loads((run / "demo-timing.json").read_text())["n_synthetic"]
+    timing = json.loads((run / "demo-timing.json").read_text())
+    seed, n = timing["seed"], timing["n_synthetic"]
     sets = []
-    for site in sorted(p for p in (run / "sites").iterdir() if (p / "site.json").exists()):
+    for site in site_dirs(run):
         sets.append(generate(site, n, run_name="demo", seed=seed, out_name="replay-teacher",
                              teacher=True))
     names = sets[0].class_names
@@ -100,23 +130,12 @@ def replay_run(run: Path, arms: list[str], epochs: int,
     probability); each seed's own AUC is kept too (how much one CNN varies by its seed)."""
     import numpy as np
 
-    from node.store import SiteStore
-    from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier
-    from shared.config import from_mapping
+    from shared.cnn_train import predict_scores, train_classifier
     from shared.metrics.auc import class_auc
     from shared.metrics.paired import delong_paired
-    from shared.synthetic import SyntheticSet
 
-    pool = SyntheticSet.load(run / "coordinator" / "pool" / "pooled")
-    base_doc = json.loads((run / "coordinator" / "cnn" / "cnn-config.json").read_text())
-    base = from_mapping(ClassifierConfig, base_doc, source=str(run))
-    base = replace(base, max_minutes=None, epochs=epochs)
-    sites = sorted(p for p in (run / "sites").iterdir() if (p / "site.json").exists())
-    tests = {}
-    for site in sites:
-        store = SiteStore.open(site)
-        x, y = store.load("test", "binary")
-        tests[site.name] = (x, np.asarray(y, np.int64))
+    pool, base, real = load_run(run, epochs, ("test",))
+    tests = {site: xy for (site, _), xy in real.items()}
     out: dict[str, Any] = {"run": str(run), "seed": base.seed, "n_pool": len(pool), "arms": {}}
     scores: dict[str, dict[str, Any]] = {}
     teacher_pool = None
@@ -139,8 +158,7 @@ def replay_run(run: Path, arms: list[str], epochs: int,
             else:
                 keep = teacher_pool.soft[np.arange(len(y_tr)), y_tr] >= 0.5
                 x_tr, y_tr = x_tr[keep], y_tr[keep]
-                rec_kept = int(keep.sum())
-                print(f"{run.name} filter keeps {rec_kept} of {len(keep)}", flush=True)
+                print(f"{run.name} filter keeps {int(keep.sum())} of {len(keep)}", flush=True)
         members = int(ARMS[arm].get("_members", 1))
         for seed in cnn_seeds or [base.seed + i for i in range(members)]:
             cfg = replace(base, seed=seed, **recipe)
@@ -189,22 +207,10 @@ def trace_run(run: Path, epochs: int, cnn_seeds: list[int], out_dir: Path) -> di
     touching the test split. Returns test AUCs under each way of choosing."""
     import numpy as np
 
-    from node.store import SiteStore
-    from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier
-    from shared.config import from_mapping
+    from shared.cnn_train import predict_scores, train_classifier
     from shared.metrics.auc import class_auc
-    from shared.synthetic import SyntheticSet
 
-    pool = SyntheticSet.load(run / "coordinator" / "pool" / "pooled")
-    base_doc = json.loads((run / "coordinator" / "cnn" / "cnn-config.json").read_text())
-    base = replace(from_mapping(ClassifierConfig, base_doc, source=str(run)), max_minutes=None,
-                   epochs=epochs, patience=0)
-    splits: dict[tuple[str, str], tuple[Any, Any]] = {}
-    for site in sorted(p for p in (run / "sites").iterdir() if (p / "site.json").exists()):
-        store = SiteStore.open(site)
-        for split in ("train", "test"):
-            x, y = store.load(split, "binary")
-            splits[(site.name, split)] = (x, np.asarray(y, np.int64))
+    pool, base, splits = load_run(run, epochs, ("train", "test"), patience=0)
     sites = sorted({k[0] for k in splits})
 
     def auc(y: Any, p: Any) -> float:
