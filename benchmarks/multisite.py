@@ -253,6 +253,42 @@ def sample_grid(path: Path, real: tuple[U8, I64], synth: tuple[U8, I64], title: 
     plt.close(fig)
 
 
+def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
+                 tests: dict[str, tuple[U8, I64]], train_sets: dict[str, tuple[U8, I64]],
+                 central_x: U8, central_y: I64, args: Any
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
+    test target's ensemble chosen on its own real train split (``node.selection``). Returns
+    (scores in the shape of the other arms, target → what was picked)."""
+    import tempfile
+
+    from coordinator.train import train_pooled
+    from node.selection import select_on_train
+    from shared.cnn_train import predict_scores
+    from shared.metrics.auc import auc_with_ci
+    from shared.synthetic import SyntheticSet
+    from shared.weights_io import load_candidates
+
+    pool = SyntheticSet(pooled_x, pooled_y, ["normal", "pneumonia"], {"synthetic_only": True})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidates.npz"
+        train_pooled(pool, path, cfg, progress=False, members=members)
+        nets, meta = load_candidates(path)
+    chooser = {f"site-{n}": xy for n, xy in train_sets.items()}
+    chooser["common-val"] = (central_x, central_y)
+    out: dict[str, Any] = {"auc": {}, "probs": {}}
+    picked: dict[str, Any] = {}
+    for tname, (tx, ty) in tests.items():
+        if tname not in chooser:
+            continue
+        model, rec = select_on_train(nets, meta["default"], *chooser[tname])
+        p = predict_scores(model, tx)[:, 1]
+        out["probs"][tname] = p
+        out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
+        picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "train_auc")}
+    return out, picked
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/synthlearn-multisite"))
@@ -286,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of extra pooled-CNN arms on the SAME generators: "
                          "teacher, factor3, teacher-factor3 (ablation; 'pooled' stays the "
                          "configured arm)")
+    ap.add_argument("--select", default="",
+                    help="MEMBERSxEPOCHS (e.g. 3x4): add the 'pooled-selected' arm, the "
+                         "product's candidate path — the coordinator keeps every epoch of "
+                         "MEMBERS CNN seeds, and each site picks its ensemble on its own real "
+                         "train split (node.selection); on the common val the choice is made "
+                         "on the union of the train splits, what the centralised CNN saw")
     ap.add_argument("--reuse-gans", action="store_true",
                     help="skip GAN training for a site whose run in --out already finished "
                          "(re-run downstream arms on the same generators)")
@@ -473,6 +515,13 @@ def main(argv: list[str] | None = None) -> int:
                 scores[key]["probs"][tname] = p
                 scores[key]["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot,
                                                         seed=args.seed).to_dict()
+    selection: dict[str, Any] = {}
+    if args.select:
+        members, _, per = args.select.partition("x")
+        with clock.stage("cnn pooled-selected"):
+            scores["pooled-selected"], selection = selected_arm(
+                pooled_x, pooled_y, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
+                int(members), tests, train_sets, central_x, central_y, args)
 
     table: list[dict[str, Any]] = []
     for n in site_names:
@@ -490,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             "real_plus_pooled": scores.get(f"augmented-{n}", {}).get("auc", {}).get(t),
         })
     common = {
-        k: scores[k]["auc"]["common-val"] for k in models
+        k: scores[k]["auc"]["common-val"] for k in scores
     }
     ratio_common = common["pooled"]["auc"] / common["centralised"]["auc"]
     ablation = {
@@ -502,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                             - scores[f"local-{n}"]["auc"][f"site-{n}"]["auc"]
                             for n in site_names},
             "seconds": clock.stages.get(f"cnn {k}")}
-        for k in models if k.startswith("pooled")
+        for k in scores if k.startswith("pooled")
     }
     small = min(SITES, key=lambda s: s.normal + s.pneumonia).name
     small_gain = (scores["pooled"]["auc"][f"site-{small}"]["auc"]
@@ -537,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "common_val": common,
         "utility_ratio_common": ratio_common,
         "pooled_arms": ablation,
+        "selection": selection,
         "teacher": args.teacher,
         "synthetic_factor": args.synthetic_factor,
         "small_site": {"site": small, "pooled_minus_local": small_gain},

@@ -51,13 +51,19 @@ ARMS: dict[str, dict[str, Any]] = {
     "filter": {"_pool": "filter"},
     "ens2": {"_members": 2},
     "ens3-w8": {"_members": 3, "width": 8},
+    "select3x3": {"_select": (3, 3)},
+    "select1x10": {"_select": (1, 10)},
 }
 """The recipes compared; ``demo`` is the demo's own (the run's ``cnn-config.json``). Keys
 starting with ``_`` change the pool, not the recipe: ``teacher`` trains on each site's
 classifier S's probabilities for its own synthetic images (``node generate --teacher``: the
 pooled CNN distils classifiers that saw real images), ``filter`` drops the synthetic images
 whose own site's S gives their class < 0.5 (``node generate --filter 0.5``). ``_members``: K
-CNNs (seeds s … s+K−1) scored as one ensemble (mean probability)."""
+CNNs (seeds s … s+K−1) scored as one ensemble (mean probability). ``_select`` (members,
+epochs): the product's own path since issue 12's candidate sets, end to end — the
+coordinator's ``train_pooled`` keeps every epoch of ``members`` seeds, and each site chooses
+its ensemble on its real train split (``node.evaluate.choose_on_train_split``) before its test
+split is scored."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -160,7 +166,13 @@ def replay_run(run: Path, arms: list[str], epochs: int,
                 x_tr, y_tr = x_tr[keep], y_tr[keep]
                 print(f"{run.name} filter keeps {int(keep.sum())} of {len(keep)}", flush=True)
         members = int(ARMS[arm].get("_members", 1))
-        for seed in cnn_seeds or [base.seed + i for i in range(members)]:
+        chosen: dict[str, Any] = {}
+        if ARMS[arm].get("_select"):
+            n_members, n_epochs = ARMS[arm]["_select"]
+            per_seed[base.seed], chosen = select_at_sites(run, pool, base, recipe, tests,
+                                                          n_members, n_epochs, probs)
+        for seed in [] if ARMS[arm].get("_select") else (
+                cnn_seeds or [base.seed + i for i in range(members)]):
             cfg = replace(base, seed=seed, **recipe)
             trained = train_classifier(x_tr, y_tr, len(pool.class_names), cfg,
                                        progress=False, soft_labels=soft_tr)
@@ -172,7 +184,7 @@ def replay_run(run: Path, arms: list[str], epochs: int,
                 per_seed[seed][name] = class_auc(y, np.stack([1 - p, p], 1))
         secs = time.monotonic() - t0
         rec: dict[str, Any] = {"seconds": round(secs, 1), "epochs_run": epochs_run,
-                               "per_seed": per_seed, "sites": {}}
+                               "per_seed": per_seed, "sites": {}, "site_choices": chosen}
         scores[arm] = {}
         for name, (_x, y) in tests.items():
             p = np.mean(probs[name], axis=0)  # one CNN, or the seeds' ensemble
@@ -195,6 +207,39 @@ def replay_run(run: Path, arms: list[str], epochs: int,
                if "seed_sd" in r else "")
             for n, r in rec["sites"].items()) + f"  {secs:.0f} s", flush=True)
     return out
+
+
+def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
+                    tests: dict[str, Any], members: int, epochs: int,
+                    probs: dict[str, list[Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The product's path: candidates from ``coordinator.train.train_pooled``, each site's
+    choice on its real train split (``node.evaluate``), that ensemble on its test split.
+    Appends each site's test probabilities to ``probs``; returns (site → test AUC, site →
+    how it chose)."""
+    import tempfile
+
+    import numpy as np
+
+    from coordinator.train import train_pooled
+    from node.evaluate import choose_on_train_split
+    from shared.cnn_train import predict_scores
+    from shared.metrics.auc import class_auc
+    from shared.weights_io import load_candidates
+
+    cfg = replace(base, epochs=epochs, patience=0, **recipe)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidates.npz"
+        train_pooled(pool, path, cfg, progress=False, members=members)
+        nets, meta = load_candidates(path)
+    aucs, chosen = {}, {}
+    for name, (x, y) in tests.items():
+        model, sel = choose_on_train_split(nets, meta, run / "sites" / name, "binary",
+                                           meta.get("input_size"))
+        p = predict_scores(model, x)[:, 1]
+        probs[name].append(p)
+        aucs[name] = class_auc(y, np.stack([1 - p, p], 1))
+        chosen[name] = {k: sel.get(k) for k in ("picked", "train_auc")}
+    return aucs, chosen
 
 
 def trace_run(run: Path, epochs: int, cnn_seeds: list[int], out_dir: Path) -> dict[str, Any]:

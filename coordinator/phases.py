@@ -67,6 +67,11 @@ class RunSettings:
     cnn_batch: int = 32
     cnn_patience: int = 3
     cnn_max_minutes: float = 5.0
+    cnn_members: int = 3
+    """CNN seeds trained on the pool, one after another, sharing ``cnn_max_minutes``; every
+    epoch of each is a candidate each site chooses among on its real train split
+    (:mod:`node.selection`). 3 members of 3 epochs beat one CNN of 10 epochs at the same
+    cost in replays of six demo pools (BENCHMARKS.md § Candidates chosen at the site)."""
     own_synthetic: bool = True
     balance: bool = True
     n_boot: int = 1000
@@ -81,6 +86,8 @@ class RunSettings:
             raise ValueError("min_sites must be ≥ 1")
         if self.expected_sites < 1 or self.n_synthetic < 1:
             raise ValueError("expected_sites and n_synthetic must be ≥ 1")
+        if not 1 <= self.cnn_members <= 8:
+            raise ValueError(f"cnn_members must be in 1..8, got {self.cnn_members}")
         if not 100 <= self.n_boot <= 100_000:
             raise ValueError(f"n_boot must be in 100..100000 (what a site accepts), "
                              f"got {self.n_boot}")
@@ -294,7 +301,8 @@ class Run:
     def phase_train(self) -> dict[str, Any]:
         pool = self.state.phase_result(self.run, "pool") or {}
         return train_step(pool, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
-                          trust_dir=Path(self.s.trust_dir), log=self.log)
+                          trust_dir=Path(self.s.trust_dir), log=self.log,
+                          members=self.s.cnn_members)
 
     def phase_evaluate(self) -> dict[str, Any]:
         trained = self.state.phase_result(self.run, "train") or {}

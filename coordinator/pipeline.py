@@ -75,7 +75,7 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
 # -- 2. train ---------------------------------------------------------------------------------
 def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = True,
                trust_dir: Path | None = None, progress: bool = False,
-               log: Log = _quiet) -> dict[str, Any]:
+               log: Log = _quiet, members: int = 1) -> dict[str, Any]:
     """The pooled CNN (and, with ``own``, one CNN per accepted site on its own synthetic
     images); ``cfg`` is the resolved :class:`shared.cnn_train.ClassifierConfig`, written to
     ``work/cnn/cnn-config.json`` so every number in the report traces to it. Own sets are
@@ -88,10 +88,11 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     cnn_dir = work / "cnn"
     pooled = SyntheticSet.load(work / "pool" / "pooled", on_disk=True)  # read batch by batch
     result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
-                                                     progress=progress), "own": {}}
+                                                     progress=progress, members=members),
+                              "own": {}}
     write_resolved(cfg, cnn_dir, "cnn-config.json")
-    log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, "
-        f"{result['pooled']['seconds']} s")
+    log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, {members} seed(s), "
+        f"{result['pooled']['candidates']} candidate(s), {result['pooled']['seconds']} s")
     trust_dir = Path(trust_dir or str(pool.get("trust_dir", "")))
     for acc in pool.get("accepted", []) if own else []:
         own_set = _own_set(Path(acc["path"]), trust_dir)
@@ -100,7 +101,7 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
         path = cnn_dir / f"own-{safe_name(acc['site'])}.npz"
         try:
             result["own"][acc["site"]] = train_pooled(own_set, path, cfg, role="own",
-                                                      progress=progress)
+                                                      progress=progress, members=members)
         except Exception as exc:  # e.g. a site with one class: report it, go on
             log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
     return result

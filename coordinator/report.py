@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.files import atomic_write_bytes
+from shared.report_verify import DERIVED_VIEWS
 
 RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
                "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
@@ -42,17 +43,6 @@ def is_number(x: Any) -> bool:
     """A real, finite number (not a bool, not a string): every site-supplied number is
     checked with this before it is formatted or plotted."""
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _resize_of(value: object) -> dict[str, int] | None:
-    """A site's record of resizing its test images for the CNN (node/evaluate.py), reduced to
-    the two sides: it comes from a peer, so nothing else of it reaches the report."""
-    if not isinstance(value, dict):
-        return None
-    sides = [value.get("from"), value.get("to")]
-    if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sides):
-        return {"from": int(sides[0]), "to": int(sides[1])}  # type: ignore[arg-type]
-    return None
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -109,7 +99,8 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
             rec = s.get(role)
             row[role] = None if not rec else {k: rec.get(k) for k in RECORD_KEYS if k in rec}
             if row[role] is not None and rec:
-                row[role]["resize"] = _resize_of(rec.get("resize"))
+                for key, view in DERIVED_VIEWS.items():  # reduced: they come from a peer
+                    row[role][key] = view(rec.get(key))
         row["utility_ratio"] = utility_ratio(row["pooled"], row["baseline"])
         row["gain"] = gain_by_joining(row["pooled"])
         row["quality"] = quality_scores(row["bundle"])
@@ -233,7 +224,20 @@ def _auc_cell(rec: dict[str, Any] | None) -> str:
         return '<td class="n">–</td>'
     mark = ' <span title="signature verified">✔</span>' if rec.get("verified") else ""
     return (f'<td class="n">{_num(rec["auc"])}{mark}<br><small>[{_num(rec.get("ci_low"))}, '
-            f'{_num(rec.get("ci_high"))}]</small></td>')
+            f'{_num(rec.get("ci_high"))}]</small>{_selection_note(rec)}</td>')
+
+
+def _selection_note(rec: dict[str, Any]) -> str:
+    """How the site narrowed the coordinator's candidate CNNs, as it signed it (reduced by
+    :func:`shared.report_verify.selection_view`): "2 of 9 candidates, chosen on 520 train
+    images"."""
+    sel = rec.get("selection")
+    if not isinstance(sel, dict) or sel.get("candidates", 1) <= 1:
+        return ""
+    where = (f"on {_num(sel.get('n_images'), 0)} train images" if sel.get("on_train")
+             else "by the coordinator's default")
+    return (f"<br><small>{sel['distinct']} of {sel['candidates']} candidates, chosen "
+            f"{html.escape(where)}</small>")
 
 
 def _forest_svg(rows: list[dict[str, Any]]) -> str:
@@ -452,7 +456,10 @@ def render_html(report: dict[str, Any]) -> str:
            "<p class='note'>Every AUC below was computed <b>at the site</b>, on its own real "
            "test split, and signed with the site's key (✔ = signature verified here against "
            "the trust folder). The pooled CNN was trained by the coordinator on synthetic "
-           "images only; no real image left any site.</p>",
+           "images only; no real image left any site. Where the coordinator sent several "
+           "candidate networks (CNN seeds × epochs), each site chose its ensemble among them "
+           "on its own real <i>train</i> split, the split its local real CNN trained on; the "
+           "test split scored it once.</p>",
            f"<h2>{'Macro AUC (one vs rest)' if _lesion_mode(rows) else 'AUC'} per site "
            "(95 % bootstrap CI)</h2><table><tr><th>Site</th><th>Status</th>"
            "<th>Local real</th><th>Own synthetic</th><th>Pooled synthetic</th>"

@@ -14,6 +14,7 @@ Two kinds of CNN are trained with the same recipe (:mod:`shared.cnn_train`):
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -22,29 +23,75 @@ from shared.cnn_train import ClassifierConfig
 from shared.synthetic import SyntheticSet
 from shared.vocabulary import VOCABULARY, class_ids, class_mode
 
+MAX_CANDIDATE_BYTES = 192 << 20
+"""Largest candidate file the coordinator writes (a site refuses more than 256 MiB inflated,
+:data:`shared.weights_io.MAX_TOTAL_BYTES`): each CNN seed keeps its latest epochs that fit."""
+
 
 def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
                  role: str = "pooled", progress: bool = True,
-                 device: str | None = None) -> dict[str, Any]:
-    """Train the CNN on ``pooled`` (synthetic only) and save npz weights to ``out``.
+                 device: str | None = None, members: int = 1) -> dict[str, Any]:
+    """Train ``members`` CNNs (seeds ``cfg.seed`` …) on ``pooled`` (synthetic only) and save
+    every epoch of each as one candidate file at ``out``.
 
-    Returns a record with the weights' path and SHA-256, the images it saw, the threshold and
-    the training history summary; the same facts, but the threshold, are inside the weights'
-    metadata (a site scores at its own threshold and refuses weights that carry one).
+    Why candidates rather than one network: on the pool's own synthetic validation part every
+    epoch scores AUC ≈ 1.0, so the coordinator cannot tell which seed and epoch carry over to
+    real radiographs; each site chooses on its real train split (:mod:`node.selection`).
+    ``members`` split ``cfg.max_minutes`` between them. The file's ``default`` (for a site
+    that cannot choose) is each member's best epoch on the synthetic validation part.
+
+    Returns a record with the weights' path and SHA-256, the images they saw, the threshold
+    and the training history summary; the same facts, but the threshold, are inside the
+    weights' metadata (a site scores at its own threshold and refuses weights that carry one).
     """
+    from dataclasses import replace
+
+    import torch
+
     from shared.cnn_train import train_classifier
     from shared.config import to_dict
     from shared.files import sha256_file
-    from shared.weights_io import save_weights
+    from shared.weights_io import save_candidates
 
     info = dict(pooled.info)
     if info.get("synthetic_only") is False:
         raise ValueError("refusing to train the coordinator's CNN on a set not marked synthetic")
+    if members < 1:
+        raise ValueError(f"members must be ≥ 1, got {members}")
     t0 = time.monotonic()
-    # Teacher labels when the bundles carried them: the CNN distils every site's classifier.
-    trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names), cfg,
-                               progress=progress, device=device, soft_labels=pooled.soft)
+    member_cfg = cfg if cfg.max_minutes is None or members == 1 else replace(
+        cfg, max_minutes=cfg.max_minutes / members)
+    snaps: list[tuple[int, int, dict[str, torch.Tensor], float | None]] = []
+    runs = []
+    for m in range(members):
+        states: dict[int, dict[str, torch.Tensor]] = {}
+
+        def keep(epoch: int, model: torch.nn.Module,
+                 states: dict[int, dict[str, torch.Tensor]] = states) -> None:
+            states[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+        # Teacher labels when the bundles carried them: the CNN distils every site's S.
+        trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names),
+                                   replace(member_cfg, seed=cfg.seed + m), progress=progress,
+                                   device=device, soft_labels=pooled.soft, on_epoch=keep)
+        val_auc = {int(h["epoch"]): h.get("val_auc") for h in trained.history}
+        for epoch, state in sorted(states.items()):
+            auc = val_auc.get(epoch)
+            snaps.append((m, epoch, state, None if auc is None or auc != auc else float(auc)))
+        runs.append(trained)
     seconds = time.monotonic() - t0
+    model = runs[0].model.cpu()
+    kept = _fit_budget(snaps, runs, model)
+    nets = []
+    for _, _, state, _ in kept:
+        net = copy.deepcopy(model)
+        net.load_state_dict(state)
+        nets.append(net.eval())
+    candidates = [{"member": m, "seed": cfg.seed + m, "epoch": e, "synthetic_val_auc": a}
+                  for m, e, _, a in kept]
+    default = [i for i, (m, e, _, _) in enumerate(kept)
+               if e == int(runs[m].val_metrics.get("best_epoch", 0))]
+    trained = runs[0]
     bundle_ids = list(info.get("bundle_ids", []))
     meta = {
         "classes": class_mode(list(pooled.class_names)),
@@ -63,8 +110,11 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "counts": pooled.counts(),
         "role": role,
         "config": to_dict(cfg),
+        "members": members,
     }
-    save_weights(trained.model.cpu(), out, meta)
+    # float16 on the wire: K networks go to every site; AUCs are unchanged to 3 decimals
+    # (tests/coordinator/test_train_candidates.py checks the predictions).
+    save_candidates(nets, out, meta, candidates, default or [len(nets) - 1], half=True)
     return {
         "role": role,
         "weights": str(out),
@@ -79,9 +129,31 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "n_val": trained.n_val,
         "epochs_run": len(trained.history),
         "stopped": trained.stopped,
+        "members": members,
+        "candidates": len(nets),
+        "epochs_per_member": [len(r.history) for r in runs],
         "val_metrics": {k: v for k, v in trained.val_metrics.items()
                         if isinstance(v, int | float | str | None)},
         "device": trained.device,
         "seconds": round(seconds, 2),
         "synthetic_only": True,
     }
+
+
+def _fit_budget(snaps: list[Any], runs: list[Any], model: Any) -> list[Any]:
+    """The snapshots that fit :data:`MAX_CANDIDATE_BYTES` and the 64-network cap: each member
+    keeps its best synthetic-validation epoch and as many of its latest epochs as fit."""
+    from shared.weights_io import MAX_CANDIDATES
+
+    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    members = len(runs)
+    per_member = max(1, min(MAX_CANDIDATES, MAX_CANDIDATE_BYTES // max(size, 1)) // members)
+    kept = []
+    for m, run in enumerate(runs):
+        mine = [s for s in snaps if s[0] == m]
+        best = int(run.val_metrics.get("best_epoch", 0))
+        latest = mine[-per_member:]
+        if not any(s[1] == best for s in latest):
+            latest = [s for s in mine if s[1] == best][:1] + latest[1:]
+        kept.extend(sorted(latest, key=lambda s: s[1]))
+    return kept

@@ -159,6 +159,23 @@ def _resize_u8(images: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8
     return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)
 
 
+def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
+                          classes: str, input_size: int | None) -> tuple[Any, dict[str, Any]]:
+    """(the model to score, how it was chosen): :func:`node.selection.select_on_train` on
+    the site's real train split, resized to the CNN's input size like the test split."""
+    from node.selection import select_on_train
+    from node.store import SiteStore
+
+    if len(models) == 1:
+        return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
+    store = SiteStore.open(site_dir)
+    images, labels = store.load("train", classes)  # type: ignore[arg-type]
+    if input_size is not None and len(images) and images.shape[1] != input_size:
+        images = _resize_u8(images, int(input_size))
+    return select_on_train(models, list(meta["default"]), images,
+                           np.asarray(labels, np.int64))
+
+
 def class_counts(site_dir: Path, classes: str) -> npt.NDArray[np.int64]:
     """Images per class in the test split (for reports; counts only)."""
     from node.store import SiteStore
@@ -177,6 +194,7 @@ def evaluate_weights(
     threshold: float | None = None,
     threshold_from_meta: bool = True,
     compare_local: bool = True,
+    max_candidates: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate CNN ``weights`` (npz) on the site's real test split.
 
@@ -186,18 +204,24 @@ def evaluate_weights(
     local real CNN on site, the record also holds the paired comparison against it (see the
     module docstring).
 
+    A candidate file (several networks, :func:`shared.weights_io.save_candidates`) is first
+    narrowed to the ensemble that scores best on the site's real *train* split
+    (:mod:`node.selection`); the test split is scored once, with that ensemble, and the record
+    says how it was chosen under ``selection``. ``max_candidates``: the site policy's cap on
+    how many networks one file may hold.
+
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as
     ``SITE/metrics/evaluation-<sha256[:12]>.json``.
     """
     from shared import __version__
-    from shared.weights_io import load_classifier, load_weights
+    from shared.weights_io import MAX_CANDIDATES, load_candidates, load_classifier
 
     site_dir, weights = Path(site_dir), Path(weights)
     t0 = time.monotonic()
     digest = sha256_file(weights) if weights.is_file() else ""
-    model = load_classifier(weights)  # raises WeightsError for a missing/bad file
-    _, meta = load_weights(weights)
+    # raises WeightsError for a missing/bad file, or more candidates than the site accepts
+    models, meta = load_candidates(weights, max_candidates or MAX_CANDIDATES)
     expect = meta.get("class_names")
     if expect is not None and not (isinstance(expect, list) and 0 < len(expect) <= 64
                                    and all(isinstance(n, str) and len(n) <= 200
@@ -222,9 +246,11 @@ def evaluate_weights(
     reference = None
     if compare_local and local.is_file() and local.resolve() != weights.resolve():
         reference = load_classifier(local)
+    model, selection = choose_on_train_split(models, meta, site_dir, classes, input_size)
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,
+        "selection": selection,
         **score_test_split(model, site_dir, classes,
                            float(threshold) if threshold is not None else None, n_boot, seed,
                            input_size=input_size, compare_with=reference,

@@ -475,7 +475,8 @@ def _evaluate(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, 
             record = evaluate_weights(settings.site, path, n_boot=n_boot,
                                       threshold=policy.eval_threshold,
                                       threshold_from_meta=False,
-                                      compare_local=role == "pooled")
+                                      compare_local=role == "pooled",
+                                      max_candidates=policy.max_candidates)
         except WeightsError as exc:
             raise RequestRefusedError(f"{role} weights refused: {exc}") from None
         record.update(role=role, **binding)

@@ -19,6 +19,7 @@ Example ``SITE/site.toml``::
     lifetime_epsilon = 30.0      # the privacy ledger refuses work beyond this
     max_evaluations_per_run = 2
     max_evaluations_per_day = 10
+    max_candidates = 32          # candidate CNNs one evaluation may choose among
     max_train_minutes = 60       # GAN loop
     max_spine_minutes = 20       # SpineGAN's classifier S
     max_baseline_minutes = 20    # the local real baseline CNN
@@ -57,6 +58,11 @@ class SitePolicy:
     """Evaluation requests answered per run tag (a resumed run may ask again once)."""
     max_evaluations_per_day: int = 10
     """Evaluation requests answered in any 24 hours, all coordinators and runs together."""
+    max_candidates: int = 32
+    """Most candidate CNNs one weights file may hold. The site picks its ensemble among them
+    on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
+    is a few bits about that split, so this caps what one evaluation can reveal (with K
+    candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). 1 = accept single networks only."""
     max_train_minutes: float = 60.0
     """Cap on the GAN training loop per request, whatever the request asks."""
     max_spine_minutes: float = 30.0
@@ -77,6 +83,9 @@ class SitePolicy:
         for name in ("max_evaluations_per_run", "max_evaluations_per_day"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 1 <= self.max_candidates <= 64:
+            raise ValueError(f"max_candidates must be in 1..64 (1 = single networks only), "
+                             f"got {self.max_candidates}")
         if self.eval_threshold is not None and not 0.0 < self.eval_threshold < 1.0:
             raise ValueError(f"eval_threshold must be in (0, 1), got {self.eval_threshold}")
 

@@ -29,6 +29,45 @@ BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_coun
 UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
 
 
+def resize_view(value: object) -> dict[str, int] | None:
+    """A site's record of resizing its test images for the CNN (node/evaluate.py), reduced to
+    the two sides: it comes from a peer, so nothing else of it reaches the report."""
+    if not isinstance(value, dict):
+        return None
+    sides = [value.get("from"), value.get("to")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sides):
+        return {"from": int(sides[0]), "to": int(sides[1])}  # type: ignore[arg-type]
+    return None
+
+
+def selection_view(value: object) -> dict[str, Any] | None:
+    """How a site chose among candidate CNNs (node/selection.py), reduced to its numbers:
+    candidates, distinct picks, train images and train AUC (from a peer, like the resize)."""
+    import math
+
+    def finite(x: Any) -> float | None:
+        ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+        return float(x) if ok else None
+
+    if not isinstance(value, dict):
+        return None
+    k, picked = value.get("candidates"), value.get("picked")
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 64
+            and isinstance(picked, list) and picked
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k
+                    for i in picked)):
+        return None
+    train_auc = finite(value.get("train_auc"))
+    return {"candidates": k, "distinct": len(set(picked)),
+            "on_train": value.get("split") == "train" and train_auc is not None,
+            "n_images": finite(value.get("n_images")), "train_auc": train_auc}
+
+
+DERIVED_VIEWS = {"resize": resize_view, "selection": selection_view}
+"""Report keys that hold a reduced view of a signed field: the report shows the view, and
+:func:`check_report` recomputes it from the signed record before comparing."""
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
@@ -63,6 +102,12 @@ def _site_numbers(row: dict[str, Any], where: str, trust: Path) -> list[tuple[st
                               f"{site!r}"))
         for key, value in rec.items():
             if key in UNSIGNED_ROLE_KEYS:
+                continue
+            if key in DERIVED_VIEWS:
+                signed = DERIVED_VIEWS[key](payload.get(key))
+                if value != signed:
+                    out.append((f"{path}.{key}", f"the report says {value!r:.200}, the signed "
+                                                 f"record gives {signed!r:.200}"))
                 continue
             if key not in payload or not _same(value, payload[key]):
                 out.append((f"{path}.{key}", f"the report says {value!r}, the signed record "

@@ -4,6 +4,14 @@ Why not ``torch.save``: a pickle executes code when loaded, and weights travel f
 coordinator to every hospital. An npz of numeric arrays read with ``allow_pickle=False``
 cannot. The metadata (architecture, class mode, threshold, provenance) rides inside the same
 file as a UTF-8 JSON byte array under the reserved key ``__meta__``.
+
+A file holds either one network (:func:`save_weights` / :func:`load_classifier`) or a
+**candidate set** (:func:`save_candidates` / :func:`load_candidates`): K networks of one
+architecture, each tensor stacked along a leading axis of length K, and ``meta["candidates"]``
+describing each (which CNN seed, which epoch). The coordinator's CNN trained on synthetic
+images cannot tell on its own synthetic validation images which of its epochs and seeds
+transfer to real radiographs (they all score AUC 1.0 there); a site can, on its real *train*
+split, so the coordinator sends candidates and each site chooses (:mod:`node.selection`).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,11 @@ ARCH_BOUNDS = {"num_classes": (2, 16), "width": (1, 128), "in_channels": (1, 1)}
 """What a ResNetClassifier in a weights file may declare: wider nets are refused before any
 tensor is allocated (a width of 4096 would build ~170 GiB of parameters)."""
 ARCH_KEYS = frozenset({"name", "num_classes", "width", "in_channels", "norm"})
+MAX_CANDIDATES = 64
+"""Most networks one candidate file may hold (a site's policy may accept fewer:
+``max_candidates``)."""
+CANDIDATE_KEYS = frozenset({"member", "seed", "epoch", "synthetic_val_auc"})
+"""What describes one candidate (numbers only: the file travels to every site)."""
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
@@ -137,6 +151,14 @@ def check_architecture(arch: Any, path: Path | str = "weights") -> dict[str, Any
 def load_classifier(path: Path) -> ResNetClassifier:
     """Rebuild the :class:`ResNetClassifier` stored in ``path`` (eval mode, CPU)."""
     arrays, meta = load_weights(path)
+    if "candidates" in meta:
+        raise WeightsError(f"{path}: holds a set of candidate networks, not one; read it with "
+                           "shared.weights_io.load_candidates (synthlearn node evaluate does)")
+    return _build(arrays, meta, path)
+
+
+def _build(arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any],
+           path: Path) -> ResNetClassifier:
     arch = check_architecture(meta.get("architecture"), path)
     try:
         model = ResNetClassifier(
@@ -155,3 +177,81 @@ def load_classifier(path: Path) -> ResNetClassifier:
         raise WeightsError(f"{path}: weights do not fit the network ({first})") from None
     model.eval()
     return model
+
+
+def save_candidates(models: Sequence[torch.nn.Module], path: Path, meta: dict[str, Any],
+                    candidates: list[dict[str, Any]], default: list[int],
+                    half: bool = False) -> None:
+    """Write K networks of one architecture as one candidate file.
+
+    ``candidates[i]`` describes ``models[i]`` (keys of :data:`CANDIDATE_KEYS`); ``default`` is
+    the sender's own choice (indices, used as an ensemble) for a site that cannot choose (no
+    real train split of both classes). ``half``: floating-point tensors are stored as
+    float16, half the bytes every site receives (K networks travel to each site); a site
+    evaluates exactly the rounded networks the file holds, which its SHA-256 binds.
+    """
+    if not 1 <= len(models) <= MAX_CANDIDATES or len(candidates) != len(models):
+        raise WeightsError(f"{path}: {len(models)} networks with {len(candidates)} "
+                           f"descriptions; a candidate file holds 1..{MAX_CANDIDATES}")
+    states = [m.state_dict() for m in models]
+    if any(s.keys() != states[0].keys() for s in states):
+        raise WeightsError(f"{path}: candidate networks differ in their parameters")
+    arch = models[0].architecture() if isinstance(models[0], ResNetClassifier) else None
+    full = {**meta, "candidates": candidates, "default": list(default)}
+    if arch is not None:
+        full["architecture"] = arch
+    _check_candidate_meta(full, len(models), path)
+    stacked = {k: torch.stack([s[k].detach().cpu() for s in states]) for k in states[0]}
+    full["format"] = FORMAT
+    if META_KEY in stacked:
+        raise WeightsError(f"a parameter is named {META_KEY!r}, which is reserved")
+    meta_bytes = json.dumps(full, sort_keys=True).encode("utf-8")
+    arrays: dict[str, npt.NDArray[Any]] = {
+        k: (v.half() if half and v.is_floating_point() else v).numpy()
+        for k, v in stacked.items()}
+    arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _check_candidate_meta(meta: dict[str, Any], k: int, path: Path | str) -> None:
+    cands, default = meta.get("candidates"), meta.get("default")
+    if not isinstance(cands, list) or not 1 <= len(cands) <= MAX_CANDIDATES or len(cands) != k:
+        raise WeightsError(f"{path}: 'candidates' must list the {k} networks the file holds "
+                           f"(at most {MAX_CANDIDATES})")
+    for i, c in enumerate(cands):
+        if not isinstance(c, dict) or set(c) - CANDIDATE_KEYS or not all(
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                for v in c.values()):
+            raise WeightsError(f"{path}: candidate {i}'s description {c!r:.120} is not numbers "
+                               f"under {sorted(CANDIDATE_KEYS)}")
+    if (not isinstance(default, list) or not 1 <= len(default) <= k
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k
+                       for i in default)):
+        raise WeightsError(f"{path}: 'default' must list 1..{k} candidate indices, got "
+                           f"{default!r:.80}")
+
+
+def load_candidates(path: Path, max_candidates: int = MAX_CANDIDATES
+                    ) -> tuple[list[ResNetClassifier], dict[str, Any]]:
+    """(networks, meta) from a candidate file; a one-network file is a set of one.
+
+    Every stacked tensor must have the same leading length K as the descriptions, and K at
+    most ``max_candidates`` (the site's policy); checked before any network is built.
+    """
+    arrays, meta = load_weights(path)
+    if "candidates" not in meta:
+        return [_build(arrays, meta, path)], {**meta, "candidates": [{}], "default": [0]}
+    cands = meta.get("candidates")
+    k = len(cands) if isinstance(cands, list) else -1
+    if not 1 <= k <= max_candidates:
+        raise WeightsError(f"{path}: holds {k} candidate networks; this site accepts at most "
+                           f"{max_candidates} (site policy max_candidates)")
+    _check_candidate_meta(meta, k, path)
+    check_architecture(meta.get("architecture"), path)
+    bad = [name for name, a in arrays.items() if a.ndim < 1 or a.shape[0] != k]
+    if bad:
+        raise WeightsError(f"{path}: tensor {bad[0][:80]!r} is not stacked for {k} candidates")
+    models = [_build({n: a[i] for n, a in arrays.items()}, meta, path) for i in range(k)]
+    return models, meta

@@ -24,6 +24,10 @@ def command(
                                         help="Early-stopping patience (run default)."),
     max_minutes: float | None = typer.Option(None, "--max-minutes",
                                              help="Training time budget (run default)."),
+    members: int | None = typer.Option(None, "--members", min=1, max=8,
+                                       help="CNN seeds sharing the time budget; every epoch "
+                                       "of each is a candidate the sites choose among on "
+                                       "their real train split (run default)."),
     config: Path | None = typer.Option(None, "--config",
                                        help="TOML file; its [classifier] table sets the recipe."),
     own: bool = typer.Option(True, "--own/--no-own", help="Also train one CNN per site on its "
@@ -50,7 +54,8 @@ def command(
         raise CoordinatorError(f"{work / 'state.db'}: run {run_name!r} has no pool yet; run "
                                "`synthlearn coordinator pool` first")
     state.start_phase(run_name, "train")
-    trained = train_step(pool, work, cfg, own=own, progress=True, log=say)
+    trained = train_step(pool, work, cfg, own=own, progress=True, log=say,
+                         members=members or RunSettings().cnn_members)
     state.finish_phase(run_name, "train", trained)
     state.start_phase(run_name, "evaluate")
     sites = [acc["site"] for acc in pool.get("accepted", [])]

@@ -153,7 +153,7 @@ def test_lesion_mode_shows_macro_auc_and_a_per_class_table(tmp_path: Path) -> No
 
 def test_a_sites_resize_record_reaches_the_report_reduced_to_its_two_sides() -> None:
     """What a peer wrote about resizing its test images: two sides or nothing."""
-    from coordinator.report import _resize_of
+    from shared.report_verify import resize_view as _resize_of
 
     assert _resize_of({"from": 32, "to": 64, "policy": "<script>x</script>"}) == \
         {"from": 32, "to": 64}
@@ -214,3 +214,24 @@ def test_own_column_falls_back_to_the_sites_signed_gan_train_score() -> None:
     assert rows["site-b"]["own"] is None
     assert rows["site-c"]["own"]["auc"] == 0.7  # a coordinator-side CNN wins when present
     assert "0.910" in render_html(report)
+
+
+def test_the_pooled_cell_says_how_the_site_chose_among_candidates(tmp_path: Path) -> None:
+    """Each site narrows the coordinator's candidate CNNs on its train split and signs how;
+    the table says so, and a hostile record (markup, strings) cannot break the page."""
+    chosen = {**_rec(0.9), "selection": {"candidates": 9, "picked": [4, 1, 4], "split": "train",
+                                         "n_images": 520, "train_auc": 0.93,
+                                         "rule": "greedy forward selection"}}
+    hostile = {**_rec(0.8), "selection": {"candidates": "<b>9</b>", "picked": "<i>x</i>",
+                                          "rule": "<script>s</script>"}}
+    default = {**_rec(0.7), "selection": {"candidates": 9, "picked": [2, 5], "split": "train",
+                                          "rule": "<script>d</script>"}}
+    sites = {"site-a": {"status": "ok", "baseline": _rec(0.8), "pooled": chosen},
+             "site-b": {"status": "ok", "baseline": _rec(0.8), "pooled": hostile},
+             "site-c": {"status": "ok", "baseline": _rec(0.8), "pooled": default}}
+    page = write_report(build_report(run="r", sites=sites, pool=None, cnn=None),
+                        tmp_path)[0].read_text()
+    assert "2 of 9 candidates, chosen on 520 train images" in page
+    assert "2 of 9 candidates, chosen by the coordinator&#x27;s default" in page \
+        or "2 of 9 candidates, chosen by the coordinator's default" in page
+    assert "<script>" not in page and "<b>9</b>" not in page and "<i>x</i>" not in page

@@ -1,0 +1,103 @@
+"""Choose among the coordinator's candidate CNNs with this site's real *train* split.
+
+Why at the site: the coordinator's CNN learns from synthetic images only, and on its own
+synthetic validation images every epoch of every seed scores AUC ≈ 1.0, so nothing the
+coordinator holds tells which of them transfer to real radiographs. Which ones do varied by
+0.1-0.2 AUC between seeds of one pool (BENCHMARKS.md § The coordinator's CNN on the demo's
+pools). A site's real train split can tell: that CNN never saw it, and the test split that
+the evaluation reports stays untouched by the choice. So the coordinator sends K candidate
+networks (CNN seeds × epochs, :func:`shared.weights_io.save_candidates`) and each site keeps
+the ensemble that scores best on its own train split — the same images its local real CNN
+trained on, so the paired comparison with that CNN stays fair.
+
+The rule is greedy forward selection with replacement (Caruana et al., "Ensemble selection
+from libraries of models", ICML 2004): start empty, repeatedly add the candidate whose
+addition gives the highest train-split AUC of the mean probability, stop when no addition
+improves it or after :data:`MAX_PICKS` picks. Only the picked indices, their count and that
+AUC leave the site (inside the signed evaluation record), never a per-image score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+MAX_PICKS = 5
+"""Most picks in the ensemble (with repetition): more overfits a small train split."""
+MIN_PER_CLASS = 5
+"""A train split with fewer images of some class than this cannot rank candidates; the
+coordinator's default is used instead, and the record says why."""
+RULE = ("greedy forward selection with replacement (Caruana 2004), ≤ 5 picks, on the site's "
+        "real train split")
+
+
+class MeanEnsemble(torch.nn.Module):
+    """Networks whose softmax probabilities are averaged: returns the log of the mean, so
+    ``softmax(forward(x))`` is the mean probability (what :func:`predict_scores` reports)."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one network")
+        self.members = torch.nn.ModuleList(members)
+        self.num_classes = int(getattr(members[0], "num_classes", 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), 1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def choose(scores: list[npt.NDArray[np.float64]], labels: npt.NDArray[np.int64],
+           max_picks: int = MAX_PICKS) -> tuple[list[int], float]:
+    """(picked candidate indices, in pick order with repeats; the ensemble's train AUC).
+
+    ``scores[i]`` are candidate i's probabilities (N, classes) on the train split. Ties go to
+    the lower index, so the choice is deterministic.
+    """
+    from shared.metrics.auc import class_auc
+
+    if not scores:
+        raise ValueError("no candidates to choose from")
+    picks: list[int] = []
+    total = np.zeros_like(scores[0])
+    best = -np.inf
+    for _ in range(max_picks):
+        trial = [class_auc(labels, (total + s) / (len(picks) + 1)) for s in scores]
+        i = int(np.argmax(trial))
+        if trial[i] <= best + 1e-9:
+            break
+        best = float(trial[i])
+        picks.append(i)
+        total = total + scores[i]
+    return picks, best
+
+
+def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
+                    images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64]
+                    ) -> tuple[MeanEnsemble, dict[str, Any]]:
+    """The ensemble this site evaluates, and the record of how it was chosen.
+
+    ``images``/``labels``: the site's real train split, already at the CNN's input size.
+    With one candidate there is nothing to choose; with a train split lacking
+    :data:`MIN_PER_CLASS` images of some class the sender's ``default`` is used.
+    """
+    from shared.cnn_train import predict_scores
+
+    k = len(models)
+    record: dict[str, Any] = {"candidates": k, "split": "train", "n_images": len(labels)}
+    n_classes = int(getattr(models[0], "num_classes", 2))
+    per_class = np.bincount(labels, minlength=n_classes) if len(labels) else np.zeros(n_classes)
+    if int(per_class.min()) < MIN_PER_CLASS:
+        return MeanEnsemble([models[i] for i in default]), {
+            **record, "picked": list(default),
+            "rule": f"the coordinator's default: the train split has fewer than "
+                    f"{MIN_PER_CLASS} images of some class ({per_class.tolist()})"}
+    scores = [predict_scores(m, images) for m in models]
+    picks, auc = choose(scores, labels)
+    return MeanEnsemble([models[i] for i in picks]), {
+        **record, "picked": picks, "distinct": len(set(picks)), "train_auc": round(auc, 4),
+        "rule": RULE}

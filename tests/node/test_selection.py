@@ -1,0 +1,103 @@
+"""Site-side choice among the coordinator's candidate CNNs (node/selection.py).
+
+The choice must use the site's real *train* split only, pick what scores best there, and
+fall back to the coordinator's default when that split cannot rank candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from node.baseline import run_baseline
+from node.evaluate import evaluate_weights
+from node.selection import MeanEnsemble, choose, select_on_train
+from node.store import SiteStore
+from shared.classifier import ResNetClassifier
+from shared.cnn_train import ClassifierConfig, predict_scores
+from shared.weights_io import load_classifier, save_candidates
+
+CFG = ClassifierConfig(epochs=3, width=4, batch=16, patience=0, norm="group")
+
+
+def _probs(p1: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p1, p1], 1)
+
+
+def test_choose_picks_the_candidate_that_ranks_the_train_split() -> None:
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 20 + [1] * 20)
+    noise = _probs(rng.random(40))
+    good = _probs(np.clip(y * 0.6 + rng.random(40) * 0.5, 0, 1))
+    inverted = _probs(1 - good[:, 1])
+    picks, auc = choose([noise, inverted, good], y)
+    assert picks[0] == 2
+    assert auc >= roc_auc_score(y, good[:, 1]) - 1e-12
+    assert 1 not in picks  # the inverted network never helps
+
+
+def test_choose_stops_when_nothing_improves_and_caps_its_picks() -> None:
+    y = np.array([0, 0, 1, 1])
+    perfect = _probs(np.array([0.1, 0.2, 0.8, 0.9]))
+    assert choose([perfect, perfect], y) == ([0], 1.0)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    many = [_probs(np.clip(y * 0.1 + rng.random(200), 0, 1)) for _ in range(20)]
+    picks, _ = choose(many, y, max_picks=3)
+    assert 1 <= len(picks) <= 3
+
+
+def test_mean_ensemble_reports_the_mean_probability() -> None:
+    torch.manual_seed(0)
+    a, b = ResNetClassifier(2, width=4).eval(), ResNetClassifier(2, width=4).eval()
+    x = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    ens = predict_scores(MeanEnsemble([a, b]), x)
+    assert ens == pytest.approx((predict_scores(a, x) + predict_scores(b, x)) / 2, abs=1e-6)
+    with pytest.raises(ValueError):
+        MeanEnsemble([])
+
+
+def test_a_train_split_without_both_classes_uses_the_coordinator_default() -> None:
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(3)]
+    x = np.zeros((8, 32, 32), np.uint8)
+    model, rec = select_on_train(nets, [2], x, np.zeros(8, np.int64))
+    assert rec["picked"] == [2] and "default" in rec["rule"]
+    assert list(model.members) == [nets[2]]
+
+
+def test_the_site_evaluates_the_candidate_its_train_split_prefers(tiny_site: Path,
+                                                                  tmp_path: Path) -> None:
+    """A trained network and two untrained ones: the site must keep the trained one, and the
+    reported test AUC must be exactly that network's (the test split played no part)."""
+    run_baseline(tiny_site, CFG, progress=False, n_boot=200)
+    good = load_classifier(tiny_site / "metrics" / "baseline-cnn.npz")
+    torch.manual_seed(3)
+    blank = [ResNetClassifier(2, width=4, norm="group").eval() for _ in range(2)]
+    path = tmp_path / "candidates.npz"
+    save_candidates([blank[0], good, blank[1]], path, {"class_names": ["normal", "abnormal"]},
+                    [{"member": m, "epoch": 1} for m in range(3)], default=[0])
+    ev = evaluate_weights(tiny_site, path, n_boot=200, write=False, compare_local=False)
+    sel = ev["selection"]
+    assert sel["candidates"] == 3 and sel["split"] == "train"
+    assert sel["picked"][0] == 1  # the trained network first
+    nets = [blank[0], good, blank[1]]
+    x_tr, y_tr = SiteStore.open(tiny_site).load("train")
+    assert sel["n_images"] == len(y_tr)
+    picked = np.mean([predict_scores(nets[i], x_tr)[:, 1] for i in sel["picked"]], 0)
+    assert sel["train_auc"] == pytest.approx(roc_auc_score(y_tr, picked), abs=1e-4)
+    x, y = SiteStore.open(tiny_site).load("test")
+    on_test = np.mean([predict_scores(nets[i], x)[:, 1] for i in sel["picked"]], 0)
+    assert ev["auc"] == pytest.approx(roc_auc_score(y, on_test))
+
+
+def test_a_site_policy_caps_the_candidates_it_accepts(tiny_site: Path, tmp_path: Path) -> None:
+    from shared.weights_io import WeightsError
+
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(4)]
+    path = tmp_path / "four.npz"
+    save_candidates(nets, path, {}, [{"epoch": i} for i in range(4)], default=[3])
+    with pytest.raises(WeightsError, match="at most 3"):
+        evaluate_weights(tiny_site, path, write=False, max_candidates=3)
