@@ -169,7 +169,7 @@ def _build(arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any],
         )
     except (KeyError, ValueError) as exc:
         raise WeightsError(f"{path}: bad architecture record ({exc})") from None
-    state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    state = {k: _tensor(k, v, path) for k, v in arrays.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -177,6 +177,20 @@ def _build(arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any],
         raise WeightsError(f"{path}: weights do not fit the network ({first})") from None
     model.eval()
     return model
+
+
+def _tensor(name: str, value: npt.NDArray[Any], path: Path) -> torch.Tensor:
+    """One stored array as a tensor, refused unless it is what a trained network holds: real
+    numbers (float or integer, not str/datetime/complex/bool, which ``load_state_dict`` would
+    cast silently or ``torch.from_numpy`` refuses with a TypeError) and finite (a NaN or inf
+    weight makes the network's scores NaN, which crashes the AUC later, inside the site)."""
+    if value.dtype.kind not in "fiu":
+        raise WeightsError(f"{path}: tensor {name[:80]!r} has dtype {value.dtype}; weights are "
+                           "real numbers")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise WeightsError(f"{path}: tensor {name[:80]!r} holds NaN or infinite values")
+    # np.array(..., dtype=native) also turns a big-endian array into one torch can read
+    return torch.from_numpy(np.array(value, dtype=value.dtype.newbyteorder("=")))
 
 
 def save_candidates(models: Sequence[torch.nn.Module], path: Path, meta: dict[str, Any],
@@ -207,12 +221,19 @@ def save_candidates(models: Sequence[torch.nn.Module], path: Path, meta: dict[st
         raise WeightsError(f"a parameter is named {META_KEY!r}, which is reserved")
     meta_bytes = json.dumps(full, sort_keys=True).encode("utf-8")
     arrays: dict[str, npt.NDArray[Any]] = {
-        k: (v.half() if half and v.is_floating_point() else v).numpy()
+        k: (_half(v) if half and v.is_floating_point() else v).numpy()
         for k, v in stacked.items()}
     arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _half(value: torch.Tensor) -> torch.Tensor:
+    """float16 where every value fits (|x| ≤ 65504); otherwise the tensor stays as it is: a
+    value that overflowed to inf would be a different network (and a site refuses inf)."""
+    fits = value.numel() == 0 or bool(value.abs().max() <= torch.finfo(torch.float16).max)
+    return value.half() if fits else value
 
 
 def _check_candidate_meta(meta: dict[str, Any], k: int, path: Path | str) -> None:

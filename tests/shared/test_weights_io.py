@@ -124,3 +124,50 @@ def test_half_precision_candidates_halve_the_file_and_keep_the_predictions(tmp_p
         assert next(b.parameters()).dtype == torch.float32  # computed in float32 as before
         torch.testing.assert_close(torch.softmax(b(x), 1), torch.softmax(a(x), 1),
                                    atol=5e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["U3", "M8[s]", "complex64", "bool"])
+def test_tensors_that_are_not_real_numbers_are_refused(tmp_path: Path, dtype: str) -> None:
+    """A hostile sender's str/datetime arrays used to escape as TypeError tracebacks from
+    torch.from_numpy; complex and bool were cast silently into a different network."""
+    path = tmp_path / "cnn.npz"
+    save_weights(ResNetClassifier(num_classes=2, width=4).eval(), path, {})
+    arrays, meta = load_weights(path)
+    name = "fc.weight"
+    value = arrays[name].astype(np.int64).astype(dtype) if dtype == "M8[s]" else \
+        arrays[name].astype(dtype)
+    _rewrite(path, {**arrays, name: value}, meta)
+    with pytest.raises(WeightsError, match="real numbers"):
+        load_classifier(path)
+
+
+def test_non_finite_weights_are_refused_and_big_endian_ones_read(tmp_path: Path) -> None:
+    from shared.weights_io import load_candidates
+
+    path = tmp_path / "cnn.npz"
+    net = ResNetClassifier(num_classes=2, width=4).eval()
+    save_weights(net, path, {})
+    arrays, meta = load_weights(path)
+    for bad in (np.nan, np.inf):
+        w = arrays["fc.weight"].copy()
+        w[0, 0] = bad
+        _rewrite(path, {**arrays, "fc.weight": w}, meta)
+        with pytest.raises(WeightsError, match="NaN or infinite"):
+            load_candidates(path)
+    _rewrite(path, {k: v.astype(v.dtype.newbyteorder(">")) for k, v in arrays.items()}, meta)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(load_classifier(path)(x), net(x))
+
+
+def test_half_precision_keeps_float32_where_a_value_would_overflow(tmp_path: Path) -> None:
+    from shared.weights_io import load_candidates, save_candidates
+
+    net = ResNetClassifier(num_classes=2, width=4).eval()
+    with torch.no_grad():
+        net.fc.weight[0, 0] = 7e4  # beyond float16's 65504
+    path = tmp_path / "cands.npz"
+    save_candidates([net, net], path, {}, [{"epoch": 1}, {"epoch": 2}], default=[0], half=True)
+    back, _ = load_candidates(path)  # the site refuses inf, so it must not be written
+    assert back[0].fc.weight[0, 0].item() == 7e4
+    arrays, _ = load_weights(path)
+    assert arrays["fc.weight"].dtype == np.float32 and arrays["fc.bias"].dtype == np.float16
