@@ -69,18 +69,8 @@ def score_test_split(
             f"{site_dir}: the site store has no test images; re-run preprocess with a "
             "test fraction > 0"
         )
-    names = store.class_names(classes)  # type: ignore[arg-type]
-    if expect_names is not None:
-        differ = mismatch(names, expect_names, "this site's store", "the CNN's weights")
-        if differ:
-            raise ClassMismatchError(f"{site_dir}: {differ}; ask for weights trained on this "
-                                     "site's class list")
     n_out = int(getattr(model, "num_classes", 2))
-    if n_out != len(names):
-        raise StoreError(
-            f"{site_dir}: the CNN predicts {n_out} classes but this site's '{classes}' mode has "
-            f"{len(names)} ({', '.join(names)}); ask for weights trained with the same classes"
-        )
+    names = check_classes(store, site_dir, classes, n_out, expect_names)
     resize = None
     site_images = images  # the local CNN was trained at the site's own size
     if input_size is not None and images.shape[1] != input_size:
@@ -107,6 +97,25 @@ def score_test_split(
         local_probs = predict_scores(compare_with, site_images)
         out["paired_vs_local"] = paired_comparison(labels, local_probs, probs, n_boot, seed)
     return out
+
+
+def check_classes(store: Any, site_dir: Path, classes: str, n_out: int,
+                  expect_names: list[str] | None) -> list[str]:
+    """This site's class names, once the CNN's class list (``expect_names``, from its weights)
+    and output count ``n_out`` are checked against them: any real split is scored only by a
+    network trained for the same classes."""
+    names: list[str] = store.class_names(classes)
+    if expect_names is not None:
+        differ = mismatch(names, expect_names, "this site's store", "the CNN's weights")
+        if differ:
+            raise ClassMismatchError(f"{site_dir}: {differ}; ask for weights trained on this "
+                                     "site's class list")
+    if n_out != len(names):
+        raise StoreError(
+            f"{site_dir}: the CNN predicts {n_out} classes but this site's '{classes}' mode has "
+            f"{len(names)} ({', '.join(names)}); ask for weights trained with the same classes"
+        )
+    return names
 
 
 def per_class_auc(labels: npt.NDArray[np.int64], probs: npt.NDArray[np.float64],
@@ -160,15 +169,20 @@ def _resize_u8(images: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8
 
 
 def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
-                          classes: str, input_size: int | None) -> tuple[Any, dict[str, Any]]:
+                          classes: str, input_size: int | None,
+                          expect_names: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """(the model to score, how it was chosen): :func:`node.selection.select_on_train` on
-    the site's real train split, resized to the CNN's input size like the test split."""
+    the site's real train split, resized to the CNN's input size like the test split. The
+    class list is checked first, as for the test split: labels of other classes than the
+    networks predict would otherwise reach the AUC (a crash, not a refusal)."""
     from node.selection import select_on_train
     from node.store import SiteStore
 
     if len(models) == 1:
         return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
     store = SiteStore.open(site_dir)
+    check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
+                  expect_names)
     images, labels = store.load("train", classes)  # type: ignore[arg-type]
     if input_size is not None and len(images) and images.shape[1] != input_size:
         images = _resize_u8(images, int(input_size))
@@ -246,7 +260,8 @@ def evaluate_weights(
     reference = None
     if compare_local and local.is_file() and local.resolve() != weights.resolve():
         reference = load_classifier(local)
-    model, selection = choose_on_train_split(models, meta, site_dir, classes, input_size)
+    model, selection = choose_on_train_split(models, meta, site_dir, classes, input_size,
+                                             expect_names=expect)
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,

@@ -29,8 +29,10 @@ import torch
 MAX_PICKS = 5
 """Most picks in the ensemble (with repetition): more overfits a small train split."""
 MIN_PER_CLASS = 5
-"""A train split with fewer images of some class than this cannot rank candidates; the
-coordinator's default is used instead, and the record says why."""
+"""A train split with fewer images than this of a class it holds, or with fewer than two
+classes, cannot rank candidates; the coordinator's default is used instead, and the record
+says why. A class of the list the site has no image of does not count (lesion mode: few sites
+hold every class; the macro AUC averages the classes present, as on the test split)."""
 RULE = ("greedy forward selection with replacement (Caruana 2004), ≤ 5 picks, on the site's "
         "real train split")
 
@@ -47,8 +49,21 @@ class MeanEnsemble(torch.nn.Module):
         self.num_classes = int(getattr(members[0], "num_classes", 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x).float(), 1) for m in self.members]).mean(0)
+        probs = torch.stack([_no_opinion_where_undefined(torch.softmax(m(x).float(), 1))
+                             for m in self.members]).mean(0)
         return torch.log(probs.clamp_min(1e-12))
+
+
+def _no_opinion_where_undefined(probs: torch.Tensor) -> torch.Tensor:
+    """Rows a network left undefined (NaN: a logit overflowed) become uniform ("no opinion").
+
+    Why not refuse the weights instead: the coordinator chooses the weights, so it can make
+    them overflow on some images only (say, on one patient's radiograph). A refusal or crash
+    would then answer "is that image in this split?" outside the evaluation limits, which
+    count answered requests; a uniform row only moves the AUC the record reports.
+    """
+    bad = ~torch.isfinite(probs).all(1, keepdim=True)
+    return torch.where(bad, torch.full_like(probs, 1.0 / probs.shape[1]), probs)
 
 
 def choose(scores: list[npt.NDArray[np.float64]], labels: npt.NDArray[np.int64],
@@ -82,8 +97,8 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     """The ensemble this site evaluates, and the record of how it was chosen.
 
     ``images``/``labels``: the site's real train split, already at the CNN's input size.
-    With one candidate there is nothing to choose; with a train split lacking
-    :data:`MIN_PER_CLASS` images of some class the sender's ``default`` is used.
+    With one candidate there is nothing to choose; with a train split that cannot rank them
+    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used.
     """
     from shared.cnn_train import predict_scores
 
@@ -91,12 +106,14 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     record: dict[str, Any] = {"candidates": k, "split": "train", "n_images": len(labels)}
     n_classes = int(getattr(models[0], "num_classes", 2))
     per_class = np.bincount(labels, minlength=n_classes) if len(labels) else np.zeros(n_classes)
-    if int(per_class.min()) < MIN_PER_CLASS:
+    present = per_class[per_class > 0]
+    if len(present) < 2 or int(present.min()) < MIN_PER_CLASS:
         return MeanEnsemble([models[i] for i in default]), {
             **record, "picked": list(default),
-            "rule": f"the coordinator's default: the train split has fewer than "
-                    f"{MIN_PER_CLASS} images of some class ({per_class.tolist()})"}
-    scores = [predict_scores(m, images) for m in models]
+            "rule": f"the coordinator's default: the train split has fewer than two classes "
+                    f"or fewer than {MIN_PER_CLASS} images of one ({per_class.tolist()})"}
+    scores = [_no_opinion_where_undefined(torch.from_numpy(predict_scores(m, images))).numpy()
+              for m in models]
     picks, auc = choose(scores, labels)
     return MeanEnsemble([models[i] for i in picks]), {
         **record, "picked": picks, "distinct": len(set(picks)), "train_auc": round(auc, 4),

@@ -101,3 +101,65 @@ def test_a_site_policy_caps_the_candidates_it_accepts(tiny_site: Path, tmp_path:
     save_candidates(nets, path, {}, [{"epoch": i} for i in range(4)], default=[3])
     with pytest.raises(WeightsError, match="at most 3"):
         evaluate_weights(tiny_site, path, write=False, max_candidates=3)
+
+
+def _overflow_probe() -> ResNetClassifier:
+    """A network a hostile coordinator could send: finite weights whose activations overflow
+    to inf (then NaN) on images with a bright patch only, and stay finite elsewhere."""
+    probe = ResNetClassifier(2, width=4).eval()
+    with torch.no_grad():
+        probe.stem.weight.fill_(1e38)
+    return probe
+
+
+def test_a_candidate_undefined_on_some_images_is_no_opinion_there_not_a_crash() -> None:
+    """The crash used to happen only when the probed image was in the train split: an
+    answer ("that patient is here") the evaluation limits never counted."""
+    rng = np.random.default_rng(0)
+    dim = rng.integers(0, 60, (40, 32, 32), dtype=np.uint8)
+    bright = dim.copy()
+    bright[-1] = 250
+    y = np.array([0, 1] * 20)
+    probe, other = _overflow_probe(), ResNetClassifier(2, width=4).eval()
+    assert np.isnan(predict_scores(probe, bright[-1:])).all()  # the probe does overflow
+    for images in (dim, bright):
+        _, rec = select_on_train([other, probe], [0], images, y)
+        assert np.isfinite(rec["train_auc"])
+        assert np.isfinite(predict_scores(MeanEnsemble([probe, other]), images)).all()
+
+
+def test_candidates_for_other_classes_are_refused_before_the_train_split_is_scored(
+        tmp_path: Path) -> None:
+    """Two-output candidates at a site of several lesion classes: refused with the class
+    counts (StoreError), as a single network is, not a ValueError from inside the AUC."""
+    from node.errors import StoreError
+    from node.phantoms import phantom_store
+
+    site = tmp_path / "site"
+    phantom_store(site, 160, 32, seed=0, classes="lesion")
+    _, labels = SiteStore.open(site).load("train", "lesion")
+    assert len(np.unique(labels)) > 2  # labels the 2-output candidates cannot score
+    path = tmp_path / "two.npz"
+    save_candidates([ResNetClassifier(2, width=4).eval() for _ in range(2)], path,
+                    {"classes": "lesion"}, [{"epoch": 1}, {"epoch": 2}], default=[0])
+    with pytest.raises(StoreError, match="predicts 2 classes"):
+        evaluate_weights(site, path, n_boot=100, write=False, compare_local=False)
+
+
+def test_a_lesion_site_without_every_class_still_chooses(tmp_path: Path) -> None:
+    """Phantom lesion sites hold 5 of the 7 vocabulary classes; the choice used to fall back
+    to the coordinator's default whenever any class of the list had no train image."""
+    from node.phantoms import phantom_store
+
+    site = tmp_path / "site"
+    phantom_store(site, 160, 32, seed=0, classes="lesion")
+    images, labels = SiteStore.open(site).load("train", "lesion")
+    n = len(SiteStore.open(site).class_names("lesion"))
+    assert 0 in np.bincount(labels, minlength=n)  # some class of the list is absent
+    torch.manual_seed(0)
+    nets = [ResNetClassifier(n, width=4).eval() for _ in range(3)]
+    _, rec = select_on_train(nets, [0], images, labels)
+    assert "default" not in rec["rule"] and np.isfinite(rec["train_auc"])
+    one = labels == labels[0]  # a single class present cannot rank anything
+    _, rec = select_on_train(nets, [2], images[one], labels[one])
+    assert rec["picked"] == [2] and "default" in rec["rule"]
