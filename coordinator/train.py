@@ -58,6 +58,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         raise ValueError("refusing to train the coordinator's CNN on a set not marked synthetic")
     if members < 1:
         raise ValueError(f"members must be ≥ 1, got {members}")
+    # before any training: a file of one network per member must already fit what sites accept
+    per_member = _per_member(members, *_network_bytes(cfg, len(pooled.class_names)))
     t0 = time.monotonic()
     member_cfg = cfg if cfg.max_minutes is None or members == 1 else replace(
         cfg, max_minutes=cfg.max_minutes / members)
@@ -81,7 +83,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         runs.append(trained)
     seconds = time.monotonic() - t0
     model = runs[0].model.cpu()
-    kept = _fit_budget(snaps, runs, model)
+    kept = _fit_budget(snaps, runs, per_member)
     nets = []
     for _, _, state, _ in kept:
         net = copy.deepcopy(model)
@@ -140,14 +142,41 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     }
 
 
-def _fit_budget(snaps: list[Any], runs: list[Any], model: Any) -> list[Any]:
-    """The snapshots that fit :data:`MAX_CANDIDATE_BYTES` and the 64-network cap: each member
-    keeps its best synthetic-validation epoch and as many of its latest epochs as fit."""
-    from shared.weights_io import MAX_CANDIDATES
+def _network_bytes(cfg: ClassifierConfig, num_classes: int) -> tuple[int, int]:
+    """(bytes of one network in a candidate file, bytes of its largest tensor): floating-point
+    tensors at 2 bytes, as :func:`shared.weights_io.save_candidates` writes them with ``half``.
+    Counted on the meta device: nothing is allocated."""
+    import torch
 
-    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-    members = len(runs)
-    per_member = max(1, min(MAX_CANDIDATES, MAX_CANDIDATE_BYTES // max(size, 1)) // members)
+    from shared.classifier import ResNetClassifier
+
+    with torch.device("meta"):
+        net = ResNetClassifier(num_classes, width=cfg.width, norm=cfg.norm)
+    sizes = [v.numel() * (2 if v.is_floating_point() else v.element_size())
+             for v in net.state_dict().values()]
+    return sum(sizes), max(sizes)
+
+
+def _per_member(members: int, size: int, largest: int) -> int:
+    """Candidates each member may keep so that the file stays under :data:`MAX_CANDIDATE_BYTES`,
+    under a site's cap on one stacked tensor (:data:`shared.weights_io.MAX_MEMBER_BYTES`, less
+    room for the npy header) and under the 64-network cap. A file that would not fit even one
+    network per member is refused here, before training, naming what to lower: every site
+    would refuse it after the coordinator spent its time budget."""
+    from shared.weights_io import MAX_CANDIDATES, MAX_MEMBER_BYTES
+
+    fit = min(MAX_CANDIDATES, MAX_CANDIDATE_BYTES // max(size, 1),
+              (MAX_MEMBER_BYTES - (1 << 16)) // max(largest, 1))
+    if fit < members:
+        raise ValueError(f"{members} CNN members of {size / 2**20:.0f} MiB each do not fit one "
+                         f"candidate file a site accepts ({fit} at most at this width); lower "
+                         "cnn-members or cnn-width")
+    return fit // members
+
+
+def _fit_budget(snaps: list[Any], runs: list[Any], per_member: int) -> list[Any]:
+    """The snapshots to send, ``per_member`` per member (:func:`_per_member`): each member
+    keeps its best synthetic-validation epoch and as many of its latest epochs as fit."""
     kept = []
     for m, run in enumerate(runs):
         mine = [s for s in snaps if s[0] == m]

@@ -43,3 +43,23 @@ def test_members_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="members"):
         train_pooled(_pool(), tmp_path / "c.npz", ClassifierConfig(epochs=1, width=4),
                      progress=False, members=0)
+
+
+def test_members_every_site_would_refuse_are_refused_before_training(tmp_path: Path) -> None:
+    """8 members of a width-128 CNN make a file over the sites' 256 MiB / 64 MiB-per-tensor
+    caps: the coordinator used to train them all, then write a file no site accepts."""
+    cfg = ClassifierConfig(epochs=1, width=128, batch=16)
+    with pytest.raises(ValueError, match="cnn-members or cnn-width"):
+        train_pooled(_pool(), tmp_path / "c.npz", cfg, progress=False, members=8)
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize(("width", "members"), [(16, 3), (64, 8), (96, 3), (128, 1)])
+def test_the_candidates_kept_fit_what_a_site_accepts(width: int, members: int) -> None:
+    from coordinator.train import MAX_CANDIDATE_BYTES, _network_bytes, _per_member
+    from shared.weights_io import MAX_MEMBER_BYTES
+
+    size, largest = _network_bytes(ClassifierConfig(width=width), 2)
+    k = members * _per_member(members, size, largest)
+    assert members <= k <= 64
+    assert k * size <= MAX_CANDIDATE_BYTES and k * largest < MAX_MEMBER_BYTES
