@@ -58,9 +58,11 @@ def selection_view(value: object) -> dict[str, Any] | None:
                     for i in picked)):
         return None
     train_auc = finite(value.get("train_auc"))
+    n = value.get("n_images")  # a count: "chosen on -8 train images" is no count
+    n_images = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 24 else None
     return {"candidates": k, "distinct": len(set(picked)),
             "on_train": value.get("split") == "train" and train_auc is not None,
-            "n_images": finite(value.get("n_images")), "train_auc": train_auc}
+            "n_images": n_images, "train_auc": train_auc}
 
 
 DERIVED_VIEWS = {"resize": resize_view, "selection": selection_view}

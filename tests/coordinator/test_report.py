@@ -235,3 +235,15 @@ def test_the_pooled_cell_says_how_the_site_chose_among_candidates(tmp_path: Path
     assert "2 of 9 candidates, chosen by the coordinator&#x27;s default" in page \
         or "2 of 9 candidates, chosen by the coordinator's default" in page
     assert "<script>" not in page and "<b>9</b>" not in page and "<i>x</i>" not in page
+
+
+def test_a_selection_count_that_is_no_count_is_not_printed(tmp_path: Path) -> None:
+    """n_images from a peer: 1e300 printed 300 digits, -8 printed "chosen on -8 images"."""
+    rows = {}
+    for i, n in enumerate((1e300, -8, 520.5, True)):
+        rows[f"site-{i}"] = {"status": "ok", "baseline": _rec(0.8), "pooled": {
+            **_rec(0.9), "selection": {"candidates": 9, "picked": [1], "split": "train",
+                                       "n_images": n, "train_auc": 0.9}}}
+    page = write_report(build_report(run="r", sites=rows, pool=None, cnn=None),
+                        tmp_path)[0].read_text()
+    assert page.count("1 of 9 candidates, chosen on – train images") == 4
