@@ -53,6 +53,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ens3-w8": {"_members": 3, "width": 8},
     "select3x3": {"_select": (3, 3)},
     "select1x10": {"_select": (1, 10)},
+    "library": {"_select": (2, 3), "_per_site": True},
 }
 """The recipes compared; ``demo`` is the demo's own (the run's ``cnn-config.json``). Keys
 starting with ``_`` change the pool, not the recipe: ``teacher`` trains on each site's
@@ -63,7 +64,8 @@ CNNs (seeds s … s+K−1) scored as one ensemble (mean probability). ``_select`
 epochs): the product's own path since issue 12's candidate sets, end to end — the
 coordinator's ``train_pooled`` keeps every epoch of ``members`` seeds, and each site chooses
 its ensemble on its real train split (``node.evaluate.choose_on_train_split``) before its test
-split is scored."""
+split is scored. ``_per_site``: the candidates also include one CNN per site's part of the pool
+(every epoch), so a site can lean on the generators that suit it (not in the product)."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -169,8 +171,9 @@ def replay_run(run: Path, arms: list[str], epochs: int,
         chosen: dict[str, Any] = {}
         if ARMS[arm].get("_select"):
             n_members, n_epochs = ARMS[arm]["_select"]
-            per_seed[base.seed], chosen = select_at_sites(run, pool, base, recipe, tests,
-                                                          n_members, n_epochs, probs)
+            per_seed[base.seed], chosen = select_at_sites(
+                run, pool, base, recipe, tests, n_members, n_epochs, probs,
+                per_site=bool(ARMS[arm].get("_per_site")))
         for seed in [] if ARMS[arm].get("_select") else (
                 cnn_seeds or [base.seed + i for i in range(members)]):
             cfg = replace(base, seed=seed, **recipe)
@@ -209,9 +212,31 @@ def replay_run(run: Path, arms: list[str], epochs: int,
     return out
 
 
+def pool_parts(run: Path, pool: Any) -> list[Any]:
+    """The pool split back into each site's part (the pool keeps site order; the demo's
+    per-site sets are class-balanced, so balancing dropped nothing — checked)."""
+    import sqlite3
+
+    from shared.synthetic import SyntheticSet
+
+    with sqlite3.connect(run / "coordinator" / "state.db") as db:
+        row = db.execute("select result from phases where phase='pool'").fetchone()
+    doc = json.loads(row[0])
+    sizes = [int(a["images"]) for a in doc["accepted"]]
+    if sum(sizes) != len(pool) or doc.get("duplicates_dropped") or doc.get("balanced_dropped"):
+        raise SystemExit(f"{run}: the pool is not the sites' sets in order; cannot split it")
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(SyntheticSet(pool.images[start:start + n], pool.labels[start:start + n],
+                                  pool.class_names, {"synthetic_only": True}))
+        start += n
+    return parts
+
+
 def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
                     tests: dict[str, Any], members: int, epochs: int,
-                    probs: dict[str, list[Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+                    probs: dict[str, list[Any]], per_site: bool = False
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
     """The product's path: candidates from ``coordinator.train.train_pooled``, each site's
     choice on its real train split (``node.evaluate``), that ensemble on its test split.
     Appends each site's test probabilities to ``probs``; returns (site → test AUC, site →
@@ -227,10 +252,17 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
     from shared.weights_io import load_candidates
 
     cfg = replace(base, epochs=epochs, patience=0, **recipe)
+    sets = [pool] + (pool_parts(run, pool) if per_site else [])
+    nets: list[Any] = []
+    meta: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidates.npz"
-        train_pooled(pool, path, cfg, progress=False, members=members)
-        nets, meta = load_candidates(path)
+        for i, part in enumerate(sets):
+            path = Path(tmp) / f"candidates-{i}.npz"
+            train_pooled(part, path, cfg, progress=False, members=members if i == 0 else 1)
+            more, part_meta = load_candidates(path)
+            if i == 0:  # its default indexes the pooled CNNs, which come first
+                meta = part_meta
+            nets += more
     aucs, chosen = {}, {}
     for name, (x, y) in tests.items():
         model, sel = choose_on_train_split(nets, meta, run / "sites" / name, "binary",

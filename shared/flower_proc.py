@@ -553,8 +553,13 @@ def loopback_federation(work: Path, sites: Mapping[str, Mapping[str, Any]],
     # threads spin against each other (a 2-epoch CNN went from 9 s to 72 s on 2 loaded cores).
     threads = str(max(1, (os.cpu_count() or 1) // (len(sites) + 1)))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # The SuperLink starts the ServerApp, whose one heavy step (the pooled CNN) runs while
+    # every site waits for its weights: it gets all the cores (1 thread: 9.8-14 s per epoch
+    # of the demo's pool, 2 threads: 6.2-6.9 s, BENCHMARKS.md § Candidates chosen at the site).
+    everything = str(os.cpu_count() or 1)
     try:
-        link = start_superlink(work, env=env)
+        link = start_superlink(work, env={"OMP_NUM_THREADS": everything,
+                                          "MKL_NUM_THREADS": everything})
         started.append(link)
         address = f"127.0.0.1:{link.port}"
         nodes: dict[str, FlowerProcess] = {}

@@ -75,3 +75,15 @@ def test_trace_chooses_epochs_by_the_real_train_split(tmp_path: Path) -> None:
     assert set(res["ensemble_real_train_epoch"]) == {"site-a"}
     trace = np.load(out / "trace-run.npz")
     assert {"s0_e1_site-a_train", "s1_e2_site-a_test"} <= set(trace.files)
+
+
+def test_the_select_arm_runs_the_products_candidate_path(tmp_path: Path) -> None:
+    """select3x3: the coordinator's candidates, each site's choice on its train split."""
+    run = _demo_folder(tmp_path)
+    out = tmp_path / "out"
+    assert _replay().main([str(run), "--out", str(out), "--arms", "select3x3",
+                           "--epochs", "1"]) == 0
+    arm = json.loads((out / "results.json").read_text())["results"][0]["arms"]["select3x3"]
+    choice = arm["site_choices"]["site-a"]
+    assert choice["picked"] and all(0 <= i < 9 for i in choice["picked"])
+    assert 0.0 <= arm["sites"]["site-a"]["auc"] <= 1.0 and "delta" in arm["sites"]["site-a"]
