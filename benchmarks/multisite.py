@@ -285,7 +285,7 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
         p = predict_scores(model, tx)[:, 1]
         out["probs"][tname] = p
         out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
-        picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "train_auc")}
+        picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "n_images")}
     return out, picked
 
 

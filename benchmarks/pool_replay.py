@@ -270,7 +270,7 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
         p = predict_scores(model, x)[:, 1]
         probs[name].append(p)
         aucs[name] = class_auc(y, np.stack([1 - p, p], 1))
-        chosen[name] = {k: sel.get(k) for k in ("picked", "train_auc")}
+        chosen[name] = {k: sel.get(k) for k in ("picked", "n_images")}
     return aucs, chosen
 
 

@@ -175,7 +175,7 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     the site's real train split, resized to the CNN's input size like the test split. The
     class list is checked first, as for the test split: labels of other classes than the
     networks predict would otherwise reach the AUC (a crash, not a refusal)."""
-    from node.selection import select_on_train
+    from node.selection import sample_for_selection, select_on_train
     from node.store import SiteStore
 
     if len(models) == 1:
@@ -184,6 +184,8 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
                   expect_names)
     images, labels = store.load("train", classes)  # type: ignore[arg-type]
+    keep = sample_for_selection(np.asarray(labels, np.int64))  # bounded work, before resizing
+    images, labels = images[keep], np.asarray(labels, np.int64)[keep]
     if input_size is not None and len(images) and images.shape[1] != input_size:
         images = _resize_u8(images, int(input_size))
     return select_on_train(models, list(meta["default"]), images,

@@ -7,7 +7,8 @@ admin see who asked what and when, and it is what the policy's limits are counte
 already in the log is a replay and is refused.
 
 File: ``SITE/metrics/evaluation-log.jsonl``, one JSON object a line: time, run tag, request id,
-weights SHA-256s, verdict (``answered`` / ``refused``) and the reason.
+weights SHA-256s, verdict (``answered`` / ``refused`` / ``failed``: the weights ran on real
+images and the evaluation broke part-way, counted like an answer) and the reason.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def check_allowed(site_dir: Path, request: Mapping[str, Any], *, per_run: int,
     """Raise :class:`RequestRefusedError` when answering ``request`` would replay an answered
     request or go past the policy's limits."""
     now = time.time() if now is None else now
-    answered = [e for e in entries(site_dir) if e.get("verdict") == "answered"]
+    log = entries(site_dir)
+    answered = [e for e in log if e.get("verdict") == "answered"]
+    # What the limits count: every request whose weights ran on real images, answered or
+    # failed part-way (a failure the sender can provoke is an answer too).
+    counted = [e for e in log if e.get("verdict") in ("answered", "failed")]
     rid = str(request.get("request-id", ""))
     if not rid:
         raise RequestRefusedError("evaluation request has no request-id; refusing an "
@@ -70,12 +75,12 @@ def check_allowed(site_dir: Path, request: Mapping[str, Any], *, per_run: int,
         raise RequestRefusedError(f"evaluation request {rid} was already answered: a "
                                   "replayed request is not evaluated again")
     tag = str(request.get("run-tag", ""))
-    in_run = sum(1 for e in answered if str(e.get("run_tag")) == tag)
+    in_run = sum(1 for e in counted if str(e.get("run_tag")) == tag)
     if in_run >= per_run:
         raise RequestRefusedError(
             f"this site answers at most {per_run} evaluation request(s) per run (policy "
             f"max_evaluations_per_run); run {tag!r} has had {in_run}")
-    today = sum(1 for e in answered if now - float(e.get("time", now)) < DAY_S)
+    today = sum(1 for e in counted if now - float(e.get("time", now)) < DAY_S)
     if today >= per_day:
         raise RequestRefusedError(
             f"this site answers at most {per_day} evaluation request(s) per day (policy "

@@ -440,6 +440,12 @@ def evaluate_documents(settings: NodeSettings, request: Mapping[str, Any],
     except RequestRefusedError as exc:
         evaluation_log.append(settings.site, request, "refused", scrub_paths(str(exc)))
         raise
+    except Exception as exc:
+        # Logged and counted like an answer: the weights were run on real images, and a
+        # crash the coordinator can provoke on some images only is itself an answer.
+        evaluation_log.append(settings.site, request, "failed",
+                              scrub_paths(f"{type(exc).__name__}: {exc}")[:500])
+        raise
     evaluation_log.append(settings.site, request, "answered")
     return doc
 

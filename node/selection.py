@@ -4,8 +4,11 @@ Why at the site: the coordinator's CNN learns from synthetic images only, and on
 synthetic validation images every epoch of every seed scores AUC ≈ 1.0, so nothing the
 coordinator holds tells which of them transfer to real radiographs. Which ones do varied by
 0.1-0.2 AUC between seeds of one pool (BENCHMARKS.md § The coordinator's CNN on the demo's
-pools). A site's real train split can tell: that CNN never saw it, and the test split that
-the evaluation reports stays untouched by the choice. So the coordinator sends K candidate
+pools). A site's real train split can tell, and the test split that the evaluation reports
+stays untouched by the choice. (The train split is not held out from the candidates in every
+sense: the pool holds this site's own synthetic images, made by a GAN trained on that split,
+so the choice leans towards candidates that fit them; the test split is what stays held
+out, and it is scored once, after the choice.) So the coordinator sends K candidate
 networks (CNN seeds × epochs, :func:`shared.weights_io.save_candidates`) and each site keeps
 the ensemble that scores best on its own train split — the same images its local real CNN
 trained on, so the paired comparison with that CNN stays fair.
@@ -13,8 +16,12 @@ trained on, so the paired comparison with that CNN stays fair.
 The rule is greedy forward selection with replacement (Caruana et al., "Ensemble selection
 from libraries of models", ICML 2004): start empty, repeatedly add the candidate whose
 addition gives the highest train-split AUC of the mean probability, stop when no addition
-improves it or after :data:`MAX_PICKS` picks. Only the picked indices, their count and that
-AUC leave the site (inside the signed evaluation record), never a per-image score.
+improves it or after :data:`MAX_PICKS` picks. Only the picked indices and counts leave the
+site (inside the signed evaluation record); the train-split AUC and every per-image score stay
+here: each reported number about the train split is a few more bits a crafted candidate set
+could ask about it (SECURITY.md § Site policy). At most :data:`MAX_SELECTION_IMAGES` train
+images are scored (a stratified sample beyond that), so the work a coordinator can ask for is
+bounded whatever the split's size.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 
 MAX_PICKS = 5
 """Most picks in the ensemble (with repetition): more overfits a small train split."""
+MAX_SELECTION_IMAGES = 2000
+"""Most train images the candidates are scored on (a stratified, seeded sample beyond)."""
 MIN_PER_CLASS = 5
 """A train split with fewer images than this of a class it holds, or with fewer than two
 classes, cannot rank candidates; the coordinator's default is used instead, and the record
@@ -103,18 +112,34 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     from shared.cnn_train import predict_scores
 
     k = len(models)
+    keep = sample_for_selection(labels)
+    images, labels = images[keep], labels[keep]
     record: dict[str, Any] = {"candidates": k, "split": "train", "n_images": len(labels)}
     n_classes = int(getattr(models[0], "num_classes", 2))
     per_class = np.bincount(labels, minlength=n_classes) if len(labels) else np.zeros(n_classes)
     present = per_class[per_class > 0]
     if len(present) < 2 or int(present.min()) < MIN_PER_CLASS:
         return MeanEnsemble([models[i] for i in default]), {
-            **record, "picked": list(default),
+            **record, "split": None, "picked": list(default),
             "rule": f"the coordinator's default: the train split has fewer than two classes "
                     f"or fewer than {MIN_PER_CLASS} images of one ({per_class.tolist()})"}
     scores = [_no_opinion_where_undefined(torch.from_numpy(predict_scores(m, images))).numpy()
               for m in models]
-    picks, auc = choose(scores, labels)
+    picks, _train_auc = choose(scores, labels)  # the AUC stays here (module docstring)
     return MeanEnsemble([models[i] for i in picks]), {
-        **record, "picked": picks, "distinct": len(set(picks)), "train_auc": round(auc, 4),
-        "rule": RULE}
+        **record, "picked": picks, "distinct": len(set(picks)), "rule": RULE}
+
+
+def sample_for_selection(labels: npt.NDArray[np.int64],
+                         cap: int = MAX_SELECTION_IMAGES) -> npt.NDArray[np.int64]:
+    """Indices of at most ``cap`` train images, each class in its share (seeded: the same
+    split gives the same sample); all of them when the split is no larger."""
+    if len(labels) <= cap:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        take = max(1, round(cap * len(idx) / len(labels)))
+        out.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))

@@ -42,13 +42,8 @@ def resize_view(value: object) -> dict[str, int] | None:
 
 def selection_view(value: object) -> dict[str, Any] | None:
     """How a site chose among candidate CNNs (node/selection.py), reduced to its numbers:
-    candidates, distinct picks, train images and train AUC (from a peer, like the resize)."""
-    import math
-
-    def finite(x: Any) -> float | None:
-        ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-        return float(x) if ok else None
-
+    candidates, distinct picks, whether its train split chose them and on how many images
+    (from a peer, like the resize)."""
     if not isinstance(value, dict):
         return None
     k, picked = value.get("candidates"), value.get("picked")
@@ -57,12 +52,11 @@ def selection_view(value: object) -> dict[str, Any] | None:
             and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k
                     for i in picked)):
         return None
-    train_auc = finite(value.get("train_auc"))
     n = value.get("n_images")  # a count: "chosen on -8 train images" is no count
     n_images = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 24 else None
     return {"candidates": k, "distinct": len(set(picked)),
-            "on_train": value.get("split") == "train" and train_auc is not None,
-            "n_images": n_images, "train_auc": train_auc}
+            "on_train": value.get("split") == "train",
+            "n_images": n_images}
 
 
 DERIVED_VIEWS = {"resize": resize_view, "selection": selection_view}

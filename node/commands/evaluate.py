@@ -27,7 +27,11 @@ def command(
         return
     if weights is None:
         raise typer.BadParameter("give --weights FILE.npz or --request request.json")
-    record = evaluate_weights(site_dir, weights)
+    from node.site_policy import load_policy
+
+    # the admin's own policy caps candidate files here too, as for a coordinator's request
+    record = evaluate_weights(site_dir, weights,
+                              max_candidates=load_policy(site_dir).max_candidates)
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
     else:

@@ -220,11 +220,11 @@ def test_the_pooled_cell_says_how_the_site_chose_among_candidates(tmp_path: Path
     """Each site narrows the coordinator's candidate CNNs on its train split and signs how;
     the table says so, and a hostile record (markup, strings) cannot break the page."""
     chosen = {**_rec(0.9), "selection": {"candidates": 9, "picked": [4, 1, 4], "split": "train",
-                                         "n_images": 520, "train_auc": 0.93,
+                                         "n_images": 520,
                                          "rule": "greedy forward selection"}}
     hostile = {**_rec(0.8), "selection": {"candidates": "<b>9</b>", "picked": "<i>x</i>",
                                           "rule": "<script>s</script>"}}
-    default = {**_rec(0.7), "selection": {"candidates": 9, "picked": [2, 5], "split": "train",
+    default = {**_rec(0.7), "selection": {"candidates": 9, "picked": [2, 5], "split": None,
                                           "rule": "<script>d</script>"}}
     sites = {"site-a": {"status": "ok", "baseline": _rec(0.8), "pooled": chosen},
              "site-b": {"status": "ok", "baseline": _rec(0.8), "pooled": hostile},
@@ -243,7 +243,7 @@ def test_a_selection_count_that_is_no_count_is_not_printed(tmp_path: Path) -> No
     for i, n in enumerate((1e300, -8, 520.5, True)):
         rows[f"site-{i}"] = {"status": "ok", "baseline": _rec(0.8), "pooled": {
             **_rec(0.9), "selection": {"candidates": 9, "picked": [1], "split": "train",
-                                       "n_images": n, "train_auc": 0.9}}}
+                                       "n_images": n}}}
     page = write_report(build_report(run="r", sites=rows, pool=None, cnn=None),
                         tmp_path)[0].read_text()
     assert page.count("1 of 9 candidates, chosen on – train images") == 4

@@ -86,8 +86,8 @@ def test_the_site_evaluates_the_candidate_its_train_split_prefers(tiny_site: Pat
     nets = [blank[0], good, blank[1]]
     x_tr, y_tr = SiteStore.open(tiny_site).load("train")
     assert sel["n_images"] == len(y_tr)
-    picked = np.mean([predict_scores(nets[i], x_tr)[:, 1] for i in sel["picked"]], 0)
-    assert sel["train_auc"] == pytest.approx(roc_auc_score(y_tr, picked), abs=1e-4)
+    assert sel["picked"] == choose([predict_scores(n, x_tr) for n in nets], y_tr)[0]
+    assert "train_auc" not in sel  # numbers about the train split stay at the site
     x, y = SiteStore.open(tiny_site).load("test")
     on_test = np.mean([predict_scores(nets[i], x)[:, 1] for i in sel["picked"]], 0)
     assert ev["auc"] == pytest.approx(roc_auc_score(y, on_test))
@@ -124,7 +124,7 @@ def test_a_candidate_undefined_on_some_images_is_no_opinion_there_not_a_crash() 
     assert np.isnan(predict_scores(probe, bright[-1:])).all()  # the probe does overflow
     for images in (dim, bright):
         _, rec = select_on_train([other, probe], [0], images, y)
-        assert np.isfinite(rec["train_auc"])
+        assert rec["picked"] and "default" not in rec["rule"]
         assert np.isfinite(predict_scores(MeanEnsemble([probe, other]), images)).all()
 
 
@@ -159,7 +159,7 @@ def test_a_lesion_site_without_every_class_still_chooses(tmp_path: Path) -> None
     torch.manual_seed(0)
     nets = [ResNetClassifier(n, width=4).eval() for _ in range(3)]
     _, rec = select_on_train(nets, [0], images, labels)
-    assert "default" not in rec["rule"] and np.isfinite(rec["train_auc"])
+    assert "default" not in rec["rule"] and rec["split"] == "train"
     one = labels == labels[0]  # a single class present cannot rank anything
     _, rec = select_on_train(nets, [2], images[one], labels[one])
     assert rec["picked"] == [2] and "default" in rec["rule"]

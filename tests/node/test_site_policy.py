@@ -226,3 +226,26 @@ def test_evaluations_beyond_the_policy_and_replays_are_refused_and_logged(
     assert [e["verdict"] for e in log] == ["answered", "refused", "answered", "refused",
                                            "answered", "refused"]
     assert [e["request_id"] for e in log] == ["a1", "a1", "a2", "a3", "b1", "c1"]
+
+
+def test_an_evaluation_that_breaks_part_way_is_logged_and_counted(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights the sender can make fail on some images only would otherwise answer "is that
+    image here?" outside the limits, which counted answered requests only."""
+    from node import evaluate
+    from node.evaluation_log import entries
+
+    (site / "site.toml").write_text("[policy]\nmax_evaluations_per_run = 1\n")
+    data = weights_file(tmp_path)
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise ValueError("Input contains NaN")
+
+    monkeypatch.setattr(evaluate, "evaluate_weights", broken)
+    first = ask(site, eval_request(data, "f1"), "evaluate", {"pooled": data})
+    assert first["status"] != "ok"
+    monkeypatch.undo()
+    second = ask(site, eval_request(data, "f2"), "evaluate", {"pooled": data})
+    assert second["status"] == "refused" and "max_evaluations_per_run" in second["reason"]
+    assert [e["verdict"] for e in entries(site)] == ["failed", "refused"]
+    assert "Input contains NaN" in entries(site)[0]["reason"]
