@@ -70,12 +70,20 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
 
         def keep(epoch: int, model: torch.nn.Module,
                  states: dict[int, dict[str, torch.Tensor]] = states) -> None:
+            # only the latest epochs that will be sent stay in memory
             states[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            while len(states) > per_member:
+                del states[min(states)]
 
         # Teacher labels when the bundles carried them: the CNN distils every site's S.
         trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names),
                                    replace(member_cfg, seed=cfg.seed + m), progress=progress,
                                    device=device, soft_labels=pooled.soft, on_epoch=keep)
+        best = int(trained.val_metrics.get("best_epoch", 0))
+        if best >= 1 and best not in states:  # the best epoch is always sent: trained.model
+            del states[min(states)]           # holds its weights (restored at the end)
+            states[best] = {k: v.detach().cpu().clone()
+                            for k, v in trained.model.state_dict().items()}
         val_auc = {int(h["epoch"]): h.get("val_auc") for h in trained.history}
         for epoch, state in sorted(states.items()):
             auc = val_auc.get(epoch)
@@ -83,15 +91,14 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         runs.append(trained)
     seconds = time.monotonic() - t0
     model = runs[0].model.cpu()
-    kept = _fit_budget(snaps, runs, per_member)
     nets = []
-    for _, _, state, _ in kept:
+    for _, _, state, _ in snaps:
         net = copy.deepcopy(model)
         net.load_state_dict(state)
         nets.append(net.eval())
     candidates = [{"member": m, "seed": cfg.seed + m, "epoch": e, "synthetic_val_auc": a}
-                  for m, e, _, a in kept]
-    default = [i for i, (m, e, _, _) in enumerate(kept)
+                  for m, e, _, a in snaps]
+    default = [i for i, (m, e, _, _) in enumerate(snaps)
                if e == int(runs[m].val_metrics.get("best_epoch", 0))]
     trained = runs[0]
     bundle_ids = list(info.get("bundle_ids", []))
@@ -173,16 +180,3 @@ def _per_member(members: int, size: int, largest: int) -> int:
                          "cnn-members or cnn-width")
     return fit // members
 
-
-def _fit_budget(snaps: list[Any], runs: list[Any], per_member: int) -> list[Any]:
-    """The snapshots to send, ``per_member`` per member (:func:`_per_member`): each member
-    keeps its best synthetic-validation epoch and as many of its latest epochs as fit."""
-    kept = []
-    for m, run in enumerate(runs):
-        mine = [s for s in snaps if s[0] == m]
-        best = int(run.val_metrics.get("best_epoch", 0))
-        latest = mine[-per_member:]
-        if not any(s[1] == best for s in latest):
-            latest = [s for s in mine if s[1] == best][:1] + latest[1:]
-        kept.extend(sorted(latest, key=lambda s: s[1]))
-    return kept
