@@ -71,7 +71,7 @@ class RunSettings:
     """CNN seeds trained on the pool, one after another, sharing ``cnn_max_minutes``; every
     epoch of each is a candidate each site chooses among on its real train split
     (:mod:`node.selection`). 3 members of 3 epochs beat one CNN of 10 epochs at the same
-    cost in replays of six demo pools (BENCHMARKS.md § Candidates chosen at the site)."""
+    cost in replays of nine demo pools (BENCHMARKS.md § Candidates chosen at the site)."""
     own_synthetic: bool = True
     balance: bool = True
     n_boot: int = 1000
