@@ -1,15 +1,20 @@
-"""Ablation of the discriminator-side levers (issue 12): FastGAN reconstruction, projected heads.
+"""Ablation of GAN levers (issue 12): FastGAN reconstruction, projected heads, batch size, ...
 
 Protocol (a fixed WORK budget, so CPU contention cannot favour an arm):
 
 1. One site: the PneumoniaMNIST train split (28² reflect-padded to 32²), SpineGAN (the lever
    ``d_projected`` reads its classifier S), today's defaults otherwise.
-2. Arms: ``default`` (today), ``recon`` (+``d_recon``), ``projected`` (+``d_projected``),
-   ``both``. Per seed, the arms' trainers are built with the same seed and advanced
-   **interleaved, one step each**, every arm with its own saved torch RNG stream (so each one
-   draws exactly what it would draw alone) until each has seen ``--kimg`` thousand real
-   images. Each arm's s/kimg counts only its own steps and is reported as a ratio to the
-   default arm of the same seed: interleaving spreads any contention over all arms alike.
+2. Arms (:data:`ARMS`): ``default`` (today, at ``--batch``), the D-side levers ``recon``,
+   ``projected``, ``both``, mode seeking (``ms``), ``noaug``, and the batch sizes ``batch16`` /
+   ``batch8`` (more optimizer steps per image shown: a few-minute CPU run makes only a few
+   hundred steps at batch 32). Per seed, the arms' trainers are built with the same seed and
+   advanced **interleaved, one step each**, every arm with its own saved torch RNG stream (so
+   each one draws exactly what it would draw alone) until each has seen ``--kimg`` thousand
+   real images, or (``--seconds``) until each has spent that many seconds in its own steps: equal
+   compute rather than equal images, the fair budget for arms that change the cost per image
+   (a smaller batch). Each arm's s/kimg counts only its own steps and is reported as a ratio
+   to the default arm of the same seed: interleaving spreads any contention over all arms
+   alike.
 3. S is trained once (seed 0, in ``OUT/run``) and shared by every arm and seed: it is the
    site's classifier, not a part of the GAN being compared.
 4. Each arm's EMA generator makes ``--n-synth`` images (balanced, fixed seed, ψ = 1, cropped
@@ -66,6 +71,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "ms": {"g_diversity": 1.0},
     "ms-0.1": {"g_diversity": 0.1},
     "recon-ms": {"d_recon": True, "g_diversity": 1.0},
+    "batch16": {"batch": 16},
+    "batch8": {"batch": 8},
+    "noaug": {"augment": "none"},
 }
 """Arm name → GanConfig fields changed from today's SpineGAN defaults."""
 
@@ -86,8 +94,10 @@ def load_store(site: Path) -> tuple[tuple[npt.NDArray[np.uint8], npt.NDArray[np.
 
 
 def train_arms(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], base: GanConfig,
-               arms: list[str], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Advance every arm's trainer to ``base.kimg`` interleaved, step by step."""
+               arms: list[str], run_dir: Path, seconds: float | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """Advance every arm's trainer interleaved, step by step, to ``base.kimg`` (or, with
+    ``seconds``, until each arm has spent that long in its own steps)."""
     trainers: dict[str, Trainer] = {}
     rng: dict[str, torch.Tensor] = {}
     for arm in arms:
@@ -100,9 +110,13 @@ def train_arms(x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], base: GanConf
     timed = dict.fromkeys(arms, 0)
     before = dict.fromkeys(arms, 0)
     target = float(base.kimg or 1.0) * 1000
-    while any(tr.nimg < target for tr in trainers.values()):
+
+    def finished(arm: str) -> bool:
+        return secs[arm] >= seconds if seconds else trainers[arm].nimg >= target
+
+    while not all(finished(arm) for arm in trainers):
         for arm, tr in trainers.items():
-            if tr.nimg >= target:
+            if finished(arm):
                 continue
             torch.set_rng_state(rng[arm])
             t = time.monotonic()
@@ -156,6 +170,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="GAN batch (the demo uses 32)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/d-levers"))
     ap.add_argument("--kimg", type=float, default=1.0, help="work budget per arm")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="compute budget per arm instead of --kimg (seconds of its own steps)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--speed", default="channels_last",
@@ -167,6 +183,8 @@ def main() -> None:
     ap.add_argument("--n-synth", type=int, default=2000)
     ap.add_argument("--cnn-epochs", type=int, default=3)
     ap.add_argument("--cnn-width", type=int, default=8)
+    ap.add_argument("--cnn-seeds", type=int, default=1,
+                    help="score the mean of this many CNN seeds per arm (less CNN noise)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (1 when seeds run as parallel processes)")
     args = ap.parse_args()
@@ -192,20 +210,25 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "load_avg_start": os.getloadavg()},
-        "n_train": len(y_tr), "n_val": len(y_va), "kimg": args.kimg, "arms": ARMS,
+        "n_train": len(y_tr), "n_val": len(y_va), "kimg": args.kimg,
+        "seconds": args.seconds, "arms": ARMS,
         "cnn_config": {k: getattr(cnn, k) for k in cnn.__dataclass_fields__},
         "seeds": {},
     }
     for seed in [int(s) for s in args.seeds.split(",")]:
         print(f"seed {seed}", flush=True)
-        trained = train_arms(x_tr, y_tr, replace(base, seed=seed), arms, args.out / "run")
+        trained = train_arms(x_tr, y_tr, replace(base, seed=seed), arms, args.out / "run",
+                             seconds=args.seconds)
         rows: dict[str, Any] = {}
         scores: dict[str, npt.NDArray[np.float64]] = {}
         for arm, r in trained.items():
             xs, ys = synthesize(r["trainer"], args.n_synth, seed=1000 + seed)
             t = time.monotonic()
-            model = train_classifier(xs, ys, 2, cnn, progress=False, device="cpu").model
-            scores[arm] = predict_scores(model, x_va)[:, 1]
+            # The mean of several CNN seeds: one CNN's seed alone moves a real-image AUC by
+            # 0.03-0.10 (BENCHMARKS.md § The coordinator's CNN), which DeLong's CI ignores.
+            scores[arm] = np.mean([predict_scores(train_classifier(
+                xs, ys, 2, replace(cnn, seed=k), progress=False, device="cpu").model,
+                x_va)[:, 1] for k in range(args.cnn_seeds)], axis=0)
             auc = auc_with_ci(y_va, scores[arm], n_boot=1000, seed=0)
             dist = distribution_scores(x_tr, xs, get_encoder("domain"), max_samples=1000, seed=0)
             rows[arm] = {"precision": dist.precision, "recall": dist.recall,
