@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=("gan", "spinegan"), default="gan")
     ap.add_argument("--gan-minutes", type=float, default=2.0, help="GAN budget per site")
     ap.add_argument("--gan-kimg", type=float, default=None, help="optional kimg cap per site")
+    ap.add_argument("--gan-batch", type=int, default=None,
+                    help="GAN batch (default: GanConfig's); fewer images per step, more steps")
     ap.add_argument("--dp-epsilon", type=float, default=None,
                     help="train every site's GAN under DP-SGD with this ε (GanConfig.dp_epsilon)")
     ap.add_argument("--synthetic-per-site", type=int, default=None,
@@ -377,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         eps_r1 = args.dp_epsilon * (1.0 - args.round2_epsilon_share)
     gan_cfg = GanConfig(model=args.model, classes="binary", seed=args.seed,
                         max_minutes=args.gan_minutes, kimg=args.gan_kimg,
-                        dp_epsilon=eps_r1, dp_site_budget=args.dp_epsilon)
+                        dp_epsilon=eps_r1, dp_site_budget=args.dp_epsilon,
+                        **({"batch": args.gan_batch} if args.gan_batch else {}))
     site_names = [s.name for s in SITES]
 
     with clock.stage("partition + stores"):
