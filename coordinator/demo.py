@@ -218,7 +218,8 @@ def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
         raise CoordinatorError(f"classes must be 'binary' or 'lesion', not {classes!r}")
     # Batch 16, not 32: a 4-minute GAN on a shared 2-core CPU sees ≈ 12 kimg, which is only
     # ≈ 370 optimizer steps at 32; twice the steps at 16 made far more faithful images
-    # (precision 0.56-0.77 against 0.01-0.06 at equal kimg, BENCHMARKS.md § Batch size).
+    # (precision 0.56-0.77 against 0.01-0.06 at equal kimg, BENCHMARKS.md § Batch size). On
+    # PneumoniaMNIST at equal compute it was no better, so GanConfig's default stays 64.
     gan = {"model": model, "resolution": size, "max_minutes": gan_minutes,
            "min_class_images": 10, "batch": 16, "classes": classes, "seed": seed}
     # The local real CNN is bounded by epochs, the wall clock only as a safety net: with a
