@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=None,
                     help="a site folder instead of --data: GAN on its train split, scores on "
                          "its test split (e.g. a demo site: OUT/sites/site-b)")
-    ap.add_argument("--batch", type=int, default=64, help="GAN batch (the demo uses 32)")
+    ap.add_argument("--batch", type=int, default=64, help="GAN batch (the demo uses 16)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/d-levers"))
     ap.add_argument("--kimg", type=float, default=1.0, help="work budget per arm")
     ap.add_argument("--seconds", type=float, default=None,

@@ -133,13 +133,19 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
 def sample_for_selection(labels: npt.NDArray[np.int64],
                          cap: int = MAX_SELECTION_IMAGES) -> npt.NDArray[np.int64]:
     """Indices of at most ``cap`` train images, each class in its share (seeded: the same
-    split gives the same sample); all of them when the split is no larger."""
+    split gives the same sample); all of them when the split is no larger.
+
+    At most ``cap`` exactly (rounded shares can add up to more; the largest classes give the
+    surplus back), so sampling an already sampled split is the identity: the site samples
+    before resizing (:func:`node.evaluate.choose_on_train_split`) and :func:`select_on_train`
+    samples again for its other callers."""
     if len(labels) <= cap:
         return np.arange(len(labels))
     rng = np.random.default_rng(0)
-    out = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        take = max(1, round(cap * len(idx) / len(labels)))
-        out.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    take = np.maximum(1, np.round(cap * counts / len(labels)).astype(np.int64))
+    for i in np.argsort(-take)[: max(0, int(take.sum()) - cap)]:
+        take[i] -= 1
+    out = [rng.choice(np.flatnonzero(labels == c), size=int(min(t, n)), replace=False)
+           for c, t, n in zip(classes, take, counts, strict=True)]
     return np.sort(np.concatenate(out))
