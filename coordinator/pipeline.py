@@ -83,16 +83,21 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     the pool was verified with)."""
     from coordinator.train import train_pooled
     from shared.config import write_resolved
+    from shared.data_parallel import ProcessGroup
     from shared.synthetic import SyntheticSet
 
     cnn_dir = work / "cnn"
+    # Under torchrun every process trains (its share of each batch); rank 0 alone writes.
+    main = ProcessGroup().main
     pooled = SyntheticSet.load(work / "pool" / "pooled", on_disk=True)  # read batch by batch
     result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
                                                      progress=progress, members=members),
                               "own": {}}
-    write_resolved(cfg, cnn_dir, "cnn-config.json")
-    log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, {members} seed(s), "
-        f"{result['pooled']['candidates']} candidate(s), {result['pooled']['seconds']} s")
+    if main:
+        write_resolved(cfg, cnn_dir, "cnn-config.json")
+        log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, {members} "
+            f"seed(s), {result['pooled']['candidates']} candidate(s), "
+            f"{result['pooled']['seconds']} s")
     trust_dir = Path(trust_dir or str(pool.get("trust_dir", "")))
     for acc in pool.get("accepted", []) if own else []:
         own_set = _own_set(Path(acc["path"]), trust_dir)
@@ -100,10 +105,14 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
             continue
         path = cnn_dir / f"own-{safe_name(acc['site'])}.npz"
         try:
-            result["own"][acc["site"]] = train_pooled(own_set, path, cfg, role="own",
-                                                      progress=progress, members=members)
+            own_cnn = train_pooled(own_set, path, cfg, role="own", progress=progress,
+                                   members=members)
         except Exception as exc:  # e.g. a site with one class: report it, go on
-            log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
+            if main:
+                log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
+            continue
+        if main:
+            result["own"][acc["site"]] = own_cnn
     return result
 
 

@@ -50,6 +50,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
 
     from shared.cnn_train import train_classifier
     from shared.config import to_dict
+    from shared.data_parallel import ProcessGroup
     from shared.files import sha256_file
     from shared.weights_io import save_candidates
 
@@ -121,6 +122,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "config": to_dict(cfg),
         "members": members,
     }
+    if not ProcessGroup().main:  # under torchrun, rank 0 alone writes (the nets are equal)
+        return {"role": role, "weights": None, "seconds": round(seconds, 2)}
     # float16 on the wire: K networks go to every site; AUCs are unchanged to 3 decimals
     # (tests/coordinator/test_train_candidates.py checks the predictions).
     save_candidates(nets, out, meta, candidates, default or [len(nets) - 1], half=True)

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from shared.classifier import ResNetClassifier
+from shared.data_parallel import ProcessGroup
 from shared.errors import ClassifierTrainingError
 from shared.image_rows import ImageRows, image_rows
 from shared.metrics.auc import class_auc
@@ -127,10 +128,18 @@ class TrainedClassifier:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
+    """The requested device, else CUDA when present, else CPU. Under ``torchrun`` each
+    process takes the GPU of its ``LOCAL_RANK``."""
+    import os
+
     if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def stratified_holdout(
@@ -333,10 +342,23 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = ResNetClassifier(num_classes, width=cfg.width, norm=cfg.norm).to(dev)
+    # Under torchrun every process holds the same network (same seed) and the same epoch
+    # order (same generator), takes its share of each batch, and DistributedDataParallel
+    # averages the gradients, so the networks stay identical and every process validates,
+    # stops and keeps the same epoch. Alone, this is the single-process loop unchanged.
+    group = ProcessGroup()
+    group.start(dev)
+    step_model: torch.nn.Module = model
+    if group.active:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=dev.type == "cuda" or None)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    # Augmentation draws per process (each augments other images); alone, the one generator.
+    aug_gen = gen if not group.active else torch.Generator().manual_seed(
+        cfg.seed + 1 + 7919 * (group.rank + 1))
 
     n = len(tr_y)
     steps_per_epoch = max(1, n // cfg.batch) if n >= cfg.batch else 1
@@ -368,17 +390,20 @@ def train_classifier(
             n_steps = 0
             for s in range(steps_per_epoch):
                 idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
-                if len(idx) < 2:
+                if len(idx) < 2 * group.world:  # the same decision on every process
                     continue
+                idx = group.shard(idx)
                 x = _to_input(torch.from_numpy(images.take(tr_idx[idx.numpy()])), dev)
                 y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
                 if cfg.augment:
-                    x = augment_batch(x, gen, cfg.hflip_p, cfg.rotation_deg, cfg.crop_scale_min)
+                    x = augment_batch(x, aug_gen, cfg.hflip_p, cfg.rotation_deg,
+                                      cfg.crop_scale_min)
                     if cfg.intensity:
-                        x = intensity_batch(x, gen, cfg.gamma_jitter, cfg.contrast_jitter,
+                        x = intensity_batch(x, aug_gen, cfg.gamma_jitter, cfg.contrast_jitter,
                                             cfg.noise_std)
                 with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(step_model(x), y,
+                                           label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -390,12 +415,18 @@ def train_classifier(
                     if n_steps % 50 == 1:
                         bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
                 total_steps += 1
-                if time.monotonic() > deadline:
+                if group.active:
+                    # Processes agree on the clock every 16 steps (a host read each time).
+                    if total_steps % 16 == 0 and group.any_(time.monotonic() > deadline, dev):
+                        stopped = "time-budget"
+                        break
+                elif time.monotonic() > deadline:
                     stopped = "time-budget"
                     break
                 if cfg.max_steps is not None and total_steps >= cfg.max_steps:
                     stopped = "step-budget"
                     break
+            group.broadcast_module(model)  # every process validates the same network
             probs = (predict_scores(model, images, index=va_idx) if len(va_y)
                      else np.zeros((0, num_classes)))
             val_loss = (
@@ -430,7 +461,7 @@ def train_classifier(
                     and total_steps >= cfg.min_steps):
                 stopped = "early-stopping"
                 break
-            if time.monotonic() > deadline:
+            if group.any_(time.monotonic() > deadline, dev):
                 stopped = "time-budget"
                 break
 

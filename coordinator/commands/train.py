@@ -35,13 +35,17 @@ def command(
     n_boot: int = typer.Option(1000, "--n-boot", min=100, max=100_000,
                                help="Bootstrap resamples for each site's AUC CI."),
 ) -> None:
-    """Train on synthetic images only; write one evaluation request folder per site."""
+    """Train on synthetic images only; write one evaluation request folder per site.
+
+    On a machine with several GPUs, run it under ``torchrun --nproc_per_node N`` (one
+    process per GPU; each trains its share of every batch)."""
     from coordinator.errors import CoordinatorError
     from coordinator.phases import RunSettings
     from coordinator.pipeline import request_evaluations, train_step, weights_for
     from coordinator.state import CoordinatorState
     from shared.cnn_train import ClassifierConfig
     from shared.config import resolve, to_dict
+    from shared.data_parallel import ProcessGroup
     from shared.names import safe_name
     from shared.progress import say
     from shared.protocol import write_request_folder
@@ -53,6 +57,14 @@ def command(
     if pool is None:
         raise CoordinatorError(f"{work / 'state.db'}: run {run_name!r} has no pool yet; run "
                                "`synthlearn coordinator pool` first")
+    group = ProcessGroup()
+    if not group.main:
+        # Under torchrun (several GPUs): this process trains its share of every batch; rank 0
+        # writes the weights, the state and the requests.
+        state.close()
+        train_step(pool, work, cfg, own=own, members=members or RunSettings().cnn_members)
+        group.stop()
+        return
     state.start_phase(run_name, "train")
     trained = train_step(pool, work, cfg, own=own, progress=True, log=say,
                          members=members or RunSettings().cnn_members)
@@ -67,3 +79,4 @@ def command(
         typer.echo(f"{site}: {path}  (site runs: synthlearn node evaluate --request "
                    f"request.json --site-dir SITE)")
     state.finish_phase(run_name, "evaluate", {"requests": requests})
+    group.stop()

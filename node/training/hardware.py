@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from node.errors import DeviceError
+from shared.data_parallel import ProcessGroup
 
 CUDA_CONTEXT_BYTES = 1 << 30
 """CUDA context, cuDNN workspaces and allocator slack that no tensor accounts for (~1 GiB)."""
@@ -190,27 +191,9 @@ def check_memory(cfg: Any, num_classes: int, n_images: int, device: torch.device
 
 # -- several GPUs on one machine ---------------------------------------------------------
 
-class Distributed:
-    """This process's place in a ``torchrun`` job (or a job of one when not under torchrun)."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.active = self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def start(self, device: torch.device) -> None:
-        if not self.active or torch.distributed.is_initialized():
-            return
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-
-    def stop(self) -> None:
-        if self.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+class Distributed(ProcessGroup):
+    """This process's place in a ``torchrun`` job (or a job of one when not under torchrun),
+    with the GAN's own gradient averaging (see the module docstring)."""
 
     def local_batch(self, batch: int) -> int:
         if batch % self.world:
@@ -240,14 +223,3 @@ class Distributed:
             torch.distributed.all_reduce(t)
             t.div_(self.world)
         return t
-
-    def broadcast_module(self, module: nn.Module) -> None:
-        """Rank 0's weights and buffers everywhere (start, resume)."""
-        if not self.active:
-            return
-        for t in list(module.parameters()) + list(module.buffers()):
-            torch.distributed.broadcast(t.data, src=0)
-
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
