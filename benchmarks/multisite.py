@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                          "train split (node.selection); on the common val the choice is made "
                          "on the union of the train splits, what the centralised CNN saw")
     ap.add_argument("--reuse-gans", action="store_true",
-                    help="skip GAN training for a site whose run in --out already finished "
-                         "(re-run downstream arms on the same generators)")
+                    help="skip GAN training for a site whose run in --out already finished, "
+                         "round 2's included (re-run downstream arms on the same generators)")
     ap.add_argument("--round2", action="store_true",
                     help="second round: each site pretrains on the OTHER sites' pooled synthetic "
                          "images (--init-from), fine-tunes on its own, exports again; adds the "
@@ -487,10 +487,11 @@ def main(argv: list[str] | None = None) -> int:
             r2_cfg = dataclasses.replace(
                 gan_cfg, dp_epsilon=(None if args.dp_epsilon is None
                                      else args.dp_epsilon * args.round2_epsilon_share))
-            with clock.stage(f"gan round2 site-{name}"):
-                train(site_dirs[name], r2_cfg, run_name="bench-r2", progress=True,
-                      init_from=shared_dir)
             r2_metrics = site_dirs[name] / "runs" / "bench-r2" / "metrics.json"
+            if not (args.reuse_gans and r2_metrics.exists()):
+                with clock.stage(f"gan round2 site-{name}"):
+                    train(site_dirs[name], r2_cfg, run_name="bench-r2", progress=True,
+                          init_from=shared_dir)
             gan_info[f"{name}-round2"] = json.loads(r2_metrics.read_text())
             s2 = generate(site_dirs[name], len(synth[name][1]), run_name="bench-r2",
                           truncation=args.truncation, per_class=args.per_class, seed=args.seed,

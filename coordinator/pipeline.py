@@ -84,11 +84,13 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     from coordinator.train import train_pooled
     from shared.config import write_resolved
     from shared.data_parallel import ProcessGroup
+    from shared.errors import ClassifierTrainingError
     from shared.synthetic import SyntheticSet
 
     cnn_dir = work / "cnn"
     # Under torchrun every process trains (its share of each batch); rank 0 alone writes.
-    main = ProcessGroup().main
+    group = ProcessGroup()
+    main = group.main
     pooled = SyntheticSet.load(work / "pool" / "pooled", on_disk=True)  # read batch by batch
     result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
                                                      progress=progress, members=members),
@@ -108,6 +110,8 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
             own_cnn = train_pooled(own_set, path, cfg, role="own", progress=progress,
                                    members=members)
         except Exception as exc:  # e.g. a site with one class: report it, go on
+            if group.active and not isinstance(exc, ClassifierTrainingError | ValueError):
+                raise  # one process failed mid-training: stop the job, not drift apart
             if main:
                 log(f"own-synthetic CNN for {acc['site']} not trained: {exc}")
             continue

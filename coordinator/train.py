@@ -61,6 +61,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         raise ValueError(f"members must be ≥ 1, got {members}")
     # before any training: a file of one network per member must already fit what sites accept
     per_member = _per_member(members, *_network_bytes(cfg, len(pooled.class_names)))
+    # Under torchrun (several GPUs) every process trains its share of each batch.
+    group = ProcessGroup()
     t0 = time.monotonic()
     member_cfg = cfg if cfg.max_minutes is None or members == 1 else replace(
         cfg, max_minutes=cfg.max_minutes / members)
@@ -79,7 +81,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         # Teacher labels when the bundles carried them: the CNN distils every site's S.
         trained = train_classifier(pooled.images, pooled.labels, len(pooled.class_names),
                                    replace(member_cfg, seed=cfg.seed + m), progress=progress,
-                                   device=device, soft_labels=pooled.soft, on_epoch=keep)
+                                   device=device, soft_labels=pooled.soft, on_epoch=keep,
+                                   group=group)
         best = int(trained.val_metrics.get("best_epoch", 0))
         if best >= 1 and best not in states:  # the best epoch is always sent: trained.model
             del states[min(states)]           # holds its weights (restored at the end)
@@ -122,7 +125,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
         "config": to_dict(cfg),
         "members": members,
     }
-    if not ProcessGroup().main:  # under torchrun, rank 0 alone writes (the nets are equal)
+    if not group.main:  # under torchrun, rank 0 alone writes (the nets are equal)
         return {"role": role, "weights": None, "seconds": round(seconds, 2)}
     # float16 on the wire: K networks go to every site; AUCs are unchanged to 3 decimals
     # (tests/coordinator/test_train_candidates.py checks the predictions).

@@ -138,7 +138,9 @@ def pick_device(device: str | None = None) -> torch.device:
             dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         return dev
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda")
     return torch.device("cpu")
 
 
@@ -281,6 +283,7 @@ def train_classifier(
     val_eligible: npt.NDArray[np.bool_] | None = None,
     soft_labels: npt.NDArray[np.floating[Any]] | None = None,
     on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+    group: ProcessGroup | None = None,
 ) -> TrainedClassifier:
     """Train the CNN on *training* images only; return the best-validation-epoch model.
 
@@ -295,6 +298,11 @@ def train_classifier(
     instead of one-hot ``labels`` (knowledge distillation: a synthetic image labelled by the
     site classifier's belief, not only by the class it was drawn for). Early stopping and the
     threshold still use the hard ``labels`` of the validation part.
+
+    ``group`` (optional): train as one process of a ``torchrun`` job (several GPUs), each
+    process on its share of every batch; the coordinator's CNN passes it. Opt-in, not read
+    from the environment: a site's S trains on rank 0 alone inside a multi-GPU GAN job, and a
+    job's other callers (baselines, scoring) must stay single-process.
 
     ``images`` may stay on disk (a pool opened with ``np.load(..., mmap_mode="r")`` or an
     :class:`shared.image_rows.ImageRows`): each step reads only its batch, so memory does not
@@ -344,12 +352,17 @@ def train_classifier(
         model = ResNetClassifier(num_classes, width=cfg.width, norm=cfg.norm).to(dev)
     # Under torchrun every process holds the same network (same seed) and the same epoch
     # order (same generator), takes its share of each batch, and DistributedDataParallel
-    # averages the gradients, so the networks stay identical and every process validates,
-    # stops and keeps the same epoch. Alone, this is the single-process loop unchanged.
-    group = ProcessGroup()
-    group.start(dev)
+    # averages the gradients, so the networks stay identical; every decision that could
+    # differ by a rounding (the best epoch, early stopping, the clock) is rank 0's. Alone,
+    # this is the single-process loop unchanged.
+    group = group if group is not None and group.active else ProcessGroup.single()
     step_model: torch.nn.Module = model
     if group.active:
+        if min(cfg.batch, len(tr_idx)) < 2 * group.world:
+            raise ClassifierTrainingError(
+                f"batch {min(cfg.batch, len(tr_idx))} cannot be split over {group.world} "
+                f"processes (at least 2 rows each); raise the batch to ≥ {2 * group.world}")
+        group.start(dev)
         step_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -392,6 +405,7 @@ def train_classifier(
                 idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
                 if len(idx) < 2 * group.world:  # the same decision on every process
                     continue
+                n_global = len(idx)
                 idx = group.shard(idx)
                 x = _to_input(torch.from_numpy(images.take(tr_idx[idx.numpy()])), dev)
                 y = tr_y[idx].to(dev) if tr_soft is None else tr_soft[idx].to(dev)
@@ -404,14 +418,17 @@ def train_classifier(
                 with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
                     loss = F.cross_entropy(step_model(x), y,
                                            label_smoothing=cfg.label_smoothing)
+                # DDP averages the processes' mean losses; weighting each by its share makes
+                # that the global batch's mean when the shares differ by a row.
+                weight = len(idx) * group.world / n_global
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * weight if group.active else loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 loss_sum += loss.detach().float()
                 n_steps += 1
                 if bar is not None and task is not None:
-                    bar.update(task, advance=len(idx))
+                    bar.update(task, advance=n_global)
                     if n_steps % 50 == 1:
                         bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
                 total_steps += 1
@@ -452,7 +469,10 @@ def train_classifier(
             if on_epoch is not None:
                 model.eval()
                 on_epoch(epoch, model)
-            if best_state is None or key > best_key:
+            improved = best_state is None or key > best_key
+            if group.active:
+                improved = group.any_(improved and group.main, dev)
+            if improved:
                 best_key, best_epoch, best_probs = key, epoch, probs
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if stopped in ("time-budget", "step-budget"):

@@ -26,6 +26,13 @@ class ProcessGroup:
         self.rank = int(os.environ.get("RANK", "0"))
         self.active = self.world > 1
 
+    @classmethod
+    def single(cls) -> ProcessGroup:
+        """A job of one, whatever the environment says."""
+        group = cls()
+        group.world, group.rank, group.active = 1, 0, False
+        return group
+
     @property
     def main(self) -> bool:
         """Rank 0: the one process that writes files, state and logs."""

@@ -8,6 +8,7 @@ are :class:`coordinator.phases.RunSettings`' ``cnn-*`` keys).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,14 +42,11 @@ def command(
     process per GPU; each trains its share of every batch)."""
     from coordinator.errors import CoordinatorError
     from coordinator.phases import RunSettings
-    from coordinator.pipeline import request_evaluations, train_step, weights_for
+    from coordinator.pipeline import train_step
     from coordinator.state import CoordinatorState
     from shared.cnn_train import ClassifierConfig
     from shared.config import resolve, to_dict
     from shared.data_parallel import ProcessGroup
-    from shared.names import safe_name
-    from shared.progress import say
-    from shared.protocol import write_request_folder
 
     cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier",
                   defaults=to_dict(RunSettings().cnn_config()))
@@ -58,13 +56,27 @@ def command(
         raise CoordinatorError(f"{work / 'state.db'}: run {run_name!r} has no pool yet; run "
                                "`synthlearn coordinator pool` first")
     group = ProcessGroup()
-    if not group.main:
-        # Under torchrun (several GPUs): this process trains its share of every batch; rank 0
-        # writes the weights, the state and the requests.
-        state.close()
-        train_step(pool, work, cfg, own=own, members=members or RunSettings().cnn_members)
+    try:
+        if not group.main:
+            # Under torchrun (several GPUs): this process trains its share of every batch;
+            # rank 0 writes the weights, the state and the requests.
+            state.close()
+            train_step(pool, work, cfg, own=own, members=members or RunSettings().cnn_members)
+            return
+        _train_and_request(state, pool, work, cfg, run_name, own, members, n_boot)
+    finally:
         group.stop()
-        return
+
+
+def _train_and_request(state: Any, pool: dict[str, Any], work: Path, cfg: Any, run_name: str,
+                       own: bool, members: int | None, n_boot: int) -> None:
+    """Rank 0 (or the only process): the CNNs, then the state and one request per site."""
+    from coordinator.phases import RunSettings
+    from coordinator.pipeline import request_evaluations, train_step, weights_for
+    from shared.names import safe_name
+    from shared.progress import say
+    from shared.protocol import write_request_folder
+
     state.start_phase(run_name, "train")
     trained = train_step(pool, work, cfg, own=own, progress=True, log=say,
                          members=members or RunSettings().cnn_members)
@@ -79,4 +91,3 @@ def command(
         typer.echo(f"{site}: {path}  (site runs: synthlearn node evaluate --request "
                    f"request.json --site-dir SITE)")
     state.finish_phase(run_name, "evaluate", {"requests": requests})
-    group.stop()

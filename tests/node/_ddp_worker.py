@@ -1,5 +1,5 @@
-"""One process of a torchrun job in tests/node/test_multi_process.py: train the tiny GAN on
-the arrays in DIR/data.npz into DIR/run, then write this rank's weight checksum."""
+"""One process of a torchrun job in tests/node/test_multi_process.py: train the tiny GAN (or
+SpineGAN) on the arrays in DIR/data.npz into DIR/run, then write this rank's weight checksum."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ TINY = {"batch": 4, "min_class_images": 1, "resolution": 8, "channel_base": 64,
 
 def main() -> None:
     out, kimg = Path(sys.argv[1]), float(sys.argv[2])
+    model = sys.argv[3] if len(sys.argv) > 3 else "gan"
+    extra = ({"model": "spinegan", "resolution": 16, "spine_epochs": 1, "spine_min_steps": 2}
+             if model == "spinegan" else {})
     torch.set_num_threads(1)
     data = np.load(out / "data.npz")
     seen: dict[str, Trainer] = {}
@@ -33,8 +36,8 @@ def main() -> None:
         return original(self)
 
     Trainer.step = step  # type: ignore[method-assign]
-    train_arrays(data["x"], data["y"], ["a", "b"], GanConfig(kimg=kimg, **TINY), out / "run",
-                 progress=False)
+    train_arrays(data["x"], data["y"], ["a", "b"], GanConfig(kimg=kimg, **{**TINY, **extra}),
+                 out / "run", progress=False)
     tr = seen["t"]
     flat = torch.cat([p.detach().flatten() for p in tr.G.parameters()] +
                      [p.detach().flatten() for p in tr.D.parameters()])

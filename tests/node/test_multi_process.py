@@ -18,10 +18,10 @@ WORKER = Path(__file__).with_name("_ddp_worker.py")
 pytestmark = pytest.mark.slow
 
 
-def _torchrun(out: Path, kimg: float, procs: int) -> None:
+def _torchrun(out: Path, kimg: float, procs: int, model: str = "gan") -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={procs}", str(WORKER), str(out), str(kimg)]
+           f"--nproc_per_node={procs}", str(WORKER), str(out), str(kimg), model]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
@@ -56,3 +56,14 @@ def test_two_processes_stay_identical_and_resume_across_process_counts(tmp_path:
     starts = [e for e in events if e.get("event") == "start"]
     assert [e["processes"] for e in starts] == [2, 1, 2]
     assert [e["kimg"] for e in starts] == pytest.approx([0.0, 0.012, 0.02])
+
+
+def test_spinegan_trains_its_classifier_on_rank_zero_alone_and_goes_on(tmp_path: Path) -> None:
+    """S trains on rank 0 while the others wait: its CNN recipe must not join the job's
+    collectives (a hang here was a regression once)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 255, (32, 16, 16), dtype=np.uint8),
+             y=np.arange(32) % 2)
+    _torchrun(tmp_path, 0.012, 2, model="spinegan")
+    r0, r1 = _ranks(tmp_path)
+    assert r0["world"] == r1["world"] == 2 and r0["sum"] == r1["sum"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.cnn_train import ClassifierConfig, train_classifier  # noqa: E402
-from shared.data_parallel import ProcessGroup  # noqa: E402
+from shared.cnn_train import ClassifierConfig, train_classifier
+from shared.data_parallel import ProcessGroup
 
 
 def main() -> None:
@@ -32,10 +33,25 @@ def main() -> None:
         return part
 
     ProcessGroup.shard = shard  # type: ignore[method-assign]
+    if mode == "skew" and rank == "1":
+        # This process's clock alone runs out after a few readings: both must still stop on
+        # the same step (rank 0's clock has minutes left).
+        import types
+
+        import shared.cnn_train as cnn_train
+
+        calls = [0]
+
+        def monotonic() -> float:
+            calls[0] += 1
+            return time.monotonic() + (1e6 if calls[0] > 2 else 0.0)
+
+        cnn_train.time = types.SimpleNamespace(monotonic=monotonic)  # type: ignore[assignment]
     cfg = ClassifierConfig(epochs=3, batch=8, width=8, patience=0, seed=3,
                            max_minutes=max_minutes if max_minutes > 0 else None)
-    if mode == "cnn":
-        trained = train_classifier(data["x"], data["y"], 2, cfg, progress=False)
+    if mode in ("cnn", "skew"):
+        trained = train_classifier(data["x"], data["y"], 2, cfg, progress=False,
+                                   group=ProcessGroup())
         flat = torch.cat([v.detach().double().flatten()
                           for v in trained.model.state_dict().values()])
         doc = {"sum": float(flat.sum()), "abs": float(flat.abs().sum()),

@@ -51,7 +51,36 @@ def test_one_process_trains_whole_batches(tmp_path: Path) -> None:
     assert single["shards"] and all(len(s) == 8 for s in single["shards"])
 
 
-def test_a_time_budget_stops_every_process_together(tmp_path: Path) -> None:
-    r0, r1 = torchrun(tmp_path, "cnn", max_minutes=1e-6)
+def test_one_processs_clock_running_out_stops_every_process_together(tmp_path: Path) -> None:
+    r0, r1 = torchrun(tmp_path, "skew", max_minutes=10.0)  # only rank 1's clock runs out
     assert r0["stopped"] == r1["stopped"] == "time-budget"
-    assert r0["epochs"] == r1["epochs"] and r0["sum"] == r1["sum"]
+    assert r0["epochs"] == r1["epochs"] < 3 and r0["sum"] == r1["sum"]
+
+
+def test_a_batch_too_small_to_split_is_refused_before_training(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.cnn_train import ClassifierConfig, train_classifier
+    from shared.data_parallel import ProcessGroup
+    from shared.errors import ClassifierTrainingError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    x = np.zeros((40, 8, 8), np.uint8)
+    with pytest.raises(ClassifierTrainingError, match=r"batch 6 cannot be split over 4.*≥ 8"):
+        train_classifier(x, np.arange(40) % 2, 2, ClassifierConfig(batch=6, width=8),
+                         progress=False, group=ProcessGroup())
+
+
+def test_without_a_group_the_recipe_stays_one_process_under_torchrun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site's S trains on rank 0 alone inside a multi-GPU GAN job: the recipe must not
+    join the job's collectives just because torchrun's variables are set."""
+    from shared.cnn_train import ClassifierConfig, train_classifier
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    rng = np.random.default_rng(0)
+    trained = train_classifier(rng.integers(0, 255, (40, 16, 16), dtype=np.uint8),
+                               np.arange(40) % 2, 2, ClassifierConfig(epochs=1, batch=8, width=8),
+                               progress=False)
+    assert len(trained.history) == 1

@@ -69,7 +69,7 @@ def test_train_classifier_cannot_receive_a_test_split() -> None:
     params = set(inspect.signature(train_classifier).parameters)
     assert not any("test" in p for p in params)
     assert params == {"images", "labels", "num_classes", "cfg", "progress", "device",
-                      "val_eligible", "soft_labels", "on_epoch"}
+                      "val_eligible", "soft_labels", "on_epoch", "group"}
 
 
 def test_an_epoch_observer_sees_every_epoch_and_changes_nothing() -> None:
