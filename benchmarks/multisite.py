@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round2", action="store_true",
                     help="second round: each site pretrains on the OTHER sites' pooled synthetic "
                          "images (--init-from), fine-tunes on its own, exports again; adds the "
-                         "'pooled-round2' arm")
+                         "'pooled-round2' arm (and 'pooled-round2-selected' with --select)")
     ap.add_argument("--round2-epsilon-share", type=float, default=0.3,
                     help="under DP, the share of each site's ε kept for round 2 (round 1 gets "
                          "the rest; both are charged to the site budget --dp-epsilon)")
@@ -469,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             soft3 = (np.concatenate([synth_x3[n][2] for n in site_names])
                   if arm == "teacher-factor3" else None)
             fit(f"pooled-{arm}", x3, y3, soft_labels=soft3)
+    round2_pool: tuple[U8, I64] | None = None
     if args.round2:
         from node.store import SiteStore
         from shared.synthetic import SyntheticSet
@@ -499,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             r2x.append(s2.images)
             r2y.append(s2.labels)
             r2soft.append(s2.soft)
-        fit("pooled-round2", np.concatenate(r2x), np.concatenate(r2y),
+        round2_pool = (np.concatenate(r2x), np.concatenate(r2y))
+        fit("pooled-round2", *round2_pool,
             soft_labels=np.concatenate(r2soft) if args.teacher else None)
     central_x = np.concatenate([train_sets[n][0] for n in site_names])
     central_y = np.concatenate([train_sets[n][1] for n in site_names])
@@ -526,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
             scores["pooled-selected"], selection = selected_arm(
                 pooled_x, pooled_y, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
                 int(members), tests, train_sets, central_x, central_y, args)
+        if round2_pool is not None:  # the product's path on the round-2 generators
+            with clock.stage("cnn pooled-round2-selected"):
+                scores["pooled-round2-selected"], _ = selected_arm(
+                    *round2_pool, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
+                    int(members), tests, train_sets, central_x, central_y, args)
 
     table: list[dict[str, Any]] = []
     for n in site_names:
