@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from shared.classifier import ResNetClassifier
-from shared.data_parallel import ProcessGroup
+from shared.data_parallel import ProcessGroup, local_cuda
 from shared.errors import ClassifierTrainingError
 from shared.image_rows import ImageRows, image_rows
 from shared.metrics.auc import class_auc
@@ -130,18 +130,9 @@ class TrainedClassifier:
 def pick_device(device: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU. Under ``torchrun`` each
     process takes the GPU of its ``LOCAL_RANK``."""
-    import os
-
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
-            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        return dev
-    if torch.cuda.is_available():
-        if "LOCAL_RANK" in os.environ:
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        return torch.device("cuda")
-    return torch.device("cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_cuda(torch.device(device))
 
 
 def stratified_holdout(
@@ -432,12 +423,9 @@ def train_classifier(
                     if n_steps % 50 == 1:
                         bar.update(task, status=f"ep {epoch} loss {float(loss_sum) / n_steps:.3f}")
                 total_steps += 1
-                if group.active:
-                    # Processes agree on the clock every 16 steps (a host read each time).
-                    if total_steps % 16 == 0 and group.any_(time.monotonic() > deadline, dev):
-                        stopped = "time-budget"
-                        break
-                elif time.monotonic() > deadline:
+                # Several processes agree on the clock every 16 steps (a host read each time).
+                if ((not group.active or total_steps % 16 == 0)
+                        and group.any_(time.monotonic() > deadline, dev)):
                     stopped = "time-budget"
                     break
                 if cfg.max_steps is not None and total_steps >= cfg.max_steps:

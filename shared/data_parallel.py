@@ -18,6 +18,14 @@ import os
 import torch
 
 
+def local_cuda(device: torch.device) -> torch.device:
+    """A CUDA device without an index → the GPU of this process's ``LOCAL_RANK`` under
+    ``torchrun`` (one GPU per process), the current GPU otherwise; other devices unchanged."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 class ProcessGroup:
     """Rank and world size from ``torchrun``'s environment; a job of one otherwise."""
 

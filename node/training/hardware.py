@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from node.errors import DeviceError
-from shared.data_parallel import ProcessGroup
+from shared.data_parallel import ProcessGroup, local_cuda
 
 CUDA_CONTEXT_BYTES = 1 << 30
 """CUDA context, cuDNN workspaces and allocator slack that no tensor accounts for (~1 GiB)."""
@@ -59,9 +59,7 @@ def pick_device(requested: str | None = None) -> torch.device:
             if device.index is not None and device.index >= torch.cuda.device_count():
                 raise DeviceError(f"--device {requested}: only {torch.cuda.device_count()} "
                                   "GPU(s) present")
-            if device.index is None and "LOCAL_RANK" in os.environ:
-                device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        return device
+        return local_cuda(device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if not os.environ.get("OMP_NUM_THREADS"):
