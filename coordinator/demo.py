@@ -30,7 +30,7 @@ from typing import Any
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "sites": 3, "scale": 1.0, "size": 32, "model": "spinegan", "gan_minutes": 4.0,
-    "n_synthetic": 1000, "cnn_minutes": 1.5, "classes": "binary", "seed": 0,
+    "n_synthetic": 1000, "cnn_minutes": 1.5, "classes": "binary", "seed": 0, "rounds": 1,
 }
 """The one table of the demo's defaults (the command's options read it). Budgets are sized
 for ≤ 10 minutes on a 2-core CPU with the three sites training in parallel."""
@@ -43,7 +43,7 @@ def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
              size: int = _D["size"], model: str = _D["model"],
              gan_minutes: float = _D["gan_minutes"], n_synthetic: int = _D["n_synthetic"],
              cnn_minutes: float = _D["cnn_minutes"], classes: str = _D["classes"],
-             seed: int = _D["seed"], fresh: bool = True,
+             seed: int = _D["seed"], rounds: int = _D["rounds"], fresh: bool = True,
              timeout: float = 1800.0) -> dict[str, Any]:
     from coordinator.launch import ConsoleEcho, submit_and_watch
     from shared.files import atomic_write_json
@@ -82,7 +82,8 @@ def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
             run_config = demo_run_config(work, trust, sites=sites, size=size,
                                          model=model, gan_minutes=gan_minutes,
                                          n_synthetic=n_synthetic,
-                                         cnn_minutes=cnn_minutes, classes=classes, seed=seed)
+                                         cnn_minutes=cnn_minutes, classes=classes, seed=seed,
+                                         rounds=rounds)
             row = submit_and_watch(fed.connection, fed.cli_home, run_config, timeout=timeout,
                                    echo=echo, signing=(fed.database, app_key))
             timing["flower_run"] = round(time.monotonic() - t0, 2)
@@ -94,13 +95,14 @@ def run_demo(out: Path, *, sites: int = _D["sites"], scale: float = _D["scale"],
     state = CoordinatorState(work / "state.db")
     phases = state.phase_times("demo")
     state.close()
-    rounds = [json.loads(line) for line in (work / "rounds.jsonl").read_text().splitlines()]
+    flower_rounds = [json.loads(line)
+                     for line in (work / "rounds.jsonl").read_text().splitlines()]
     total = round(time.monotonic() - t_all, 2)
     doc = {"total_seconds": total, "steps_seconds": timing, "run_phases_seconds": phases,
-           "flower_rounds": rounds, "run_id": row.get("run_id"),
+           "flower_rounds": flower_rounds, "run_id": row.get("run_id"),
            "flower_status": row.get("status"), "sites": sites, "scale": scale, "size": size,
            "model": model, "gan_minutes": gan_minutes, "n_synthetic": n_synthetic,
-           "cnn_minutes": cnn_minutes, "classes": classes, "seed": seed}
+           "cnn_minutes": cnn_minutes, "classes": classes, "seed": seed, "rounds": rounds}
     atomic_write_json(out / "demo-timing.json", doc, sort_keys=False)
     report_json = work / "report" / "report.json"
     if report_json.exists():
@@ -210,7 +212,7 @@ def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str
 def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
                     model: str = "gan", gan_minutes: float = 1.5, n_synthetic: int = 200,
                     cnn_minutes: float = 1.5, classes: str = "binary",
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, rounds: int = 1) -> dict[str, Any]:
     """The demo's run config (train mode, small budgets; ``classes`` binary or lesion)."""
     if classes not in ("binary", "lesion"):
         from coordinator.errors import CoordinatorError
@@ -245,4 +247,9 @@ def demo_run_config(work: Path, trust: Path, *, sites: int = 3, size: int = 32,
         # synthetic" column: three more CNNs at the coordinator would repeat that measurement
         # and take ≈ 2 of the demo's 10 minutes from the GANs.
         "own-synthetic": False,
+        # Round 2 (--rounds 2) takes about as long as round 1: half the GAN budget pretrains
+        # on the other sites' images, half fine-tunes on the site's own.
+        "rounds": rounds,
+        "round2-gan-config": json.dumps({"max_minutes": gan_minutes / 2,
+                                         "init_pretrain_kimg": 8.0}),
     }

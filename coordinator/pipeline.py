@@ -133,6 +133,59 @@ def _own_set(bundle: Path, trust_dir: Path) -> Any:
     return s
 
 
+def round2_payloads(pool: Mapping[str, Any], trust_dir: Path, max_images: int,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """site → its round-2 pretraining set: the synthetic images of every *other* accepted
+    site, re-read from their verified bundles (so, by construction, nothing but what the sites
+    exported), encoded by :func:`shared.pretrain_set.encode`. At most ``max_images`` each (a
+    per-class proportional sample, seeded, when the others hold more). A site alone in the
+    pool gets nothing: it keeps its round-1 bundle."""
+    import numpy as np
+
+    from shared import pretrain_set
+    from shared.files import sha256_bytes
+
+    sets = {}
+    for acc in pool.get("accepted", []):
+        own = _own_set(Path(acc["path"]), trust_dir)
+        if own is not None:
+            sets[str(acc["site"])] = own
+    out: dict[str, dict[str, Any]] = {}
+    for site in sets:
+        others = [sets[o] for o in sorted(sets) if o != site]
+        if not others:
+            continue
+        images = np.concatenate([o.images for o in others])
+        labels = np.concatenate([o.labels for o in others])
+        if len(labels) > max_images:
+            keep = _stratified(labels, max_images, seed)
+            images, labels = images[keep], labels[keep]
+        data = pretrain_set.encode(images, labels, list(others[0].class_names))
+        out[site] = {"data": data, "sha256": sha256_bytes(data), "images": len(labels),
+                     "from_sites": [o for o in sorted(sets) if o != site]}
+    return out
+
+
+def _stratified(labels: Any, n: int, seed: int) -> Any:
+    """Sorted indices of a per-class proportional sample of ``n`` rows (each class ≥ 1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(int)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=min(q, k), replace=False)
+             for c, q, k in zip(classes, quota, counts, strict=True)]
+    return np.sort(np.concatenate(picks))[:n] if picks else np.arange(0)
+
+
+def used_pool(state: CoordinatorState, run: str) -> dict[str, Any] | None:
+    """The pool the CNN trains on: round 2's when the run had one, else round 1's."""
+    second = state.phase_result(run, "round2") or {}
+    if second.get("accepted"):
+        return second
+    return state.phase_result(run, "pool")
+
+
 # -- 3. request evaluations ---------------------------------------------------------------------
 def request_evaluations(run: str, trained: Mapping[str, Any], sites: Iterable[str],
                         n_boot: int) -> dict[str, dict[str, Any]]:
@@ -229,7 +282,7 @@ def report_step(state: CoordinatorState, run: str, work: Path, *, mode: str, tra
     """``work/report/report.html`` and ``report.json``; their paths."""
     from coordinator.report import build_report, write_report
 
-    pool = state.phase_result(run, "pool")
+    pool = used_pool(state, run)
     trained = state.phase_result(run, "train") or {}
     report = build_report(run=run, sites=site_rows(state, run, pool), pool=pool,
                           cnn=trained.get("pooled"), phases=state.phase_times(run), mode=mode,

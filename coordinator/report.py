@@ -496,8 +496,19 @@ def render_html(report: dict[str, Any]) -> str:
         out.append("<p>None: every site sent a verified bundle and signed evaluations.</p>")
     out.append("<h2>Pooled synthetic set</h2>")
     acc = pool.get("accepted") or []
+    two_rounds = isinstance(pool.get("round2"), dict)
+    if two_rounds:
+        sent = pool["round2"].get("pretrain_images")
+        sent = sent if isinstance(sent, dict) else {}
+        out.append("<p>Two rounds: after pooling round 1, each site received the other "
+                   "sites' synthetic images (" + ", ".join(
+                       f"{esc(str(k))}: {_num(v, 0)}" for k, v in sent.items())
+                   + "), pretrained a new GAN on them and fine-tuned it on its own real "
+                   "images. The pool below holds each site's round-2 bundle, or its round-1 "
+                   "bundle where round 2 failed (column Round).</p>")
     if acc:
-        out.append("<table><tr><th>Site</th><th>Bundle id</th><th>Images</th><th>Per class</th>"
+        out.append("<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
+                   + "<th>Bundle id</th><th>Images</th><th>Per class</th>"
                    "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
                    "ledger</small></th><th>Key</th></tr>")
         for a in acc:
@@ -516,7 +527,8 @@ def render_html(report: dict[str, Any]) -> str:
             a_counts: dict[str, Any] = a["counts"] if isinstance(a.get("counts"), dict) else {}
             counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in a_counts.items())
             ledger = a.get("privacy_ledger") if isinstance(a.get("privacy_ledger"), dict) else {}
-            out.append(f"<tr><td>{esc(str(a.get('site')))}</td><td><code>"
+            round_cell = f"<td>{esc(str(a.get('round', '1')))}</td>" if two_rounds else ""
+            out.append(f"<tr><td>{esc(str(a.get('site')))}</td>{round_cell}<td><code>"
                        f"{esc(str(a.get('bundle_id'))[:13])}…</code></td><td class='n'>"
                        f"{_num(a.get('images'), 0)}</td><td>{counts}</td><td>{gate_txt}</td>"
                        f"<td class='n'>{_num(eps, 2) if is_number(eps) else 'not private'}"

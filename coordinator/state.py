@@ -35,8 +35,9 @@ from typing import Any
 from coordinator.errors import KeyChangedError, StateError
 
 SCHEMA_VERSION = 1
-PHASES = ("bundles", "pool", "train", "evaluate", "report")
-"""Run phases, in order (DESIGN §1)."""
+PHASES = ("bundles", "pool", "round2", "train", "evaluate", "report")
+"""Run phases, in order (DESIGN §1). ``round2`` does nothing unless the run asks for two
+rounds (``RunSettings.rounds``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

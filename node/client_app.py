@@ -9,6 +9,8 @@ Message layout (protocol 1):
 
 * request: ``ConfigRecord "request"`` (action, protocol, parameters); for ``evaluate`` also
   ``ArrayRecord "weights"`` with the npz bytes as uint8 arrays ("pooled", optionally "own");
+  for a round-2 ``export-bundle`` the same record holds "pretrain" (the other sites'
+  synthetic images, :mod:`shared.pretrain_set`);
 * reply: ``ConfigRecord "reply"`` (status, site, numbers, one JSON document of signed
   records); for ``export-bundle`` also ``ArrayRecord "bundle"`` (the signed bundle file as
   uint8; Flower chunks it).
@@ -49,6 +51,16 @@ def _request(content: RecordDict) -> dict[str, Any]:
     return dict(content.config_records["request"])
 
 
+def _arrays(content: RecordDict) -> dict[str, bytes]:
+    """The message's byte payloads (ArrayRecord "weights", role → uint8 array): CNN weights
+    for ``evaluate``, the round-2 pretraining set for ``export-bundle``."""
+    out: dict[str, bytes] = {}
+    if "weights" in content.array_records:
+        for role, arr in content.array_records["weights"].items():
+            out[role] = arr.numpy().astype(np.uint8, copy=False).tobytes()
+    return out
+
+
 def _to_content(reply: Reply) -> RecordDict:
     content = RecordDict({"reply": ConfigRecord(dict(reply.config))})
     if reply.bundle is not None:
@@ -72,12 +84,15 @@ def answer_content(content: RecordDict, node_config: dict[str, Any], expected: s
         if action == "ping":
             reply = handle_ping(settings, request)
         elif action == "export-bundle":
-            reply = handle_export(settings, request, log=_logger.info)
+            arrays = _arrays(content)
+            unknown = sorted(set(arrays) - {"pretrain"})
+            if unknown:
+                raise RequestRefusedError(f"export-bundle request carries arrays {unknown}; "
+                                          "only a round-2 'pretrain' set may come with it")
+            reply = handle_export(settings, request, log=_logger.info,
+                                  pretrain=arrays.get("pretrain"))
         else:
-            weights: dict[str, bytes] = {}
-            if "weights" in content.array_records:
-                for role, arr in content.array_records["weights"].items():
-                    weights[role] = arr.numpy().astype(np.uint8, copy=False).tobytes()
+            weights = _arrays(content)
             if "pooled" not in weights:
                 raise RequestRefusedError("evaluate request carries no 'pooled' weights")
             reply = handle_evaluate(settings, request, weights)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from node.site_policy import SitePolicy
 from shared.errors import RequestRefusedError
 from shared.files import sha256_bytes
@@ -246,18 +248,24 @@ def _noop(_: str) -> None:
 
 
 def handle_export(settings: NodeSettings, request: Mapping[str, Any],
-                  log: Log = _noop) -> Reply:
+                  log: Log = _noop, pretrain: bytes | None = None) -> Reply:
     """Produce a fresh signed bundle and return its bytes.
 
     ``collect``: export the site's latest audited synthetic set (trained by its admin).
     ``train``: train within the stated budget (capped by the site's own ``max-train-minutes``),
     generate, audit, then export. Either way the export applies the audit gates; only the
     admin's ``accept-risk`` node setting can override them.
+
+    ``round`` 2 (``train`` only) comes with ``pretrain``: the other sites' synthetic images
+    (:mod:`shared.pretrain_set`). The GAN pretrains on them, then fine-tunes on this site's
+    real images, in a new run ``<tag>-round2``; the privacy ledger counts both rounds, so a
+    second round that would pass the site's lifetime ε is refused before training.
     """
     check_request(request)
     mode = request.get("mode", "collect")
     if mode not in ("collect", "train"):
         raise RequestRefusedError(f"mode {mode!r} is neither 'collect' nor 'train'")
+    round_no = _round_of(request, mode, pretrain)
     t0 = time.monotonic()
     tag = safe_name(str(request.get("run-tag", "")), fallback="federation", max_len=48)
     synthetic_name = "default"
@@ -267,7 +275,8 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
             raise RequestRefusedError(
                 "this site does not train on request (site policy allow_train = false); ask "
                 "its admin to train and audit locally, then use mode 'collect'")
-        synthetic_name = _train_generate_audit(settings, policy, request, tag, log)
+        synthetic_name = _train_generate_audit(settings, policy, request, tag, log,
+                                               pretrain if round_no == 2 else None)
         _ensure_baseline(settings, policy, request, log)
         _score_synthetic(settings, request, synthetic_name, log)
     from node.export import export_bundle
@@ -322,8 +331,76 @@ def check_training_request(policy: SitePolicy, cfg: Any, site_dir: Path) -> None
     check_budget(site_dir, float(cfg.dp_epsilon), policy.lifetime_epsilon)
 
 
+def _round_of(request: Mapping[str, Any], mode: str, pretrain: bytes | None) -> int:
+    """The request's round (1 or 2), checked against what came with it."""
+    try:
+        round_no = int(request.get("round", 1))
+    except (TypeError, ValueError):
+        raise RequestRefusedError(f"round {str(request.get('round'))[:40]!r} is not 1 or 2") \
+            from None
+    if round_no not in (1, 2):
+        raise RequestRefusedError(f"round {round_no} is not 1 or 2")
+    if round_no == 2 and mode != "train":
+        raise RequestRefusedError("a second round trains a new GAN: it needs mode 'train'")
+    if round_no == 2 and pretrain is None:
+        raise RequestRefusedError("a round-2 request carries no pretraining set ('pretrain')")
+    if round_no == 1 and pretrain is not None:
+        raise RequestRefusedError("a pretraining set comes only with a round-2 request")
+    return round_no
+
+
+def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
+                         request: Mapping[str, Any], data: bytes, classes: str,
+                         tag: str) -> Path:
+    """Check the round-2 pretraining set and keep it at ``SITE/round2-inputs/<tag>/``.
+
+    Everything a hostile coordinator could put in it is checked before anything is written:
+    its SHA-256 against the request, its format and size (:func:`shared.pretrain_set.decode`,
+    capped by the site policy's ``max_pretrain_images``), and that its classes and image size
+    are this site's. The folder stays, so the site can see what its round-2 GAN learnt from.
+    """
+    from node.store import SiteStore
+    from shared import pretrain_set
+    from shared.errors import SyntheticSetError
+    from shared.synthetic import SyntheticSet
+
+    want = str(request.get("pretrain-sha256", ""))
+    if sha256_bytes(data) != want:
+        raise RequestRefusedError(f"the pretraining set has SHA-256 {sha256_bytes(data)}, the "
+                                  f"request says {want[:64]!r}; it was changed in transit")
+    try:
+        images, labels, names = pretrain_set.decode(data,
+                                                    max_images=policy.max_pretrain_images)
+    except SyntheticSetError as exc:
+        raise RequestRefusedError(str(exc)) from None
+    store = SiteStore.open(settings.site)
+    ours = store.class_names(classes)  # type: ignore[arg-type]
+    if names != ours:
+        from shared.vocabulary import mismatch
+
+        raise RequestRefusedError(f"pretraining set: "
+                                  f"{mismatch(ours, names, 'this site', 'the set')}")
+    if images.shape[1:] != (store.size, store.size):
+        raise RequestRefusedError(f"the pretraining set's images are {images.shape[1]}×"
+                                  f"{images.shape[2]}, this site's store is "
+                                  f"{store.size}×{store.size}")
+    if len(np.unique(labels)) < 2:
+        raise RequestRefusedError("the pretraining set needs images of at least two classes")
+    folder = settings.site / "round2-inputs" / tag
+    if folder.exists():  # a repeated request for the same run: the newest set is the one used
+        import shutil
+
+        shutil.rmtree(folder)
+    SyntheticSet(images, labels, names,
+                 info={"source": "round-2 pretraining set from the coordinator",
+                       "run_tag": str(request.get("run-tag", ""))[:200],
+                       "sha256": want}).save(folder)
+    return folder
+
+
 def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
-                          request: Mapping[str, Any], tag: str, log: Log) -> str:
+                          request: Mapping[str, Any], tag: str, log: Log,
+                          pretrain: bytes | None = None) -> str:
     overrides = _json_field(request, "gan-config")
     bad = sorted(FORBIDDEN_GAN_KEYS & set(overrides))
     if bad:
@@ -346,8 +423,14 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
         spine_max_minutes=min(cfg.spine_max_minutes or policy.max_spine_minutes,
                               policy.max_spine_minutes))
     audit_cfg = load_audit_config(settings.site, settings.policy_file or None)
+    init_from = None
+    if pretrain is not None:
+        init_from = receive_pretrain_set(settings, policy, request, pretrain, cfg.classes, tag)
+        tag = f"{tag}-round2"
+        log(f"{settings.name}: round 2, pretraining on the other sites' synthetic images "
+            f"(≤ {cfg.init_pretrain_kimg} kimg)")
     log(f"{settings.name}: training {cfg.model} (≤ {cfg.max_minutes} min, kimg {cfg.kimg})")
-    train(settings.site, cfg, run_name=tag, progress=False)
+    train(settings.site, cfg, run_name=tag, progress=False, init_from=init_from)
     log(f"{settings.name}: generating {n} images")
     generate(settings.site, n, run_name=tag, seed=int(request.get("seed", 0)), out_name=tag)
     log(f"{settings.name}: memorization audit (the admin's gates)")

@@ -20,6 +20,7 @@ Example ``SITE/site.toml``::
     max_evaluations_per_run = 2
     max_evaluations_per_day = 10
     max_candidates = 32          # candidate CNNs one evaluation may choose among
+    max_pretrain_images = 50000  # round 2: other sites' synthetic images (0 = no round 2)
     max_train_minutes = 60       # GAN loop
     max_spine_minutes = 20       # SpineGAN's classifier S
     max_baseline_minutes = 20    # the local real baseline CNN
@@ -63,8 +64,14 @@ class SitePolicy:
     on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
     is a few bits about that split, so this caps what one evaluation can reveal (with K
     candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). 1 = accept single networks only."""
+    max_pretrain_images: int = 50_000
+    """Most synthetic images of other sites a round-2 request may bring for this site's GAN to
+    pretrain on (:mod:`shared.pretrain_set`); 0 = this site takes no part in a second round.
+    They are other sites' exported images, never real ones, and pretraining on them spends
+    none of this site's ε."""
     max_train_minutes: float = 60.0
-    """Cap on the GAN training loop per request, whatever the request asks."""
+    """Cap on the GAN training loop per request, whatever the request asks (a round-2
+    request's pretraining stage has the same cap, so it runs at most twice this)."""
     max_spine_minutes: float = 30.0
     """Cap on SpineGAN's abnormality classifier S per request."""
     max_baseline_minutes: float = 30.0
@@ -83,6 +90,9 @@ class SitePolicy:
         for name in ("max_evaluations_per_run", "max_evaluations_per_day"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 <= self.max_pretrain_images <= 1_000_000:
+            raise ValueError(f"max_pretrain_images must be in 0..1000000, got "
+                             f"{self.max_pretrain_images}")
         if not 1 <= self.max_candidates <= 64:
             raise ValueError(f"max_candidates must be in 1..64 (1 = single networks only), "
                              f"got {self.max_candidates}")

@@ -42,7 +42,7 @@ ACTIONS: dict[str, frozenset[str]] = {
     "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),
     "export-bundle": frozenset({
         "protocol", "action", "software-version", "run-tag", "mode", "gan-config",
-        "n-synthetic", "seed", "baseline-config",
+        "n-synthetic", "seed", "baseline-config", "round", "pretrain-sha256",
     }),
     "evaluate": frozenset({
         "protocol", "action", "software-version", "run-tag", "request-id", "weights-sha256",

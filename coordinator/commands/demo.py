@@ -39,6 +39,10 @@ def command(
                                     "per site.", callback=positive),
     cnn_minutes: float = typer.Option(_D["cnn_minutes"], "--cnn-minutes",
                                       help="Downstream CNN budget.", callback=positive),
+    rounds: int = typer.Option(_D["rounds"], "--rounds", min=1, max=2, help="2: a second "
+                               "round in which each site pretrains on the other sites' "
+                               "synthetic images, then fine-tunes on its own (≈ twice the "
+                               "GAN time)."),
     engine: str = typer.Option("deployment", "--engine", help="'deployment' (real SuperLink "
                                "and SuperNodes) or 'simulation' (needs synthlearn[simulation])."),
     fresh: bool = typer.Option(True, "--fresh/--resume", help="Start from scratch, or resume "
@@ -75,6 +79,7 @@ def command(
             result = run_demo(out, sites=sites, scale=scale, size=size, model=model,
                               gan_minutes=gan_minutes, classes=classes, seed=seed,
                               n_synthetic=n_synthetic, cnn_minutes=cnn_minutes, fresh=fresh,
+                              rounds=rounds,
                               timeout=timeout_minutes * 60)
     except KeyboardInterrupt as exc:
         typer.echo("interrupted: every process the demo started has been stopped; "

@@ -42,7 +42,7 @@ def command(
     process per GPU; each trains its share of every batch)."""
     from coordinator.errors import CoordinatorError
     from coordinator.phases import RunSettings
-    from coordinator.pipeline import train_step
+    from coordinator.pipeline import train_step, used_pool
     from coordinator.state import CoordinatorState
     from shared.cnn_train import ClassifierConfig
     from shared.config import resolve, to_dict
@@ -51,7 +51,7 @@ def command(
     cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier",
                   defaults=to_dict(RunSettings().cnn_config()))
     state = CoordinatorState(work / "state.db")
-    pool = state.phase_result(run_name, "pool")
+    pool = used_pool(state, run_name)
     if pool is None:
         raise CoordinatorError(f"{work / 'state.db'}: run {run_name!r} has no pool yet; run "
                                "`synthlearn coordinator pool` first")

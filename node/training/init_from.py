@@ -116,11 +116,15 @@ def pretrain_config(cfg: GanConfig) -> GanConfig:
     """The run's network shape (DP's forced settings included), without DP, for pretraining.
 
     Pretraining reads only shared synthetic images, so it spends no ε; it keeps the shape the
-    DP fine-tune will have so the weights load.
+    DP fine-tune will have so the weights load. It stops at ``init_pretrain_kimg`` or at the
+    run's own ``max_minutes``, whichever comes first: a site's time cap per request
+    (``max_train_minutes``) then bounds each of the two stages, so a request cannot make
+    the site pretrain without end by asking for a huge ``init_pretrain_kimg``.
     """
     eff = cfg.effective()
     return dataclasses.replace(eff, dp_epsilon=None, dp_delta=None, kimg=cfg.init_pretrain_kimg,
-                               max_minutes=None, min_class_images=1, warn_class_images=0,
+                               max_minutes=cfg.max_minutes, min_class_images=1,
+                               warn_class_images=0,
                                model="gan", d_projected=False)
 
 

@@ -239,8 +239,8 @@ def test_tampered_trust_excludes_site_restart_resumes_and_killed_node_is_dropped
     assert killed, "the run finished before the CNN phase was seen"
     assert second["status"] == "finished:completed"
     state = CoordinatorState(work / "state.db")
-    assert state.completed_phases("faults") == ["bundles", "pool", "train", "evaluate",
-                                                "report"]
+    assert state.completed_phases("faults") == ["bundles", "pool", "round2", "train",
+                                                "evaluate", "report"]
     assert state.phase_result("faults", "pool") == pooled_before  # nothing pooled was lost
     assert sorted(p.read_bytes() for p in (work / "bundles").iterdir()) == bundles_before
     rounds = [json.loads(x) for x in (work / "rounds.jsonl").read_text().splitlines()]

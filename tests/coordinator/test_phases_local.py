@@ -45,7 +45,7 @@ def test_error_reply_is_a_dropout_and_rerun_resumes(tmp_path: Path) -> None:
     first = Run(settings_from_run_config({**cfg, "stop-after": "train"}),
                 FlakyTransport(node_cfg), log=logs.append)
     first.execute()
-    assert first.state.completed_phases("run") == ["bundles", "pool", "train"]
+    assert first.state.completed_phases("run") == ["bundles", "pool", "round2", "train"]
     again = Run(settings_from_run_config(cfg), FlakyTransport(node_cfg), log=logs.append)
     report = again.execute()
     assert any("resuming run run" in line for line in logs)

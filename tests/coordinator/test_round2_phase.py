@@ -1,0 +1,163 @@
+"""Round 2 of a federated run: each site receives exactly the other sites' exported synthetic
+images (nothing else, no real image of anyone), the second bundles replace the first in the
+pool, and a site whose second round fails keeps its first bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coordinator.local_transport import LocalTransport
+from coordinator.phases import Run, RunSettings, settings_from_run_config
+from shared import pretrain_set
+from shared.protocol import PROTOCOL, Outcome
+from tests.coordinator.fedutil import audited_stand_in, make_keyed_site, trust_folder
+
+SITES = ("site-a", "site-b", "site-c")
+RISK = "test stand-ins: 16 px phantoms look alike; no patient exists"
+
+
+class TwoRounds(LocalTransport):
+    """Pings and evaluations in-process; the bundle rounds return bundles the sites exported
+    earlier, and the round-2 requests and payloads are kept for the test to inspect."""
+
+    def __init__(self, sites: Mapping[str, Mapping[str, Any]],
+                 first: dict[str, Path], second: dict[str, Path]) -> None:
+        super().__init__(sites)
+        self.first, self.second = first, second
+        self.names = {i + 1: name for i, name in enumerate(sites)}
+        self.round2: dict[str, tuple[dict[str, Any], dict[str, bytes]]] = {}
+
+    def exchange(self, kind: str, requests: Mapping[int, dict[str, Any]],
+                 weights: Mapping[int, dict[str, bytes]] | None,
+                 timeout: float) -> dict[int, Outcome]:
+        if kind != "train":
+            return super().exchange(kind, requests, weights, timeout)
+        out = {}
+        for n, req in requests.items():
+            site = self.names[n]
+            bundles = self.first
+            if req.get("round") == 2:
+                self.round2[site] = (dict(req), dict((weights or {}).get(n) or {}))
+                bundles = self.second
+            if site not in bundles:  # this site's second round failed at the site
+                out[n] = Outcome(n, config={"protocol": PROTOCOL, "action": "export-bundle",
+                                            "status": "failed", "site": site,
+                                            "reason": "TrainingError: out of time"})
+                continue
+            out[n] = Outcome(n, config={"protocol": PROTOCOL, "action": "export-bundle",
+                                        "status": "ok", "site": site},
+                             bundle=bundles[site].read_bytes())
+        return out
+
+
+def _export(site: Path, name: str, seed: int, out: Path) -> Path:
+    from node.export import export_bundle
+
+    audited_stand_in(site, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_bundle(site, out, accept_risk=RISK, site=name, key_dir=site / "keys")
+    return out
+
+
+def _hashes(images: np.ndarray) -> list[str]:
+    return sorted(hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()
+                  for im in images)
+
+
+def _bundle_images(path: Path, trust: Path) -> np.ndarray:
+    from shared.bundle import verify_bundle
+
+    return verify_bundle(path, trust).synthetic.images
+
+
+def test_round2_sends_only_the_other_sites_exported_images(tmp_path: Path) -> None:
+    import torch
+
+    from node.store import SiteStore
+
+    torch.set_num_threads(1)
+    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
+             for i, name in enumerate(SITES)}
+    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
+             for i, (name, site) in enumerate(sites.items())}
+    # site-c's second round fails at the site: it must keep its first bundle.
+    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
+              for i, name in enumerate(SITES[:2])}
+    trust = trust_folder(tmp_path, sites)
+    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
+           "rounds": 2, "round2-gan-config": json.dumps({"dp_epsilon": 3.0}),
+           "gan-config": json.dumps({"kimg": 1.0, "dp_epsilon": 7.0}),
+           "expected-sites": 3, "cnn-epochs": 1, "cnn-width": 8, "cnn-batch": 16,
+           "cnn-members": 1, "n-boot": 200, "own-synthetic": False, "node-wait-s": 1.0}
+    node_cfg = {name: {"site-dir": str(site), "accept-risk": RISK}
+                for name, site in sites.items()}
+    transport = TwoRounds(node_cfg, first, second)
+    logs: list[str] = []
+    report = Run(settings_from_run_config(cfg), transport, log=logs.append).execute()
+
+    assert sorted(transport.round2) == list(SITES)
+    real = {h for site in sites.values() for split in ("train", "test")
+            for h in _hashes(SiteStore.open(site).load(split, "binary")[0])}
+    for name, (req, arrays) in transport.round2.items():
+        assert set(arrays) == {"pretrain"}  # nothing but the pretraining set travels
+        data = arrays["pretrain"]
+        assert req["pretrain-sha256"] == hashlib.sha256(data).hexdigest()
+        gan = json.loads(req["gan-config"])
+        assert gan == {"kimg": 1.0, "dp_epsilon": 3.0}  # round 2's share, over round 1's
+        images, labels, names = pretrain_set.decode(data, max_images=10_000)
+        others = np.concatenate([_bundle_images(first[o], trust) for o in SITES if o != name])
+        assert _hashes(images) == _hashes(others)  # exactly the others' exported images
+        assert not set(_hashes(images)) & set(_hashes(_bundle_images(first[name], trust)))
+        assert not set(_hashes(images)) & real  # and no stored real image of any site
+        assert names == ["normal", "abnormal"]
+
+    state = Run(settings_from_run_config(cfg), transport).state
+    result = state.phase_result("run", "round2")
+    used = {a["site"]: (a["path"], a["round"]) for a in result["accepted"]}
+    assert used["site-a"][1] == used["site-b"][1] == "2"
+    assert used["site-c"][1].startswith("1 (round 2: TrainingError: out of time")
+    # the failed site keeps round 1
+    assert Path(used["site-c"][0]).read_bytes() == first["site-c"].read_bytes()
+    pooled = np.load(tmp_path / "work" / "pool" / "pooled" / "images.npy")
+    want = np.concatenate([_bundle_images(second["site-a"], trust),
+                           _bundle_images(second["site-b"], trust),
+                           _bundle_images(first["site-c"], trust)])
+    assert set(_hashes(pooled)) <= set(_hashes(want))
+    assert not set(_hashes(pooled)) & set(_hashes(_bundle_images(first["site-a"], trust)))
+    html = Path(report["html"]).read_text()
+    assert "Two rounds" in html and "<th>Round</th>" in html
+    doc = json.loads(Path(report["json"]).read_text())
+    assert {a["site"]: a["round"] for a in doc["pool"]["accepted"]}["site-a"] == "2"
+
+
+def test_one_round_skips_round2_and_pools_once(tmp_path: Path) -> None:
+    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
+             for i, name in enumerate(SITES[:2])}
+    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
+             for i, (name, site) in enumerate(sites.items())}
+    trust = trust_folder(tmp_path, sites)
+    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
+           "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
+    transport = TwoRounds({n: {"site-dir": str(s)} for n, s in sites.items()}, first, {})
+    run = Run(settings_from_run_config(cfg), transport)
+    run.execute()
+    assert transport.round2 == {}
+    assert run.state.phase_result("run", "round2") == {"skipped": "rounds = 1"}
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"rounds": 3}, "rounds must be 1 or 2"),
+    ({"rounds": 2, "mode": "collect"}, "needs mode 'train'"),
+    ({"round2_gan_config": "[1]"}, "must be a JSON object"),
+    ({"round2_max_images": 0}, "round2_max_images"),
+])
+def test_bad_round2_settings_are_refused(bad: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        RunSettings(work_dir="w", trust_dir="t", **bad)
