@@ -67,14 +67,25 @@ def _export(site: Path, name: str, seed: int, out: Path) -> Path:
 
 
 def _hashes(images: np.ndarray) -> list[str]:
-    return sorted(hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()
-                  for im in images)
+    return sorted(_hashes_in_order(images))
+
+
+def _labelled(images: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
+    return sorted(zip(_hashes_in_order(images), labels.tolist(), strict=True))
+
+
+def _hashes_in_order(images: np.ndarray) -> list[str]:
+    return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+def _bundle_set(path: Path, trust: Path) -> Any:
+    from shared.bundle import verify_bundle
+
+    return verify_bundle(path, trust).synthetic
 
 
 def _bundle_images(path: Path, trust: Path) -> np.ndarray:
-    from shared.bundle import verify_bundle
-
-    return verify_bundle(path, trust).synthetic.images
+    return _bundle_set(path, trust).images
 
 
 def test_round2_sends_only_the_other_sites_exported_images(tmp_path: Path) -> None:
@@ -112,14 +123,17 @@ def test_round2_sends_only_the_other_sites_exported_images(tmp_path: Path) -> No
         gan = json.loads(req["gan-config"])
         assert gan == {"kimg": 1.0, "dp_epsilon": 3.0}  # round 2's share, over round 1's
         images, labels, names = pretrain_set.decode(data, max_images=10_000)
-        others = np.concatenate([_bundle_images(first[o], trust) for o in SITES if o != name])
-        assert _hashes(images) == _hashes(others)  # exactly the others' exported images
+        others = [_bundle_set(first[o], trust) for o in SITES if o != name]
+        # exactly the others' exported images, each with the label its site gave it
+        assert _labelled(images, labels) == _labelled(
+            np.concatenate([o.images for o in others]),
+            np.concatenate([o.labels for o in others]))
         assert not set(_hashes(images)) & set(_hashes(_bundle_images(first[name], trust)))
         assert not set(_hashes(images)) & real  # and no stored real image of any site
         assert names == ["normal", "abnormal"]
 
     state = Run(settings_from_run_config(cfg), transport).state
-    result = state.phase_result("run", "round2")
+    result = state.phase_result("run", "round2") or {}
     used = {a["site"]: (a["path"], a["round"]) for a in result["accepted"]}
     assert used["site-a"][1] == used["site-b"][1] == "2"
     assert used["site-c"][1].startswith("1 (round 2: TrainingError: out of time")
