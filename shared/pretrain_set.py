@@ -14,9 +14,9 @@ Layout: an uncompressed npz (``np.savez``) of exactly three members::
     labels.npy    int64 (N,)  class ids into classes
     classes.npy   unicode (K,)  the class names, in id order
 
-No pickles (``allow_pickle=False``); the sizes in each member's header are checked against
-the byte cap before any array is allocated, so a small message cannot make a site allocate
-gigabytes.
+No pickles (``allow_pickle=False``), no compression; each member's declared size is checked
+against the byte cap, and its npy header against the member's size, before any array is
+allocated, so a small message cannot make a site allocate gigabytes.
 
 >>> import numpy as np
 >>> data = encode(np.zeros((2, 4, 4), np.uint8), np.array([0, 1]), ["normal", "abnormal"])
@@ -28,6 +28,7 @@ gigabytes.
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from typing import Any
 
@@ -69,8 +70,9 @@ def decode(data: bytes, *, max_images: int,
         infos = {i.filename: i for i in zf.infolist()}
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise SyntheticSetError(f"pretraining set is not an npz file ({exc})") from None
-    if sorted(infos) != sorted(MEMBERS):
-        raise SyntheticSetError(f"pretraining set holds {sorted(infos)[:8]}, expected exactly "
+    listed = sorted(i.filename for i in zf.infolist())  # a duplicate name counts twice
+    if listed != sorted(MEMBERS):
+        raise SyntheticSetError(f"pretraining set holds {listed[:8]}, expected exactly "
                                 f"{list(MEMBERS)}")
     budget = max_images * (MAX_SIDE * MAX_SIDE + 8) + MAX_CLASSES * 4 * 256 + 4096
     total = sum(i.file_size for i in infos.values())
@@ -80,8 +82,15 @@ def decode(data: bytes, *, max_images: int,
                                 "max_pretrain_images)")
     arrays: dict[str, Any] = {}
     for name in MEMBERS:
+        info = infos[name]
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            # np.savez stores; a deflated member could unpack to far more than crossed.
+            raise SyntheticSetError(f"pretraining set: {name} is compressed; the format is an "
+                                    "uncompressed npz (np.savez)")
         try:
-            with zf.open(name) as fh:
+            with zf.open(info) as fh:
+                _check_header(fh, name, info.file_size)
+            with zf.open(info) as fh:
                 arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise SyntheticSetError(f"pretraining set: {name} is unreadable ({exc})") from None
@@ -103,6 +112,27 @@ def decode(data: bytes, *, max_images: int,
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise SyntheticSetError(f"pretraining set: labels outside 0..{len(names) - 1}")
     return images, labels.astype(np.int64), names
+
+
+def _check_header(fh: Any, name: str, size: int) -> None:
+    """Refuse a member whose npy header declares more bytes than the member holds: numpy
+    allocates the whole array from the header before reading any data, so a 200-byte member
+    claiming (10⁷, 1024, 1024) would otherwise be a MemoryError, not a refusal."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise SyntheticSetError(f"pretraining set: {name} has npy format {version}, "
+                                "expected 1.0 or 2.0")
+    if dtype.hasobject:
+        raise SyntheticSetError(f"pretraining set: {name} is unreadable (it holds Python "
+                                "objects: a pickle)")
+    claimed = math.prod(int(d) for d in shape) * dtype.itemsize
+    if claimed != size - fh.tell():
+        raise SyntheticSetError(f"pretraining set: {name}'s header declares {claimed} bytes of "
+                                f"data, the member holds {size - fh.tell()}")
 
 
 __all__ = ["MEMBERS", "decode", "encode"]

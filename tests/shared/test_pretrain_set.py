@@ -78,3 +78,49 @@ def test_a_compressed_bomb_is_refused_before_it_is_unpacked() -> None:
     assert len(buf.getvalue()) < 4 << 20
     with pytest.raises(SyntheticSetError, match="unpacks to"):
         pretrain_set.decode(buf.getvalue(), max_images=100)
+
+
+def _zip(members: list[tuple[str, bytes]], method: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, body in members:
+            zf.writestr(name, body)
+    return buf.getvalue()
+
+
+def _npy(arr: object) -> bytes:
+    b = io.BytesIO()
+    np.save(b, arr)  # type: ignore[arg-type]
+    return b.getvalue()
+
+
+def _good_members() -> list[tuple[str, bytes]]:
+    return [(f"{k}.npy", _npy(v)) for k, v in GOOD.items()]
+
+
+def test_an_npy_header_that_claims_more_than_the_member_holds_is_refused() -> None:
+    """A 200-byte member whose header declares 10 PB: numpy would allocate the array from the
+    header before reading a byte (a MemoryError, not a refusal). The header must agree with
+    the member's size."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10**7, 1024, 1024)})
+    members = [m for m in _good_members() if m[0] != "images.npy"]
+    data = _zip([("images.npy", header.getvalue() + bytes(64)), *members])
+    with pytest.raises(SyntheticSetError, match="header"):
+        pretrain_set.decode(data, max_images=100)
+
+
+def test_a_compressed_member_is_refused() -> None:
+    """The format is np.savez (stored): a deflated member could unpack to far more than the
+    bytes that crossed (the byte budget allows ~1 MiB an image), so it is refused."""
+    data = _zip(_good_members(), zipfile.ZIP_DEFLATED)
+    with pytest.raises(SyntheticSetError, match="compressed"):
+        pretrain_set.decode(data, max_images=100)
+
+
+def test_duplicate_member_names_are_refused() -> None:
+    members = _good_members()
+    data = _zip([("images.npy", _npy(np.ones((4, 8, 8), np.uint8))), *members])
+    with pytest.raises(SyntheticSetError, match="expected exactly"):
+        pretrain_set.decode(data, max_images=100)
