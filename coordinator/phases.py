@@ -347,7 +347,8 @@ class Run:
                               self.s.bundle_timeout_s)
         folder = self.work / "bundles-round2"
         folder.mkdir(parents=True, exist_ok=True)
-        first = {a["site"]: a["path"] for a in pool.get("accepted", [])}
+        first_accepted = list(pool.get("accepted", []))
+        first = {a["site"]: a["path"] for a in first_accepted}
         used: dict[str, str] = dict(first)
         rounds: dict[str, str] = {site: "1 (no other site's images to pretrain on)"
                                   for site in first if site not in payloads}
@@ -369,6 +370,14 @@ class Run:
                            seed=self.s.seed, log=self.log)
         for acc in result.get("accepted", []):
             acc["round"] = rounds.get(acc["site"], "1")
+        kept = {acc["bundle_id"] for acc in result.get("accepted", [])}
+        for acc in first_accepted:
+            if acc["bundle_id"] not in kept:  # re-pooling forgot it: it stays a replay
+                self.state.record_bundle(self.run, verdict="superseded",
+                                         bundle_id=acc["bundle_id"], sha256=None,
+                                         site=acc["site"], path=acc["path"],
+                                         reason="round-2", images=acc.get("images"),
+                                         message="pooled in round 1, replaced in round 2")
         result["round2"] = {"rounds": rounds,
                             "pretrain_images": {s: p["images"] for s, p in payloads.items()}}
         return result

@@ -174,10 +174,11 @@ class CoordinatorState:
                  time.time()))
 
     def pooled_ids(self, exclude_run: str | None = None) -> set[str]:
-        """Bundle ids pooled by any run (optionally not counting ``exclude_run``)."""
+        """Bundle ids pooled by any run (optionally not counting ``exclude_run``); a round-1
+        bundle replaced by its site's round-2 bundle (``superseded``) counts: it was pooled."""
         cur = self._db.execute(
-            "SELECT DISTINCT bundle_id FROM bundles WHERE verdict='pooled' AND bundle_id IS NOT "
-            "NULL AND run IS NOT ?", (exclude_run,))
+            "SELECT DISTINCT bundle_id FROM bundles WHERE verdict IN ('pooled', 'superseded') "
+            "AND bundle_id IS NOT NULL AND run IS NOT ?", (exclude_run,))
         return {r[0] for r in cur}
 
     def bundles(self, run: str | None = None) -> list[dict[str, Any]]:

@@ -175,3 +175,35 @@ def test_one_round_skips_round2_and_pools_once(tmp_path: Path) -> None:
 def test_bad_round2_settings_are_refused(bad: dict[str, Any], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         RunSettings(work_dir="w", trust_dir="t", **bad)
+
+
+def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = ()
+                     ) -> tuple[Run, dict[str, Path], dict[str, Path], Path]:
+    """Two sites, round 1 and round 2 pooled (stopping there); ``fail``: sites whose second
+    round fails at the site."""
+    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
+             for i, name in enumerate(SITES[:2])}
+    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
+             for i, (name, site) in enumerate(sites.items())}
+    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
+              for i, name in enumerate(SITES[:2]) if name not in fail}
+    trust = trust_folder(tmp_path, sites)
+    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
+           "rounds": 2, "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
+    transport = TwoRounds({n: {"site-dir": str(s)} for n, s in sites.items()}, first, second)
+    run = Run(settings_from_run_config(cfg), transport)
+    run.execute()
+    return run, first, second, trust
+
+
+def test_round1_bundles_stay_replay_protected_after_round2(tmp_path: Path) -> None:
+    """Re-pooling for round 2 must not forget that the round-1 bundles were pooled: a later
+    run that is handed one of them again refuses it as a replay."""
+    from coordinator.pool import pool_bundles
+    from shared.bundle import verify_bundle
+
+    run, first, _, trust = _two_site_round2(tmp_path)
+    ids = {verify_bundle(p, trust).bundle_id for p in first.values()}
+    assert ids <= run.state.pooled_ids()
+    later = pool_bundles([first["site-a"]], trust, run.state, "a-later-run")
+    assert [r["reason"] for r in later.rejected] == ["replayed"]
