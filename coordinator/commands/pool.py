@@ -41,5 +41,8 @@ def command(
                       f"{r['reason']}: {r['message']}")
     stderr_console.print(table)
     state.finish_phase(run_name, "pool", summary)
+    # What was built on an earlier pool of this name (a round 2, a CNN, its evaluations) no
+    # longer matches the pool on disk: `train` and `report` must not read it.
+    state.invalidate_from(run_name, "round2")
     say(f"pooled {summary['images']} synthetic images from {len(summary['accepted'])} "
         f"site(s) → {work / 'pool' / 'pooled'}; next: synthlearn coordinator train --work {work}")

@@ -207,3 +207,24 @@ def test_round1_bundles_stay_replay_protected_after_round2(tmp_path: Path) -> No
     assert ids <= run.state.pooled_ids()
     later = pool_bundles([first["site-a"]], trust, run.state, "a-later-run")
     assert [r["reason"] for r in later.rejected] == ["replayed"]
+
+
+def test_air_gapped_repool_replaces_a_stale_round2_pool(tmp_path: Path) -> None:
+    """`coordinator pool` run again under a run name that had a round 2: `coordinator train`
+    and the report must use the new pool (the one on disk), not the stale round-2 summary."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from coordinator.pipeline import used_pool
+    from shared.cli import app
+
+    run, first, _, trust = _two_site_round2(tmp_path)
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    shutil.copy(first["site-b"], carried)
+    res = CliRunner().invoke(app, ["coordinator", "pool", str(carried), "--trust", str(trust),
+                                   "--work", str(tmp_path / "work"), "--run-name", "run"])
+    assert res.exit_code == 0, res.output
+    pool = used_pool(run.state, "run") or {}
+    assert [a["site"] for a in pool["accepted"]] == ["site-b"]
