@@ -349,6 +349,11 @@ def _round_of(request: Mapping[str, Any], mode: str, pretrain: bytes | None) -> 
     return round_no
 
 
+def round2_run_name(tag: str) -> str:
+    """The GAN run (and synthetic set) of a round-2 request: round 1's stays as it is."""
+    return f"{tag}-round2"
+
+
 def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
                          request: Mapping[str, Any], data: bytes, classes: str,
                          tag: str) -> Path:
@@ -387,7 +392,18 @@ def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
     if len(np.unique(labels)) < 2:
         raise RequestRefusedError("the pretraining set needs images of at least two classes")
     folder = settings.site / "round2-inputs" / tag
-    if folder.exists():  # a repeated request for the same run: the newest set is the one used
+    if folder.exists():
+        # A repeated request for the same run tag resumes the run that started from this
+        # folder: once it has started, the folder is the record of what it learnt from.
+        kept = json.loads((folder / "set.json").read_text()).get("info", {}).get("sha256") \
+            if (folder / "set.json").exists() else None
+        if kept == want:
+            return folder
+        if (settings.site / "runs" / round2_run_name(tag)).exists():
+            raise RequestRefusedError(
+                f"run tag {tag!r} already started round 2 from another pretraining set "
+                f"(SHA-256 {str(kept)[:16]}…); it would resume, not learn from this one: "
+                "use a new run tag")
         import shutil
 
         shutil.rmtree(folder)
@@ -426,7 +442,7 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
     init_from = None
     if pretrain is not None:
         init_from = receive_pretrain_set(settings, policy, request, pretrain, cfg.classes, tag)
-        tag = f"{tag}-round2"
+        tag = round2_run_name(tag)
         log(f"{settings.name}: round 2, pretraining on the other sites' synthetic images "
             f"(≤ {cfg.init_pretrain_kimg} kimg)")
     log(f"{settings.name}: training {cfg.model} (≤ {cfg.max_minutes} min, kimg {cfg.kimg})")

@@ -115,3 +115,25 @@ def test_round2_pretrains_on_exactly_the_set_sent_then_exports_a_bundle(
     assert described["images"] == len(labels)
     assert (run / "pretrain" / "checkpoint.pt").exists()
     assert not (keyed_site / "runs" / "fed-1").exists()  # round 1's run name is not reused
+
+
+def test_a_repeat_with_another_set_cannot_rewrite_what_an_existing_round2_run_learnt_from(
+        keyed_site: Path) -> None:
+    """A repeated round-2 request (coordinator restarted) resumes the run of that tag; its
+    kept pretraining set is the site's record of what the GAN learnt from, so a different set
+    for the same tag is refused and the record stays. The same set again is fine."""
+    from node.federation import NodeSettings, receive_pretrain_set
+    from node.site_policy import SitePolicy
+    from shared.errors import RequestRefusedError
+    from shared.synthetic import SyntheticSet
+
+    settings, policy = NodeSettings(site_dir=str(keyed_site)), SitePolicy()
+    kept = receive_pretrain_set(settings, policy, _request(GOOD), GOOD, "binary", "fed-1")
+    (keyed_site / "runs" / "fed-1-round2" / "pretrain").mkdir(parents=True)  # it started
+    assert receive_pretrain_set(settings, policy, _request(GOOD), GOOD, "binary",
+                                "fed-1") == kept
+    other = _payload(seed=4)
+    with pytest.raises(RequestRefusedError, match="new run tag"):
+        receive_pretrain_set(settings, policy, _request(other), other, "binary", "fed-1")
+    images, _, _ = pretrain_set.decode(GOOD, max_images=100)
+    assert np.array_equal(SyntheticSet.load(kept).images, images)
