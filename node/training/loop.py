@@ -517,15 +517,16 @@ def train(site_dir: Path, cfg: GanConfig, run_name: str = "default",
                           cfg.dp_site_budget, min(1.0, cfg.batch / len(labels)), steps,
                           cfg.dp_delta or dp_delta_default(len(labels)))
     run_dir = site_dir / "runs" / run_name
-    started = time.time()
+    summary_path = run_dir / "metrics.json"
+    # Only a summary this call wrote is a spend (not one left by an earlier call of the run).
+    before = summary_path.stat().st_mtime_ns if summary_path.exists() else None
     try:
         return train_arrays(images, labels, names, cfg, run_dir, store_size=store_size,
                             progress=progress, where=site_dir, init_from=init_from)
     finally:
         # Every DP run's spend goes into the site's privacy ledger, interrupted runs too
         # (their metrics.json is written before the interrupt propagates).
-        summary_path = run_dir / "metrics.json"
-        if cfg.dp and summary_path.exists() and summary_path.stat().st_mtime >= started - 1:
+        if cfg.dp and summary_path.exists() and summary_path.stat().st_mtime_ns != before:
             from node.privacy_ledger import record_dp_report
 
             record_dp_report(site_dir, json.loads(summary_path.read_text()).get("dp"),
@@ -568,6 +569,9 @@ def train_arrays(
     progress = progress and dist.main
     if ckpt is not None:
         if cfg.dp and int(ckpt["step"]) > 0:
+            trainer.load_state(ckpt, ckpt_path)  # other settings: refused, naming them
+            if _finished_dp_run(run_dir, ckpt, cfg):
+                return run_dir  # asked again (a restarted coordinator): it is done
             raise CheckpointError(
                 f"{ckpt_path}: resuming a DP run would restart its privacy accounting; start a "
                 "new --run-name (or delete this run) instead"
@@ -698,6 +702,19 @@ def train_arrays(
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return run_dir
+
+
+def _finished_dp_run(run_dir: Path, ckpt: dict[str, Any], cfg: GanConfig) -> bool:
+    """Whether ``run_dir``'s DP run ended (planned steps or time cap, not an interrupt) at its
+    last checkpoint, with the kimg asked now: then there is nothing to resume, and its ε is
+    already in the site's privacy ledger."""
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and summary.get("stopped") in ("dp_budget", "max_minutes")
+            and summary.get("steps") == int(ckpt["step"])
+            and (ckpt.get("config") or {}).get("kimg") == cfg.kimg)
 
 
 def _check_init_from(init_from: Path | None, ckpt: dict[str, Any] | None, ckpt_path: Path,

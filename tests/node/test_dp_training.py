@@ -79,3 +79,19 @@ def test_audit_and_export_read_the_dp_accounting_of_the_run_that_made_the_set(
     assert dp is not None and dp["target_epsilon"] == 40.0
     with pytest.raises(TrainingError, match="has none inside its privacy budget"):
         generate(tiny_site, 8, run_name="private", seed=0, out_name="q", filter_threshold=0.5)
+
+
+def test_a_finished_dp_run_asked_again_is_done_and_spends_no_more_epsilon(
+        tiny_site: Path) -> None:
+    """The same training request twice (a coordinator restarted after the site had finished,
+    in round 1 or 2): the finished run is the answer. Before, a DP checkpoint past step 0
+    was refused as a resume, so the site could never answer that run tag again."""
+    from node.privacy_ledger import spent
+
+    run = train(tiny_site, TINY, run_name="again", progress=False)
+    before, stamp = spent(tiny_site), (run / "checkpoint.pt").stat().st_mtime_ns
+    assert train(tiny_site, TINY, run_name="again", progress=False) == run
+    assert spent(tiny_site) == before
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match="different configuration"):
+        train(tiny_site, replace(TINY, dp_epsilon=20.0), run_name="again", progress=False)
