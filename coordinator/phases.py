@@ -368,7 +368,10 @@ class Run:
                            Path(self.s.trust_dir), self.work,
                            sent_by={p: s for s, p in used.items()}, balance=self.s.balance,
                            seed=self.s.seed, log=self.log)
+        first_ids = {a["site"]: a["bundle_id"] for a in first_accepted}
         for acc in result.get("accepted", []):
+            if acc["bundle_id"] == first_ids.get(acc["site"]) and rounds.get(acc["site"]) == "2":
+                rounds[acc["site"]] = "1 (round 2: the site sent its round-1 bundle again)"
             acc["round"] = rounds.get(acc["site"], "1")
         kept = {acc["bundle_id"] for acc in result.get("accepted", [])}
         for acc in first_accepted:

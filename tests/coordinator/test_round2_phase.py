@@ -177,16 +177,19 @@ def test_bad_round2_settings_are_refused(bad: dict[str, Any], why: str) -> None:
         RunSettings(work_dir="w", trust_dir="t", **bad)
 
 
-def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = ()
+def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = (),
+                     resend: tuple[str, ...] = ()
                      ) -> tuple[Run, dict[str, Path], dict[str, Path], Path]:
     """Two sites, round 1 and round 2 pooled (stopping there); ``fail``: sites whose second
-    round fails at the site."""
+    round fails at the site; ``resend``: sites that answer round 2 with their round-1
+    bundle."""
     sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
              for i, name in enumerate(SITES[:2])}
     first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
              for i, (name, site) in enumerate(sites.items())}
     second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
-              for i, name in enumerate(SITES[:2]) if name not in fail}
+              for i, name in enumerate(SITES[:2]) if name not in fail + resend}
+    second.update({name: first[name] for name in resend})
     trust = trust_folder(tmp_path, sites)
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "rounds": 2, "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
@@ -228,3 +231,12 @@ def test_air_gapped_repool_replaces_a_stale_round2_pool(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     pool = used_pool(run.state, "run") or {}
     assert [a["site"] for a in pool["accepted"]] == ["site-b"]
+
+
+def test_a_site_resending_its_round1_bundle_is_not_reported_as_round2(tmp_path: Path) -> None:
+    run, _, _, _ = _two_site_round2(tmp_path, resend=("site-a",))
+    result = run.state.phase_result("run", "round2") or {}
+    rounds = {a["site"]: a["round"] for a in result["accepted"]}
+    assert rounds["site-b"] == "2"
+    assert rounds["site-a"].startswith("1 (round 2: ")
+    assert result["round2"]["rounds"]["site-a"] == rounds["site-a"]
