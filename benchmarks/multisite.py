@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="second round: each site pretrains on the OTHER sites' pooled synthetic "
                          "images (--init-from), fine-tunes on its own, exports again; adds the "
                          "'pooled-round2' arm (and 'pooled-round2-selected' with --select)")
+    ap.add_argument("--round2-source", choices=("others", "own"), default="others",
+                    help="what round 2 pretrains on: the OTHER sites' synthetic images (the "
+                         "product), or, as a control, the site's OWN round-1 synthetic images "
+                         "(same pretraining kimg and ε; separates knowledge from other sites "
+                         "from pretraining as such)")
     ap.add_argument("--round2-epsilon-share", type=float, default=0.3,
                     help="under DP, the share of each site's ε kept for round 2 (round 1 gets "
                          "the rest; both are charged to the site budget --dp-epsilon)")
@@ -478,25 +483,29 @@ def main(argv: list[str] | None = None) -> int:
         r2y: list[I64] = []
         r2soft: list[Any] = []
         for name in site_names:
-            # The only cross-site input: the others' synthetic images (what bundles carry).
-            others = [n for n in site_names if n != name]
+            # The only cross-site input: the others' synthetic images (what bundles carry);
+            # the control pretrains on the site's own round-1 images instead.
+            others = ([n for n in site_names if n != name] if args.round2_source == "others"
+                      else [name])
             shared_set = SyntheticSet(np.concatenate([synth[n][0] for n in others]),
                                       np.concatenate([synth[n][1] for n in others]),
                                       SiteStore.open(site_dirs[name]).class_names("binary"))
-            shared_dir = out / "round2-inputs" / f"site-{name}"
+            shared_dir = (out / ("round2-inputs" if args.round2_source == "others"
+                                 else "round2-inputs-own") / f"site-{name}")
             shared_set.save(shared_dir)
             r2_cfg = dataclasses.replace(
                 gan_cfg, dp_epsilon=(None if args.dp_epsilon is None
                                      else args.dp_epsilon * args.round2_epsilon_share))
-            r2_metrics = site_dirs[name] / "runs" / "bench-r2" / "metrics.json"
+            r2_run = "bench-r2" if args.round2_source == "others" else "bench-r2-own"
+            r2_metrics = site_dirs[name] / "runs" / r2_run / "metrics.json"
             if not (args.reuse_gans and r2_metrics.exists()):
                 with clock.stage(f"gan round2 site-{name}"):
-                    train(site_dirs[name], r2_cfg, run_name="bench-r2", progress=True,
+                    train(site_dirs[name], r2_cfg, run_name=r2_run, progress=True,
                           init_from=shared_dir)
             gan_info[f"{name}-round2"] = json.loads(r2_metrics.read_text())
-            s2 = generate(site_dirs[name], len(synth[name][1]), run_name="bench-r2",
+            s2 = generate(site_dirs[name], len(synth[name][1]), run_name=r2_run,
                           truncation=args.truncation, per_class=args.per_class, seed=args.seed,
-                          out_name="bench-r2", teacher=want_teacher)
+                          out_name=r2_run, teacher=want_teacher)
             r2x.append(s2.images)
             r2y.append(s2.labels)
             r2soft.append(s2.soft)
@@ -599,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         "pooled_arms": ablation,
         "selection": selection,
         "teacher": args.teacher,
+        "round2_source": args.round2_source if args.round2 else None,
         "synthetic_factor": args.synthetic_factor,
         "small_site": {"site": small, "pooled_minus_local": small_gain},
         "all_auc": {k: scores[k]["auc"] for k in models},
