@@ -87,6 +87,9 @@ def decode(data: bytes, *, max_images: int,
             # np.savez stores; a deflated member could unpack to far more than crossed.
             raise SyntheticSetError(f"pretraining set: {name} is compressed; the format is an "
                                     "uncompressed npz (np.savez)")
+        if info.flag_bits & 0x1:
+            raise SyntheticSetError(f"pretraining set: {name} is encrypted; the format is a "
+                                    "plain npz (np.savez)")
         try:
             with zf.open(info) as fh:
                 _check_header(fh, name, info.file_size)

@@ -124,3 +124,16 @@ def test_duplicate_member_names_are_refused() -> None:
     data = _zip([("images.npy", _npy(np.ones((4, 8, 8), np.uint8))), *members])
     with pytest.raises(SyntheticSetError, match="expected exactly"):
         pretrain_set.decode(data, max_images=100)
+
+
+def test_an_encrypted_member_is_refused_not_a_crash() -> None:
+    """zipfile raises RuntimeError (not BadZipFile) on a member flagged encrypted."""
+    data = bytearray(pretrain_set.encode(GOOD["images"], GOOD["labels"], NAMES))
+    for info in zipfile.ZipFile(io.BytesIO(bytes(data))).infolist():
+        data[info.header_offset + 6] |= 1  # local header: general purpose flag, bit 0
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:  # central directory entries: the same flag
+        data[at + 8] |= 1
+        at = data.find(b"PK\x01\x02", at + 4)
+    with pytest.raises(SyntheticSetError, match="encrypted"):
+        pretrain_set.decode(bytes(data), max_images=100)
