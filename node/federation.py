@@ -313,9 +313,11 @@ def _self_check_bundle(path: Path, settings: NodeSettings) -> None:
                              "not sending it") from None
 
 
-def check_training_request(policy: SitePolicy, cfg: Any, site_dir: Path) -> None:
+def check_training_request(policy: SitePolicy, cfg: Any, site_dir: Path,
+                           run_name: str | None = None) -> None:
     """Refuse a training request the admin's policy does not allow: DP off where it is
-    required, ε above the per-run limit, or ε beyond the site's lifetime budget."""
+    required, ε above the per-run limit, or ε beyond the site's lifetime budget (not counted
+    twice for a DP run ``run_name`` asked for again)."""
     from node.privacy_ledger import check_budget
 
     if cfg.dp_epsilon is None:
@@ -328,7 +330,22 @@ def check_training_request(policy: SitePolicy, cfg: Any, site_dir: Path) -> None
         raise RequestRefusedError(
             f"requested ε = {cfg.dp_epsilon:g} is above this site's limit of "
             f"{policy.max_epsilon_per_run:g} per run (site policy max_epsilon_per_run)")
+    if run_name and _spent_dp_run(site_dir, run_name):
+        return  # asked again: it is done or refused as a DP resume, never trained twice
     check_budget(site_dir, float(cfg.dp_epsilon), policy.lifetime_epsilon)
+
+
+def _spent_dp_run(site_dir: Path, run_name: str) -> bool:
+    """Whether ``runs/<run_name>`` is a DP run that already took steps (its ε is in the
+    ledger). Training it again never spends more: :func:`node.training.train` returns it when
+    it finished with the same settings and refuses it otherwise (a DP run does not resume)."""
+    from node.privacy_ledger import entries
+    from node.training.checkpoint import CHECKPOINT_NAME
+
+    if not (site_dir / "runs" / run_name / CHECKPOINT_NAME).exists():
+        return False
+    return any(e.get("run") == run_name and float(e.get("epsilon") or 0.0) > 0
+               for e in entries(site_dir))
 
 
 def _round_of(request: Mapping[str, Any], mode: str, pretrain: bytes | None) -> int:
@@ -432,7 +449,8 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
     from shared.config import from_mapping
 
     cfg = from_mapping(GanConfig, with_preset(overrides), source="request gan-config")
-    check_training_request(policy, cfg, settings.site)
+    check_training_request(policy, cfg, settings.site,
+                           round2_run_name(tag) if pretrain is not None else tag)
     cfg = dataclasses.replace(
         cfg, max_minutes=min(cfg.max_minutes or policy.max_train_minutes,
                              policy.max_train_minutes),

@@ -137,3 +137,33 @@ def test_a_repeat_with_another_set_cannot_rewrite_what_an_existing_round2_run_le
         receive_pretrain_set(settings, policy, _request(other), other, "binary", "fed-1")
     images, _, _ = pretrain_set.decode(GOOD, max_images=100)
     assert np.array_equal(SyntheticSet.load(kept).images, images)
+
+
+def test_round2_asked_again_at_the_lifetime_limit_is_answered_without_spending(
+        keyed_site: Path) -> None:
+    """A coordinator restarted after this site finished a DP round 2 asks again. The run is
+    done (it spends nothing more), so the lifetime check must not count its ε twice: at the
+    limit the repeat was refused and the site's round 2 was lost."""
+    import torch
+
+    from node.privacy_ledger import spent
+
+    torch.set_num_threads(1)
+    (keyed_site / "site.toml").write_text('[audit]\nmin_heldout = 5\nencoder = "none"\n'
+                                          'n_boot = 200\n')
+    gan = {"kimg": 0.048, "init_pretrain_kimg": 0.05, "batch": 8, "min_class_images": 4,
+           "dp_epsilon": 8.0, "dp_delta": 1e-3}
+    req = _request(GOOD, **{"gan-config": json.dumps(gan)})
+    node = {**NODE, "require-dp": True}
+    first = ask(keyed_site, req, "train", {"pretrain": GOOD}, node=node)
+    assert first["status"] == "ok", first
+    total = spent(keyed_site)[0]
+    assert total > 0
+    again = ask(keyed_site, req, "train", {"pretrain": GOOD},
+                node={**node, "lifetime-epsilon": total})
+    assert again["status"] == "ok", again
+    assert spent(keyed_site)[0] == total
+    over = _request(GOOD, **{"run-tag": "fed-2", "gan-config": json.dumps(gan)})
+    refused = ask(keyed_site, over, "train", {"pretrain": GOOD},
+                  node={**node, "lifetime-epsilon": total})
+    assert refused["status"] != "ok" and "lifetime" in refused["reason"]
