@@ -54,6 +54,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "select3x3": {"_select": (3, 3)},
     "select1x10": {"_select": (1, 10)},
     "library": {"_select": (2, 3), "_per_site": True},
+    "round1-select3x3": {"_select": (3, 3), "_round1": True},
 }
 """The recipes compared; ``demo`` is the demo's own (the run's ``cnn-config.json``). Keys
 starting with ``_`` change the pool, not the recipe: ``teacher`` trains on each site's
@@ -65,7 +66,11 @@ epochs): the product's own path since issue 12's candidate sets, end to end — 
 coordinator's ``train_pooled`` keeps every epoch of ``members`` seeds, and each site chooses
 its ensemble on its real train split (``node.evaluate.choose_on_train_split``) before its test
 split is scored. ``_per_site``: the candidates also include one CNN per site's part of the pool
-(every epoch), so a site can lean on the generators that suit it (not in the product)."""
+(every epoch), so a site can lean on the generators that suit it (not in the product).
+``_round1``: for a ``synthlearn demo --rounds 2`` run, the same path on the run's *round-1*
+pool, rebuilt from its round-1 bundles by the product's own pooling; against ``select3x3``
+(the round-2 pool the demo trained on) it is round 2's effect, paired on the same test
+images."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -121,6 +126,29 @@ def site_pools(run: Path) -> Any:
     return SyntheticSet(x, y, names, {"synthetic_only": True}, soft=soft)
 
 
+def round1_pool(run: Path) -> Any:
+    """A two-round demo's round-1 pool: its round-1 bundles (``coordinator/bundles``, kept
+    when round 2 replaced them) verified and pooled by :func:`coordinator.pool.pool_bundles`
+    with the run's trust folder, in memory."""
+    import tempfile
+
+    from coordinator.pool import pool_bundles
+    from coordinator.state import CoordinatorState
+
+    bundles = sorted((run / "coordinator" / "bundles").glob("*.slbundle"))
+    if not (run / "coordinator" / "bundles-round2").is_dir():
+        raise SystemExit(f"{run}: not a two-round demo (no coordinator/bundles-round2)")
+    with tempfile.TemporaryDirectory() as tmp:
+        state = CoordinatorState(Path(tmp) / "state.db")
+        try:
+            res = pool_bundles(bundles, run / "coordinator" / "trust", state, "round1")
+        finally:
+            state.close()
+    if res.pooled is None or res.rejected:
+        raise SystemExit(f"{run}: round-1 bundles did not all verify: {res.rejected}")
+    return res.pooled
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -172,7 +200,8 @@ def replay_run(run: Path, arms: list[str], epochs: int,
         if ARMS[arm].get("_select"):
             n_members, n_epochs = ARMS[arm]["_select"]
             per_seed[base.seed], chosen = select_at_sites(
-                run, pool, base, recipe, tests, n_members, n_epochs, probs,
+                run, round1_pool(run) if ARMS[arm].get("_round1") else pool, base, recipe,
+                tests, n_members, n_epochs, probs,
                 per_site=bool(ARMS[arm].get("_per_site")))
         for seed in [] if ARMS[arm].get("_select") else (
                 cnn_seeds or [base.seed + i for i in range(members)]):
