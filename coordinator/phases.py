@@ -163,6 +163,21 @@ def settings_from_run_config(config: Mapping[str, Any]) -> RunSettings:
 Log = Callable[[str], None]
 
 
+def _unverified(bundle: Path, trust_dir: Path, site: str) -> str | None:
+    """Why ``bundle`` (sent by ``site``) would not pool, or None: the checks of
+    :func:`coordinator.pool.pool_bundles` that concern one bundle (signature, members,
+    the site it names)."""
+    from shared.bundle import BundleError, verify_bundle
+
+    try:
+        vb = verify_bundle(bundle, trust_dir)
+    except BundleError as exc:
+        return str(exc)
+    if vb.site != site:
+        return f"it is signed for site {vb.site!r}"
+    return None
+
+
 _logger = logging.getLogger("synthlearn.coordinator")
 """Libraries log (the output rule in ARCHITECTURE.md); the ServerApp sends this logger to its
 log, which `flwr log` and `synthlearn coordinator run` show."""
@@ -362,6 +377,12 @@ class Run:
                 continue
             path = folder / f"{safe_name(site)}.slbundle"
             atomic_write_bytes(path, o.bundle)
+            problem = _unverified(path, Path(self.s.trust_dir), site)
+            if problem is not None:  # a bad second bundle must not cost the good first one
+                rounds[site] = f"1 (round 2: bundle rejected: {problem[:300]})"
+                self.log(f"site {site}: round-2 bundle rejected ({problem}); its round-1 "
+                         "bundle stays")
+                continue
             used[site] = str(path)
             rounds[site] = "2"
         result = pool_step(self.state, self.run, [Path(p) for p in used.values()],

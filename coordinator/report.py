@@ -505,7 +505,9 @@ def render_html(report: dict[str, Any]) -> str:
                        f"{esc(str(k))}: {_num(v, 0)}" for k, v in sent.items())
                    + "), pretrained a new GAN on them and fine-tuned it on its own real "
                    "images. The pool below holds each site's round-2 bundle, or its round-1 "
-                   "bundle where round 2 failed (column Round).</p>")
+                   "bundle where round 2 failed (column Round). A site's \"own synthetic\" "
+                   "score is then that of the bundle pooled here: in round 2 its GAN also "
+                   "learnt from the other sites' images.</p>")
     if acc:
         out.append("<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
                    + "<th>Bundle id</th><th>Images</th><th>Per class</th>"

@@ -350,13 +350,10 @@ def _spent_dp_run(site_dir: Path, run_name: str) -> bool:
 
 def _round_of(request: Mapping[str, Any], mode: str, pretrain: bytes | None) -> int:
     """The request's round (1 or 2), checked against what came with it."""
-    try:
-        round_no = int(request.get("round", 1))
-    except (TypeError, ValueError):
-        raise RequestRefusedError(f"round {str(request.get('round'))[:40]!r} is not 1 or 2") \
-            from None
-    if round_no not in (1, 2):
-        raise RequestRefusedError(f"round {round_no} is not 1 or 2")
+    raw = request.get("round", 1)
+    if raw not in (1, 2) or isinstance(raw, bool):  # True == 1 and 2.0 == 2 are not rounds
+        raise RequestRefusedError(f"round {str(raw)[:40]!r} is not 1 or 2")
+    round_no = int(raw)
     if round_no == 2 and mode != "train":
         raise RequestRefusedError("a second round trains a new GAN: it needs mode 'train'")
     if round_no == 2 and pretrain is None:

@@ -178,11 +178,11 @@ def test_bad_round2_settings_are_refused(bad: dict[str, Any], why: str) -> None:
 
 
 def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = (),
-                     resend: tuple[str, ...] = ()
+                     resend: tuple[str, ...] = (), forge: tuple[str, ...] = ()
                      ) -> tuple[Run, dict[str, Path], dict[str, Path], Path]:
     """Two sites, round 1 and round 2 pooled (stopping there); ``fail``: sites whose second
     round fails at the site; ``resend``: sites that answer round 2 with their round-1
-    bundle."""
+    bundle; ``forge``: sites whose round-2 answer is the other site's round-2 bundle."""
     sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
              for i, name in enumerate(SITES[:2])}
     first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
@@ -190,6 +190,7 @@ def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = (),
     second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
               for i, name in enumerate(SITES[:2]) if name not in fail + resend}
     second.update({name: first[name] for name in resend})
+    second.update({name: second[next(o for o in SITES[:2] if o != name)] for name in forge})
     trust = trust_folder(tmp_path, sites)
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "rounds": 2, "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
@@ -240,3 +241,18 @@ def test_a_site_resending_its_round1_bundle_is_not_reported_as_round2(tmp_path: 
     assert rounds["site-b"] == "2"
     assert rounds["site-a"].startswith("1 (round 2: ")
     assert result["round2"]["rounds"]["site-a"] == rounds["site-a"]
+
+
+def test_a_round2_bundle_that_does_not_verify_keeps_the_sites_round1_bundle(
+        tmp_path: Path) -> None:
+    """A bad second bundle (here signed for the other site) is rejected, but the site's
+    verified first bundle stays in the pool and the site is not excluded."""
+    run, first, _, _ = _two_site_round2(tmp_path, forge=("site-a",))
+    result = run.state.phase_result("run", "round2") or {}
+    rounds = {a["site"]: a["round"] for a in result["accepted"]}
+    assert rounds["site-b"] == "2"
+    assert rounds["site-a"].startswith("1 (round 2: bundle rejected: it is signed for site "
+                                       "'site-b'")
+    path = {a["site"]: a["path"] for a in result["accepted"]}["site-a"]
+    assert Path(path).read_bytes() == first["site-a"].read_bytes()
+    assert run.state.site_statuses("run")["site-a"]["status"] == "ok"

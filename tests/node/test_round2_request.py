@@ -54,6 +54,8 @@ GOOD = _payload()
     (_request(None), None, {}, "carries no pretraining set"),
     (_request(GOOD, round=1), {"pretrain": GOOD}, {}, "only with a round-2"),
     (_request(GOOD, round="two"), {"pretrain": GOOD}, {}, "not 1 or 2"),
+    (_request(GOOD, round=2.5), {"pretrain": GOOD}, {}, "not 1 or 2"),
+    (_request(GOOD, round=True), {"pretrain": GOOD}, {}, "not 1 or 2"),
     (_request(GOOD, mode="collect"), {"pretrain": GOOD}, {}, "needs mode 'train'"),
     (_request(GOOD, **{"pretrain-sha256": "0" * 64}), {"pretrain": GOOD}, {},
      "changed in transit"),
