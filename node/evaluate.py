@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from node.errors import ClassMismatchError, StoreError
 from shared.files import atomic_write_bytes, sha256_file
+from shared.synthetic import resize_u8
 from shared.vocabulary import VOCABULARY, class_ids, class_mode, mismatch
 
 EVAL_KIND = "evaluation"
@@ -77,7 +78,7 @@ def score_test_split(
         resize = {"from": int(images.shape[1]), "to": int(input_size),
                   "policy": "bilinear resize of the site's test images to the CNN's training "
                             "size" + (" (antialiased)" if input_size < images.shape[1] else "")}
-        images = _resize_u8(images, int(input_size))
+        images = resize_u8(images, int(input_size))
     probs = predict_scores(model, images)
     counts = np.bincount(labels, minlength=len(names))
     out: dict[str, Any] = {"classes": classes, "class_names": names, "n_test": len(labels),
@@ -154,20 +155,6 @@ MAX_INPUT_SIZE = 1024
 """Largest CNN input side a weights file may ask for (it comes from the coordinator)."""
 
 
-def _resize_u8(images: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
-    """uint8 (N, S, S) → uint8 (N, size, size), in chunks to bound memory."""
-    import torch
-    from torch.nn import functional as F
-
-    out = []
-    for i in range(0, len(images), 256):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 256])).float().unsqueeze(1)
-        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < x.shape[-1])
-        out.append(y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)
-
-
 def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
                           classes: str, input_size: int | None,
                           expect_names: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -187,7 +174,7 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     keep = sample_for_selection(np.asarray(labels, np.int64))  # bounded work, before resizing
     images, labels = images[keep], np.asarray(labels, np.int64)[keep]
     if input_size is not None and len(images) and images.shape[1] != input_size:
-        images = _resize_u8(images, int(input_size))
+        images = resize_u8(images, int(input_size))
     return select_on_train(models, list(meta["default"]), images,
                            np.asarray(labels, np.int64))
 

@@ -375,13 +375,14 @@ def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
 
     Everything a hostile coordinator could put in it is checked before anything is written:
     its SHA-256 against the request, its format and size (:func:`shared.pretrain_set.decode`,
-    capped by the site policy's ``max_pretrain_images``), and that its classes and image size
-    are this site's. The folder stays, so the site can see what its round-2 GAN learnt from.
+    capped by the site policy's ``max_pretrain_images``), and that its classes are this
+    site's; images of another size are resized to the store's. The folder stays, so the site
+    can see what its round-2 GAN learnt from.
     """
     from node.store import SiteStore
     from shared import pretrain_set
     from shared.errors import SyntheticSetError
-    from shared.synthetic import SyntheticSet
+    from shared.synthetic import SyntheticSet, resize_u8
 
     want = str(request.get("pretrain-sha256", ""))
     if sha256_bytes(data) != want:
@@ -399,10 +400,14 @@ def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
 
         raise RequestRefusedError(f"pretraining set: "
                                   f"{mismatch(ours, names, 'this site', 'the set')}")
-    if images.shape[1:] != (store.size, store.size):
-        raise RequestRefusedError(f"the pretraining set's images are {images.shape[1]}×"
-                                  f"{images.shape[2]}, this site's store is "
-                                  f"{store.size}×{store.size}")
+    info: dict[str, Any] = {"source": "round-2 pretraining set from the coordinator",
+                            "run_tag": str(request.get("run-tag", ""))[:200], "sha256": want}
+    if images.shape[1] != store.size:
+        # Bundles hold the generators' output size, which can differ from this site's store
+        # (a small store is trained at the 32² minimum; sites' stores may differ): the GAN
+        # reads the set as it reads the store, so it is brought to the store's size.
+        info["resized_from"] = int(images.shape[1])
+        images = resize_u8(images, store.size)
     if len(np.unique(labels)) < 2:
         raise RequestRefusedError("the pretraining set needs images of at least two classes")
     folder = settings.site / "round2-inputs" / tag
@@ -421,10 +426,7 @@ def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
         import shutil
 
         shutil.rmtree(folder)
-    SyntheticSet(images, labels, names,
-                 info={"source": "round-2 pretraining set from the coordinator",
-                       "run_tag": str(request.get("run-tag", ""))[:200],
-                       "sha256": want}).save(folder)
+    SyntheticSet(images, labels, names, info=info).save(folder)
     return folder
 
 

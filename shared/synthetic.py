@@ -53,6 +53,22 @@ def from_tensor_range(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def resize_u8(images: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    """uint8 (N, S, S) → uint8 (N, size, size): bilinear, antialiased when shrinking, in
+    chunks to bound memory. The one resize for images that come from elsewhere (a site's
+    test split for a CNN of another input size, a round-2 pretraining set of another size)."""
+    import torch
+    from torch.nn import functional as F
+
+    out = []
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 256])).float().unsqueeze(1)
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=size < x.shape[-1])
+        out.append(y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)
+
+
 @dataclass
 class SyntheticSet:
     images: npt.NDArray[np.uint8]

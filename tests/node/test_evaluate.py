@@ -142,9 +142,9 @@ def test_cnn_trained_at_another_size_is_scored_after_an_explicit_recorded_resize
     ev = evaluate_weights(tiny_site, w, n_boot=50, write=False)
     assert ev["resize"]["from"] == 32 and ev["resize"]["to"] == 64
     x, y = SiteStore.open(tiny_site).load("test")
-    from node.evaluate import _resize_u8
+    from shared.synthetic import resize_u8
 
-    p = predict_scores(load_classifier(w), _resize_u8(x, 64))
+    p = predict_scores(load_classifier(w), resize_u8(x, 64))
     assert ev["auc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
     save_weights(model, w, {"classes": "binary", "input_size": 32})
     assert evaluate_weights(tiny_site, w, n_boot=50, write=False)["resize"] is None

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from node.federation import receive_pretrain_set
 from shared import pretrain_set
 from shared.protocol import PROTOCOL
 from tests.node.test_client_app import ask
@@ -63,8 +64,6 @@ GOOD = _payload()
     (_request(GOOD), {"pretrain": GOOD}, {"max-pretrain-images": 0},
      "max_pretrain_images = 0"),
     (_request(GOOD), {"pretrain": GOOD}, {"max-pretrain-images": 10}, "more than this site"),
-    (_request(_payload(size=16)), {"pretrain": _payload(size=16)}, {},
-     "this site's store is 32×32"),
     (_request(_payload(names=["No finding", "Osteophytes"])),
      {"pretrain": _payload(names=["No finding", "Osteophytes"])}, {}, "class lists differ"),
     (_request(b"junk"), {"pretrain": b"junk"}, {}, "not an npz"),
@@ -169,3 +168,20 @@ def test_round2_asked_again_at_the_lifetime_limit_is_answered_without_spending(
     refused = ask(keyed_site, over, "train", {"pretrain": GOOD},
                   node={**node, "lifetime-epsilon": total})
     assert refused["status"] != "ok" and "lifetime" in refused["reason"]
+
+
+def test_a_set_of_another_image_size_is_resized_to_the_store(keyed_site: Path) -> None:
+    """Bundles hold the generators' output size (a 16² store trains at 32², and stores differ
+    between sites): the set is brought to this store's 32² before the GAN reads it."""
+    from node.federation import settings_from_node_config
+
+    settings = settings_from_node_config({"site-dir": str(keyed_site), **NODE})
+    data = _payload(size=64)
+    folder = receive_pretrain_set(settings, settings.policy(), _request(data), data,
+                                  "binary", "fed-9")
+    from shared.synthetic import SyntheticSet, resize_u8
+
+    got = SyntheticSet.load(folder)
+    images, _, _ = pretrain_set.decode(data, max_images=100)
+    assert got.images.shape[1:] == (32, 32) and got.info["resized_from"] == 64
+    assert np.array_equal(got.images, resize_u8(images, 32))
