@@ -255,11 +255,13 @@ def sample_grid(path: Path, real: tuple[U8, I64], synth: tuple[U8, I64], title: 
 
 def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
                  tests: dict[str, tuple[U8, I64]], train_sets: dict[str, tuple[U8, I64]],
-                 central_x: U8, central_y: I64, args: Any
+                 central_x: U8, central_y: I64, args: Any,
+                 more_pools: list[tuple[U8, I64]] = ()  # type: ignore[assignment]
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
     test target's ensemble chosen on its own real train split (``node.selection``). Returns
-    (scores in the shape of the other arms, target → what was picked)."""
+    (scores in the shape of the other arms, target → what was picked). ``more_pools``: the
+    candidates of each further pool (e.g. round 2's) join the same choice."""
     import tempfile
 
     from coordinator.train import train_pooled
@@ -269,11 +271,17 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
     from shared.synthetic import SyntheticSet
     from shared.weights_io import load_candidates
 
-    pool = SyntheticSet(pooled_x, pooled_y, ["normal", "pneumonia"], {"synthetic_only": True})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidates.npz"
-        train_pooled(pool, path, cfg, progress=False, members=members)
-        nets, meta = load_candidates(path)
+    nets: list[Any] = []
+    meta: dict[str, Any] = {}
+    for i, (x, y) in enumerate([(pooled_x, pooled_y), *more_pools]):
+        pool = SyntheticSet(x, y, ["normal", "pneumonia"], {"synthetic_only": True})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidates.npz"
+            train_pooled(pool, path, cfg, progress=False, members=members)
+            more, more_meta = load_candidates(path)
+        if i == 0:  # the default (a target that cannot choose) stays the first pool's
+            meta = more_meta
+        nets += more
     chooser = {f"site-{n}": xy for n, xy in train_sets.items()}
     chooser["common-val"] = (central_x, central_y)
     out: dict[str, Any] = {"auc": {}, "probs": {}}
@@ -330,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
                          "MEMBERS CNN seeds, and each site picks its ensemble on its own real "
                          "train split (node.selection); on the common val the choice is made "
                          "on the union of the train splits, what the centralised CNN saw")
+    ap.add_argument("--select-both", action="store_true",
+                    help="with --round2 and --select: add 'pooled-both-selected', where each "
+                         "target chooses among the candidates of BOTH rounds' pools (a site "
+                         "keeps round 2 only where it helps on its own train split)")
+    ap.add_argument("--select-both-only", action="store_true",
+                    help="re-measuring on reused generators: of the pooled arms, train only "
+                         "'pooled' and 'pooled-both-selected' (skips round 2's and round 1's "
+                         "own selected arms and the one-CNN round-2 arm)")
     ap.add_argument("--reuse-gans", action="store_true",
                     help="skip GAN training for a site whose run in --out already finished, "
                          "round 2's included (re-run downstream arms on the same generators)")
@@ -510,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             r2y.append(s2.labels)
             r2soft.append(s2.soft)
         round2_pool = (np.concatenate(r2x), np.concatenate(r2y))
-        fit("pooled-round2", *round2_pool,
-            soft_labels=np.concatenate(r2soft) if args.teacher else None)
+        if not args.select_both_only:
+            fit("pooled-round2", *round2_pool,
+                soft_labels=np.concatenate(r2soft) if args.teacher else None)
     central_x = np.concatenate([train_sets[n][0] for n in site_names])
     central_y = np.concatenate([train_sets[n][1] for n in site_names])
     fit("centralised", central_x, central_y)
@@ -533,15 +550,23 @@ def main(argv: list[str] | None = None) -> int:
     selection: dict[str, Any] = {}
     if args.select:
         members, _, per = args.select.partition("x")
-        with clock.stage("cnn pooled-selected"):
-            scores["pooled-selected"], selection = selected_arm(
-                pooled_x, pooled_y, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
-                int(members), tests, train_sets, central_x, central_y, args)
-        if round2_pool is not None:  # the product's path on the round-2 generators
-            with clock.stage("cnn pooled-round2-selected"):
+        if not args.select_both_only:
+            with clock.stage("cnn pooled-selected"):
+                scores["pooled-selected"], selection = selected_arm(
+                    pooled_x, pooled_y,
+                    dataclasses.replace(cnn_cfg, epochs=int(per), patience=0), int(members),
+                    tests, train_sets, central_x, central_y, args)
+        if round2_pool is not None and not args.select_both_only:
+            with clock.stage("cnn pooled-round2-selected"):  # the product's path, round 2
                 scores["pooled-round2-selected"], _ = selected_arm(
                     *round2_pool, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
                     int(members), tests, train_sets, central_x, central_y, args)
+        if round2_pool is not None and args.select_both:
+            with clock.stage("cnn pooled-both-selected"):
+                scores["pooled-both-selected"], _ = selected_arm(
+                    pooled_x, pooled_y,
+                    dataclasses.replace(cnn_cfg, epochs=int(per), patience=0), int(members),
+                    tests, train_sets, central_x, central_y, args, more_pools=[round2_pool])
 
     table: list[dict[str, Any]] = []
     for n in site_names:
