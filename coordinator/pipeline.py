@@ -152,9 +152,10 @@ def round2_payloads(pool: Mapping[str, Any], trust_dir: Path, max_images: int,
             sets[str(acc["site"])] = own
     out: dict[str, dict[str, Any]] = {}
     for site in sets:
-        others = [sets[o] for o in sorted(sets) if o != site]
-        if not others:
+        names = [o for o in sorted(sets) if o != site]
+        if not names:
             continue
+        others = [sets[o] for o in names]
         images = np.concatenate([o.images for o in others])
         labels = np.concatenate([o.labels for o in others])
         if len(labels) > max_images:
@@ -162,7 +163,7 @@ def round2_payloads(pool: Mapping[str, Any], trust_dir: Path, max_images: int,
             images, labels = images[keep], labels[keep]
         data = pretrain_set.encode(images, labels, list(others[0].class_names))
         out[site] = {"data": data, "sha256": sha256_bytes(data), "images": len(labels),
-                     "from_sites": [o for o in sorted(sets) if o != site]}
+                     "from_sites": names}
     return out
 
 

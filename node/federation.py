@@ -385,9 +385,10 @@ def receive_pretrain_set(settings: NodeSettings, policy: SitePolicy,
     from shared.synthetic import SyntheticSet, resize_u8
 
     want = str(request.get("pretrain-sha256", ""))
-    if sha256_bytes(data) != want:
-        raise RequestRefusedError(f"the pretraining set has SHA-256 {sha256_bytes(data)}, the "
-                                  f"request says {want[:64]!r}; it was changed in transit")
+    got = sha256_bytes(data)
+    if got != want:
+        raise RequestRefusedError(f"the pretraining set has SHA-256 {got}, the request says "
+                                  f"{want[:64]!r}; it was changed in transit")
     try:
         images, labels, names = pretrain_set.decode(data,
                                                     max_images=policy.max_pretrain_images)
