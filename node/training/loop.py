@@ -564,6 +564,20 @@ def train_arrays(
         # A resumed run keeps the numeric mode it was probed into: same arithmetic throughout.
         cfg = replace(cfg, speed=ckpt["speed_mode"])
     trainer = Trainer(images, labels, class_names, cfg, store_size, run_dir, progress)
+    try:
+        return _run(trainer, ckpt, ckpt_path, init, run_dir, store_size, progress, warnings)
+    finally:
+        # Gloo's and NCCL's threads must not outlive the interpreter: a torchrun process that
+        # exits with its process group alive can abort at exit ("terminate called without an
+        # active exception", SIGABRT) after training has succeeded.
+        trainer.dist.stop()
+
+
+def _run(trainer: Trainer, ckpt: dict[str, Any] | None, ckpt_path: Path, init: Any,
+         run_dir: Path, store_size: int, progress: bool, warnings: list[str]) -> Path:
+    """Resume or start, train until the budget ends, write the summary: the body of
+    :func:`train_arrays` once its trainer exists."""
+    class_names = trainer.class_names
     cfg = trainer.cfg
     dist = trainer.dist
     progress = progress and dist.main

@@ -44,7 +44,9 @@ def main() -> None:
     rank = os.environ.get("RANK", "0")
     (out / f"rank{rank}.json").write_text(json.dumps({
         "sum": float(flat.double().sum()), "abs": float(flat.double().abs().sum()),
-        "nimg": tr.nimg, "local_batch": tr.local_batch, "world": tr.dist.world}))
+        "nimg": tr.nimg, "local_batch": tr.local_batch, "world": tr.dist.world,
+        # left alive, gloo's threads can abort the process at exit (SIGABRT)
+        "group_alive": torch.distributed.is_initialized()}))
 
 
 if __name__ == "__main__":
