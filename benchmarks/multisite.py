@@ -260,8 +260,9 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
     test target's ensemble chosen on its own real train split (``node.selection``). Returns
-    (scores in the shape of the other arms, target → what was picked). ``more_pools``: the
-    candidates of each further pool (e.g. round 2's) join the same choice."""
+    (scores in the shape of the other arms, target → what was picked). ``more_pools``: round
+    2's pool, whose candidates join the same file and the same choice, as in the product
+    (:func:`coordinator.train.train_pooled` with ``round2``)."""
     import tempfile
 
     from coordinator.train import train_pooled
@@ -271,17 +272,15 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
     from shared.synthetic import SyntheticSet
     from shared.weights_io import load_candidates
 
-    nets: list[Any] = []
-    meta: dict[str, Any] = {}
-    for i, (x, y) in enumerate([(pooled_x, pooled_y), *more_pools]):
-        pool = SyntheticSet(x, y, ["normal", "pneumonia"], {"synthetic_only": True})
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "candidates.npz"
-            train_pooled(pool, path, cfg, progress=False, members=members)
-            more, more_meta = load_candidates(path)
-        if i == 0:  # the default (a target that cannot choose) stays the first pool's
-            meta = more_meta
-        nets += more
+    pools = [SyntheticSet(x, y, ["normal", "pneumonia"], {"synthetic_only": True})
+             for x, y in [(pooled_x, pooled_y), *more_pools]]
+    if len(pools) > 2:
+        raise ValueError("at most two rounds' pools share one candidate file")
+    with tempfile.TemporaryDirectory() as tmp:  # the coordinator's own call, both rounds
+        path = Path(tmp) / "candidates.npz"
+        train_pooled(pools[0], path, cfg, progress=False, members=members,
+                     round2=pools[1] if len(pools) > 1 else None)
+        nets, meta = load_candidates(path)
     chooser = {f"site-{n}": xy for n, xy in train_sets.items()}
     chooser["common-val"] = (central_x, central_y)
     out: dict[str, Any] = {"auc": {}, "probs": {}}

@@ -3,7 +3,8 @@
 Issues 12 and 13 ask whether the *downstream* side (the CNN the coordinator trains on the
 pooled synthetic images) can carry more of what the generators learned to the sites' real
 test images. A ``synthlearn demo`` run leaves everything needed to answer that offline:
-``OUT/coordinator/pool/pooled`` (the verified pool the coordinator trained on) and each
+``OUT/coordinator/pool/pooled`` (the verified pool the coordinator trained on; a two-round
+run's second pool is ``pool-round2``) and each
 site's store with its real test split (``OUT/sites/site-*/``), which in a real federation
 never leaves the site. So this replays only the last two steps of a finished demo, with
 several CNN recipes ("arms") on the **same pool and the same test images**:
@@ -90,7 +91,10 @@ def load_run(run: Path, epochs: int, splits: tuple[Literal["train", "test"], ...
     from shared.config import from_mapping
     from shared.synthetic import SyntheticSet
 
-    pool = SyntheticSet.load(run / "coordinator" / "pool" / "pooled")
+    # the pool the run ended with: round 2's in a two-round demo (round 1's stays in pool/)
+    last = run / "coordinator" / "pool-round2"
+    pool = SyntheticSet.load((last if last.is_dir() else run / "coordinator" / "pool")
+                             / "pooled")
     doc = json.loads((run / "coordinator" / "cnn" / "cnn-config.json").read_text())
     base = replace(from_mapping(ClassifierConfig, doc, source=str(run)), max_minutes=None,
                    epochs=epochs, **changes)

@@ -33,7 +33,7 @@ from coordinator.pipeline import (
     request_evaluations,
     round2_payloads,
     train_step,
-    used_pool,
+    training_pools,
     weights_for,
 )
 from coordinator.state import PHASES, CoordinatorState
@@ -65,10 +65,12 @@ class RunSettings:
     rounds: int = 1
     """2: after pooling round 1, each site receives the other sites' verified synthetic images,
     pretrains a new GAN on them, fine-tunes it on its own real images and exports a second
-    bundle (``train`` mode only). Off by default: on PneumoniaMNIST it moved the pooled AUC
-    0.968 → 0.971 without DP, inside the CI, for a second GAN run at every site; under DP
-    (ε split 7 + 3, with the sites choosing) it gave the best figures measured (BENCHMARKS.md
-    § Round 2)."""
+    bundle (``train`` mode only). The CNN candidates are then trained on both rounds' pools
+    and each site chooses among them (:func:`coordinator.pipeline.training_pools`). Off by
+    default: on PneumoniaMNIST it moved the pooled AUC 0.968 → 0.971 without DP, inside the
+    CI, for a second GAN run at every site; under DP (ε split 7 + 3), the sites choosing
+    among both rounds' candidates gave the best figures measured (BENCHMARKS.md § Round 2,
+    § DP ε = 10 with round 2)."""
     round2_gan_config: str = "{}"
     """JSON object of GanConfig overrides for round 2, applied over ``gan_config`` (e.g. the
     DP share of the second round: ``{"dp_epsilon": 3}``). Each site's ledger counts both
@@ -388,7 +390,7 @@ class Run:
         result = pool_step(self.state, self.run, [Path(p) for p in used.values()],
                            Path(self.s.trust_dir), self.work,
                            sent_by={p: s for s, p in used.items()}, balance=self.s.balance,
-                           seed=self.s.seed, log=self.log)
+                           seed=self.s.seed, log=self.log, folder="pool-round2")
         first_ids = {a["site"]: a["bundle_id"] for a in first_accepted}
         for acc in result.get("accepted", []):
             if acc["bundle_id"] == first_ids.get(acc["site"]) and rounds.get(acc["site"]) == "2":
@@ -407,10 +409,10 @@ class Run:
         return result
 
     def phase_train(self) -> dict[str, Any]:
-        pool = used_pool(self.state, self.run) or {}
-        return train_step(pool, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
+        pool, round1 = training_pools(self.state, self.run)
+        return train_step(pool or {}, self.work, self.s.cnn_config(), own=self.s.own_synthetic,
                           trust_dir=Path(self.s.trust_dir), log=self.log,
-                          members=self.s.cnn_members)
+                          members=self.s.cnn_members, round1=round1)
 
     def phase_evaluate(self) -> dict[str, Any]:
         trained = self.state.phase_result(self.run, "train") or {}

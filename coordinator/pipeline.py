@@ -45,8 +45,10 @@ def mark(state: CoordinatorState, run: str, site: str, status: str, reason: str,
 # -- 1. verify + pool --------------------------------------------------------------------------
 def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_dir: Path,
               work: Path, *, sent_by: Mapping[str, str] | None = None, balance: bool = True,
-              seed: int = 0, log: Log = _quiet) -> dict[str, Any]:
-    """Verify every bundle, pool the accepted ones into ``work/pool``; the pool summary.
+              seed: int = 0, log: Log = _quiet, folder: str = "pool") -> dict[str, Any]:
+    """Verify every bundle, pool the accepted ones into ``work/<folder>`` (round 2 pools
+    into its own folder: round 1's pool stays, its CNNs are candidates too); the pool
+    summary, which names the folder.
 
     ``sent_by`` maps a bundle path to the site that sent it (known over a transport); a
     rejected bundle is otherwise attributed to the site its unverified manifest names, or to
@@ -56,7 +58,7 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
 
     paths = [Path(p) for p in paths]
     res = pool_bundles(paths, trust_dir, state, run, balance=balance, seed=seed,
-                       out_dir=work / "pool")
+                       out_dir=work / folder)
     for rej in res.rejected:
         site = ((sent_by or {}).get(rej["path"]) or rej.get("site")
                 or Path(rej["path"]).name)
@@ -67,6 +69,7 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
     require_pool(res, paths[0].parent if paths else work / "bundles")
     summary = res.summary()
     summary["trust_dir"] = str(Path(trust_dir).absolute())
+    summary["folder"] = folder
     log(f"pooled {summary['images']} synthetic images from {len(res.accepted)} site(s); "
         f"{len(res.rejected)} bundle(s) rejected")
     return summary
@@ -75,26 +78,32 @@ def pool_step(state: CoordinatorState, run: str, paths: Iterable[Path], trust_di
 # -- 2. train ---------------------------------------------------------------------------------
 def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = True,
                trust_dir: Path | None = None, progress: bool = False,
-               log: Log = _quiet, members: int = 1) -> dict[str, Any]:
+               log: Log = _quiet, members: int = 1,
+               round1: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The pooled CNN (and, with ``own``, one CNN per accepted site on its own synthetic
     images); ``cfg`` is the resolved :class:`shared.cnn_train.ClassifierConfig`, written to
     ``work/cnn/cnn-config.json`` so every number in the report traces to it. Own sets are
     re-read from the accepted bundles, verified against ``trust_dir`` (default: the folder
-    the pool was verified with)."""
+    the pool was verified with).
+
+    ``round1``: in a two-round run (:func:`training_pools`), round 1's pool while ``pool``
+    is round 2's: the candidate file then holds CNNs of both, and each site chooses."""
     from coordinator.train import train_pooled
     from shared.config import write_resolved
     from shared.data_parallel import ProcessGroup
     from shared.errors import ClassifierTrainingError
-    from shared.synthetic import SyntheticSet
 
     cnn_dir = work / "cnn"
     # Under torchrun every process trains (its share of each batch); rank 0 alone writes.
     group = ProcessGroup()
     main = group.main
-    pooled = SyntheticSet.load(work / "pool" / "pooled", on_disk=True)  # read batch by batch
-    result: dict[str, Any] = {"pooled": train_pooled(pooled, cnn_dir / "pooled-cnn.npz", cfg,
-                                                     progress=progress, members=members),
-                              "own": {}}
+    pooled = _pooled_set(pool, work)
+    first = _pooled_set(round1, work) if round1 is not None else None
+    result: dict[str, Any] = {
+        "pooled": train_pooled(first or pooled, cnn_dir / "pooled-cnn.npz", cfg,
+                               progress=progress, members=members,
+                               round2=pooled if first is not None else None),
+        "own": {}}
     if main:
         write_resolved(cfg, cnn_dir, "cnn-config.json")
         log(f"pooled CNN: {result['pooled']['n_images']} synthetic images, {members} "
@@ -118,6 +127,17 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
         if main:
             result["own"][acc["site"]] = own_cnn
     return result
+
+
+def _pooled_set(pool: Mapping[str, Any], work: Path) -> Any:
+    """The pooled images a pool summary names, read batch by batch from disk (a summary from
+    before pools named their folder: ``work/pool``)."""
+    from shared.synthetic import SyntheticSet
+
+    folder = str(pool.get("folder") or "pool")
+    if folder not in ("pool", "pool-round2"):  # the state is ours, but it names a path
+        raise ValueError(f"pool folder {folder[:64]!r} is not one the coordinator writes")
+    return SyntheticSet.load(work / folder / "pooled", on_disk=True)
 
 
 def _own_set(bundle: Path, trust_dir: Path) -> Any:
@@ -180,11 +200,28 @@ def _stratified(labels: Any, n: int, seed: int) -> Any:
 
 
 def used_pool(state: CoordinatorState, run: str) -> dict[str, Any] | None:
-    """The pool the CNN trains on: round 2's when the run had one, else round 1's."""
+    """The pool the run ended with (the report's, and the bundles the sites' own-synthetic
+    CNNs come from): round 2's when the run had one, else round 1's."""
     second = state.phase_result(run, "round2") or {}
     if second.get("accepted"):
         return second
     return state.phase_result(run, "pool")
+
+
+def training_pools(state: CoordinatorState, run: str
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the pool the CNN trains on, round 1's pool when its CNNs are candidates too).
+
+    After a round 2 in which at least one site's second bundle was pooled, the candidates
+    come from both pools: each site then keeps round 2's networks only where they score
+    better on its real train split. Round 2 alone was not dependable (under DP it gave the
+    best and the worst of three seeds, BENCHMARKS.md § DP ε = 10 with round 2)."""
+    pool = used_pool(state, run)
+    second = state.phase_result(run, "round2") or {}
+    if not second.get("accepted") or second.get("folder") != "pool-round2" or not any(
+            a.get("round") == "2" for a in second["accepted"]):
+        return pool, None
+    return pool, state.phase_result(run, "pool")
 
 
 # -- 3. request evaluations ---------------------------------------------------------------------

@@ -236,6 +236,10 @@ def _selection_note(rec: dict[str, Any]) -> str:
         return ""
     where = (f"on {_num(sel.get('n_images'), 0)} train images" if sel.get("on_train")
              else "by the coordinator's default")
+    rounds = sel.get("from_round")
+    if isinstance(rounds, dict):
+        where += (f" ({_num(rounds.get('1'), 0)} from round 1, {_num(rounds.get('2'), 0)} "
+                  "from round 2)")
     return (f"<br><small>{sel['distinct']} of {sel['candidates']} candidates, chosen "
             f"{html.escape(where)}</small>")
 
@@ -550,6 +554,16 @@ def render_html(report: dict[str, Any]) -> str:
                    f"{esc(str(cnn.get('stopped')))}, {cnn.get('seconds')} s on "
                    f"{esc(str(cnn.get('device')))}); weights SHA-256 <code>"
                    f"{esc(str(cnn.get('weights_sha256')))}</code>.</p>")
+        rounds = cnn.get("rounds")
+        if isinstance(rounds, list) and rounds:
+            out.append("<p>Candidates from both rounds: " + "; ".join(
+                f"round {_text(r.get('round'))}: {_num(r.get('n_images'), 0)} images from "
+                f"{_num(len(r.get('bundle_ids') or []), 0)} bundle(s)"
+                for r in rounds if isinstance(r, dict))
+                + ". The coordinator trained its CNNs on each round's pool; each site chose "
+                "among all of them on its own train split (the AUC cells say how many of "
+                "its picks came from each round), so it keeps round 2 only where it helped "
+                "there.</p>")
     phases = report.get("phases_seconds") or {}
     if phases:
         out.append("<h2>Run phases</h2><table><tr><th>Phase</th><th>Seconds</th></tr>")

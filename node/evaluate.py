@@ -175,8 +175,12 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     images, labels = images[keep], np.asarray(labels, np.int64)[keep]
     if input_size is not None and len(images) and images.shape[1] != input_size:
         images = resize_u8(images, int(input_size))
-    return select_on_train(models, list(meta["default"]), images,
-                           np.asarray(labels, np.int64))
+    model, record = select_on_train(models, list(meta["default"]), images,
+                                    np.asarray(labels, np.int64))
+    rounds = [c.get("round") for c in meta["candidates"]]
+    if any(r is not None for r in rounds):  # a two-round run's file: say which round won
+        record["picked_rounds"] = [rounds[i] for i in record["picked"]]
+    return model, record
 
 
 def class_counts(site_dir: Path, classes: str) -> npt.NDArray[np.int64]:

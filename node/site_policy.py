@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.protocol import DEFAULT_SITE_CANDIDATES
+
 POLICY_FILE = "site.toml"
 """Default policy file inside the site folder."""
 
@@ -59,7 +61,7 @@ class SitePolicy:
     """Evaluation requests answered per run tag (a resumed run may ask again once)."""
     max_evaluations_per_day: int = 10
     """Evaluation requests answered in any 24 hours, all coordinators and runs together."""
-    max_candidates: int = 32
+    max_candidates: int = DEFAULT_SITE_CANDIDATES
     """Most candidate CNNs one weights file may hold. The site picks its ensemble among them
     on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
     is a few bits about that split, so this caps what one evaluation can reveal (with K

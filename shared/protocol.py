@@ -37,6 +37,10 @@ from shared.files import atomic_write_json
 
 PROTOCOL = 1
 """Version of the request/reply documents below; both sides refuse another version."""
+DEFAULT_SITE_CANDIDATES = 32
+"""Candidate CNNs a site accepts in one evaluation's weights file unless its admin changes
+its policy (``max_candidates``): the most the coordinator puts in one file, so that no site
+at its defaults refuses it."""
 
 ACTIONS: dict[str, frozenset[str]] = {
     "ping": frozenset({"protocol", "action", "software-version", "run-tag"}),

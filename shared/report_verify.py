@@ -54,9 +54,15 @@ def selection_view(value: object) -> dict[str, Any] | None:
         return None
     n = value.get("n_images")  # a count: "chosen on -8 train images" is no count
     n_images = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 24 else None
-    return {"candidates": k, "distinct": len(set(picked)),
-            "on_train": value.get("split") == "train",
-            "n_images": n_images}
+    view: dict[str, Any] = {"candidates": k, "distinct": len(set(picked)),
+                            "on_train": value.get("split") == "train", "n_images": n_images}
+    rounds = value.get("picked_rounds")  # a two-round run: distinct picks per round
+    if (isinstance(rounds, list) and len(rounds) == len(picked)
+            and all(r in (1, 2) and not isinstance(r, bool) for r in rounds)):
+        distinct = dict(zip(picked, rounds, strict=True))
+        view["from_round"] = {str(r): sum(1 for v in distinct.values() if v == r)
+                              for r in (1, 2)}
+    return view
 
 
 DERIVED_VIEWS = {"resize": resize_view, "selection": selection_view}

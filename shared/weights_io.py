@@ -48,8 +48,9 @@ ARCH_KEYS = frozenset({"name", "num_classes", "width", "in_channels", "norm"})
 MAX_CANDIDATES = 64
 """Most networks one candidate file may hold (a site's policy may accept fewer:
 ``max_candidates``)."""
-CANDIDATE_KEYS = frozenset({"member", "seed", "epoch", "synthetic_val_auc"})
-"""What describes one candidate (numbers only: the file travels to every site)."""
+CANDIDATE_KEYS = frozenset({"member", "seed", "epoch", "synthetic_val_auc", "round"})
+"""What describes one candidate (numbers only: the file travels to every site). ``round``:
+which round's pool trained it, in a two-round run's file."""
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ def command(
     process per GPU; each trains its share of every batch)."""
     from coordinator.errors import CoordinatorError
     from coordinator.phases import RunSettings
-    from coordinator.pipeline import train_step, used_pool
+    from coordinator.pipeline import train_step, training_pools
     from coordinator.state import CoordinatorState
     from shared.cnn_train import ClassifierConfig
     from shared.config import resolve, to_dict
@@ -51,7 +51,7 @@ def command(
     cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier",
                   defaults=to_dict(RunSettings().cnn_config()))
     state = CoordinatorState(work / "state.db")
-    pool = used_pool(state, run_name)
+    pool, round1 = training_pools(state, run_name)
     if pool is None:
         raise CoordinatorError(f"{work / 'state.db'}: run {run_name!r} has no pool yet; run "
                                "`synthlearn coordinator pool` first")
@@ -61,15 +61,17 @@ def command(
             # Under torchrun (several GPUs): this process trains its share of every batch;
             # rank 0 writes the weights, the state and the requests.
             state.close()
-            train_step(pool, work, cfg, own=own, members=members or RunSettings().cnn_members)
+            train_step(pool, work, cfg, own=own, members=members or RunSettings().cnn_members,
+                       round1=round1)
             return
-        _train_and_request(state, pool, work, cfg, run_name, own, members, n_boot)
+        _train_and_request(state, pool, round1, work, cfg, run_name, own, members, n_boot)
     finally:
         group.stop()
 
 
-def _train_and_request(state: Any, pool: dict[str, Any], work: Path, cfg: Any, run_name: str,
-                       own: bool, members: int | None, n_boot: int) -> None:
+def _train_and_request(state: Any, pool: dict[str, Any], round1: dict[str, Any] | None,
+                       work: Path, cfg: Any, run_name: str, own: bool, members: int | None,
+                       n_boot: int) -> None:
     """Rank 0 (or the only process): the CNNs, then the state and one request per site."""
     from coordinator.phases import RunSettings
     from coordinator.pipeline import request_evaluations, train_step, weights_for
@@ -79,7 +81,7 @@ def _train_and_request(state: Any, pool: dict[str, Any], work: Path, cfg: Any, r
 
     state.start_phase(run_name, "train")
     trained = train_step(pool, work, cfg, own=own, progress=True, log=say,
-                         members=members or RunSettings().cnn_members)
+                         members=members or RunSettings().cnn_members, round1=round1)
     state.finish_phase(run_name, "train", trained)
     state.start_phase(run_name, "evaluate")
     sites = [acc["site"] for acc in pool.get("accepted", [])]

@@ -247,3 +247,23 @@ def test_a_selection_count_that_is_no_count_is_not_printed(tmp_path: Path) -> No
     page = write_report(build_report(run="r", sites=rows, pool=None, cnn=None),
                         tmp_path)[0].read_text()
     assert page.count("1 of 9 candidates, chosen on – train images") == 4
+
+
+def test_the_pooled_cell_says_which_round_the_picks_came_from(tmp_path: Path) -> None:
+    """A two-round run's candidates carry their round; the site signs the round of each pick
+    and the cell counts distinct picks per round. Anything else a peer puts there (a round 3,
+    strings, a list of another length) shows no round counts at all."""
+    honest = {"candidates": 8, "picked": [4, 1, 4], "picked_rounds": [2, 1, 2],
+              "split": "train", "n_images": 520}
+    rows = {"site-a": {"status": "ok", "baseline": _rec(0.8),
+                       "pooled": {**_rec(0.9), "selection": honest}}}
+    for i, bad in enumerate(([2, 1], [3, 1, 3], ["2", "1", "2"], [True, 1, True], "2,1,2")):
+        rows[f"site-{i}"] = {"status": "ok", "baseline": _rec(0.8), "pooled": {
+            **_rec(0.9), "selection": {**honest, "picked_rounds": bad}}}
+    report = build_report(run="r", sites=rows, pool=None, cnn=None)
+    by_site = {r["site"]: r for r in report["sites"]}
+    assert by_site["site-a"]["pooled"]["selection"]["from_round"] == {"1": 1, "2": 1}
+    assert all("from_round" not in by_site[f"site-{i}"]["pooled"]["selection"]
+               for i in range(5))
+    page = write_report(report, tmp_path)[0].read_text()
+    assert page.count("(1 from round 1, 1 from round 2)") == 1

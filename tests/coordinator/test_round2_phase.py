@@ -139,16 +139,91 @@ def test_round2_sends_only_the_other_sites_exported_images(tmp_path: Path) -> No
     assert used["site-c"][1].startswith("1 (round 2: TrainingError: out of time")
     # the failed site keeps round 1
     assert Path(used["site-c"][0]).read_bytes() == first["site-c"].read_bytes()
-    pooled = np.load(tmp_path / "work" / "pool" / "pooled" / "images.npy")
+    pooled = np.load(tmp_path / "work" / "pool-round2" / "pooled" / "images.npy")
     want = np.concatenate([_bundle_images(second["site-a"], trust),
                            _bundle_images(second["site-b"], trust),
                            _bundle_images(first["site-c"], trust)])
     assert set(_hashes(pooled)) <= set(_hashes(want))
     assert not set(_hashes(pooled)) & set(_hashes(_bundle_images(first["site-a"], trust)))
+    # round 1's pool stays on disk, untouched: its CNNs are candidates too
+    pooled1 = np.load(tmp_path / "work" / "pool" / "pooled" / "images.npy")
+    assert set(_hashes(pooled1)) <= set(_hashes(np.concatenate(
+        [_bundle_images(first[s], trust) for s in SITES])))
+    assert set(_hashes(pooled1)) & set(_hashes(_bundle_images(first["site-a"], trust)))
     html = Path(report["html"]).read_text()
     assert "Two rounds" in html and "<th>Round</th>" in html
     doc = json.loads(Path(report["json"]).read_text())
     assert {a["site"]: a["round"] for a in doc["pool"]["accepted"]}["site-a"] == "2"
+
+
+def test_after_round2_the_sites_choose_among_both_rounds_cnns(tmp_path: Path) -> None:
+    """The candidate file holds CNNs trained on round 1's pool and on round 2's, each saying
+    its round; every site chooses among all of them and signs which rounds its picks came
+    from; the report says so."""
+    import torch
+
+    from shared.weights_io import load_candidates
+
+    torch.set_num_threads(1)
+    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
+             for i, name in enumerate(SITES[:2])}
+    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
+             for i, (name, site) in enumerate(sites.items())}
+    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
+              for i, name in enumerate(SITES[:2])}
+    trust = trust_folder(tmp_path, sites)
+    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
+           "rounds": 2, "expected-sites": 2, "cnn-epochs": 2, "cnn-patience": 0,
+           "cnn-width": 8, "cnn-batch": 16, "cnn-members": 2, "n-boot": 200,
+           "own-synthetic": False, "node-wait-s": 1.0}
+    node_cfg = {name: {"site-dir": str(site), "accept-risk": RISK}
+                for name, site in sites.items()}
+    run = Run(settings_from_run_config(cfg), TwoRounds(node_cfg, first, second))
+    report = run.execute()
+
+    trained = run.state.phase_result("run", "train") or {}
+    pooled = trained["pooled"]
+    _, meta = load_candidates(Path(pooled["weights"]))
+    # 2 members × 2 epochs on each round's pool, in round order
+    assert [(c["round"], c["seed"], c["epoch"]) for c in meta["candidates"]] == [
+        (r, s, e) for r in (1, 2) for s in (0, 1) for e in (1, 2)]
+    assert pooled["candidate_rounds"] == [1] * 4 + [2] * 4
+    r1 = run.state.phase_result("run", "pool") or {}
+    r2 = run.state.phase_result("run", "round2") or {}
+    assert [r["bundle_ids"] for r in meta["rounds"]] == [
+        [a["bundle_id"] for a in r1["accepted"]], [a["bundle_id"] for a in r2["accepted"]]]
+    assert meta["n_images"] == r1["images"] + r2["images"]
+    # the default, for a site that cannot choose: each run's best epoch, both rounds
+    assert {meta["candidates"][i]["round"] for i in meta["default"]} == {1, 2}
+    doc = json.loads(Path(report["json"]).read_text())
+    for row in doc["sites"]:
+        sel = row["pooled"]["selection"]
+        assert sel["candidates"] == 8 and sel["on_train"]
+        assert sum(sel["from_round"].values()) == sel["distinct"]
+    for site in SITES[:2]:
+        signed = run.state.evaluations("run")[site]["pooled"]
+        picks = signed["payload"]["selection"] if "payload" in signed else signed["selection"]
+        rounds = [meta["candidates"][i]["round"] for i in picks["picked"]]
+        assert picks["picked_rounds"] == rounds
+    html = Path(report["html"]).read_text()
+    assert "Candidates from both rounds" in html and "from round 2" in html
+
+
+def test_a_run_whose_round2_pooled_nothing_new_trains_on_round1_alone(tmp_path: Path) -> None:
+    """Every site's round 2 failed: the pool is round 1's again, and training on it twice
+    would only double the candidates."""
+    from coordinator.pipeline import training_pools
+    from coordinator.state import CoordinatorState
+
+    state = CoordinatorState(tmp_path / "state.db")
+    state.start_phase("run", "pool")
+    state.finish_phase("run", "pool", {"accepted": [{"site": "a", "round": "1"}],
+                                       "folder": "pool"})
+    state.start_phase("run", "round2")
+    state.finish_phase("run", "round2", {"accepted": [{"site": "a", "round": "1 (failed)"}],
+                                         "folder": "pool-round2"})
+    pool, round1 = training_pools(state, "run")
+    assert round1 is None and pool is not None and pool["folder"] == "pool-round2"
 
 
 def test_one_round_skips_round2_and_pools_once(tmp_path: Path) -> None:
