@@ -563,6 +563,9 @@ def train_arrays(
     if ckpt is not None and cfg.speed == "auto" and ckpt.get("speed_mode") in SPEED_MODES:
         # A resumed run keeps the numeric mode it was probed into: same arithmetic throughout.
         cfg = replace(cfg, speed=ckpt["speed_mode"])
+    # A run started from a synthetic set pretrains inside it (_start_from → train_arrays): the
+    # group belongs to the outer call, whose fine-tune still needs it.
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     trainer = Trainer(images, labels, class_names, cfg, store_size, run_dir, progress)
     try:
         return _run(trainer, ckpt, ckpt_path, init, run_dir, store_size, progress, warnings)
@@ -570,7 +573,8 @@ def train_arrays(
         # Gloo's and NCCL's threads must not outlive the interpreter: a torchrun process that
         # exits with its process group alive can abort at exit ("terminate called without an
         # active exception", SIGABRT) after training has succeeded.
-        trainer.dist.stop()
+        if not joined:
+            trainer.dist.stop()
 
 
 def _run(trainer: Trainer, ckpt: dict[str, Any] | None, ckpt_path: Path, init: Any,

@@ -1,5 +1,7 @@
 """One process of a torchrun job in tests/node/test_multi_process.py: train the tiny GAN (or
-SpineGAN) on the arrays in DIR/data.npz into DIR/run, then write this rank's weight checksum."""
+SpineGAN) on the arrays in DIR/data.npz into DIR/run, then write this rank's weight checksum.
+Model ``init``: the tiny GAN started from the synthetic set DIR/syn (pretrained on it first,
+as round 2 does at a site)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def main() -> None:
     model = sys.argv[3] if len(sys.argv) > 3 else "gan"
     extra = ({"model": "spinegan", "resolution": 16, "spine_epochs": 1, "spine_min_steps": 2}
              if model == "spinegan" else {})
+    init_from = None
+    if model == "init":
+        extra, init_from = {"init_pretrain_kimg": 0.008}, out / "syn"
     torch.set_num_threads(1)
     data = np.load(out / "data.npz")
     seen: dict[str, Trainer] = {}
@@ -37,7 +42,7 @@ def main() -> None:
 
     Trainer.step = step  # type: ignore[method-assign]
     train_arrays(data["x"], data["y"], ["a", "b"], GanConfig(kimg=kimg, **{**TINY, **extra}),
-                 out / "run", progress=False)
+                 out / "run", progress=False, init_from=init_from)
     tr = seen["t"]
     flat = torch.cat([p.detach().flatten() for p in tr.G.parameters()] +
                      [p.detach().flatten() for p in tr.D.parameters()])

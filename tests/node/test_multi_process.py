@@ -68,3 +68,22 @@ def test_spinegan_trains_its_classifier_on_rank_zero_alone_and_goes_on(tmp_path:
     _torchrun(tmp_path, 0.012, 2, model="spinegan")
     r0, r1 = _ranks(tmp_path)
     assert r0["world"] == r1["world"] == 2 and r0["sum"] == r1["sum"]
+
+
+def test_a_run_started_from_a_synthetic_set_keeps_its_process_group_after_pretraining(
+        tmp_path: Path) -> None:
+    """Round 2 under torchrun: the pretraining on the shared synthetic set is a training of its
+    own inside the run; ending it must not end the process group the fine-tune still uses."""
+    from shared.synthetic import SyntheticSet
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 255, (32, 8, 8), dtype=np.uint8),
+             y=np.arange(32) % 2)
+    SyntheticSet(rng.integers(0, 255, (16, 8, 8), dtype=np.uint8), np.arange(16) % 2,
+                 ["a", "b"]).save(tmp_path / "syn")
+    _torchrun(tmp_path, 0.012, 2, model="init")
+    r0, r1 = _ranks(tmp_path)
+    assert r0["world"] == r1["world"] == 2 and r0["sum"] == r1["sum"]
+    assert r0["nimg"] == r1["nimg"] == 12
+    assert not r0["group_alive"] and not r1["group_alive"]
+    assert (tmp_path / "run" / "pretrain" / "metrics.json").exists()
