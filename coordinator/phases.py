@@ -134,11 +134,21 @@ class RunSettings:
         return Path(self.work_dir)
 
     def cnn_config(self) -> Any:
+        """The CNN recipe, refused (ConfigError) when ``cnn_members`` networks per pool, on
+        each of ``rounds`` pools, would not fit one candidate file a site accepts: the train
+        phase would refuse it too, after every site had trained its GANs."""
+        from coordinator.train import _network_bytes, _per_member
         from shared.cnn_train import ClassifierConfig
+        from shared.errors import ConfigError
 
-        return ClassifierConfig(epochs=self.cnn_epochs, width=self.cnn_width,
-                                batch=self.cnn_batch, patience=self.cnn_patience,
-                                max_minutes=self.cnn_max_minutes, seed=self.seed)
+        cfg = ClassifierConfig(epochs=self.cnn_epochs, width=self.cnn_width,
+                               batch=self.cnn_batch, patience=self.cnn_patience,
+                               max_minutes=self.cnn_max_minutes, seed=self.seed)
+        try:  # two classes: more only add a few output weights, checked again at train
+            _per_member(self.cnn_members * self.rounds, *_network_bytes(cfg, 2))
+        except ValueError as exc:
+            raise ConfigError(str(exc), "run config") from None
+        return cfg
 
 
 def run_config_defaults() -> dict[str, Any]:
@@ -271,6 +281,8 @@ class Run:
         done = self.state.completed_phases(self.run)
         if done:
             self.log(f"resuming run {self.run}: phases already done: {', '.join(done)}")
+        if "train" not in done:
+            self.s.cnn_config()  # a CNN recipe no site would accept stops the run here
         if self.s.stop_after == "ping":
             sites = self.sites()
             atomic_write_json(self.work / "ping.json", {str(k): v for k, v in sites.items()})

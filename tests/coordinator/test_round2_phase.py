@@ -226,6 +226,28 @@ def test_a_run_whose_round2_pooled_nothing_new_trains_on_round1_alone(tmp_path: 
     assert round1 is None and pool is not None and pool["folder"] == "pool-round2"
 
 
+def test_candidates_of_two_rounds_that_no_site_would_accept_stop_the_run_before_it_starts(
+        tmp_path: Path) -> None:
+    """8 members at width 48 fit one candidate file (8 of 15 at most), but a two-round run
+    trains them on each pool: 16 networks. Refused when the run is set up, not after every
+    site has trained two GANs and the coordinator reaches its train phase."""
+    from shared.errors import ConfigError
+
+    cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(tmp_path), "mode": "train",
+           "cnn-width": 48, "cnn-members": 8}
+    settings_from_run_config(cfg).cnn_config()  # one round: fits
+    two = settings_from_run_config({**cfg, "rounds": 2})
+    with pytest.raises(ConfigError, match="cnn-members or cnn-width"):
+        two.cnn_config()
+    transport = TwoRounds({}, {}, {})
+    asked: list[str] = []
+    transport.exchange = lambda kind, *a, **k: asked.append(kind) or {}  # type: ignore[method-assign]
+    transport.node_ids = lambda: asked.append("nodes") or []  # type: ignore[method-assign]
+    with pytest.raises(ConfigError, match="cnn-members or cnn-width"):
+        Run(two, transport).execute()
+    assert asked == []  # no site was asked for anything
+
+
 def test_one_round_skips_round2_and_pools_once(tmp_path: Path) -> None:
     sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
              for i, name in enumerate(SITES[:2])}
