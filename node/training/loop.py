@@ -717,6 +717,7 @@ def _run(trainer: Trainer, ckpt: dict[str, Any] | None, ckpt_path: Path, init: A
                            (json.dumps(summary, indent=2, default=str) + "\n").encode())
         _append_jsonl(metrics_path, {"event": "stop", "reason": stopped,
                                      "step": trainer.step_count, "kimg": trainer.nimg / 1000})
+    dist.barrier()  # every rank returns once the summary exists (`node train` prints it)
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return run_dir

@@ -41,8 +41,23 @@ def main() -> None:
         return original(self)
 
     Trainer.step = step  # type: ignore[method-assign]
+    if os.environ.get("RANK", "0") == "0":  # rank 0 writes the run's summary late
+        import time
+
+        import node.training.loop as loop
+
+        write = loop.atomic_write_bytes
+
+        def slow(path: Path, data: bytes) -> None:
+            if path.name == "metrics.json":
+                time.sleep(1.5)
+            write(path, data)
+
+        loop.atomic_write_bytes = slow  # type: ignore[assignment]
     train_arrays(data["x"], data["y"], ["a", "b"], GanConfig(kimg=kimg, **{**TINY, **extra}),
                  out / "run", progress=False, init_from=init_from)
+    # what `node train` prints on every rank once training returns
+    summary_seen = (out / "run" / "metrics.json").exists()
     tr = seen["t"]
     flat = torch.cat([p.detach().flatten() for p in tr.G.parameters()] +
                      [p.detach().flatten() for p in tr.D.parameters()])
@@ -51,7 +66,7 @@ def main() -> None:
         "sum": float(flat.double().sum()), "abs": float(flat.double().abs().sum()),
         "nimg": tr.nimg, "local_batch": tr.local_batch, "world": tr.dist.world,
         # left alive, gloo's threads can abort the process at exit (SIGABRT)
-        "group_alive": torch.distributed.is_initialized()}))
+        "group_alive": torch.distributed.is_initialized(), "summary_seen": summary_seen}))
 
 
 if __name__ == "__main__":

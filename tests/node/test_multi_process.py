@@ -39,6 +39,8 @@ def test_two_processes_stay_identical_and_resume_across_process_counts(tmp_path:
     assert r0["world"] == r1["world"] == 2 and r0["local_batch"] == 2
     assert r0["sum"] == r1["sum"] and r0["abs"] == r1["abs"], "processes drifted apart"
     assert not r0["group_alive"] and not r1["group_alive"], "training left its process group up"
+    # `node train` reads the summary on every rank: none may return before rank 0 wrote it
+    assert r0["summary_seen"] and r1["summary_seen"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["kimg"] == pytest.approx(0.012)
 
