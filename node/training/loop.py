@@ -565,7 +565,7 @@ def train_arrays(
         cfg = replace(cfg, speed=ckpt["speed_mode"])
     # A run started from a synthetic set pretrains inside it (_start_from → train_arrays): the
     # group belongs to the outer call, whose fine-tune still needs it.
-    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    outer = torch.distributed.is_available() and torch.distributed.is_initialized()
     trainer = Trainer(images, labels, class_names, cfg, store_size, run_dir, progress)
     try:
         return _run(trainer, ckpt, ckpt_path, init, run_dir, store_size, progress, warnings)
@@ -573,7 +573,7 @@ def train_arrays(
         # Gloo's and NCCL's threads must not outlive the interpreter: a torchrun process that
         # exits with its process group alive can abort at exit ("terminate called without an
         # active exception", SIGABRT) after training has succeeded.
-        if not joined:
+        if not outer:
             trainer.dist.stop()
 
 
