@@ -320,11 +320,12 @@ def report_step(state: CoordinatorState, run: str, work: Path, *, mode: str, tra
     """``work/report/report.html`` and ``report.json``; their paths."""
     from coordinator.report import build_report, write_report
 
-    pool = used_pool(state, run)
+    pool, round1 = training_pools(state, run)
     trained = state.phase_result(run, "train") or {}
     report = build_report(run=run, sites=site_rows(state, run, pool), pool=pool,
                           cnn=trained.get("pooled"), phases=state.phase_times(run), mode=mode,
-                          transport=transport, samples=bundle_samples(pool))
+                          transport=transport, samples=bundle_samples(pool),
+                          pool_round1=round1)
     html_path, json_path = write_report(report, work / "report")
     log(f"report: {html_path}")
     return {"html": str(html_path), "json": str(json_path)}

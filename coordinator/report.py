@@ -78,11 +78,13 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
                  cnn: dict[str, Any] | None, phases: dict[str, float] | None = None,
                  mode: str = "", transport: str = "flower",
                  centralised: dict[str, Any] | None = None,
-                 samples: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                 samples: dict[str, dict[str, str]] | None = None,
+                 pool_round1: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report document. ``sites`` maps a site name to ``{"status", "reason", "baseline",
     "own", "pooled", "problems", "bundle"}`` (verified records or None); ``samples`` maps a
     site to its class → PNG data URI sample grids (:func:`sample_grids`), shown in the HTML
-    only."""
+    only. ``pool_round1``: a two-round run's first pool when its CNNs are among the
+    candidates (its bundles' signed facts are shown and audited like the final pool's)."""
     from shared import __version__
 
     rows = []
@@ -126,6 +128,7 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
         "software_version": __version__,
         "sites": rows,
         "pool": pool,
+        "pool_round1": pool_round1,
         "cnn": cnn,
         "centralised": centralised,
         "phases_seconds": phases or {},
@@ -430,6 +433,45 @@ def _status(row: dict[str, Any]) -> str:
     return f'<span class="{cls}">{html.escape(st)}</span>'
 
 
+def _bundle_table(acc: list[Any], two_rounds: bool = False) -> list[str]:
+    """One row per pooled bundle: what its site signed (counts, audit gates, ε, ledger, key);
+    the Round column in a two-round run."""
+    if not acc:
+        return []
+    esc = html.escape
+    out: list[str] = []
+    out.append("<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
+               + "<th>Bundle id</th><th>Images</th><th>Per class</th>"
+               "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
+               "ledger</small></th><th>Key</th></tr>")
+    for a in acc:
+        audit: dict[str, Any] = a["audit"] if isinstance(a.get("audit"), dict) else {}
+        gates = audit.get("gates_passed")
+        gate_txt = ("passed" if gates else "overridden" if a.get("accepted_risk")
+                    else "failed" if gates is False else "–")
+        gates_doc: dict[str, Any] = (audit["gates"] if isinstance(audit.get("gates"), dict)
+                                     else {})
+        notes = [f"{k}: {g['note']}" for k, g in gates_doc.items()
+                 if isinstance(g, dict) and g.get("note")]
+        if notes:  # passed, but only because the sample could not show significance
+            gate_txt += "<br><small>" + esc("; ".join(notes)) + "</small>"
+        dp = a.get("dp") or {}
+        eps = dp.get("epsilon_spent", dp.get("epsilon")) if isinstance(dp, dict) else None
+        a_counts: dict[str, Any] = a["counts"] if isinstance(a.get("counts"), dict) else {}
+        counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in a_counts.items())
+        ledger = a.get("privacy_ledger") if isinstance(a.get("privacy_ledger"), dict) else {}
+        round_cell = f"<td>{esc(str(a.get('round', '1')))}</td>" if two_rounds else ""
+        out.append(f"<tr><td>{esc(str(a.get('site')))}</td>{round_cell}<td><code>"
+                   f"{esc(str(a.get('bundle_id'))[:13])}…</code></td><td class='n'>"
+                   f"{_num(a.get('images'), 0)}</td><td>{counts}</td><td>{gate_txt}</td>"
+                   f"<td class='n'>{_num(eps, 2) if is_number(eps) else 'not private'}"
+                   f"</td><td class='n'>{_num(ledger.get('cumulative_epsilon'), 2)}</td>"
+                   f"<td><code>{esc(str(a.get('key_fingerprint'))[:19])}…</code>"
+                   "</td></tr>")
+    out.append("</table>")
+    return out
+
+
 def render_html(report: dict[str, Any]) -> str:
     esc = html.escape
     rows: list[dict[str, Any]] = report["sites"]
@@ -512,36 +554,7 @@ def render_html(report: dict[str, Any]) -> str:
                    "bundle where round 2 failed (column Round). A site's \"own synthetic\" "
                    "score is then that of the bundle pooled here: in round 2 its GAN also "
                    "learnt from the other sites' images.</p>")
-    if acc:
-        out.append("<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
-                   + "<th>Bundle id</th><th>Images</th><th>Per class</th>"
-                   "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
-                   "ledger</small></th><th>Key</th></tr>")
-        for a in acc:
-            audit: dict[str, Any] = a["audit"] if isinstance(a.get("audit"), dict) else {}
-            gates = audit.get("gates_passed")
-            gate_txt = ("passed" if gates else "overridden" if a.get("accepted_risk")
-                        else "failed" if gates is False else "–")
-            gates_doc: dict[str, Any] = (audit["gates"] if isinstance(audit.get("gates"), dict)
-                                         else {})
-            notes = [f"{k}: {g['note']}" for k, g in gates_doc.items()
-                     if isinstance(g, dict) and g.get("note")]
-            if notes:  # passed, but only because the sample could not show significance
-                gate_txt += "<br><small>" + esc("; ".join(notes)) + "</small>"
-            dp = a.get("dp") or {}
-            eps = dp.get("epsilon_spent", dp.get("epsilon")) if isinstance(dp, dict) else None
-            a_counts: dict[str, Any] = a["counts"] if isinstance(a.get("counts"), dict) else {}
-            counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in a_counts.items())
-            ledger = a.get("privacy_ledger") if isinstance(a.get("privacy_ledger"), dict) else {}
-            round_cell = f"<td>{esc(str(a.get('round', '1')))}</td>" if two_rounds else ""
-            out.append(f"<tr><td>{esc(str(a.get('site')))}</td>{round_cell}<td><code>"
-                       f"{esc(str(a.get('bundle_id'))[:13])}…</code></td><td class='n'>"
-                       f"{_num(a.get('images'), 0)}</td><td>{counts}</td><td>{gate_txt}</td>"
-                       f"<td class='n'>{_num(eps, 2) if is_number(eps) else 'not private'}"
-                       f"</td><td class='n'>{_num(ledger.get('cumulative_epsilon'), 2)}</td>"
-                       f"<td><code>{esc(str(a.get('key_fingerprint'))[:19])}…</code>"
-                       "</td></tr>")
-        out.append("</table>")
+    out.extend(_bundle_table(acc, two_rounds))
     pool_counts: dict[str, Any] = pool["counts"] if isinstance(pool.get("counts"), dict) else {}
     counts = ", ".join(f"{_text(k)}: {_text(v)}" for k, v in pool_counts.items())
     out.append(f"<p>Pooled: {_text(pool.get('images', 0))} images ({counts}); "
@@ -564,6 +577,11 @@ def render_html(report: dict[str, Any]) -> str:
                 "among all of them on its own train split (the AUC cells say how many of "
                 "its picks came from each round), so it keeps round 2 only where it helped "
                 "there.</p>")
+            first = report.get("pool_round1")
+            first_acc = (first.get("accepted") if isinstance(first, dict) else None) or []
+            if isinstance(first_acc, list) and first_acc:
+                out.append("<p>Round 1's bundles, whose CNNs are among the candidates:</p>")
+                out.extend(_bundle_table([a for a in first_acc if isinstance(a, dict)]))
     phases = report.get("phases_seconds") or {}
     if phases:
         out.append("<h2>Run phases</h2><table><tr><th>Phase</th><th>Seconds</th></tr>")

@@ -156,8 +156,9 @@ def check_report(doc: dict[str, Any], trust: Path) -> list[tuple[str, str]]:
             out += _site_numbers(row, f"$.sites[{i}]", trust)
         else:
             out.append((f"$.sites[{i}]", "not a site row"))
-    pool: dict[str, Any] = doc["pool"] if isinstance(doc.get("pool"), dict) else {}
-    for i, acc in enumerate(pool.get("accepted") or []):
-        if isinstance(acc, dict):
-            out += _bundle_numbers(acc, f"$.pool.accepted[{i}]", trust)
+    for key in ("pool", "pool_round1"):  # a two-round run's first pool trained CNNs too
+        pool: dict[str, Any] = doc[key] if isinstance(doc.get(key), dict) else {}
+        for i, acc in enumerate(pool.get("accepted") or []):
+            if isinstance(acc, dict):
+                out += _bundle_numbers(acc, f"$.{key}.accepted[{i}]", trust)
     return out

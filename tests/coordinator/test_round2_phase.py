@@ -207,6 +207,16 @@ def test_after_round2_the_sites_choose_among_both_rounds_cnns(tmp_path: Path) ->
         assert picks["picked_rounds"] == rounds
     html = Path(report["html"]).read_text()
     assert "Candidates from both rounds" in html and "from round 2" in html
+    # round 1's bundles trained half the candidates: their signed facts are shown and audited
+    assert [a["bundle_id"] for a in doc["pool_round1"]["accepted"]] == [
+        a["bundle_id"] for a in r1["accepted"]]
+    assert "Round 1&#x27;s bundles" in html or "Round 1's bundles" in html
+    assert all(a["bundle_id"][:13] in html for a in r1["accepted"])
+    from shared.report_verify import check_report
+
+    assert check_report(doc, trust) == []
+    doc["pool_round1"]["accepted"][0]["images"] += 1
+    assert [path for path, _ in check_report(doc, trust)] == ["$.pool_round1.accepted[0].images"]
 
 
 def test_a_run_whose_round2_pooled_nothing_new_trains_on_round1_alone(tmp_path: Path) -> None:
