@@ -56,6 +56,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "select1x10": {"_select": (1, 10)},
     "library": {"_select": (2, 3), "_per_site": True},
     "round1-select3x3": {"_select": (3, 3), "_round1": True},
+    "both-select3x3": {"_select": (3, 3), "_both": True},
 }
 """The recipes compared; ``demo`` is the demo's own (the run's ``cnn-config.json``). Keys
 starting with ``_`` change the pool, not the recipe: ``teacher`` trains on each site's
@@ -70,8 +71,9 @@ split is scored. ``_per_site``: the candidates also include one CNN per site's p
 (every epoch), so a site can lean on the generators that suit it (not in the product).
 ``_round1``: for a ``synthlearn demo --rounds 2`` run, the same path on the run's *round-1*
 pool, rebuilt from its round-1 bundles by the product's own pooling; against ``select3x3``
-(the round-2 pool the demo trained on) it is round 2's effect, paired on the same test
-images."""
+(the round-2 pool) it is round 2's effect, paired on the same test images. ``_both``: the
+product's two-round path, candidates from both pools in one file (``train_pooled`` with
+``round2``), each site choosing among all of them."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -203,10 +205,13 @@ def replay_run(run: Path, arms: list[str], epochs: int,
         chosen: dict[str, Any] = {}
         if ARMS[arm].get("_select"):
             n_members, n_epochs = ARMS[arm]["_select"]
+            first = round1_pool(run) if ARMS[arm].get("_round1") or ARMS[arm].get(
+                "_both") else None
             per_seed[base.seed], chosen = select_at_sites(
-                run, round1_pool(run) if ARMS[arm].get("_round1") else pool, base, recipe,
+                run, first if ARMS[arm].get("_round1") else pool, base, recipe,
                 tests, n_members, n_epochs, probs,
-                per_site=bool(ARMS[arm].get("_per_site")))
+                per_site=bool(ARMS[arm].get("_per_site")),
+                round1=first if ARMS[arm].get("_both") else None)
         for seed in [] if ARMS[arm].get("_select") else (
                 cnn_seeds or [base.seed + i for i in range(members)]):
             cfg = replace(base, seed=seed, **recipe)
@@ -268,12 +273,13 @@ def pool_parts(run: Path, pool: Any) -> list[Any]:
 
 def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
                     tests: dict[str, Any], members: int, epochs: int,
-                    probs: dict[str, list[Any]], per_site: bool = False
-                    ) -> tuple[dict[str, float], dict[str, Any]]:
+                    probs: dict[str, list[Any]], per_site: bool = False,
+                    round1: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
     """The product's path: candidates from ``coordinator.train.train_pooled``, each site's
     choice on its real train split (``node.evaluate``), that ensemble on its test split.
     Appends each site's test probabilities to ``probs``; returns (site → test AUC, site →
-    how it chose)."""
+    how it chose). ``round1``: a two-round run's first pool, whose candidates join
+    ``pool``'s (round 2's) in one file, as the coordinator does."""
     import tempfile
 
     import numpy as np
@@ -291,7 +297,10 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
     with tempfile.TemporaryDirectory() as tmp:
         for i, part in enumerate(sets):
             path = Path(tmp) / f"candidates-{i}.npz"
-            train_pooled(part, path, cfg, progress=False, members=members if i == 0 else 1)
+            if i == 0 and round1 is not None:
+                train_pooled(round1, path, cfg, progress=False, members=members, round2=part)
+            else:
+                train_pooled(part, path, cfg, progress=False, members=members if i == 0 else 1)
             more, part_meta = load_candidates(path)
             if i == 0:  # its default indexes the pooled CNNs, which come first
                 meta = part_meta
@@ -303,7 +312,8 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
         p = predict_scores(model, x)[:, 1]
         probs[name].append(p)
         aucs[name] = class_auc(y, np.stack([1 - p, p], 1))
-        chosen[name] = {k: sel.get(k) for k in ("picked", "n_images")}
+        chosen[name] = {k: sel.get(k) for k in ("picked", "n_images", "picked_rounds")
+                        if k in sel}
     return aucs, chosen
 
 
