@@ -214,8 +214,9 @@ def training_pools(state: CoordinatorState, run: str
 
     After a round 2 in which at least one site's second bundle was pooled, the candidates
     come from both pools: each site then keeps round 2's networks only where they score
-    better on its real train split. Round 2 alone was not dependable (under DP it gave the
-    best and the worst of three seeds, BENCHMARKS.md § DP ε = 10 with round 2)."""
+    better on its real train split. Neither round alone was dependable under DP (ratio ≥ 0.90
+    in two seeds of five for round 1, one for round 2); the choice among both met it in all
+    five (BENCHMARKS.md § DP ε = 10 with round 2)."""
     pool = used_pool(state, run)
     second = state.phase_result(run, "round2") or {}
     if not second.get("accepted") or second.get("folder") != "pool-round2" or not any(

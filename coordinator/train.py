@@ -39,9 +39,8 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
     ``round2``: a two-round run's second pool. ``members`` more CNNs train on it (each pool
     with the whole ``cfg.max_minutes``) and join the same file, each candidate saying its
     ``round``: a site then keeps round 2's networks only where they score better on its own
-    train split. Under DP that choice was the one configuration that reached ratio ≥ 0.90 in
-    three seeds of three, where either round alone failed in one (BENCHMARKS.md § DP ε = 10
-    with round 2).
+    train split. Under DP that choice met ratio ≥ 0.90 in five seeds of five, where round 1
+    alone did in two and round 2 alone in one (BENCHMARKS.md § DP ε = 10 with round 2).
 
     Why candidates rather than one network: on the pool's own synthetic validation part every
     epoch scores AUC ≈ 1.0, so the coordinator cannot tell which seed and epoch carry over to
