@@ -153,6 +153,40 @@ def score(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64], cnn: Cla
     return out
 
 
+def score_selected(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
+                   cnn: ClassifierConfig, members: int, epochs: int,
+                   chooser: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+                   tests: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]]
+                   ) -> dict[str, Any]:
+    """The product's downstream path: the coordinator's candidates (``members`` CNN seeds ×
+    ``epochs``, :func:`coordinator.train.train_pooled`), the ensemble chosen on the real
+    train split (``chooser``, :func:`node.selection.select_on_train`), scored on ``tests``.
+    Applied alike to the synthetic sets and to the real ceiling, so the ratio compares the
+    same recipe on both."""
+    import tempfile
+    from dataclasses import replace
+
+    from coordinator.train import train_pooled
+    from node.selection import select_on_train
+    from shared.synthetic import SyntheticSet
+    from shared.weights_io import load_candidates
+
+    t = time.monotonic()
+    pool = SyntheticSet(images, labels, ["normal", "pneumonia"], {})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidates.npz"
+        train_pooled(pool, path, replace(cnn, epochs=epochs, patience=0), progress=False,
+                     device="cpu", members=members)
+        nets, meta = load_candidates(path)
+    model, rec = select_on_train(nets, meta["default"], *chooser)
+    out: dict[str, Any] = {"cnn_train_s": time.monotonic() - t, "candidates": len(nets),
+                           "picked": rec.get("picked")}
+    for name, (x, y) in tests.items():
+        p = predict_scores(model, x)
+        out[name] = auc_with_ci(y, p[:, 1], n_boot=1000, seed=0).to_dict()
+    return out
+
+
 def throughput(seconds: float, out: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
     for res, batch in ((32, 64), (64, 64), (128, 32), (256, 16)):
@@ -223,6 +257,10 @@ def main() -> None:
                     help="only measure img/s per numeric mode (float32 / channels_last / bf16), "
                          "interleaved ROUNDS times, then exit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--select", default="",
+                    help="MEMBERSxEPOCHS (e.g. 3x3): also score each snapshot and the real "
+                         "ceiling through the product's downstream path (candidates chosen on "
+                         "the real train split), key 'selected'")
     args = ap.parse_args()
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -234,6 +272,8 @@ def main() -> None:
         (args.out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
         return
     budgets = [float(b) for b in args.budgets.split(",")]
+    members, _, per = args.select.partition("x")
+    select = (int(members), int(per)) if args.select else None
     x_tr, y_tr = load_npz(args.data, "train")
     x_va, y_va = load_npz(args.data, "val")
     tests = {"val": (x_va, y_va)}
@@ -299,13 +339,19 @@ def main() -> None:
     if not args.skip_real:
         print("scoring CNN on real train split (ceiling)", flush=True)
         results["real_ceiling"] = score(x_tr, y_tr, cnn, tests)
+        if select:
+            results["real_ceiling"]["selected"] = score_selected(x_tr, y_tr, cnn, *select,
+                                                                 (x_tr, y_tr), tests)
         save()
     for m in models:
         for s_rec, s in zip(results["models"][m.name]["snapshots"], m.snapshots, strict=True):
             imgs, labs = synthesize(m, s, args.n_synth, seed=1234)
             sc = score(imgs, labs, cnn, tests)
+            if select:
+                sc["selected"] = score_selected(imgs, labs, cnn, *select, (x_tr, y_tr), tests)
             s_rec.update(sc)
-            print(f"[{m.name}] {s['budget_min']:g} min → val AUC {sc['val']['auc']:.4f}",
+            print(f"[{m.name}] {s['budget_min']:g} min → val AUC {sc['val']['auc']:.4f}"
+                  + (f", selected {sc['selected']['val']['auc']:.4f}" if select else ""),
                   flush=True)
             save()
     results["machine"]["load_avg_end"] = os.getloadavg()
