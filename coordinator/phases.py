@@ -137,7 +137,7 @@ class RunSettings:
         """The CNN recipe, refused (ConfigError) when ``cnn_members`` networks per pool, on
         each of ``rounds`` pools, would not fit one candidate file a site accepts: the train
         phase would refuse it too, after every site had trained its GANs."""
-        from coordinator.train import _network_bytes, _per_member
+        from coordinator.train import candidates_per_run
         from shared.cnn_train import ClassifierConfig
         from shared.errors import ConfigError
 
@@ -145,7 +145,7 @@ class RunSettings:
                                batch=self.cnn_batch, patience=self.cnn_patience,
                                max_minutes=self.cnn_max_minutes, seed=self.seed)
         try:  # two classes: more only add a few output weights, checked again at train
-            _per_member(self.cnn_members * self.rounds, *_network_bytes(cfg, 2))
+            candidates_per_run(cfg, self.cnn_members * self.rounds)
         except ValueError as exc:
             raise ConfigError(str(exc), "run config") from None
         return cfg

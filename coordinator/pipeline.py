@@ -97,12 +97,14 @@ def train_step(pool: Mapping[str, Any], work: Path, cfg: Any, *, own: bool = Tru
     # Under torchrun every process trains (its share of each batch); rank 0 alone writes.
     group = ProcessGroup()
     main = group.main
-    pooled = _pooled_set(pool, work)
-    first = _pooled_set(round1, work) if round1 is not None else None
+    last = _pooled_set(pool, work)
+    if round1 is None:
+        first, second = last, None
+    else:  # a two-round run: round 1's CNNs are candidates too
+        first, second = _pooled_set(round1, work), last
     result: dict[str, Any] = {
-        "pooled": train_pooled(first or pooled, cnn_dir / "pooled-cnn.npz", cfg,
-                               progress=progress, members=members,
-                               round2=pooled if first is not None else None),
+        "pooled": train_pooled(first, cnn_dir / "pooled-cnn.npz", cfg, progress=progress,
+                               members=members, round2=second),
         "own": {}}
     if main:
         write_resolved(cfg, cnn_dir, "cnn-config.json")
@@ -199,30 +201,26 @@ def _stratified(labels: Any, n: int, seed: int) -> Any:
     return np.sort(np.concatenate(picks))[:n] if picks else np.arange(0)
 
 
-def used_pool(state: CoordinatorState, run: str) -> dict[str, Any] | None:
-    """The pool the run ended with (the report's, and the bundles the sites' own-synthetic
-    CNNs come from): round 2's when the run had one, else round 1's."""
-    second = state.phase_result(run, "round2") or {}
-    if second.get("accepted"):
-        return second
-    return state.phase_result(run, "pool")
-
-
 def training_pools(state: CoordinatorState, run: str
                    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(the pool the CNN trains on, round 1's pool when its CNNs are candidates too).
+    """(the pool the run ended with, round 1's pool when its CNNs are candidates too).
+
+    The first is round 2's pool when the run had one, else round 1's: the report shows it,
+    the sites' own-synthetic CNNs come from its bundles, and the CNN trains on it.
 
     After a round 2 in which at least one site's second bundle was pooled, the candidates
     come from both pools: each site then keeps round 2's networks only where they score
     better on its real train split. Neither round alone was dependable under DP (ratio ≥ 0.90
     in two seeds of five for round 1, one for round 2); the choice among both met it in all
     five (BENCHMARKS.md § DP ε = 10 with round 2)."""
-    pool = used_pool(state, run)
+    first = state.phase_result(run, "pool")
     second = state.phase_result(run, "round2") or {}
-    if not second.get("accepted") or second.get("folder") != "pool-round2" or not any(
+    if not second.get("accepted"):
+        return first, None
+    if second.get("folder") != "pool-round2" or not any(
             a.get("round") == "2" for a in second["accepted"]):
-        return pool, None
-    return pool, state.phase_result(run, "pool")
+        return second, None  # no second bundle pooled, or a state from before pool-round2
+    return second, first
 
 
 # -- 3. request evaluations ---------------------------------------------------------------------

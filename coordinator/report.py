@@ -439,11 +439,10 @@ def _bundle_table(acc: list[Any], two_rounds: bool = False) -> list[str]:
     if not acc:
         return []
     esc = html.escape
-    out: list[str] = []
-    out.append("<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
-               + "<th>Bundle id</th><th>Images</th><th>Per class</th>"
-               "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
-               "ledger</small></th><th>Key</th></tr>")
+    out = ["<table><tr><th>Site</th>" + ("<th>Round</th>" if two_rounds else "")
+           + "<th>Bundle id</th><th>Images</th><th>Per class</th>"
+           "<th>Audit gates</th><th>DP ε</th><th>Site's Σε<br><small>privacy "
+           "ledger</small></th><th>Key</th></tr>"]
     for a in acc:
         audit: dict[str, Any] = a["audit"] if isinstance(a.get("audit"), dict) else {}
         gates = audit.get("gates_passed")

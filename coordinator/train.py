@@ -76,8 +76,7 @@ def train_pooled(pooled: SyntheticSet, out: Path, cfg: ClassifierConfig, *,
                          f"({list(pooled.class_names)}, {pooled.images.shape[1:]}) in its "
                          "classes or image size: one candidate file cannot hold both")
     # before any training: a file of one network per member must already fit what sites accept
-    runs_planned = members * len(pools)
-    per_member = _per_member(runs_planned, *_network_bytes(cfg, len(pooled.class_names)))
+    per_member = candidates_per_run(cfg, members * len(pools), len(pooled.class_names))
     # Under torchrun (several GPUs) every process trains its share of each batch.
     group = ProcessGroup()
     t0 = time.monotonic()
@@ -207,6 +206,12 @@ def _round_summary(rnd: int, pool: SyntheticSet) -> dict[str, Any]:
     return {"round": rnd, "n_images": len(pool), "counts": pool.counts(),
             "bundle_ids": list(pool.info.get("bundle_ids", [])),
             "sites": list(pool.info.get("sites", []))}
+
+
+def candidates_per_run(cfg: ClassifierConfig, runs: int, num_classes: int = 2) -> int:
+    """Epochs each of ``runs`` CNN trainings may keep in one candidate file that a site at its
+    default policy accepts; ValueError, naming what to lower, when not even one fits."""
+    return _per_member(runs, *_network_bytes(cfg, num_classes))
 
 
 def _network_bytes(cfg: ClassifierConfig, num_classes: int) -> tuple[int, int]:

@@ -88,20 +88,27 @@ def _bundle_images(path: Path, trust: Path) -> np.ndarray:
     return _bundle_set(path, trust).images
 
 
+def _exported(tmp_path: Path, names: tuple[str, ...], second_for: tuple[str, ...]
+              ) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path], Path]:
+    """(site folders, round-1 bundles, round-2 bundles of the sites in ``second_for``, trust
+    folder): phantom sites, each bundle exported by the site's own code and key."""
+    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
+             for i, name in enumerate(names)}
+    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
+             for i, (name, site) in enumerate(sites.items())}
+    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
+              for i, name in enumerate(names) if name in second_for}
+    return sites, first, second, trust_folder(tmp_path, sites)
+
+
 def test_round2_sends_only_the_other_sites_exported_images(tmp_path: Path) -> None:
     import torch
 
     from node.store import SiteStore
 
     torch.set_num_threads(1)
-    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
-             for i, name in enumerate(SITES)}
-    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
-             for i, (name, site) in enumerate(sites.items())}
     # site-c's second round fails at the site: it must keep its first bundle.
-    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
-              for i, name in enumerate(SITES[:2])}
-    trust = trust_folder(tmp_path, sites)
+    sites, first, second, trust = _exported(tmp_path, SITES, SITES[:2])
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "rounds": 2, "round2-gan-config": json.dumps({"dp_epsilon": 3.0}),
            "gan-config": json.dumps({"kimg": 1.0, "dp_epsilon": 7.0}),
@@ -165,13 +172,7 @@ def test_after_round2_the_sites_choose_among_both_rounds_cnns(tmp_path: Path) ->
     from shared.weights_io import load_candidates
 
     torch.set_num_threads(1)
-    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
-             for i, name in enumerate(SITES[:2])}
-    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
-             for i, (name, site) in enumerate(sites.items())}
-    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
-              for i, name in enumerate(SITES[:2])}
-    trust = trust_folder(tmp_path, sites)
+    sites, first, second, trust = _exported(tmp_path, SITES[:2], SITES[:2])
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "rounds": 2, "expected-sites": 2, "cnn-epochs": 2, "cnn-patience": 0,
            "cnn-width": 8, "cnn-batch": 16, "cnn-members": 2, "n-boot": 200,
@@ -259,11 +260,7 @@ def test_candidates_of_two_rounds_that_no_site_would_accept_stop_the_run_before_
 
 
 def test_one_round_skips_round2_and_pools_once(tmp_path: Path) -> None:
-    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
-             for i, name in enumerate(SITES[:2])}
-    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
-             for i, (name, site) in enumerate(sites.items())}
-    trust = trust_folder(tmp_path, sites)
+    sites, first, _, trust = _exported(tmp_path, SITES[:2], ())
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
     transport = TwoRounds({n: {"site-dir": str(s)} for n, s in sites.items()}, first, {})
@@ -290,15 +287,10 @@ def _two_site_round2(tmp_path: Path, *, fail: tuple[str, ...] = (),
     """Two sites, round 1 and round 2 pooled (stopping there); ``fail``: sites whose second
     round fails at the site; ``resend``: sites that answer round 2 with their round-1
     bundle; ``forge``: sites whose round-2 answer is the other site's round-2 bundle."""
-    sites = {name: make_keyed_site(tmp_path / "sites", name, n=60, size=16, seed=i)
-             for i, name in enumerate(SITES[:2])}
-    first = {name: _export(site, name, i, tmp_path / "r1" / f"{name}.slbundle")
-             for i, (name, site) in enumerate(sites.items())}
-    second = {name: _export(sites[name], name, 10 + i, tmp_path / "r2" / f"{name}.slbundle")
-              for i, name in enumerate(SITES[:2]) if name not in fail + resend}
+    sites, first, second, trust = _exported(
+        tmp_path, SITES[:2], tuple(n for n in SITES[:2] if n not in fail + resend))
     second.update({name: first[name] for name in resend})
     second.update({name: second[next(o for o in SITES[:2] if o != name)] for name in forge})
-    trust = trust_folder(tmp_path, sites)
     cfg = {"work-dir": str(tmp_path / "work"), "trust-dir": str(trust), "mode": "train",
            "rounds": 2, "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
     transport = TwoRounds({n: {"site-dir": str(s)} for n, s in sites.items()}, first, second)
@@ -327,7 +319,7 @@ def test_air_gapped_repool_replaces_a_stale_round2_pool(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from coordinator.pipeline import used_pool
+    from coordinator.pipeline import training_pools
     from shared.cli import app
 
     run, first, _, trust = _two_site_round2(tmp_path)
@@ -337,7 +329,7 @@ def test_air_gapped_repool_replaces_a_stale_round2_pool(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["coordinator", "pool", str(carried), "--trust", str(trust),
                                    "--work", str(tmp_path / "work"), "--run-name", "run"])
     assert res.exit_code == 0, res.output
-    pool = used_pool(run.state, "run") or {}
+    pool = training_pools(run.state, "run")[0] or {}
     assert [a["site"] for a in pool["accepted"]] == ["site-b"]
 
 
