@@ -163,3 +163,41 @@ def test_a_lesion_site_without_every_class_still_chooses(tmp_path: Path) -> None
     one = labels == labels[0]  # a single class present cannot rank anything
     _, rec = select_on_train(nets, [2], images[one], labels[one])
     assert rec["picked"] == [2] and "default" in rec["rule"]
+
+
+def test_the_rounds_a_coordinator_declares_are_numbers_echoed_for_the_picks_only(
+        tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A two-round file's candidates say their round. A hostile coordinator may declare any
+    round: text is refused before any network is built; a number is only echoed back for
+    the picked networks (the report counts 1s and 2s and drops anything else), and nothing
+    about the choice or the test AUC depends on it."""
+    from shared.report_verify import selection_view
+    from shared.weights_io import WeightsError
+
+    run_baseline(tiny_site, CFG, progress=False, n_boot=200)
+    good = load_classifier(tiny_site / "metrics" / "baseline-cnn.npz")
+    torch.manual_seed(3)
+    blank = ResNetClassifier(2, width=4, norm="group").eval()
+    meta = {"class_names": ["normal", "abnormal"]}
+    honest, odd = tmp_path / "honest.npz", tmp_path / "odd.npz"
+    save_candidates([blank, good], honest, meta, [{"epoch": 1, "round": 1},
+                                                 {"epoch": 1, "round": 2}], default=[0])
+    save_candidates([blank, good], odd, meta, [{"epoch": 1, "round": -7},
+                                              {"epoch": 1, "round": 1e300}], default=[0])
+    ev = evaluate_weights(tiny_site, honest, n_boot=200, write=False, compare_local=False)
+    ev_odd = evaluate_weights(tiny_site, odd, n_boot=200, write=False, compare_local=False)
+    sel, sel_odd = ev["selection"], ev_odd["selection"]
+    assert sel["picked_rounds"] == [[1, 2][i] for i in sel["picked"]]
+    assert sel_odd["picked"] == sel["picked"] and ev_odd["auc"] == ev["auc"]
+    assert sel_odd["picked_rounds"] == [[-7, 1e300][i] for i in sel["picked"]]
+    assert "from_round" in selection_view(sel)  # type: ignore[operator]
+    assert "from_round" not in selection_view(sel_odd)  # type: ignore[operator]
+    # a file whose sender skipped the writer's check: the site refuses it before scoring
+    with monkeypatch.context() as m:
+        m.setattr("shared.weights_io._check_candidate_meta", lambda *a: None)
+        save_candidates([blank, good], tmp_path / "text.npz", meta,
+                        [{"epoch": 1, "round": "<b>1</b>"}, {"epoch": 1, "round": 2}],
+                        default=[0])
+    with pytest.raises(WeightsError, match=r"text\.npz.*not numbers"):
+        evaluate_weights(tiny_site, tmp_path / "text.npz", n_boot=200, compare_local=False)
+    assert not list((tiny_site / "metrics").glob("evaluation-*.json"))  # nothing written
