@@ -273,6 +273,8 @@ def main() -> None:
         return
     budgets = [float(b) for b in args.budgets.split(",")]
     members, _, per = args.select.partition("x")
+    if args.select and not (members.isdigit() and per.isdigit() and int(members) * int(per)):
+        ap.error(f"--select {args.select!r}: give MEMBERSxEPOCHS, e.g. 3x3")
     select = (int(members), int(per)) if args.select else None
     x_tr, y_tr = load_npz(args.data, "train")
     x_va, y_va = load_npz(args.data, "val")
