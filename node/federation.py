@@ -18,6 +18,7 @@ import json
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,10 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
         _score_synthetic(settings, request, synthetic_name, log)
     from node.export import export_bundle
 
-    out = settings.site / "exports" / f"{tag}-{int(time.time())}.slbundle"
+    # A name of its own per export: the same request asked twice within one second (a
+    # restarted coordinator) used to collide with the first bundle and fail.
+    out = (settings.site / "exports"
+           / f"{tag}-{int(time.time())}-{uuid.uuid4().hex[:8]}.slbundle")
     log(f"{settings.name}: exporting {synthetic_name}")
     manifest = export_bundle(settings.site, out, synthetic_name=synthetic_name,
                              accept_risk=settings.accept_risk or None, site=settings.name,

@@ -98,6 +98,27 @@ def test_failure_reasons_leaving_the_site_carry_no_local_paths(keyed_site: Path)
     assert str(keyed_site) not in cfg["reason"] and "<path>" in cfg["reason"]
 
 
+def test_the_same_export_asked_twice_within_a_second_is_answered_twice(
+        keyed_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted coordinator may repeat a request at once: the second export used to be
+    refused because its bundle file name (run tag + second) was the first one's."""
+    import time
+    from types import SimpleNamespace
+
+    from tests.coordinator.fedutil import audited_stand_in
+
+    audited_stand_in(keyed_site, 0, size=32)
+    monkeypatch.setattr("node.federation.time",
+                        SimpleNamespace(time=lambda: 1_800_000_000.0, monotonic=time.monotonic))
+    req = {"protocol": PROTOCOL, "action": "export-bundle", "mode": "collect",
+           "run-tag": "run-1"}
+    node = {"accept-risk": "test site: 32 px blobs look alike; no patient exists"}
+    first = ask(keyed_site, req, "train", node=node)
+    again = ask(keyed_site, req, "train", node=node)
+    assert first["status"] == again["status"] == "ok", (first, again)
+    assert len(list((keyed_site / "exports").glob("run-1-1800000000-*.slbundle"))) == 2
+
+
 def test_evaluate_returns_signed_numbers_bound_to_the_weights(keyed_site: Path,
                                                               tmp_path: Path) -> None:
     from shared.classifier import ResNetClassifier
