@@ -12,6 +12,10 @@
 #   PYTHON=.venv/bin/python OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 # Rehearsal on a CPU (tiny sizes, same code paths, numbers meaningless):
 #   DEVICE=cpu bash benchmarks/gpu_check.sh
+# Only some steps (a short device lease): ONLY="environment cuda_tests gan_bench_28" …
+# gan_bench_28 (off unless named in ONLY): the lean SpineGAN on PneumoniaMNIST (DATA=path of
+# pneumoniamnist_trainval.npz) on the device against the same with ema_kimg=10, interleaved,
+# snapshots at GAN_BUDGETS minutes, each scored by a CNN trained on its images (issue 12).
 # Every step runs under its own `timeout` and the script goes on after a failure; the summary
 # is $OUT/summary.md (and summary.json); each step's log is $OUT/<step>.log.
 set -u
@@ -31,8 +35,10 @@ else
   TINY=""; QMIN=2.0; QIMG=2000; STEPS=32; WARM=4; CNN_MIN=0.75; X=1
 fi
 declare -a NAMES RCS SECS
+ONLY="${ONLY:-environment cuda_tests speed_gpu_presets speed_cpu_preset_on_device quality_128}"
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name="$1" limit="$2"; shift 2
+  case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$SECONDS
   echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/progress.log"
   timeout --kill-after=10 "$((limit * X))" "$@" >"$OUT/$name.log" 2>&1
@@ -64,6 +70,14 @@ step speed_cpu_preset_on_device 60 "$PY" benchmarks/gpu_bench.py speed --device 
   --presets cpu@64,cpu@128 --steps "$STEPS" --warmup "$WARM" --out "$OUT/speed.jsonl"
 step quality_128 270 "$PY" benchmarks/gpu_bench.py quality --device "$DEVICE" $TINY --res 128 \
   --minutes "$QMIN" --images "$QIMG" --cnn-minutes "$CNN_MIN" --out "$OUT/quality.json"
+if [ -n "${DATA:-}" ]; then
+  step gan_bench_28 "${GAN_LIMIT:-420}" "$PY" benchmarks/gan_bench.py --device "$DEVICE" \
+    --data "$DATA" --out "$OUT/gan-bench" --models spinegan,spinegan-ema10 \
+    --variant spinegan-ema10=spinegan:ema_kimg=10 --budgets "${GAN_BUDGETS:-1,2}" \
+    --slice-seconds 15
+  cp "$OUT/gan-bench/results.json" "$OUT/gan_bench.json" 2>/dev/null
+  rm -rf "$OUT/gan-bench"
+fi
 
 "$PY" - "$OUT" "${NAMES[*]}" "${RCS[*]}" "${SECS[*]}" <<'PYEOF'
 import json, sys
