@@ -16,6 +16,12 @@ Protocol:
 4. The same CNN recipe trained on the real train split gives the ceiling.
 5. ``--throughput`` measures our trainer's img/s at 32², 64², 128², 256² on random data.
 
+Ablations: ``--variant NAME=MODEL:FIELD=VALUE,...`` adds an arm with GanConfig fields changed
+(interleaved with the others, so load hits every arm alike); ``--cnn-seeds N`` scores each
+image set by N CNN seeds as well (``val_mean``), since one CNN seed moves the AUC by about
+as much as a lever does; ``--device cuda`` trains the GANs on a GPU while the scoring CNNs
+stay on the CPU, so every device is judged by the same recipe.
+
 Run (≈ 30 min of training + scoring on 2 cores)::
 
     python benchmarks/gan_bench.py --out /tmp/gan-bench --throughput

@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.metrics.auc import auc_with_ci
     from shared.metrics.distribution import distribution_scores
     from shared.metrics.encoders import get_encoder
+    from shared.metrics.paired import delong_paired
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -597,9 +598,20 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": clock.stages.get(f"cnn {k}")}
         for k in scores if k.startswith("pooled")
     }
+    # Pooled − local on each site's own test images is a PAIRED question (same images, two
+    # CNNs): DeLong's paired test is far tighter than comparing two unpaired bootstrap CIs,
+    # which is what a 92-image test split needs before a +0.02 can count as a gain.
+    for k, arm in ablation.items():
+        arm["paired_vs_local"] = {
+            n: delong_paired(tests[f"site-{n}"][1], scores[f"local-{n}"]["probs"][f"site-{n}"],
+                             scores[k]["probs"][f"site-{n}"]).to_dict()
+            for n in site_names}
     small = min(SITES, key=lambda s: s.normal + s.pneumonia).name
     small_gain = (scores["pooled"]["auc"][f"site-{small}"]["auc"]
                   - scores[f"local-{small}"]["auc"][f"site-{small}"]["auc"])
+    arrays: dict[str, Any] = {f"labels/{t}": y for t, (_, y) in tests.items()}
+    arrays.update({f"{k}/{t}": p for k in scores for t, p in scores[k]["probs"].items()})
+    np.savez_compressed(out / "scores.npz", **arrays)  # for paired re-analysis later
     with clock.stage("plots"):
         plot_roc(out / "roc.png", scores, tests, site_names)
     total = round(time.monotonic() - t_start, 1)
@@ -634,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": args.teacher,
         "round2_source": args.round2_source if args.round2 else None,
         "synthetic_factor": args.synthetic_factor,
-        "small_site": {"site": small, "pooled_minus_local": small_gain},
+        "small_site": {"site": small, "pooled_minus_local": small_gain,
+                       "paired": {k: a["paired_vs_local"][small] for k, a in ablation.items()}},
         "all_auc": {k: scores[k]["auc"] for k in models},
         "cnn_training": train_info,
         "gan_metrics": gan_info,
@@ -645,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "dominant_stage": dominant,
         "seconds_total": total,
         "peak_rss": peak_rss_mb(),
-        "files": {"roc": str(out / "roc.png"),
+        "files": {"roc": str(out / "roc.png"), "scores": str(out / "scores.npz"),
                   "samples": [str(out / f"samples-site-{n}.png") for n in site_names]},
     }
     path = out / "results.json"
@@ -691,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
         con.print(f"  {k}: common {fmt(a['common_val'])} ÷central {a['ratio_vs_central']:.3f} "
                   f"÷pooled {a['ratio_vs_pooled']:.3f}; minus local "
                   + " ".join(f"{n} {v:+.3f}" for n, v in a["minus_local"].items()))
+        con.print("    paired DeLong vs local real, own tests: " + "; ".join(
+            f"{n} {d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] p={d['p_value']:.3f}"
+            for n, d in a["paired_vs_local"].items()))
     con.print(f"small site {small}: pooled − local real on its own test = {small_gain:+.3f}")
     con.print(f"stages (s): {stage_sum}; dominant: {dominant}; total {total:.0f} s; "
               f"peak RSS {results['peak_rss']}")
