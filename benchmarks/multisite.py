@@ -27,7 +27,10 @@ Scenario (everything in one process; the Flower wiring is benchmarked elsewhere)
    the three sites' real train splits.
 4. One table (rows sites; columns local real / own synthetic / pooled synthetic / centralised
    real; AUC [95 % bootstrap CI]); utility ratio pooled ÷ centralised; wall-clock per stage;
-   peak RSS; ``roc.png``; ``samples-site-<x>.png``; ``results.json``.
+   peak RSS; ``roc.png``; ``samples-site-<x>.png``; ``results.json``. Pooled − local real on
+   each site's own test is also given as DeLong's *paired* test (both CNNs score the same
+   images; ``pooled_arms.<arm>.paired_vs_local``), and every arm's test scores go to
+   ``scores.npz`` so that two runs on the same generators can be paired later.
 5. **Augmentation** (Finlayson et al., Gupta et al.): per site, its real train split plus pooled
    synthetic images making up ``--augment-share`` of the mix (0 turns it off), early-stopped on
    real images only, next to its local-real CNN.
