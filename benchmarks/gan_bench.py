@@ -56,7 +56,7 @@ from node.training.config import GanConfig  # noqa: E402
 from node.training.data import images_to_model_space, to_output_space  # noqa: E402
 from node.training.loop import Trainer  # noqa: E402
 from shared.cnn_train import ClassifierConfig, predict_scores, train_classifier  # noqa: E402
-from shared.config import from_mapping  # noqa: E402
+from shared.config import from_mapping, parse_assignment  # noqa: E402
 from shared.errors import ConfigError  # noqa: E402
 from shared.metrics.auc import auc_with_ci  # noqa: E402
 from shared.synthetic import from_tensor_range  # noqa: E402
@@ -211,8 +211,8 @@ def score_selected(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """``NAME=MODEL:K=V,...`` → (NAME, GanConfig overrides). Values are read as JSON where they
-    parse (numbers, true/false), else kept as text.
+    """``NAME=MODEL:K=V,...`` → (NAME, GanConfig overrides); each ``K=V`` read by the project's
+    one parser (shared.config.parse_assignment), names and types checked by from_mapping.
 
     >>> parse_variant("spinegan-ema10=spinegan:ema_kimg=10,augment=fixed")
     ('spinegan-ema10', {'model': 'spinegan', 'ema_kimg': 10, 'augment': 'fixed'})
@@ -222,14 +222,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     if not sep or not name or model not in ("gan", "spinegan"):
         raise ValueError("give NAME=MODEL:K=V,... with MODEL gan or spinegan")
     over: dict[str, Any] = {"model": model}
-    for item in filter(None, fields.split(",")):  # names and types: shared.config.from_mapping
-        k, eq, v = item.partition("=")
-        if not eq or not k:
-            raise ValueError(f"{item!r} is not FIELD=VALUE")
-        try:
-            over[k] = json.loads(v)
-        except json.JSONDecodeError:
-            over[k] = v
+    over.update(parse_assignment(item) for item in filter(None, fields.split(",")))
     return name, over
 
 

@@ -114,6 +114,23 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str | Path | Non
         raise ConfigError(f"{cls.__name__}: {exc}", source) from None
 
 
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """``key=value`` from a command line → (key, value), the value read as a TOML value where it
+    parses (numbers, booleans, quoted text, inline tables), else kept as text. The one parser
+    for every ``-c key=value`` style option; the key is checked later, by :func:`from_mapping`.
+
+    >>> parse_assignment("ada_target=0.45"), parse_assignment("augment=fixed")
+    (('ada_target', 0.45), ('augment', 'fixed'))
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{item!r}: expected key=value")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
 def read_table(path: Path, table: str | None = None) -> dict[str, Any]:
     """One table of a TOML file as a dict ({} when the table is absent)."""
     try:

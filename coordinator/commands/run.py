@@ -42,11 +42,11 @@ def command(
     `flwr run` itself exits 0 even when the run later fails; this command reads the final
     status with `flwr ls` and exits non-zero with the ServerApp's log tail when it failed.
     """
-    import tomllib
-
     from coordinator.errors import CoordinatorError
     from coordinator.launch import ConsoleEcho, submit_and_watch
     from coordinator.phases import settings_from_run_config
+    from shared.config import parse_assignment
+    from shared.errors import ConfigError
     from shared.flower_proc import write_connection
 
     if mode not in ("collect", "train"):
@@ -63,22 +63,20 @@ def command(
         if not app_key.exists():
             raise CoordinatorError(f"{app_key}: no such app-signing key")
         signing = ((superlink_db or work / "superlink.db").absolute(), app_key.absolute())
-    cli_home = work / "cli-home"
-    write_connection(cli_home, "synthlearn", superlink,
-                     root_cert=root_cert.absolute() if root_cert else None, insecure=insecure)
     run_config: dict[str, object] = {"work-dir": str(work), "trust-dir": str(trust.absolute()),
                                      "mode": mode, "expected-sites": sites,
                                      "run-name": run_name}
     for item in config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CoordinatorError(f"--config {item!r}: expected key=value")
         try:
-            run_config[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            run_config[key.strip()] = value
+            key, value = parse_assignment(item)
+        except ConfigError as e:
+            raise CoordinatorError(f"--config {e}") from None
+        run_config[key] = value
     # Checked here (unknown keys, bad values: one line, exit 2), not an hour into the run.
     settings_from_run_config(run_config).cnn_config()
+    cli_home = work / "cli-home"
+    write_connection(cli_home, "synthlearn", superlink,
+                     root_cert=root_cert.absolute() if root_cert else None, insecure=insecure)
     with ConsoleEcho() as echo:
         row = submit_and_watch("synthlearn", cli_home, run_config,
                                timeout=timeout_minutes * 60, echo=echo, signing=signing)

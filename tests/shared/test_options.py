@@ -125,3 +125,23 @@ def test_toml_nan_or_inf_is_refused_for_a_float_field(text: str, tmp_path: Path)
     toml.write_text(f"[gan]\nmax_minutes = {text}\n")
     with pytest.raises(ConfigError, match="finite"):
         resolve(GanConfig, toml=toml, table="gan")
+
+
+@pytest.mark.parametrize(("item", "says"), [("n-synthetic", "expected key=value"),
+                                            ("=5", "expected key=value"),
+                                            ("n-synthetic=abc", "n_synthetic")])
+def test_bad_run_config_item_is_refused_before_anything_is_written(
+        item: str, says: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`coordinator run -c ITEM`: one line naming the item, exit 2, and no connection file or
+    work folder left behind (the check runs before the run is submitted)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["synthlearn", "coordinator", "run", "--insecure",
+                                     "--trust", str(tmp_path / "trust"),
+                                     "--work", str(tmp_path / "work"), "-c", item])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert says in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
