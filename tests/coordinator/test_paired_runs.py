@@ -1,0 +1,49 @@
+"""benchmarks/paired_runs.py: a lever's pooled arm against the baseline's on the same test
+images. A variant whose scores rank better must come out positive; runs of another
+partition (other labels) must be refused rather than compared."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mod() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("paired_runs",
+                                                  ROOT / "benchmarks" / "paired_runs.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(folder: Path, labels: np.ndarray, pooled: np.ndarray, local: np.ndarray) -> Path:
+    folder.mkdir()
+    arrays: dict[str, Any] = {"labels/site-a": labels, "pooled/site-a": pooled,
+                              "local-a/site-a": local}
+    np.savez(folder / "scores.npz", **arrays)
+    return folder
+
+
+def test_better_ranking_variant_is_positive_and_other_partition_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    local = y + rng.normal(0, 1.0, y.size)
+    base = _run(tmp_path / "base", y, y + rng.normal(0, 1.5, y.size), local)
+    better = _run(tmp_path / "better", y, y + rng.normal(0, 0.5, y.size), local)
+    mod = _mod()
+    out = mod.compare(base, better)
+    cell = out["arms"]["pooled"]["site-a"]
+    assert cell["delta"] > 0.05 and cell["p_value"] < 0.05
+    assert out["local_real_identical"]
+    assert "pooled-selected" not in out["arms"]  # an arm a run lacks is skipped, not invented
+    other = _run(tmp_path / "other", y[::-1].copy(), y[::-1] * 1.0, local)
+    with pytest.raises(SystemExit, match="differs"):
+        mod.compare(base, other)
