@@ -30,7 +30,8 @@ Scenario (everything in one process; the Flower wiring is benchmarked elsewhere)
    peak RSS; ``roc.png``; ``samples-site-<x>.png``; ``results.json``. Pooled − local real on
    each site's own test is also given as DeLong's *paired* test (both CNNs score the same
    images; ``pooled_arms.<arm>.paired_vs_local``), and every arm's test scores go to
-   ``scores.npz`` so that two runs on the same generators can be paired later.
+   ``scores.npz`` so that two runs can be paired later: ``benchmarks/paired_runs.py`` compares
+   a ``--gan-set`` lever's run with the default's of the same ``--seed`` (same test images).
 5. **Augmentation** (Finlayson et al., Gupta et al.): per site, its real train split plus pooled
    synthetic images making up ``--augment-share`` of the mix (0 turns it off), early-stopped on
    real images only, next to its local-real CNN.
