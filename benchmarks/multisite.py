@@ -405,13 +405,22 @@ def main(argv: list[str] | None = None) -> int:
     eps_r1 = args.dp_epsilon
     if args.round2 and args.dp_epsilon is not None:
         eps_r1 = args.dp_epsilon * (1.0 - args.round2_epsilon_share)
+    own_flags = {"model": "--model", "classes": "(binary)", "seed": "--seed",
+                 "max_minutes": "--gan-minutes", "kimg": "--gan-kimg", "batch": "--gan-batch",
+                 "dp_epsilon": "--dp-epsilon", "dp_site_budget": "--dp-epsilon"}
+    try:
+        gan_set = dict(parse_assignment(item) for item in args.gan_set)
+    except ConfigError as e:
+        ap.error(f"--gan-set: {e}")
+    for key in sorted(set(gan_set) & set(own_flags)):  # else round 2 and results.json disagree
+        ap.error(f"--gan-set {key}: set by {own_flags[key]}, not --gan-set")
     try:  # the project's one resolver: unknown fields and wrong types refused by name
         gan_cfg = from_mapping(GanConfig, {
             "model": args.model, "classes": "binary", "seed": args.seed,
             "max_minutes": args.gan_minutes, "kimg": args.gan_kimg, "dp_epsilon": eps_r1,
             "dp_site_budget": args.dp_epsilon,
             **({"batch": args.gan_batch} if args.gan_batch else {}),
-            **dict(parse_assignment(item) for item in args.gan_set)})
+            **gan_set})
     except ConfigError as e:
         ap.error(f"--gan-set: {e}")
     out.mkdir(parents=True, exist_ok=True)

@@ -50,22 +50,42 @@ def _scores(run: Path) -> dict[str, np.ndarray]:
 
 
 def compare(base: Path, variant: Path, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
-    """AUC(variant) − AUC(baseline) per pooled arm and test, DeLong-paired."""
+    """AUC(variant) − AUC(baseline) per pooled arm and test, DeLong-paired. Refused (SystemExit
+    naming the run) when the runs' tests differ, or an arm is in one run only: a comparison
+    that silently dropped a test or an arm would read as complete."""
     a, b = _scores(base), _scores(variant)
     tests = sorted(k.split("/", 1)[1] for k in a if k.startswith("labels/"))
+    tests_b = sorted(k.split("/", 1)[1] for k in b if k.startswith("labels/"))
+    if tests != tests_b:
+        raise SystemExit(f"{variant}: tests {tests_b} differ from {base}'s {tests}")
     for t in tests:
-        if f"labels/{t}" not in b or not np.array_equal(a[f"labels/{t}"], b[f"labels/{t}"]):
+        if not np.array_equal(a[f"labels/{t}"], b[f"labels/{t}"]):
             raise SystemExit(f"{variant}: test {t!r} differs from {base}'s (give runs with the "
                              "same --seed and --data)")
-    local_same = all(np.array_equal(a[k], b[k]) for k in a if k.startswith("local-") and k in b)
+    local = [k for k in a if k.startswith("local-")]
     out: dict[str, Any] = {"baseline": str(base), "variant": str(variant),
-                           "local_real_identical": local_same, "arms": {}}
+                           "local_real_identical": bool(local) and all(
+                               k in b and np.array_equal(a[k], b[k]) for k in local),
+                           "arms": {}}
     for arm in arms:
-        if not all(f"{arm}/{t}" in a and f"{arm}/{t}" in b for t in tests):
-            continue
-        out["arms"][arm] = {t: delong_paired(a[f"labels/{t}"], a[f"{arm}/{t}"],
-                                             b[f"{arm}/{t}"]).to_dict() for t in tests}
+        has = [all(f"{arm}/{t}" in run for t in tests) for run in (a, b)]
+        if has[0] != has[1]:
+            raise SystemExit(f"{variant if has[0] else base}: no {arm!r} scores, which "
+                             f"{base if has[0] else variant} has (run both with the same arms)")
+        if has[0]:
+            out["arms"][arm] = {t: delong_paired(a[f"labels/{t}"], a[f"{arm}/{t}"],
+                                                 b[f"{arm}/{t}"]).to_dict() for t in tests}
+    if not out["arms"]:
+        raise SystemExit(f"{base}, {variant}: neither pooled arm ({', '.join(arms)}) is in both")
     return out
+
+
+def _seed(run: Path) -> int | None:
+    try:
+        seed = json.loads((run / "results.json").read_text())["partition"]["seed"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return int(seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
                     metavar=("BASELINE", "VARIANT"), help="two multisite.py runs, same --seed")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    seeds = [_seed(base) for base, _ in args.pair]
+    known = [x for x in seeds if x is not None]
+    if len(known) != len(set(known)):  # one seed given twice would count as two
+        raise SystemExit(f"--pair: each pair must be another partition seed, got {seeds}")
     runs = [compare(base, var) for base, var in args.pair]
     for r in runs:
         if not r["local_real_identical"]:
-            print(f"warning: {r['variant']}: local-real scores differ from the baseline's "
-                  "(another machine or CNN recipe?)", file=sys.stderr)
+            print(f"warning: {r['variant']}: local-real scores missing or differ from the "
+                  "baseline's (another machine or CNN recipe?)", file=sys.stderr)
     arms = [arm for arm in ARMS if all(arm in r["arms"] for r in runs)]
     summary: dict[str, Any] = {}
     print("| arm | test | " + " | ".join(f"seed pair {i}" for i in range(len(runs)))

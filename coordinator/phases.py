@@ -141,10 +141,10 @@ class RunSettings:
         from shared.cnn_train import ClassifierConfig
         from shared.errors import ConfigError
 
-        cfg = ClassifierConfig(epochs=self.cnn_epochs, width=self.cnn_width,
-                               batch=self.cnn_batch, patience=self.cnn_patience,
-                               max_minutes=self.cnn_max_minutes, seed=self.seed)
         try:  # two classes: more only add a few output weights, checked again at train
+            cfg = ClassifierConfig(epochs=self.cnn_epochs, width=self.cnn_width,
+                                   batch=self.cnn_batch, patience=self.cnn_patience,
+                                   max_minutes=self.cnn_max_minutes, seed=self.seed)
             candidates_per_run(cfg, self.cnn_members * self.rounds)
         except ValueError as exc:
             raise ConfigError(str(exc), "run config") from None

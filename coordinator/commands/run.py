@@ -44,7 +44,7 @@ def command(
     """
     from coordinator.errors import CoordinatorError
     from coordinator.launch import ConsoleEcho, submit_and_watch
-    from coordinator.phases import settings_from_run_config
+    from coordinator.phases import run_config_defaults, settings_from_run_config
     from shared.config import parse_assignment
     from shared.errors import ConfigError
     from shared.flower_proc import write_connection
@@ -66,11 +66,15 @@ def command(
     run_config: dict[str, object] = {"work-dir": str(work), "trust-dir": str(trust.absolute()),
                                      "mode": mode, "expected-sites": sites,
                                      "run-name": run_name}
+    known = run_config_defaults()
     for item in config:
         try:
             key, value = parse_assignment(item)
         except ConfigError as e:
             raise CoordinatorError(f"--config {e}") from None
+        if key not in known:  # Flower matches keys as spelled: n_synthetic is not n-synthetic
+            raise CoordinatorError(f"--config {item!r}: unknown key {key!r} (known: "
+                                   f"{', '.join(sorted(known))})")
         run_config[key] = value
     # Checked here (unknown keys, bad values: one line, exit 2), not an hour into the run.
     settings_from_run_config(run_config).cnn_config()

@@ -47,3 +47,25 @@ def test_better_ranking_variant_is_positive_and_other_partition_refused(tmp_path
     other = _run(tmp_path / "other", y[::-1].copy(), y[::-1] * 1.0, local)
     with pytest.raises(SystemExit, match="differs"):
         mod.compare(base, other)
+
+
+def test_runs_with_other_tests_or_arms_are_refused_not_trimmed(tmp_path: Path) -> None:
+    """A comparison that silently dropped a test or an arm would read as complete."""
+    y = np.repeat([0, 1], 20)
+    s = y + 0.5
+    base = _run(tmp_path / "base", y, s, s)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    extra_arrays: dict[str, Any] = {"labels/site-a": y, "pooled/site-a": s,
+                                    "local-a/site-a": s, "labels/extra": y, "pooled/extra": s}
+    np.savez(extra / "scores.npz", **extra_arrays)
+    mod = _mod()
+    with pytest.raises(SystemExit, match="tests"):
+        mod.compare(base, extra)
+    other_arm = tmp_path / "other-arm"
+    other_arm.mkdir()
+    other_arrays: dict[str, Any] = {"labels/site-a": y, "pooled-selected/site-a": s,
+                                    "local-a/site-a": s}
+    np.savez(other_arm / "scores.npz", **other_arrays)
+    with pytest.raises(SystemExit, match="no 'pooled' scores"):
+        mod.compare(base, other_arm)

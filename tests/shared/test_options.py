@@ -129,7 +129,9 @@ def test_toml_nan_or_inf_is_refused_for_a_float_field(text: str, tmp_path: Path)
 
 @pytest.mark.parametrize(("item", "says"), [("n-synthetic", "expected key=value"),
                                             ("=5", "expected key=value"),
-                                            ("n-synthetic=abc", "n_synthetic")])
+                                            ("n-synthetic=abc", "n_synthetic"),
+                                            ("n_synthetic=5", "unknown key 'n_synthetic'"),
+                                            ("cnn-epochs=0", "epochs must be")])
 def test_bad_run_config_item_is_refused_before_anything_is_written(
         item: str, says: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
