@@ -4,7 +4,6 @@ partition (other labels) must be refused rather than compared."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,16 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
 
 
 def _mod() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("paired_runs",
-                                                  ROOT / "benchmarks" / "paired_runs.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("paired_runs")
 
 
 def _run(folder: Path, labels: np.ndarray, pooled: np.ndarray, local: np.ndarray) -> Path:

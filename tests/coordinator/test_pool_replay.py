@@ -4,7 +4,6 @@ study chooses epochs by the real *train* split (never by the test split)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -14,18 +13,11 @@ import numpy as np
 from shared.cnn_train import ClassifierConfig
 from shared.config import to_dict
 from shared.synthetic import SyntheticSet
-from tests.conftest import blob_images
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import blob_images, load_benchmark
 
 
 def _replay() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pool_replay",
-                                                  ROOT / "benchmarks" / "pool_replay.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("pool_replay")
 
 
 def _demo_folder(tmp_path: Path) -> Path:
