@@ -260,18 +260,22 @@ def sample_grid(path: Path, real: tuple[U8, I64], synth: tuple[U8, I64], title: 
 def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
                  tests: dict[str, tuple[U8, I64]], train_sets: dict[str, tuple[U8, I64]],
                  central_x: U8, central_y: I64, args: Any,
-                 more_pools: list[tuple[U8, I64]] = ()  # type: ignore[assignment]
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+                 more_pools: list[tuple[U8, I64]] = (),  # type: ignore[assignment]
+                 adapt_bn: bool = False,
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
     test target's ensemble chosen on its own real train split (``node.selection``). Returns
-    (scores in the shape of the other arms, target → what was picked). ``more_pools``: round
-    2's pool, whose candidates join the same file and the same choice, as in the product
-    (:func:`coordinator.train.train_pooled` with ``round2``)."""
+    (scores in the shape of the other arms, target → what was picked, the AdaBN twin's scores
+    or None). ``more_pools``: round 2's pool, whose candidates join the same file and the same
+    choice, as in the product (:func:`coordinator.train.train_pooled` with ``round2``).
+    ``adapt_bn``: the SAME candidates are also chosen and scored after their BatchNorm
+    statistics are re-estimated on the chooser's real train images
+    (:func:`shared.cnn_train.adapt_batchnorm`), so the twin differs from the arm only by that."""
     import tempfile
 
     from coordinator.train import train_pooled
     from node.selection import select_on_train
-    from shared.cnn_train import predict_scores
+    from shared.cnn_train import adapt_batchnorm, predict_scores
     from shared.metrics.auc import auc_with_ci
     from shared.synthetic import SyntheticSet
     from shared.weights_io import load_candidates
@@ -287,17 +291,23 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
         nets, meta = load_candidates(path)
     chooser = {f"site-{n}": xy for n, xy in train_sets.items()}
     chooser["common-val"] = (central_x, central_y)
-    out: dict[str, Any] = {"auc": {}, "probs": {}}
+    outs: dict[bool, dict[str, Any]] = {}
     picked: dict[str, Any] = {}
-    for tname, (tx, ty) in tests.items():
-        if tname not in chooser:
-            continue
-        model, rec = select_on_train(nets, meta["default"], *chooser[tname])
-        p = predict_scores(model, tx)[:, 1]
-        out["probs"][tname] = p
-        out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
-        picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "n_images")}
-    return out, picked
+    for adapted in ([False, True] if adapt_bn else [False]):
+        out: dict[str, Any] = {"auc": {}, "probs": {}}
+        for tname, (tx, ty) in tests.items():
+            if tname not in chooser:
+                continue
+            cx, cy = chooser[tname]
+            cands = [adapt_batchnorm(n, cx) for n in nets] if adapted else nets
+            model, rec = select_on_train(cands, meta["default"], cx, cy)
+            p = predict_scores(model, tx)[:, 1]
+            out["probs"][tname] = p
+            out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
+            if not adapted:
+                picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "n_images")}
+        outs[adapted] = out
+    return outs[False], picked, outs.get(True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                          "MEMBERS CNN seeds, and each site picks its ensemble on its own real "
                          "train split (node.selection); on the common val the choice is made "
                          "on the union of the train splits, what the centralised CNN saw")
+    ap.add_argument("--adapt-bn", action="store_true",
+                    help="with --select: every selected arm gets an '-adabn' twin, the same "
+                         "candidates with their BatchNorm statistics re-estimated on each "
+                         "chooser's real train images before the choice (AdaBN)")
     ap.add_argument("--select-both", action="store_true",
                     help="with --round2 and --select: add 'pooled-both-selected', where each "
                          "target chooses among the candidates of BOTH rounds' pools (a site "
@@ -373,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="plumbing check: tiny GAN/CNN budgets (numbers not meaningful)")
     args = ap.parse_args(argv)
+    if args.adapt_bn and not args.select:
+        ap.error("--adapt-bn adapts the candidates the sites choose among: add --select")
     if args.quick:
         args.gan_minutes = min(args.gan_minutes, 0.5)
         args.cnn_epochs = min(args.cnn_epochs, 2)
@@ -572,23 +588,23 @@ def main(argv: list[str] | None = None) -> int:
     selection: dict[str, Any] = {}
     if args.select:
         members, _, per = args.select.partition("x")
+        sel_cfg = dataclasses.replace(cnn_cfg, epochs=int(per), patience=0)
+        chosen: list[tuple[str, tuple[U8, I64], list[tuple[U8, I64]]]] = []
         if not args.select_both_only:
-            with clock.stage("cnn pooled-selected"):
-                scores["pooled-selected"], selection = selected_arm(
-                    pooled_x, pooled_y,
-                    dataclasses.replace(cnn_cfg, epochs=int(per), patience=0), int(members),
-                    tests, train_sets, central_x, central_y, args)
-        if round2_pool is not None and not args.select_both_only:
-            with clock.stage("cnn pooled-round2-selected"):  # the product's path, round 2
-                scores["pooled-round2-selected"], _ = selected_arm(
-                    *round2_pool, dataclasses.replace(cnn_cfg, epochs=int(per), patience=0),
-                    int(members), tests, train_sets, central_x, central_y, args)
+            chosen.append(("pooled-selected", (pooled_x, pooled_y), []))
+        if round2_pool is not None and not args.select_both_only:  # the product's path, round 2
+            chosen.append(("pooled-round2-selected", round2_pool, []))
         if round2_pool is not None and args.select_both:
-            with clock.stage("cnn pooled-both-selected"):
-                scores["pooled-both-selected"], _ = selected_arm(
-                    pooled_x, pooled_y,
-                    dataclasses.replace(cnn_cfg, epochs=int(per), patience=0), int(members),
-                    tests, train_sets, central_x, central_y, args, more_pools=[round2_pool])
+            chosen.append(("pooled-both-selected", (pooled_x, pooled_y), [round2_pool]))
+        for arm, (px, py), more in chosen:
+            with clock.stage(f"cnn {arm}"):
+                scores[arm], picked, twin = selected_arm(
+                    px, py, sel_cfg, int(members), tests, train_sets, central_x, central_y,
+                    args, more_pools=more, adapt_bn=args.adapt_bn)
+            if arm == "pooled-selected":
+                selection = picked
+            if twin is not None:
+                scores[f"{arm}-adabn"] = twin
 
     table: list[dict[str, Any]] = []
     for n in site_names:

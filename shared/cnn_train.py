@@ -251,6 +251,46 @@ def predict_scores(
     return np.concatenate(out)
 
 
+def adapt_batchnorm(
+    model: torch.nn.Module, images: npt.NDArray[np.uint8] | ImageRows, batch: int = 256,
+) -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``images`` (AdaBN,
+    Li et al. 2016); the weights are untouched and ``model`` itself is not changed.
+
+    Why: a CNN trained on synthetic images normalises each layer with the synthetic images'
+    means and variances. Re-estimating them on a site's own real images (no labels needed)
+    aligns the layers with the images the site will score. A network without BatchNorm is
+    returned as a plain copy.
+    """
+    import copy
+
+    rows = image_rows(images)
+    if len(rows.shape) != 3 or len(rows) == 0:
+        raise ClassifierTrainingError(f"images must be (N, H, W) uint8, N ≥ 1, got {rows.shape}")
+    out = copy.deepcopy(model)
+    bns = [m for m in out.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return out
+    out.eval()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.train()
+    device = next(out.parameters()).device
+    seen = 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            chunk = torch.from_numpy(rows.take(np.arange(i, min(i + batch, len(rows)))))
+            seen += len(chunk)
+            for m in bns:  # a running mean weighted by images, not by batches
+                m.momentum = len(chunk) / seen
+            out(_to_input(chunk, device))
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    out.eval()
+    return out
+
+
 def youden_threshold(y_true: npt.NDArray[np.int64], p1: npt.NDArray[np.float64]) -> float:
     """Threshold on P(class 1) maximising sensitivity + specificity − 1 (Youden's J)."""
     from sklearn.metrics import roc_curve

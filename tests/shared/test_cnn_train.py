@@ -10,6 +10,7 @@ import torch
 
 from shared.cnn_train import (
     ClassifierConfig,
+    adapt_batchnorm,
     ClassifierTrainingError,
     augment_batch,
     augmentation_experiment,
@@ -216,3 +217,44 @@ def test_min_steps_raises_epochs_and_holds_off_early_stopping() -> None:
     assert len(trained.history) >= 10
     with pytest.raises(ValueError, match="min_steps"):
         ClassifierConfig(min_steps=-1)
+
+
+def test_adapt_batchnorm_re_estimates_statistics_on_the_given_images_only() -> None:
+    from shared.classifier import ResNetClassifier
+    from shared.cnn_train import to_tensor_range
+
+    torch.manual_seed(0)
+    model = ResNetClassifier(2, width=4).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, _ = _data(70, 3)
+    x = (x // 2 + 100).astype(np.uint8)  # other intensities than the stats the net holds
+    adapted = adapt_batchnorm(model, x, batch=32)  # three batches, the last one short
+
+    for k, v in model.state_dict().items():  # the sender's network is untouched
+        assert torch.equal(v, before[k]), k
+    # The stem's BatchNorm now holds the mean/variance of the stem's output over all 70 images.
+    with torch.no_grad():
+        feats = model.stem(to_tensor_range(torch.from_numpy(x)).unsqueeze(1))
+    mean = feats.mean((0, 2, 3))
+    var = feats.var((0, 2, 3), unbiased=True)
+    torch.testing.assert_close(adapted.stem_bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(adapted.stem_bn.running_var, var, rtol=0.05, atol=1e-5)
+    assert not torch.equal(adapted.stem_bn.running_mean, model.stem_bn.running_mean)
+    # Only the statistics changed: every learned weight is the sender's.
+    for (k, v), (k2, v2) in zip(model.named_parameters(), adapted.named_parameters(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2), k
+    assert not adapted.training
+    assert predict_scores(adapted, x).shape == (70, 2)
+
+
+def test_adapt_batchnorm_refuses_no_images_and_copies_a_net_without_batchnorm() -> None:
+    from shared.classifier import ResNetClassifier
+
+    model = ResNetClassifier(2, width=4, norm="group").eval()
+    with pytest.raises(ClassifierTrainingError, match="N ≥ 1"):
+        adapt_batchnorm(model, np.zeros((0, 32, 32), np.uint8))
+    x, _ = _data(8, 4)
+    copy = adapt_batchnorm(model, x)
+    assert copy is not model
+    np.testing.assert_array_equal(predict_scores(copy, x), predict_scores(model, x))
