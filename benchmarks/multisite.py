@@ -121,6 +121,31 @@ def partition(labels: I64, seed: int) -> dict[str, dict[str, I64]]:
     return out
 
 
+def parse_exposures(text: str, site_names: list[str]) -> dict[str, float]:
+    """``a=0.8,c=1.25`` → {site: exposure}; unnamed sites keep 1.0 (the images as stored)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in site_names:
+            raise ValueError(f"{name!r} is not a site ({', '.join(site_names)})")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: the exposure must be a number, e.g. {name}=0.8") from None
+        if not 0.25 <= out[name] <= 4.0:
+            raise ValueError(f"{item!r}: exposure must lie in [0.25, 4]")
+    return out
+
+
+def expose(images: U8, exposure: float) -> U8:
+    """The images as another scanner would render them: intensity ** (1 / exposure), as the
+    phantoms' per-site exposure (node.phantoms). 1.0 returns the array itself."""
+    if exposure == 1.0:
+        return images
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** (1.0 / exposure)).astype(np.uint8)
+    return lut[images]
+
+
 def write_site(site_dir: Path, images: U8, labels: I64, parts: dict[str, I64]) -> None:
     """Write one site store through the real StoreWriter (forced, stratified splits)."""
     from node.store import Accepted, StoreWriter
@@ -270,12 +295,12 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
     choice, as in the product (:func:`coordinator.train.train_pooled` with ``round2``).
     ``adapt_bn``: the SAME candidates are also chosen and scored after their BatchNorm
     statistics are re-estimated on the chooser's real train images
-    (:func:`shared.cnn_train.adapt_batchnorm`), so the twin differs from the arm only by that."""
+    (:func:`node.selection.adapt_to_site`), so the twin differs from the arm only by that."""
     import tempfile
 
     from coordinator.train import train_pooled
     from node.selection import select_on_train
-    from shared.cnn_train import adapt_batchnorm, predict_scores
+    from shared.cnn_train import predict_scores
     from shared.metrics.auc import auc_with_ci
     from shared.synthetic import SyntheticSet
     from shared.weights_io import load_candidates
@@ -299,8 +324,7 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
             if tname not in chooser:
                 continue
             cx, cy = chooser[tname]
-            cands = [adapt_batchnorm(n, cx) for n in nets] if adapted else nets
-            model, rec = select_on_train(cands, meta["default"], cx, cy)
+            model, rec = select_on_train(nets, meta["default"], cx, cy, adapt_bn=adapted)
             p = predict_scores(model, tx)[:, 1]
             out["probs"][tname] = p
             out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
@@ -354,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
                          "MEMBERS CNN seeds, and each site picks its ensemble on its own real "
                          "train split (node.selection); on the common val the choice is made "
                          "on the union of the train splits, what the centralised CNN saw")
+    ap.add_argument("--site-exposure", default="",
+                    help="sites as different scanners: e.g. 'a=0.8,c=1.25' renders that site's "
+                         "real images (train and test) with intensity ** (1/exposure); the "
+                         "common val stays as stored. Default: every site as stored")
     ap.add_argument("--adapt-bn", action="store_true",
                     help="with --select: every selected arm gets an '-adabn' twin, the same "
                          "candidates with their BatchNorm statistics re-estimated on each "
@@ -439,24 +467,31 @@ def main(argv: list[str] | None = None) -> int:
             **gan_set})
     except ConfigError as e:
         ap.error(f"--gan-set: {e}")
-    out.mkdir(parents=True, exist_ok=True)
     site_names = [s.name for s in SITES]
+    try:
+        exposure = parse_exposures(args.site_exposure, site_names)
+    except ValueError as e:
+        ap.error(f"--site-exposure: {e}")
+    out.mkdir(parents=True, exist_ok=True)
 
     with clock.stage("partition + stores"):
         images, labels = load_split(args.data, "train")
         val_x, val_y = load_split(args.data, "val")
         parts = partition(labels, args.seed)
         site_dirs = {}
+        site_images = {n: expose(images, exposure.get(n, 1.0)) for n in site_names}
         for name in site_names:
             site_dirs[name] = out / "sites" / f"site-{name}"
-            write_site(site_dirs[name], images, labels, parts[name])
+            write_site(site_dirs[name], site_images[name], labels, parts[name])
     tests: dict[str, tuple[U8, I64]] = {
-        f"site-{n}": (images[parts[n]["test"]], labels[parts[n]["test"]]) for n in site_names
+        f"site-{n}": (site_images[n][parts[n]["test"]], labels[parts[n]["test"]])
+        for n in site_names
     }
     tests["common-val"] = (val_x, val_y)
     if args.extra_test is not None:
         tests["extra"] = load_split(args.extra_test, "test")
-    train_sets = {n: (images[parts[n]["train"]], labels[parts[n]["train"]]) for n in site_names}
+    train_sets = {n: (site_images[n][parts[n]["train"]], labels[parts[n]["train"]])
+                  for n in site_names}
 
     models: dict[str, torch.nn.Module] = {}
     train_info: dict[str, dict[str, Any]] = {}
@@ -674,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         "cnn_config": to_dict(cnn_cfg),
         "gan_config": to_dict(gan_cfg),
         "synthetic_per_site": {n: len(synth[n][1]) for n in site_names},
+        "site_exposure": exposure,
         "per_class": args.per_class,
         "augment_share": args.augment_share,
         "table": table,

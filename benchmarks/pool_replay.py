@@ -53,6 +53,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ens2": {"_members": 2},
     "ens3-w8": {"_members": 3, "width": 8},
     "select3x3": {"_select": (3, 3)},
+    "select3x3-adabn": {"_select": (3, 3), "_adapt_bn": True},
     "select1x10": {"_select": (1, 10)},
     "library": {"_select": (2, 3), "_per_site": True},
     "round1-select3x3": {"_select": (3, 3), "_round1": True},
@@ -73,7 +74,9 @@ split is scored. ``_per_site``: the candidates also include one CNN per site's p
 pool, rebuilt from its round-1 bundles by the product's own pooling; against ``select3x3``
 (the round-2 pool) it is round 2's effect, paired on the same test images. ``_both``: the
 product's two-round path, candidates from both pools in one file (``train_pooled`` with
-``round2``), each site choosing among all of them."""
+``round2``), each site choosing among all of them. ``_adapt_bn``: each site first
+re-estimates the candidates' BatchNorm statistics on its real train split
+(``node.selection.adapt_to_site``); the candidates are the same as ``select3x3``'s."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -211,7 +214,8 @@ def replay_run(run: Path, arms: list[str], epochs: int,
                 run, first if ARMS[arm].get("_round1") else pool, base, recipe,
                 tests, n_members, n_epochs, probs,
                 per_site=bool(ARMS[arm].get("_per_site")),
-                round1=first if ARMS[arm].get("_both") else None)
+                round1=first if ARMS[arm].get("_both") else None,
+                adapt_bn=bool(ARMS[arm].get("_adapt_bn")))
         for seed in [] if ARMS[arm].get("_select") else (
                 cnn_seeds or [base.seed + i for i in range(members)]):
             cfg = replace(base, seed=seed, **recipe)
@@ -274,7 +278,8 @@ def pool_parts(run: Path, pool: Any) -> list[Any]:
 def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
                     tests: dict[str, Any], members: int, epochs: int,
                     probs: dict[str, list[Any]], per_site: bool = False,
-                    round1: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
+                    round1: Any = None, adapt_bn: bool = False
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
     """The product's path: candidates from ``coordinator.train.train_pooled``, each site's
     choice on its real train split (``node.evaluate``), that ensemble on its test split.
     Appends each site's test probabilities to ``probs``; returns (site → test AUC, site →
@@ -308,7 +313,7 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
     aucs, chosen = {}, {}
     for name, (x, y) in tests.items():
         model, sel = choose_on_train_split(nets, meta, run / "sites" / name, "binary",
-                                           meta.get("input_size"))
+                                           meta.get("input_size"), adapt_bn=adapt_bn)
         p = predict_scores(model, x)[:, 1]
         probs[name].append(p)
         aucs[name] = class_auc(y, np.stack([1 - p, p], 1))

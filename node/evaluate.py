@@ -157,15 +157,18 @@ MAX_INPUT_SIZE = 1024
 
 def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
                           classes: str, input_size: int | None,
-                          expect_names: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+                          expect_names: list[str] | None = None, adapt_bn: bool = False
+                          ) -> tuple[Any, dict[str, Any]]:
     """(the model to score, how it was chosen): :func:`node.selection.select_on_train` on
     the site's real train split, resized to the CNN's input size like the test split. The
     class list is checked first, as for the test split: labels of other classes than the
-    networks predict would otherwise reach the AUC (a crash, not a refusal)."""
+    networks predict would otherwise reach the AUC (a crash, not a refusal). ``adapt_bn``:
+    the candidates' BatchNorm statistics are first re-estimated on that train split
+    (:func:`node.selection.adapt_to_site`)."""
     from node.selection import sample_for_selection, select_on_train
     from node.store import SiteStore
 
-    if len(models) == 1:
+    if len(models) == 1 and not adapt_bn:
         return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
     store = SiteStore.open(site_dir)
     check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
@@ -176,7 +179,7 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     if input_size is not None and len(images) and images.shape[1] != input_size:
         images = resize_u8(images, int(input_size))
     model, record = select_on_train(models, list(meta["default"]), images,
-                                    np.asarray(labels, np.int64))
+                                    np.asarray(labels, np.int64), adapt_bn=adapt_bn)
     rounds = [c.get("round") for c in meta["candidates"]]
     if any(r is not None for r in rounds):  # a two-round run's file: say which round won
         record["picked_rounds"] = [rounds[i] for i in record["picked"]]

@@ -42,6 +42,8 @@ MIN_PER_CLASS = 5
 classes, cannot rank candidates; the coordinator's default is used instead, and the record
 says why. A class of the list the site has no image of does not count (lesion mode: few sites
 hold every class; the macro AUC averages the classes present, as on the test split)."""
+MIN_ADAPT_IMAGES = 32
+"""Fewest train images whose BatchNorm statistics replace the sender's (:func:`adapt_to_site`)."""
 RULE = ("greedy forward selection with replacement (Caruana 2004), ≤ 5 picks, on the site's "
         "real train split")
 
@@ -101,13 +103,14 @@ def choose(scores: list[npt.NDArray[np.float64]], labels: npt.NDArray[np.int64],
 
 
 def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
-                    images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64]
-                    ) -> tuple[MeanEnsemble, dict[str, Any]]:
+                    images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
+                    adapt_bn: bool = False) -> tuple[MeanEnsemble, dict[str, Any]]:
     """The ensemble this site evaluates, and the record of how it was chosen.
 
     ``images``/``labels``: the site's real train split, already at the CNN's input size.
     With one candidate there is nothing to choose; with a train split that cannot rank them
-    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used.
+    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used. ``adapt_bn``: first re-estimate
+    every candidate's BatchNorm statistics on those train images (:func:`adapt_to_site`).
     """
     from shared.cnn_train import predict_scores
 
@@ -115,6 +118,8 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     keep = sample_for_selection(labels)
     images, labels = images[keep], labels[keep]
     record: dict[str, Any] = {"candidates": k, "split": "train", "n_images": len(labels)}
+    if adapt_bn:
+        models, record["batchnorm"] = adapt_to_site(models, images)
     n_classes = int(getattr(models[0], "num_classes", 2))
     per_class = np.bincount(labels, minlength=n_classes) if len(labels) else np.zeros(n_classes)
     present = per_class[per_class > 0]
@@ -128,6 +133,27 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     picks, _train_auc = choose(scores, labels)  # the AUC stays here (module docstring)
     return MeanEnsemble([models[i] for i in picks]), {
         **record, "picked": picks, "distinct": len(set(picks)), "rule": RULE}
+
+
+def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint8]
+                  ) -> tuple[list[torch.nn.Module], str]:
+    """(the candidates with BatchNorm statistics of this site's real images, what was done).
+
+    Why: the coordinator's CNNs learned from synthetic images only, and each BatchNorm layer
+    normalises with the synthetic images' means and variances. Re-estimated on the site's
+    own real train images (AdaBN, Li et al. 2016; images only, no labels), the layers see
+    real radiographs the way they saw synthetic ones in training. The learned weights are
+    untouched, the adapted copies never leave the site, and the test split is not used.
+    Fewer than :data:`MIN_ADAPT_IMAGES` images would give noisy statistics: the sender's are
+    kept then.
+    """
+    from shared.cnn_train import adapt_batchnorm
+
+    if len(images) < MIN_ADAPT_IMAGES:
+        return list(models), (f"the sender's: fewer than {MIN_ADAPT_IMAGES} train images "
+                              f"({len(images)})")
+    return ([adapt_batchnorm(m, images) for m in models],
+            f"re-estimated on {len(images)} train images")
 
 
 def sample_for_selection(labels: npt.NDArray[np.int64],

@@ -201,3 +201,41 @@ def test_the_rounds_a_coordinator_declares_are_numbers_echoed_for_the_picks_only
     with pytest.raises(WeightsError, match=r"text\.npz.*not numbers"):
         evaluate_weights(tiny_site, tmp_path / "text.npz", n_boot=200, compare_local=False)
     assert not list((tiny_site / "metrics").glob("evaluation-*.json"))  # nothing written
+
+
+def test_adapt_bn_chooses_and_scores_with_the_site_s_statistics_and_leaves_the_sender_s() -> None:
+    """A candidate whose BatchNorm statistics were set for other images (the synthetic ones
+    it trained on) is chosen and scored with statistics of this site's train images; the
+    coordinator's network is not modified."""
+    from shared.cnn_train import adapt_batchnorm
+
+    torch.manual_seed(0)
+    net = ResNetClassifier(2, width=4).eval()
+    with torch.no_grad():
+        net.stem_bn.running_mean += 3.0  # far from what these images give
+    before = net.stem_bn.running_mean.clone()
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 255, (40, 32, 32), dtype=np.uint8)
+    y = np.array([0, 1] * 20)
+    model, rec = select_on_train([net], [0], x, y, adapt_bn=True)
+    assert rec["batchnorm"] == "re-estimated on 40 train images"
+    assert torch.equal(net.stem_bn.running_mean, before)
+    (member,) = model.members
+    assert member is not net
+    np.testing.assert_allclose(predict_scores(model, x), predict_scores(adapt_batchnorm(net, x), x),
+                               atol=1e-6)
+    assert not np.allclose(predict_scores(model, x), predict_scores(net, x), atol=1e-3)
+    # Without the switch, the sender's statistics score.
+    plain, rec_plain = select_on_train([net], [0], x, y)
+    assert "batchnorm" not in rec_plain and plain.members[0] is net
+
+
+def test_adapt_bn_keeps_the_sender_s_statistics_for_too_few_train_images() -> None:
+    from node.selection import MIN_ADAPT_IMAGES
+
+    net = ResNetClassifier(2, width=4).eval()
+    n = MIN_ADAPT_IMAGES - 2
+    x = np.random.default_rng(3).integers(0, 255, (n, 32, 32), dtype=np.uint8)
+    y = np.array([0, 1] * (n // 2))
+    model, rec = select_on_train([net], [0], x, y, adapt_bn=True)
+    assert rec["batchnorm"].startswith("the sender's") and model.members[0] is net
