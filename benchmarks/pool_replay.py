@@ -53,7 +53,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ens2": {"_members": 2},
     "ens3-w8": {"_members": 3, "width": 8},
     "select3x3": {"_select": (3, 3)},
-    "select3x3-adabn": {"_select": (3, 3), "_adapt_bn": True},
+    "select3x3-adabn": {"_select": (3, 3), "_adapt_bn": True, "_versus": "select3x3"},
     "select1x10": {"_select": (1, 10)},
     "library": {"_select": (2, 3), "_per_site": True},
     "round1-select3x3": {"_select": (3, 3), "_round1": True},
@@ -76,7 +76,8 @@ pool, rebuilt from its round-1 bundles by the product's own pooling; against ``s
 product's two-round path, candidates from both pools in one file (``train_pooled`` with
 ``round2``), each site choosing among all of them. ``_adapt_bn``: each site first
 re-estimates the candidates' BatchNorm statistics on its real train split
-(``node.selection.adapt_to_site``); the candidates are the same as ``select3x3``'s."""
+(``node.selection.adapt_to_site``); the candidates are the same as ``select3x3``'s.
+``_versus``: the arm is also compared (DeLong, paired) with that arm when it ran before it."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -244,12 +245,19 @@ def replay_run(run: Path, arms: list[str], epochs: int,
             if arm != "demo" and "demo" in scores:
                 d = delong_paired(y, scores["demo"][name], p)
                 site_rec.update(delta=d.delta, p=d.p_value, ci=[d.ci_low, d.ci_high])
+            versus = ARMS[arm].get("_versus")
+            if versus in scores:
+                d = delong_paired(y, scores[versus][name], p)
+                site_rec["versus"] = {"arm": versus, "delta": d.delta, "p": d.p_value,
+                                      "ci": [d.ci_low, d.ci_high]}
             rec["sites"][name] = site_rec
         out["arms"][arm] = rec
         print(f"{run.name} {arm:10s} " + " ".join(
             f"{n} {r['auc']:.3f}" + (f" ({r['delta']:+.3f})" if "delta" in r else "")
             + (f" [seeds {r['seed_mean']:.3f}±{r['seed_sd']:.3f}, min {r['seed_min']:.3f}]"
                if "seed_sd" in r else "")
+            + (f" [vs {r['versus']['arm']} {r['versus']['delta']:+.3f} p "
+               f"{r['versus']['p']:.3f}]" if "versus" in r else "")
             for n, r in rec["sites"].items()) + f"  {secs:.0f} s", flush=True)
     return out
 

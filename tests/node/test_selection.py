@@ -239,3 +239,51 @@ def test_adapt_bn_keeps_the_sender_s_statistics_for_too_few_train_images() -> No
     y = np.array([0, 1] * (n // 2))
     model, rec = select_on_train([net], [0], x, y, adapt_bn=True)
     assert rec["batchnorm"].startswith("the sender's") and model.members[0] is net
+
+
+def test_the_site_adapts_a_candidate_file_on_its_train_split_only(
+        tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator's candidates get BatchNorm statistics of the site's real TRAIN images
+    (never the test split, which is scored once afterwards); a single network, e.g. the
+    admin's own, is scored as sent; a hostile candidate that overflows is no crash."""
+    import shared.cnn_train as cnn_train
+
+    seen: list[np.ndarray] = []
+    real = cnn_train.adapt_batchnorm
+
+    def spy(model: torch.nn.Module, images: np.ndarray, batch: int = 256) -> torch.nn.Module:
+        seen.append(np.asarray(images).copy())
+        return real(model, images, batch)
+
+    monkeypatch.setattr(cnn_train, "adapt_batchnorm", spy)
+    torch.manual_seed(0)
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(2)]
+    path = tmp_path / "candidates.npz"
+    save_candidates(nets, path, {"class_names": ["normal", "abnormal"]},
+                    [{"epoch": 1}, {"epoch": 2}], default=[0])
+    ev = evaluate_weights(tiny_site, path, n_boot=100, write=False, compare_local=False)
+    x_tr, _ = SiteStore.open(tiny_site).load("train")
+    x_te, _ = SiteStore.open(tiny_site).load("test")
+    assert ev["selection"]["batchnorm"] == f"re-estimated on {len(x_tr)} train images"
+    assert len(seen) == 2 and all(np.array_equal(s, x_tr) for s in seen)
+    from shared.report_verify import selection_view
+
+    assert selection_view(ev["selection"])["bn_adapted"] is True  # type: ignore[index]
+    assert selection_view({**ev["selection"], "batchnorm": "<b>yes</b>"}
+                          )["bn_adapted"] is False  # type: ignore[index]
+    assert not any(len(s) == len(x_te) and np.array_equal(s, x_te) for s in seen)
+
+    seen.clear()
+    one = tmp_path / "one.npz"
+    save_candidates(nets[:1], one, {"class_names": ["normal", "abnormal"]}, [{"epoch": 1}],
+                    default=[0])
+    ev_one = evaluate_weights(tiny_site, one, n_boot=100, write=False, compare_local=False)
+    assert not seen and "batchnorm" not in ev_one["selection"]
+    assert ev_one["auc"] == pytest.approx(roc_auc_score(
+        SiteStore.open(tiny_site).load("test")[1], predict_scores(nets[0], x_te)[:, 1]))
+
+    hostile = tmp_path / "hostile.npz"
+    save_candidates([nets[0], _overflow_probe()], hostile, {}, [{"epoch": 1}, {"epoch": 2}],
+                    default=[1])
+    ev_h = evaluate_weights(tiny_site, hostile, n_boot=100, write=False, compare_local=False)
+    assert 0.0 <= ev_h["auc"] <= 1.0 and ev_h["selection"]["picked"]
