@@ -243,8 +243,6 @@ def _selection_note(rec: dict[str, Any]) -> str:
     if isinstance(rounds, dict):
         where += (f" ({_num(rounds.get('1'), 0)} from round 1, {_num(rounds.get('2'), 0)} "
                   "from round 2)")
-    if sel.get("bn_adapted"):
-        where += ", BatchNorm adapted to the site's images"
     return (f"<br><small>{sel['distinct']} of {sel['candidates']} candidates, chosen "
             f"{html.escape(where)}</small>")
 

@@ -215,11 +215,12 @@ def evaluate_weights(
     module docstring).
 
     A candidate file (several networks, :func:`shared.weights_io.save_candidates`) is first
-    adapted to the site (each network's BatchNorm statistics re-estimated on the real *train*
-    split, :func:`node.selection.adapt_to_site`), then narrowed to the ensemble that scores
-    best on that split (:mod:`node.selection`); the test split is scored once, with that
-    ensemble, and the record says how it was chosen under ``selection``. A single network is
-    scored as sent. ``max_candidates``: the site policy's cap on
+    narrowed to the ensemble that scores best on the site's real *train* split
+    (:mod:`node.selection`); the test split is scored once, with that ensemble, and the record
+    says how it was chosen under ``selection``. (The candidates are scored as sent: adapting
+    their BatchNorm statistics to the site first, ``choose_on_train_split(adapt_bn=True)``,
+    was measured and not kept; BENCHMARKS.md § BatchNorm statistics from the site's own
+    images.) ``max_candidates``: the site policy's cap on
     how many networks one file may hold.
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
@@ -258,10 +259,8 @@ def evaluate_weights(
     reference = None
     if compare_local and local.is_file() and local.resolve() != weights.resolve():
         reference = load_classifier(local)
-    # A candidate file is the coordinator's CNNs trained on synthetic images: the site adapts
-    # their BatchNorm statistics to its own real images before it chooses (node.selection).
     model, selection = choose_on_train_split(models, meta, site_dir, classes, input_size,
-                                             expect_names=expect, adapt_bn=len(models) > 1)
+                                             expect_names=expect)
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,

@@ -65,9 +65,7 @@ class SitePolicy:
     """Most candidate CNNs one weights file may hold. The site picks its ensemble among them
     on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
     is a few bits about that split, so this caps what one evaluation can reveal (with K
-    candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). The candidates' BatchNorm
-    statistics are first re-estimated on that split (:func:`node.selection.adapt_to_site`).
-    1 = accept single networks only, scored as sent."""
+    candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). 1 = accept single networks only."""
     max_pretrain_images: int = 50_000
     """Most synthetic images of other sites a round-2 request may bring for this site's GAN to
     pretrain on (:mod:`shared.pretrain_set`); 0 = this site takes no part in a second round.

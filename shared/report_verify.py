@@ -42,8 +42,8 @@ def resize_view(value: object) -> dict[str, int] | None:
 
 def selection_view(value: object) -> dict[str, Any] | None:
     """How a site chose among candidate CNNs (node/selection.py), reduced to its numbers:
-    candidates, distinct picks, whether its train split chose them and on how many images,
-    whether it re-estimated their BatchNorm statistics there (from a peer, like the resize)."""
+    candidates, distinct picks, whether its train split chose them and on how many images
+    (from a peer, like the resize)."""
     if not isinstance(value, dict):
         return None
     k, picked = value.get("candidates"), value.get("picked")
@@ -54,10 +54,8 @@ def selection_view(value: object) -> dict[str, Any] | None:
         return None
     n = value.get("n_images")  # a count: "chosen on -8 train images" is no count
     n_images = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 24 else None
-    bn = value.get("batchnorm")  # node.selection.adapt_to_site's account, if it ran
     view: dict[str, Any] = {"candidates": k, "distinct": len(set(picked)),
-                            "on_train": value.get("split") == "train", "n_images": n_images,
-                            "bn_adapted": isinstance(bn, str) and bn.startswith("re-estimated")}
+                            "on_train": value.get("split") == "train", "n_images": n_images}
     rounds = value.get("picked_rounds")  # a two-round run: distinct picks per round
     if (isinstance(rounds, list) and len(rounds) == len(picked)
             and all(r in (1, 2) and not isinstance(r, bool) for r in rounds)):
