@@ -10,8 +10,8 @@ import torch
 
 from shared.cnn_train import (
     ClassifierConfig,
-    adapt_batchnorm,
     ClassifierTrainingError,
+    adapt_batchnorm,
     augment_batch,
     augmentation_experiment,
     intensity_batch,
