@@ -473,6 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(f"--site-exposure: {e}")
     out.mkdir(parents=True, exist_ok=True)
+    stamp = out / "site-exposure.json"  # the stores keep the exposure they were written with
+    if (out / "sites").exists():
+        before = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if before != exposure:
+            ap.error(f"--site-exposure: {out}'s stores were written with {before or 'none'}, "
+                     f"not {exposure or 'none'}; use another --out")
+    else:
+        stamp.write_text(json.dumps(exposure))
 
     with clock.stage("partition + stores"):
         images, labels = load_split(args.data, "train")

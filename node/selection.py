@@ -143,7 +143,11 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
     normalises with the synthetic images' means and variances. Re-estimated on the site's
     own real train images (AdaBN, Li et al. 2016; images only, no labels), the layers see
     real radiographs the way they saw synthetic ones in training. The learned weights are
-    untouched, the adapted copies never leave the site, and the test split is not used.
+    untouched, the adapted copies never leave the site, and the test split is not used. The
+    statistics are still computed from the train split, so a crafted candidate can make its
+    test scores depend on them, a channel like the one the choice opens (SECURITY.md §
+    Choosing among candidate CNNs); the product does not adapt (BENCHMARKS.md § BatchNorm
+    statistics from the site's own images).
     Fewer than :data:`MIN_ADAPT_IMAGES` images would give noisy statistics: the sender's are
     kept then.
     """
@@ -152,8 +156,14 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
     if len(images) < MIN_ADAPT_IMAGES:
         return list(models), (f"the sender's: fewer than {MIN_ADAPT_IMAGES} train images "
                               f"({len(images)})")
-    return ([adapt_batchnorm(m, images) for m in models],
-            f"re-estimated on {len(images)} train images")
+    out = []
+    for m in models:
+        a = adapt_batchnorm(m, images)
+        # One overflowing image makes a BatchNorm's statistics undefined for every image: such
+        # a candidate keeps the sender's statistics (and its per-image "no opinion" rows).
+        finite = all(torch.isfinite(b).all() for b in a.buffers() if b.is_floating_point())
+        out.append(a if finite else m)
+    return out, f"re-estimated on {len(images)} train images"
 
 
 def sample_for_selection(labels: npt.NDArray[np.int64],

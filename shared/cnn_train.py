@@ -277,10 +277,14 @@ def adapt_batchnorm(
         m.reset_running_stats()
         m.train()
     device = next(out.parameters()).device
+    # A seeded shuffle: the running variance averages each batch's own variance, which leaves
+    # out how far the batch means differ, so batches of one scanner or date each (a store in
+    # ingest order) would understate it.
+    order = np.random.default_rng(0).permutation(len(rows))
     seen = 0
     with torch.no_grad():
         for i in range(0, len(rows), batch):
-            chunk = torch.from_numpy(rows.take(np.arange(i, min(i + batch, len(rows)))))
+            chunk = torch.from_numpy(rows.take(np.sort(order[i : i + batch])))
             seen += len(chunk)
             for m in bns:  # a running mean weighted by images, not by batches
                 m.momentum = len(chunk) / seen

@@ -31,3 +31,14 @@ def test_exposure_is_a_monotone_intensity_map_that_keeps_black_and_white() -> No
         assert y.flat[0] == 0 and y.flat[-1] == 255
         assert (np.diff(y.ravel().astype(int)) >= 0).all()
     assert dark.mean() < x.mean() < bright.mean()
+
+
+def test_a_folder_whose_stores_have_another_exposure_is_refused(tmp_path, capsys) -> None:
+    """Stores already written keep their exposure: re-running into them with another one
+    would expose the tests but not the GANs' training images."""
+    (tmp_path / "sites").mkdir()
+    with pytest.raises(SystemExit) as e:
+        multisite.main(["--out", str(tmp_path), "--site-exposure", "a=0.8",
+                        "--data", str(tmp_path / "absent.npz")])
+    assert e.value.code == 2
+    assert "written with none, not {'a': 0.8}" in capsys.readouterr().err

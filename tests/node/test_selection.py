@@ -275,6 +275,9 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
     ev = evaluate_weights(tiny_site, path, n_boot=100, write=False, compare_local=False)
     assert not seen and "batchnorm" not in ev["selection"]
 
-    _, sel_h = choose_on_train_split([nets[0], _overflow_probe()], {"default": [1], "candidates":
-                                     [{}, {}]}, tiny_site, "binary", None, adapt_bn=True)
-    assert sel_h["picked"]
+    model_h, sel_h = choose_on_train_split(
+        [nets[0], _overflow_probe()], {"default": [1], "candidates": [{}, {}]}, tiny_site,
+        "binary", None, adapt_bn=True)
+    assert sel_h["picked"] == [0]  # the probe is no opinion everywhere: never the better pick
+    assert np.isfinite(predict_scores(model_h, x_tr)).all()
+    assert np.isfinite(predict_scores(model_h, x_te)).all()

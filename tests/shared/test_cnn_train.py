@@ -258,3 +258,21 @@ def test_adapt_batchnorm_refuses_no_images_and_copies_a_net_without_batchnorm() 
     copy = adapt_batchnorm(model, x)
     assert copy is not model
     np.testing.assert_array_equal(predict_scores(copy, x), predict_scores(model, x))
+
+
+def test_adapt_batchnorm_statistics_do_not_depend_on_the_images_order() -> None:
+    """Images grouped by scanner (dark first, bright after, as a store in ingest order may
+    hold them) must give the variance over all images, not the mean of per-batch variances."""
+    from shared.classifier import ResNetClassifier
+    from shared.cnn_train import to_tensor_range
+
+    torch.manual_seed(0)
+    model = ResNetClassifier(2, width=4).eval()
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.integers(0, 60, (300, 32, 32)), rng.integers(190, 255, (300, 32, 32))
+                        ]).astype(np.uint8)
+    adapted = adapt_batchnorm(model, x, batch=256)
+    with torch.no_grad():
+        feats = model.stem(to_tensor_range(torch.from_numpy(x)).unsqueeze(1))
+    torch.testing.assert_close(adapted.stem_bn.running_var, feats.var((0, 2, 3)), rtol=0.05,
+                               atol=1e-6)
