@@ -22,6 +22,7 @@ Run::
 
     python benchmarks/paired_runs.py --pair /tmp/ms-s0 /tmp/ms-ada0 --pair /tmp/ms-s1 \\
         /tmp/ms-ada1 --out /tmp/paired-ada.json
+    python benchmarks/paired_runs.py --twins /tmp/ab-s1 /tmp/ab-s2   # runs with --adapt-bn
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def compare(base: Path, variant: Path, arms: tuple[str, ...] = ARMS) -> dict[str
     return out
 
 
+def compare_twins(run: Path, suffix: str = "-adabn") -> dict[str, Any]:
+    """Within one run: every arm that has a ``<arm><suffix>`` twin (``multisite.py
+    --adapt-bn``: the same candidate CNNs, adapted) against that twin, per test, DeLong
+    paired; twin − arm. Refused when the run has no twin at all."""
+    z = _scores(run)
+    tests = sorted(k.split("/", 1)[1] for k in z if k.startswith("labels/"))
+    arms = sorted({k.split("/", 1)[0] for k in z} - {"labels"})
+    out: dict[str, Any] = {"run": str(run), "arms": {}}
+    for arm in arms:
+        if arm.endswith(suffix) or arm + suffix not in arms:
+            continue
+        out["arms"][arm] = {t: delong_paired(z[f"labels/{t}"], z[f"{arm}/{t}"],
+                                             z[f"{arm}{suffix}/{t}"]).to_dict() for t in tests}
+    if not out["arms"]:
+        raise SystemExit(f"{run}: no arm has a {suffix!r} twin (run multisite.py with "
+                         "--adapt-bn)")
+    return out
+
+
 def _seed(run: Path) -> int | None:
     try:
         seed = json.loads((run / "results.json").read_text())["partition"]["seed"]
@@ -90,10 +110,24 @@ def _seed(run: Path) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pair", nargs=2, action="append", type=Path, required=True,
-                    metavar=("BASELINE", "VARIANT"), help="two multisite.py runs, same --seed")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--pair", nargs=2, action="append", type=Path,
+                     metavar=("BASELINE", "VARIANT"), help="two multisite.py runs, same --seed")
+    how.add_argument("--twins", nargs="+", type=Path, metavar="RUN",
+                     help="within each run, every arm against its '-adabn' twin")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.twins:
+        twins = [compare_twins(run) for run in args.twins]
+        print("| run | arm | test | twin − arm (p) |\n|---|---|---|---|")
+        for r in twins:
+            for arm, cells in r["arms"].items():
+                for t, c in cells.items():
+                    print(f"| {r['run']} | {arm} | {t} | {c['delta']:+.3f} "
+                          f"(p {c['p_value']:.3f}) |")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"twins": twins}, indent=2) + "\n")
+        return 0
     seeds = [_seed(base) for base, _ in args.pair]
     known = [x for x in seeds if x is not None]
     if len(known) != len(set(known)):  # one seed given twice would count as two

@@ -63,3 +63,24 @@ def test_runs_with_other_tests_or_arms_are_refused_not_trimmed(tmp_path: Path) -
     np.savez(other_arm / "scores.npz", **other_arrays)
     with pytest.raises(SystemExit, match="no 'pooled' scores"):
         mod.compare(base, other_arm)
+
+
+def test_twins_compare_an_arm_with_its_adapted_twin_in_one_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 100)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "scores.npz", **{"labels/site-a": y,
+                                    "pooled-selected/site-a": y + rng.normal(0, 1.5, y.size),
+                                    "pooled-selected-adabn/site-a": y + rng.normal(0, 0.5, y.size),
+                                    "pooled/site-a": y + rng.normal(0, 1.0, y.size)})
+    mod = _mod()
+    out = mod.compare_twins(run)
+    assert list(out["arms"]) == ["pooled-selected"]  # 'pooled' has no twin
+    cell = out["arms"]["pooled-selected"]["site-a"]
+    assert cell["delta"] > 0.05 and cell["p_value"] < 0.05
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    np.savez(lone / "scores.npz", **{"labels/site-a": y, "pooled/site-a": y * 1.0})
+    with pytest.raises(SystemExit, match="no arm has a '-adabn' twin"):
+        mod.compare_twins(lone)
