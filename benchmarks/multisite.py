@@ -282,24 +282,34 @@ def sample_grid(path: Path, real: tuple[U8, I64], synth: tuple[U8, I64], title: 
     plt.close(fig)
 
 
+TWINS = {"site": "-adabn", "either": "-either"}
+"""``--adapt-bn``: the twin arms of every selected arm (``node.selection.BATCHNORM`` mode →
+arm-name suffix), each from the same candidates as the arm."""
+
+
 def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
                  tests: dict[str, tuple[U8, I64]], train_sets: dict[str, tuple[U8, I64]],
                  central_x: U8, central_y: I64, args: Any,
                  more_pools: list[tuple[U8, I64]] = (),  # type: ignore[assignment]
                  adapt_bn: bool = False,
-                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]],
+                            dict[str, U8]]:
     """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
-    test target's ensemble chosen on its own real train split (``node.selection``). Returns
-    (scores in the shape of the other arms, target → what was picked, the AdaBN twin's scores
-    or None). ``more_pools``: round 2's pool, whose candidates join the same file and the same
-    choice, as in the product (:func:`coordinator.train.train_pooled` with ``round2``).
-    ``adapt_bn``: the SAME candidates are also chosen and scored after their BatchNorm
-    statistics are re-estimated on the chooser's real train images
-    (:func:`node.selection.adapt_to_site`), so the twin differs from the arm only by that."""
+    test target's ensemble chosen on its own real train split (``node.selection``).
+
+    Returns (scores in the shape of the other arms; target → what was picked, per
+    BatchNorm mode; twin suffix → the twin's scores; per-candidate test scores). ``more_pools``:
+    round 2's pool, whose candidates join the same file and the same choice, as in the
+    product (:func:`coordinator.train.train_pooled` with ``round2``). ``adapt_bn``: the SAME
+    candidates are also chosen and scored after their BatchNorm statistics are re-estimated
+    on the chooser's real train images (:data:`TWINS`), so each twin differs from the arm
+    only by that; every candidate's own test scores, as sent and adapted, come back too
+    (``cand/<target>/<sent|site>/<i>``), so a twin's gain or loss can be traced to the
+    scores or to the choice."""
     import tempfile
 
     from coordinator.train import train_pooled
-    from node.selection import select_on_train
+    from node.selection import adapt_to_site, select_on_train
     from shared.cnn_train import predict_scores
     from shared.metrics.auc import auc_with_ci
     from shared.synthetic import SyntheticSet
@@ -316,22 +326,30 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
         nets, meta = load_candidates(path)
     chooser = {f"site-{n}": xy for n, xy in train_sets.items()}
     chooser["common-val"] = (central_x, central_y)
-    outs: dict[bool, dict[str, Any]] = {}
+    modes = ["sent", *TWINS] if adapt_bn else ["sent"]
+    outs: dict[str, dict[str, Any]] = {m: {"auc": {}, "probs": {}} for m in modes}
     picked: dict[str, Any] = {}
-    for adapted in ([False, True] if adapt_bn else [False]):
-        out: dict[str, Any] = {"auc": {}, "probs": {}}
-        for tname, (tx, ty) in tests.items():
-            if tname not in chooser:
-                continue
-            cx, cy = chooser[tname]
-            model, rec = select_on_train(nets, meta["default"], cx, cy, adapt_bn=adapted)
+    per_candidate: dict[str, U8] = {}
+    for tname, (tx, ty) in tests.items():
+        if tname not in chooser:
+            continue
+        cx, cy = chooser[tname]
+        for mode in modes:
+            model, rec = select_on_train(nets, meta["default"], cx, cy, batchnorm=mode)
             p = predict_scores(model, tx)[:, 1]
-            out["probs"][tname] = p
-            out["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot, seed=args.seed).to_dict()
-            if not adapted:
-                picked[tname] = {k: rec.get(k) for k in ("candidates", "picked", "n_images")}
-        outs[adapted] = out
-    return outs[False], picked, outs.get(True)
+            outs[mode]["probs"][tname] = p
+            outs[mode]["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot,
+                                                   seed=args.seed).to_dict()
+            picked.setdefault(tname, {})[mode] = {
+                k: rec.get(k) for k in ("candidates", "picked", "adapted", "n_images")
+                if k in rec}
+        if adapt_bn:
+            adapted, _ = adapt_to_site(nets, cx)
+            for how, group in (("sent", nets), ("site", adapted)):
+                for i, m in enumerate(group):
+                    per_candidate[f"cand/{tname}/{how}/{i}"] = predict_scores(m, tx)[:, 1]
+    twins = {TWINS[m]: outs[m] for m in modes if m in TWINS}
+    return outs["sent"], picked, twins, per_candidate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,9 +401,11 @@ def main(argv: list[str] | None = None) -> int:
                          "real images (train and test) with intensity ** (1/exposure); the "
                          "common val stays as stored. Default: every site as stored")
     ap.add_argument("--adapt-bn", action="store_true",
-                    help="with --select: every selected arm gets an '-adabn' twin, the same "
-                         "candidates with their BatchNorm statistics re-estimated on each "
-                         "chooser's real train images before the choice (AdaBN)")
+                    help="with --select: every selected arm gets two twins from the same "
+                         "candidates: '-adabn', their BatchNorm statistics re-estimated on "
+                         "each chooser's real train images before the choice (AdaBN), and "
+                         "'-either', the choice among the candidates as sent and adapted; "
+                         "each candidate's test scores go to candidate-scores.npz")
     ap.add_argument("--select-both", action="store_true",
                     help="with --round2 and --select: add 'pooled-both-selected', where each "
                          "target chooses among the candidates of BOTH rounds' pools (a site "
@@ -629,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores[key]["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot,
                                                         seed=args.seed).to_dict()
     selection: dict[str, Any] = {}
+    candidate_scores: dict[str, Any] = {}
     if args.select:
         members, _, per = args.select.partition("x")
         sel_cfg = dataclasses.replace(cnn_cfg, epochs=int(per), patience=0)
@@ -640,14 +661,14 @@ def main(argv: list[str] | None = None) -> int:
         if round2_pool is not None and args.select_both:
             chosen.append(("pooled-both-selected", (pooled_x, pooled_y), [round2_pool]))
         for arm, (px, py), more in chosen:
-            with clock.stage(f"cnn {arm}"):
-                scores[arm], picked, twin = selected_arm(
+            with clock.stage(f"cnn {arm}"):  # the twins' choices and scores included
+                scores[arm], picked, twins, per_cand = selected_arm(
                     px, py, sel_cfg, int(members), tests, train_sets, central_x, central_y,
                     args, more_pools=more, adapt_bn=args.adapt_bn)
-            if arm == "pooled-selected":
-                selection = picked
-            if twin is not None:
-                scores[f"{arm}-adabn"] = twin
+            selection[arm] = picked
+            for suffix, twin in twins.items():
+                scores[f"{arm}{suffix}"] = twin
+            candidate_scores.update({f"{arm}/{k}": v for k, v in per_cand.items()})
 
     table: list[dict[str, Any]] = []
     for n in site_names:
@@ -693,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     arrays: dict[str, Any] = {f"labels/{t}": y for t, (_, y) in tests.items()}
     arrays.update({f"{k}/{t}": p for k in scores for t, p in scores[k]["probs"].items()})
     np.savez_compressed(out / "scores.npz", **arrays)  # for paired re-analysis later
+    if candidate_scores:  # --adapt-bn: each candidate's own test scores, sent and adapted
+        np.savez_compressed(out / "candidate-scores.npz", **candidate_scores)
     with clock.stage("plots"):
         plot_roc(out / "roc.png", scores, tests, site_names)
     total = round(time.monotonic() - t_start, 1)

@@ -18,11 +18,19 @@ The seeds' tests overlap (the common val is the same images in every seed), so n
 p-value is given: a lever counts as a win when it is positive across seeds and significant
 somewhere, never on one seed's point estimate.
 
+``--vs-local``: the issue's per-site target (pooled synthetic ≥ the site's local real CNN)
+judged over several generator runs instead of one. One run moves a 92-image site by ±0.04, so
+one run's sign says little. Runs are grouped by partition seed (same test images); for each
+seed, arm and test the table gives each run's pooled − local, their mean with DeLong's SE over
+the test images (:func:`shared.metrics.paired.delong_contrast`, the runs held fixed), the SD
+between runs, and a 95 % CI from both (SE² + SD²/R: test images and generator runs).
+
 Run::
 
     python benchmarks/paired_runs.py --pair /tmp/ms-s0 /tmp/ms-ada0 --pair /tmp/ms-s1 \\
         /tmp/ms-ada1 --out /tmp/paired-ada.json
     python benchmarks/paired_runs.py --twins /tmp/ab-s1 /tmp/ab-s2   # runs with --adapt-bn
+    python benchmarks/paired_runs.py --vs-local /tmp/ms-s1 /tmp/ms-rep1 /tmp/ms-rep1b
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.metrics.paired import delong_paired
+from shared.metrics.paired import delong_contrast, delong_paired, z_and_p
 
 ARMS = ("pooled", "pooled-selected")
+TWIN_SUFFIXES = ("-adabn", "-either")
+"""The twin arms ``multisite.py --adapt-bn`` writes (its ``TWINS``)."""
 
 
 def _scores(run: Path) -> dict[str, np.ndarray]:
@@ -81,22 +91,75 @@ def compare(base: Path, variant: Path, arms: tuple[str, ...] = ARMS) -> dict[str
     return out
 
 
-def compare_twins(run: Path, suffix: str = "-adabn") -> dict[str, Any]:
+def compare_twins(run: Path, suffixes: tuple[str, ...] = TWIN_SUFFIXES) -> dict[str, Any]:
     """Within one run: every arm that has a ``<arm><suffix>`` twin (``multisite.py
-    --adapt-bn``: the same candidate CNNs, adapted) against that twin, per test, DeLong
-    paired; twin − arm. Refused when the run has no twin at all."""
+    --adapt-bn``: the same candidate CNNs, adapted or chosen among sent and adapted) against
+    that twin, per test, DeLong paired; twin − arm, keyed by the twin's name. Refused when
+    the run has no twin at all."""
     z = _scores(run)
     tests = sorted(k.split("/", 1)[1] for k in z if k.startswith("labels/"))
     arms = sorted({k.split("/", 1)[0] for k in z} - {"labels"})
     out: dict[str, Any] = {"run": str(run), "arms": {}}
     for arm in arms:
-        if arm.endswith(suffix) or arm + suffix not in arms:
-            continue
-        out["arms"][arm] = {t: delong_paired(z[f"labels/{t}"], z[f"{arm}/{t}"],
-                                             z[f"{arm}{suffix}/{t}"]).to_dict() for t in tests}
+        for suffix in suffixes:
+            if arm.endswith(suffixes) or arm + suffix not in arms:
+                continue
+            out["arms"][arm + suffix] = {
+                t: delong_paired(z[f"labels/{t}"], z[f"{arm}/{t}"],
+                                 z[f"{arm}{suffix}/{t}"]).to_dict() for t in tests}
     if not out["arms"]:
-        raise SystemExit(f"{run}: no arm has a {suffix!r} twin (run multisite.py with "
-                         "--adapt-bn)")
+        raise SystemExit(f"{run}: no arm has a twin ({', '.join(suffixes)}; run "
+                         "multisite.py with --adapt-bn)")
+    return out
+
+
+def versus_local(runs: list[Path], arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
+    """Pooled − local real per site, over generator runs of one partition seed (module
+    docstring). Refused when the runs' test labels differ (not one partition) or an arm is
+    missing from a run. The common val has no local CNN: there the runs' pooled ÷
+    centralised ratios are given instead."""
+    zs = [_scores(r) for r in runs]
+    tests = sorted(k.split("/", 1)[1] for k in zs[0] if k.startswith("labels/"))
+    for r, z in zip(runs[1:], zs[1:], strict=True):
+        for t in tests:
+            if f"labels/{t}" not in z or not np.array_equal(z[f"labels/{t}"],
+                                                            zs[0][f"labels/{t}"]):
+                raise SystemExit(f"{r}: test {t!r} differs from {runs[0]}'s (group runs of "
+                                 "one --seed and --data)")
+    sites = [t for t in tests if t.startswith("site-")]
+    out: dict[str, Any] = {"runs": [str(r) for r in runs], "arms": {}}
+    for arm in arms:
+        missing = [str(r) for r, z in zip(runs, zs, strict=True)
+                   if not all(f"{arm}/{t}" in z for t in tests)]
+        if missing:
+            if len(missing) == len(runs):
+                continue
+            raise SystemExit(f"{', '.join(missing)}: no {arm!r} scores, which the other runs "
+                             "have (give runs with the same arms)")
+        cells: dict[str, Any] = {}
+        for t in sites:
+            y, local = zs[0][f"labels/{t}"], f"local-{t.removeprefix('site-')}/{t}"
+            vecs = [z[local] for z in zs] + [z[f"{arm}/{t}"] for z in zs]
+            r_n = len(runs)
+            per_run = [delong_paired(y, z[local], z[f"{arm}/{t}"]).delta for z in zs]
+            _, mean, se_img = delong_contrast(y, vecs, [-1 / r_n] * r_n + [1 / r_n] * r_n)
+            sd = float(np.std(per_run, ddof=1)) if r_n > 1 else 0.0
+            se = float(np.sqrt(se_img ** 2 + sd ** 2 / r_n))
+            cells[t] = {"per_run": per_run, "mean": mean, "se_images": se_img,
+                        "sd_runs": sd, "se": se, "ci": [mean - 1.959964 * se,
+                                                        mean + 1.959964 * se],
+                        "p_value": z_and_p(mean, se)[1], "n_runs": r_n}
+        if "common-val" in tests and all("centralised/common-val" in z for z in zs):
+            from sklearn.metrics import roc_auc_score
+
+            y = zs[0]["labels/common-val"]
+            ratios = [roc_auc_score(y, z[f"{arm}/common-val"])
+                      / roc_auc_score(y, z["centralised/common-val"]) for z in zs]
+            cells["common-val"] = {"ratio_per_run": ratios,
+                                   "ratio_mean": float(np.mean(ratios))}
+        out["arms"][arm] = cells
+    if not out["arms"]:
+        raise SystemExit(f"{runs[0]}: none of the arms {', '.join(arms)} is in the runs")
     return out
 
 
@@ -114,12 +177,39 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--pair", nargs=2, action="append", type=Path,
                      metavar=("BASELINE", "VARIANT"), help="two multisite.py runs, same --seed")
     how.add_argument("--twins", nargs="+", type=Path, metavar="RUN",
-                     help="within each run, every arm against its '-adabn' twin")
+                     help="within each run, every arm against its '-adabn' and '-either' "
+                          "twins")
+    how.add_argument("--vs-local", nargs="+", type=Path, metavar="RUN",
+                     help="pooled − local real per site over generator runs, grouped by "
+                          "partition seed")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.vs_local:
+        groups: dict[int | None, list[Path]] = {}
+        for run in args.vs_local:
+            groups.setdefault(_seed(run), []).append(run)
+        found = {seed: versus_local(runs) for seed, runs in groups.items()}
+        print("| seed | runs | arm | test | pooled − local per run | mean (95 % CI) | p |\n"
+              "|---|---|---|---|---|---|---|")
+        for seed, res in found.items():
+            for arm, cells in res["arms"].items():
+                for t, c in cells.items():
+                    if t == "common-val":
+                        print(f"| {seed} | {len(res['runs'])} | {arm} | common-val ratio | "
+                              + " / ".join(f"{x:.3f}" for x in c["ratio_per_run"])
+                              + f" | {c['ratio_mean']:.3f} | |")
+                        continue
+                    print(f"| {seed} | {c['n_runs']} | {arm} | {t} | "
+                          + " / ".join(f"{d:+.3f}" for d in c["per_run"])
+                          + f" | {c['mean']:+.3f} ({c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}) "
+                          f"| {c['p_value']:.3f} |")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"vs_local": {str(k): v for k, v in found.items()}},
+                                           indent=2) + "\n")
+        return 0
     if args.twins:
         twins = [compare_twins(run) for run in args.twins]
-        print("| run | arm | test | twin − arm (p) |\n|---|---|---|---|")
+        print("| run | twin | test | twin − arm (p) |\n|---|---|---|---|")
         for r in twins:
             for arm, cells in r["arms"].items():
                 for t, c in cells.items():

@@ -53,7 +53,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "ens2": {"_members": 2},
     "ens3-w8": {"_members": 3, "width": 8},
     "select3x3": {"_select": (3, 3)},
-    "select3x3-adabn": {"_select": (3, 3), "_adapt_bn": True, "_versus": "select3x3"},
+    "select3x3-adabn": {"_select": (3, 3), "_batchnorm": "site", "_versus": "select3x3"},
+    "select3x3-either": {"_select": (3, 3), "_batchnorm": "either", "_versus": "select3x3"},
     "select1x10": {"_select": (1, 10)},
     "library": {"_select": (2, 3), "_per_site": True},
     "round1-select3x3": {"_select": (3, 3), "_round1": True},
@@ -74,10 +75,11 @@ split is scored. ``_per_site``: the candidates also include one CNN per site's p
 pool, rebuilt from its round-1 bundles by the product's own pooling; against ``select3x3``
 (the round-2 pool) it is round 2's effect, paired on the same test images. ``_both``: the
 product's two-round path, candidates from both pools in one file (``train_pooled`` with
-``round2``), each site choosing among all of them. ``_adapt_bn``: each site first
-re-estimates the candidates' BatchNorm statistics on its real train split
-(``node.selection.adapt_to_site``); the candidates are the same as ``select3x3``'s.
-``_versus``: the arm is also compared (DeLong, paired) with that arm when it ran before it."""
+``round2``), each site choosing among all of them. ``_batchnorm``: how each site treats the
+candidates' BatchNorm statistics (``node.selection.BATCHNORM``: "site" re-estimates them on its
+real train split first, "either" chooses among the candidates as sent and adapted); the
+candidates are the same as ``select3x3``'s. ``_versus``: the arm is also compared (DeLong,
+paired) with that arm when both are asked for (that arm then runs first)."""
 
 
 def site_dirs(run: Path) -> list[Path]:
@@ -169,6 +171,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def versus_first(arms: list[str]) -> list[str]:
+    """``arms`` in the order they run: an arm's ``_versus`` arm, when also asked for, before
+    it (the paired comparison needs its scores), the rest as given."""
+    ordered: list[str] = []
+    for arm in arms:
+        versus = ARMS[arm].get("_versus")
+        if versus in arms and versus not in ordered:
+            ordered.append(versus)
+        if arm not in ordered:
+            ordered.append(arm)
+    return ordered
+
+
 def replay_run(run: Path, arms: list[str], epochs: int,
                cnn_seeds: list[int] | None = None) -> dict[str, Any]:
     """Every arm's CNN on ``run``'s pool, scored on every site's real test split. With
@@ -180,6 +195,7 @@ def replay_run(run: Path, arms: list[str], epochs: int,
     from shared.metrics.auc import class_auc
     from shared.metrics.paired import delong_paired
 
+    arms = versus_first(arms)
     pool, base, real = load_run(run, epochs, ("test",))
     tests = {site: xy for (site, _), xy in real.items()}
     out: dict[str, Any] = {"run": str(run), "seed": base.seed, "n_pool": len(pool), "arms": {}}
@@ -216,7 +232,7 @@ def replay_run(run: Path, arms: list[str], epochs: int,
                 tests, n_members, n_epochs, probs,
                 per_site=bool(ARMS[arm].get("_per_site")),
                 round1=first if ARMS[arm].get("_both") else None,
-                adapt_bn=bool(ARMS[arm].get("_adapt_bn")))
+                batchnorm=str(ARMS[arm].get("_batchnorm", "sent")))
         for seed in [] if ARMS[arm].get("_select") else (
                 cnn_seeds or [base.seed + i for i in range(members)]):
             cfg = replace(base, seed=seed, **recipe)
@@ -286,7 +302,7 @@ def pool_parts(run: Path, pool: Any) -> list[Any]:
 def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
                     tests: dict[str, Any], members: int, epochs: int,
                     probs: dict[str, list[Any]], per_site: bool = False,
-                    round1: Any = None, adapt_bn: bool = False
+                    round1: Any = None, batchnorm: str = "sent"
                     ) -> tuple[dict[str, float], dict[str, Any]]:
     """The product's path: candidates from ``coordinator.train.train_pooled``, each site's
     choice on its real train split (``node.evaluate``), that ensemble on its test split.
@@ -321,11 +337,11 @@ def select_at_sites(run: Path, pool: Any, base: Any, recipe: dict[str, Any],
     aucs, chosen = {}, {}
     for name, (x, y) in tests.items():
         model, sel = choose_on_train_split(nets, meta, run / "sites" / name, "binary",
-                                           meta.get("input_size"), adapt_bn=adapt_bn)
+                                           meta.get("input_size"), batchnorm=batchnorm)
         p = predict_scores(model, x)[:, 1]
         probs[name].append(p)
         aucs[name] = class_auc(y, np.stack([1 - p, p], 1))
-        chosen[name] = {k: sel.get(k) for k in ("picked", "n_images", "picked_rounds")
+        chosen[name] = {k: sel.get(k) for k in ("picked", "adapted", "n_images", "picked_rounds")
                         if k in sel}
     return aucs, chosen
 

@@ -157,18 +157,18 @@ MAX_INPUT_SIZE = 1024
 
 def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
                           classes: str, input_size: int | None,
-                          expect_names: list[str] | None = None, adapt_bn: bool = False
+                          expect_names: list[str] | None = None, batchnorm: str = "sent"
                           ) -> tuple[Any, dict[str, Any]]:
     """(the model to score, how it was chosen): :func:`node.selection.select_on_train` on
     the site's real train split, resized to the CNN's input size like the test split. The
     class list is checked first, as for the test split: labels of other classes than the
-    networks predict would otherwise reach the AUC (a crash, not a refusal). ``adapt_bn``:
-    the candidates' BatchNorm statistics are first re-estimated on that train split
-    (:func:`node.selection.adapt_to_site`)."""
+    networks predict would otherwise reach the AUC (a crash, not a refusal). ``batchnorm``:
+    whether the candidates' BatchNorm statistics are re-estimated on that train split
+    (:data:`node.selection.BATCHNORM`)."""
     from node.selection import sample_for_selection, select_on_train
     from node.store import SiteStore
 
-    if len(models) == 1 and not adapt_bn:
+    if len(models) == 1 and batchnorm == "sent":
         return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
     store = SiteStore.open(site_dir)
     check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
@@ -179,7 +179,7 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
     if input_size is not None and len(images) and images.shape[1] != input_size:
         images = resize_u8(images, int(input_size))
     model, record = select_on_train(models, list(meta["default"]), images,
-                                    np.asarray(labels, np.int64), adapt_bn=adapt_bn)
+                                    np.asarray(labels, np.int64), batchnorm=batchnorm)
     rounds = [c.get("round") for c in meta["candidates"]]
     if any(r is not None for r in rounds):  # a two-round run's file: say which round won
         record["picked_rounds"] = [rounds[i] for i in record["picked"]]
@@ -218,10 +218,10 @@ def evaluate_weights(
     narrowed to the ensemble that scores best on the site's real *train* split
     (:mod:`node.selection`); the test split is scored once, with that ensemble, and the record
     says how it was chosen under ``selection``. (The candidates are scored as sent: adapting
-    their BatchNorm statistics to the site first, ``choose_on_train_split(adapt_bn=True)``,
+    their BatchNorm statistics to the site first, ``choose_on_train_split(batchnorm=...)``,
     was measured and not kept; BENCHMARKS.md § BatchNorm statistics from the site's own
-    images.) ``max_candidates``: the site policy's cap on
-    how many networks one file may hold.
+    images.) ``max_candidates``: the site policy's cap on how many networks one file may
+    hold.
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as

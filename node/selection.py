@@ -102,37 +102,66 @@ def choose(scores: list[npt.NDArray[np.float64]], labels: npt.NDArray[np.int64],
     return picks, best
 
 
+BATCHNORM = {
+    "sent": "the candidates as sent (the product's default)",
+    "site": "every candidate with BatchNorm statistics of the site's train images "
+            "(adapt_to_site)",
+    "either": "each candidate as sent and adapted, the choice picking among both",
+}
+"""How :func:`select_on_train` treats the candidates' BatchNorm statistics. Only "sent" is
+the product's; the others are the levers the benchmarks measure (BENCHMARKS.md § BatchNorm
+statistics from the site's own images)."""
+
+
 def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
                     images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
-                    adapt_bn: bool = False) -> tuple[MeanEnsemble, dict[str, Any]]:
+                    batchnorm: str = "sent") -> tuple[MeanEnsemble, dict[str, Any]]:
     """The ensemble this site evaluates, and the record of how it was chosen.
 
     ``images``/``labels``: the site's real train split, already at the CNN's input size.
     With one candidate there is nothing to choose; with a train split that cannot rank them
-    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used. ``adapt_bn``: first re-estimate
-    every candidate's BatchNorm statistics on those train images (:func:`adapt_to_site`).
+    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used (adapted under "site", as sent
+    under "either": there is no choice to make). ``batchnorm``: a key of :data:`BATCHNORM`.
+    Under "either" the record's ``picked`` still names the sender's candidates, and
+    ``adapted`` says for each pick whether its adapted copy was the one taken.
     """
     from shared.cnn_train import predict_scores
 
+    if batchnorm not in BATCHNORM:
+        raise ValueError(f"batchnorm={batchnorm!r}: expected one of {', '.join(BATCHNORM)}")
     k = len(models)
     keep = sample_for_selection(labels)
     images, labels = images[keep], labels[keep]
     record: dict[str, Any] = {"candidates": k, "split": "train", "n_images": len(labels)}
-    if adapt_bn:
-        models, record["batchnorm"] = adapt_to_site(models, images)
     n_classes = int(getattr(models[0], "num_classes", 2))
     per_class = np.bincount(labels, minlength=n_classes) if len(labels) else np.zeros(n_classes)
     present = per_class[per_class > 0]
     if len(present) < 2 or int(present.min()) < MIN_PER_CLASS:
-        return MeanEnsemble([models[i] for i in default]), {
+        members = [models[i] for i in default]
+        if batchnorm == "site":  # only the members used are adapted
+            members, record["batchnorm"] = adapt_to_site(members, images)
+        return MeanEnsemble(members), {
             **record, "split": None, "picked": list(default),
             "rule": f"the coordinator's default: the train split has fewer than two classes "
                     f"or fewer than {MIN_PER_CLASS} images of one ({per_class.tolist()})"}
+    pool, origin = list(models), [(i, False) for i in range(k)]
+    if batchnorm != "sent":
+        adapted, record["batchnorm"] = adapt_to_site(models, images)
+        if batchnorm == "site":
+            pool, origin = adapted, [(i, a is not m) for i, (a, m) in
+                                     enumerate(zip(adapted, models, strict=True))]
+        else:  # both; a copy that kept the sender's statistics would only repeat its original
+            extra = [i for i in range(k) if adapted[i] is not models[i]]
+            pool += [adapted[i] for i in extra]
+            origin += [(i, True) for i in extra]
     scores = [_no_opinion_where_undefined(torch.from_numpy(predict_scores(m, images))).numpy()
-              for m in models]
+              for m in pool]
     picks, _train_auc = choose(scores, labels)  # the AUC stays here (module docstring)
-    return MeanEnsemble([models[i] for i in picks]), {
-        **record, "picked": picks, "distinct": len(set(picks)), "rule": RULE}
+    picked = [origin[j][0] for j in picks]
+    if batchnorm == "either":
+        record["adapted"] = [origin[j][1] for j in picks]
+    return MeanEnsemble([pool[j] for j in picks]), {
+        **record, "picked": picked, "distinct": len(set(picks)), "rule": RULE}
 
 
 def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint8]

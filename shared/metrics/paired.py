@@ -76,39 +76,69 @@ def _rank_auc(hit: npt.NDArray[np.bool_], scores: Array) -> float:
     return float((ranks[hit].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
+def _checked(y_true: npt.ArrayLike, scores: list[npt.ArrayLike]
+             ) -> tuple[npt.NDArray[np.int64], list[Array]]:
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    vs = [np.asarray(s, np.float64).ravel() for s in scores]
+    if any(len(v) != len(y) for v in vs):
+        raise MetricError("labels and every score vector need the same length, got "
+                          + ", ".join(str(n) for n in [len(y), *map(len, vs)]))
+    if not np.isin(y, (0, 1)).all():
+        raise MetricError("DeLong's test needs binary labels 0/1")
+    if not all(np.isfinite(v).all() for v in vs):
+        raise MetricError("scores must be finite")
+    m, n = int((y == 1).sum()), int((y == 0).sum())
+    if m < 2 or n < 2:
+        raise MetricError(f"DeLong's test needs ≥ 2 positives and ≥ 2 negatives, got {m} and {n}")
+    return y, vs
+
+
+def delong_contrast(y_true: npt.ArrayLike, scores: list[npt.ArrayLike],
+                    weights: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], float, float]:
+    """(every vector's AUC, Σ weights·AUC, DeLong's SE of that sum) for score vectors on the
+    same binary labels.
+
+    Why a general contrast: "the mean gain over R generator runs" is (1/R)·Σ AUC(pooled_r) −
+    AUC(local), a weighted sum of AUCs that share their test images; DeLong's covariance of
+    all of them gives its SE in one step (DeLong et al. 1988, § 3: any contrast L·θ has
+    variance L S Lᵀ). The SE is over the test images, the networks held fixed.
+    """
+    y, vs = _checked(y_true, scores)
+    c = np.asarray(weights, np.float64).ravel()
+    if len(c) != len(vs):
+        raise MetricError(f"{len(c)} weights for {len(vs)} score vectors")
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    parts = [_placements(v[pos], v[neg]) for v in vs]
+    aucs = np.array([a for a, _, _ in parts])
+    if len(vs) == 1:  # np.cov of one row is a scalar
+        s10 = np.atleast_2d(np.var(parts[0][1], ddof=1))
+        s01 = np.atleast_2d(np.var(parts[0][2], ddof=1))
+    else:  # k×k, ddof 1 as in DeLong et al.
+        s10 = np.cov(np.vstack([v10 for _, v10, _ in parts]))
+        s01 = np.cov(np.vstack([v01 for _, _, v01 in parts]))
+    var = float(c @ (s10 / m + s01 / n) @ c)
+    return aucs, float(c @ aucs), math.sqrt(max(var, 0.0))
+
+
 def delong_paired(y_true: npt.ArrayLike, scores_a: npt.ArrayLike,
                   scores_b: npt.ArrayLike) -> PairedAUC:
     """DeLong's test of AUC(B) − AUC(A) for two score vectors on the same binary labels."""
-    y = np.asarray(y_true).astype(np.int64).ravel()
-    a = np.asarray(scores_a, np.float64).ravel()
-    b = np.asarray(scores_b, np.float64).ravel()
-    if not (len(y) == len(a) == len(b)):
-        raise MetricError(f"labels and both score vectors need the same length, got "
-                          f"{len(y)}, {len(a)}, {len(b)}")
-    if not np.isin(y, (0, 1)).all():
-        raise MetricError("DeLong's test needs binary labels 0/1")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise MetricError("scores must be finite")
-    pos, neg = y == 1, y == 0
-    m, n = int(pos.sum()), int(neg.sum())
-    if m < 2 or n < 2:
-        raise MetricError(f"DeLong's test needs ≥ 2 positives and ≥ 2 negatives, got {m} and {n}")
-    auc_a, v10_a, v01_a = _placements(a[pos], a[neg])
-    auc_b, v10_b, v01_b = _placements(b[pos], b[neg])
-    s10 = np.cov(np.vstack([v10_a, v10_b]))  # 2×2, ddof 1 as in DeLong et al.
-    s01 = np.cov(np.vstack([v01_a, v01_b]))
-    cov = s10 / m + s01 / n
-    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    delta = auc_b - auc_a
-    se = math.sqrt(max(var, 0.0))
-    if se == 0.0:  # identical rankings, or both perfect: no evidence of a difference
-        z, p = 0.0, 1.0 if delta == 0.0 else 0.0
-    else:
-        z = delta / se
-        p = math.erfc(abs(z) / math.sqrt(2.0))
-    return PairedAUC(auc_a=auc_a, auc_b=auc_b, delta=delta, se=se, z=z, p_value=p,
-                     ci_low=delta - 1.959964 * se, ci_high=delta + 1.959964 * se,
-                     n_pos=m, n_neg=n)
+    y, _ = _checked(y_true, [scores_a, scores_b])
+    (auc_a, auc_b), delta, se = delong_contrast(y, [scores_a, scores_b], [-1.0, 1.0])
+    z, p = z_and_p(delta, se)
+    return PairedAUC(auc_a=float(auc_a), auc_b=float(auc_b), delta=delta, se=se, z=z,
+                     p_value=p, ci_low=delta - 1.959964 * se, ci_high=delta + 1.959964 * se,
+                     n_pos=int((y == 1).sum()), n_neg=int((y == 0).sum()))
+
+
+def z_and_p(delta: float, se: float) -> tuple[float, float]:
+    """(z, two-sided normal p) of a difference and its SE; an SE of 0 (identical rankings,
+    or both perfect) is no evidence of a difference unless the difference is not 0."""
+    if se == 0.0:
+        return 0.0, 1.0 if delta == 0.0 else 0.0
+    z = delta / se
+    return z, math.erfc(abs(z) / math.sqrt(2.0))
 
 
 def paired_bootstrap_macro(y_true: npt.ArrayLike, probs_a: npt.ArrayLike,

@@ -1,4 +1,5 @@
-"""benchmarks/multisite.py's site-shift option: sites rendered as different scanners."""
+"""benchmarks/multisite.py: the site-shift option (sites rendered as different scanners) and
+the selected arm's BatchNorm twins."""
 
 from __future__ import annotations
 
@@ -42,3 +43,38 @@ def test_a_folder_whose_stores_have_another_exposure_is_refused(tmp_path, capsys
                         "--data", str(tmp_path / "absent.npz")])
     assert e.value.code == 2
     assert "written with none, not {'a': 0.8}" in capsys.readouterr().err
+
+
+def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s_scores(
+) -> None:
+    """``--adapt-bn``: '-adabn' and '-either' are chosen from the very candidates the arm
+    chose from (each candidate's sent and adapted test scores come back, so a twin's result
+    can be traced), and every mode's picks are recorded."""
+    from types import SimpleNamespace
+
+    from shared.cnn_train import ClassifierConfig
+    from tests.conftest import blob_images
+
+    x, lesions = blob_images(96, 28, seed=1)
+    y = np.array([int(s == "Lesion") for s in lesions])
+    cfg = ClassifierConfig(epochs=1, width=4, batch=16, patience=0, norm="batch")
+    tests = {"site-a": (x[64:], y[64:]), "common-val": (x[64:], y[64:])}
+    trains = {"a": (x[32:64], y[32:64])}
+    args = SimpleNamespace(n_boot=50, seed=0)
+    arm, picked, twins, per_cand = multisite.selected_arm(
+        x[:32], y[:32], cfg, 2, tests, trains, x[:64], y[:64], args, adapt_bn=True)
+    assert set(twins) == {"-adabn", "-either"}
+    k = picked["site-a"]["sent"]["candidates"]
+    assert k == 2 and all(picked["site-a"][m]["candidates"] == k for m in ("site", "either"))
+    assert len(picked["site-a"]["either"]["adapted"]) == len(picked["site-a"]["either"]["picked"])
+    for t in tests:
+        for how in ("sent", "site"):
+            assert all(per_cand[f"cand/{t}/{how}/{i}"].shape == (32,) for i in range(k))
+    # The arm's ensemble is the mean of its picks' probabilities, as sent.
+    sent = picked["site-a"]["sent"]["picked"]
+    ens = np.mean([per_cand[f"cand/site-a/sent/{i}"] for i in sent], axis=0)
+    np.testing.assert_allclose(arm["probs"]["site-a"], ens, atol=1e-5)
+    # Without the switch there are no twins and no per-candidate scores.
+    _, picked0, twins0, per0 = multisite.selected_arm(
+        x[:32], y[:32], cfg, 2, tests, trains, x[:64], y[:64], args)
+    assert twins0 == {} and per0 == {} and set(picked0["site-a"]) == {"sent"}

@@ -76,11 +76,42 @@ def test_twins_compare_an_arm_with_its_adapted_twin_in_one_run(tmp_path: Path) -
                                     "pooled/site-a": y + rng.normal(0, 1.0, y.size)})
     mod = _mod()
     out = mod.compare_twins(run)
-    assert list(out["arms"]) == ["pooled-selected"]  # 'pooled' has no twin
-    cell = out["arms"]["pooled-selected"]["site-a"]
+    assert list(out["arms"]) == ["pooled-selected-adabn"]  # 'pooled' has no twin
+    cell = out["arms"]["pooled-selected-adabn"]["site-a"]
     assert cell["delta"] > 0.05 and cell["p_value"] < 0.05
     lone = tmp_path / "lone"
     lone.mkdir()
     np.savez(lone / "scores.npz", **{"labels/site-a": y, "pooled/site-a": y * 1.0})
-    with pytest.raises(SystemExit, match="no arm has a '-adabn' twin"):
+    with pytest.raises(SystemExit, match="no arm has a twin"):
         mod.compare_twins(lone)
+
+
+def _gen_run(folder: Path, y: np.ndarray, local: np.ndarray, pooled: np.ndarray) -> Path:
+    folder.mkdir()
+    np.savez(folder / "scores.npz", **{"labels/site-c": y, "local-c/site-c": local,
+                                       "pooled/site-c": pooled})
+    return folder
+
+
+def test_vs_local_averages_generator_runs_and_counts_their_spread(tmp_path: Path) -> None:
+    """Three generator runs of one partition: the mean gain is the runs' mean, and runs that
+    disagree widen the CI beyond the test-image SE alone (a lucky run cannot carry it)."""
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], 60)
+    local = y + rng.normal(0, 1.0, y.size)
+    noise = rng.normal(0, 1.0, y.size)
+    agree = [_gen_run(tmp_path / f"agree{i}", y, local, y * 1.3 + noise + rng.normal(0, .05,
+                                                                                      y.size))
+             for i in range(3)]
+    mod = _mod()
+    out = mod.versus_local(agree)["arms"]["pooled"]["site-c"]
+    assert out["n_runs"] == 3 and np.isclose(out["mean"], np.mean(out["per_run"]))
+    assert out["mean"] > 0 and out["sd_runs"] < 0.01
+    assert np.isclose(out["se"] ** 2, out["se_images"] ** 2 + out["sd_runs"] ** 2 / 3)
+    spread = [_gen_run(tmp_path / f"spread{i}", y, local, y * k + rng.normal(0, 1.0, y.size))
+              for i, k in enumerate((0.3, 1.3, 2.5))]
+    wide = mod.versus_local(spread)["arms"]["pooled"]["site-c"]
+    assert wide["sd_runs"] > 0.05 and wide["se"] > wide["se_images"] * 1.2
+    other = _gen_run(tmp_path / "other", y[::-1].copy(), local, local)
+    with pytest.raises(SystemExit, match="differs"):
+        mod.versus_local([agree[0], other])

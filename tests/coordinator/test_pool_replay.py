@@ -79,3 +79,13 @@ def test_the_select_arm_runs_the_products_candidate_path(tmp_path: Path) -> None
     choice = arm["site_choices"]["site-a"]
     assert choice["picked"] and all(0 <= i < 9 for i in choice["picked"])
     assert 0.0 <= arm["sites"]["site-a"]["auc"] <= 1.0 and "delta" in arm["sites"]["site-a"]
+
+
+def test_an_arm_s_versus_arm_runs_first_whatever_order_they_are_asked_in() -> None:
+    """The paired comparison needs the other arm's scores: asked in either order, it runs
+    first; an arm whose versus arm was not asked for runs alone."""
+    mod = _replay()
+    assert mod.versus_first(["select3x3-either", "demo", "select3x3"]) == [
+        "select3x3", "select3x3-either", "demo"]
+    assert mod.versus_first(["select3x3", "select3x3-adabn"]) == ["select3x3", "select3x3-adabn"]
+    assert mod.versus_first(["select3x3-adabn"]) == ["select3x3-adabn"]

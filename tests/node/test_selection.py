@@ -217,7 +217,7 @@ def test_adapt_bn_chooses_and_scores_with_the_site_s_statistics_and_leaves_the_s
     rng = np.random.default_rng(2)
     x = rng.integers(0, 255, (40, 32, 32), dtype=np.uint8)
     y = np.array([0, 1] * 20)
-    model, rec = select_on_train([net], [0], x, y, adapt_bn=True)
+    model, rec = select_on_train([net], [0], x, y, batchnorm="site")
     assert rec["batchnorm"] == "re-estimated on 40 train images"
     assert torch.equal(net.stem_bn.running_mean, before)
     (member,) = model.members
@@ -237,13 +237,13 @@ def test_adapt_bn_keeps_the_sender_s_statistics_for_too_few_train_images() -> No
     n = MIN_ADAPT_IMAGES - 2
     x = np.random.default_rng(3).integers(0, 255, (n, 32, 32), dtype=np.uint8)
     y = np.array([0, 1] * (n // 2))
-    model, rec = select_on_train([net], [0], x, y, adapt_bn=True)
+    model, rec = select_on_train([net], [0], x, y, batchnorm="site")
     assert rec["batchnorm"].startswith("the sender's") and model.members[0] is net
 
 
 def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_candidate(
         tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``choose_on_train_split(adapt_bn=True)`` (the AdaBN arm the benchmarks measure): the
+    """``choose_on_train_split(batchnorm="site")`` (the AdaBN arm the benchmarks measure): the
     candidates get BatchNorm statistics of the site's real TRAIN images, never the test
     split; a candidate that overflows is no crash. The site's own evaluation scores
     candidates as sent (the lever was not kept), and says nothing about BatchNorm."""
@@ -261,7 +261,7 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
     torch.manual_seed(0)
     nets = [ResNetClassifier(2, width=4).eval() for _ in range(2)]
     meta = {"default": [0], "candidates": [{}, {}]}
-    _, sel = choose_on_train_split(nets, meta, tiny_site, "binary", None, adapt_bn=True)
+    _, sel = choose_on_train_split(nets, meta, tiny_site, "binary", None, batchnorm="site")
     x_tr, _ = SiteStore.open(tiny_site).load("train")
     x_te, _ = SiteStore.open(tiny_site).load("test")
     assert sel["batchnorm"] == f"re-estimated on {len(x_tr)} train images"
@@ -277,7 +277,92 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
 
     model_h, sel_h = choose_on_train_split(
         [nets[0], _overflow_probe()], {"default": [1], "candidates": [{}, {}]}, tiny_site,
-        "binary", None, adapt_bn=True)
+        "binary", None, batchnorm="site")
     assert sel_h["picked"] == [0]  # the probe is no opinion everywhere: never the better pick
     assert np.isfinite(predict_scores(model_h, x_tr)).all()
     assert np.isfinite(predict_scores(model_h, x_te)).all()
+
+
+def test_either_chooses_among_the_candidates_as_sent_and_adapted_and_names_the_sender_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``batchnorm="either"``: the choice sees K sent + K adapted candidates; a pick of an
+    adapted copy is recorded as the sender's index with ``adapted`` true, and the ensemble
+    holds that adapted copy (not the sender's network)."""
+    import node.selection as selection
+
+    torch.manual_seed(0)
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(3)]
+    x = np.random.default_rng(4).integers(0, 255, (40, 32, 32), dtype=np.uint8)
+    y = np.array([0, 1] * 20)
+    seen: list[int] = []
+
+    def fake_choose(scores: list[np.ndarray], labels: np.ndarray) -> tuple[list[int], float]:
+        seen.append(len(scores))
+        # with the adapted copies: candidate 1's copy, then candidate 0 as sent
+        return ([4, 0, 4] if len(scores) == 6 else [0]), 0.9
+
+    monkeypatch.setattr(selection, "choose", fake_choose)
+    model, rec = select_on_train(nets, [0], x, y, batchnorm="either")
+    assert seen == [6]
+    assert rec["picked"] == [1, 0, 1] and rec["adapted"] == [True, False, True]
+    assert rec["distinct"] == 2 and rec["batchnorm"] == "re-estimated on 40 train images"
+    first, second, third = model.members
+    assert first is third and first is not nets[1] and second is nets[0]
+    assert not torch.equal(first.stem_bn.running_mean, nets[1].stem_bn.running_mean)
+    # "sent" never sees an adapted copy, and says nothing of BatchNorm or adaptation.
+    seen.clear()
+    _, rec_sent = select_on_train(nets, [0], x, y)
+    assert seen == [3] and "adapted" not in rec_sent and "batchnorm" not in rec_sent
+
+
+def test_either_does_not_offer_a_copy_that_kept_the_sender_s_statistics(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too few train images to adapt: "either" has only the sent candidates to choose from
+    (a copy equal to its original would only double its weight in the choice)."""
+    import node.selection as selection
+    from node.selection import MIN_ADAPT_IMAGES
+
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(2)]
+    n = MIN_ADAPT_IMAGES - 2
+    x = np.random.default_rng(5).integers(0, 255, (n, 32, 32), dtype=np.uint8)
+    y = np.array([0, 1] * (n // 2))
+    real_choose = selection.choose
+    seen: list[int] = []
+
+    def spy(scores: list[np.ndarray], labels: np.ndarray) -> tuple[list[int], float]:
+        seen.append(len(scores))
+        return real_choose(scores, labels)
+
+    monkeypatch.setattr(selection, "choose", spy)
+    model, rec = select_on_train(nets, [0], x, y, batchnorm="either")
+    assert seen == [2] and not any(rec["adapted"])
+    assert all(any(m is n for n in nets) for m in model.members)
+
+
+def test_a_default_ensemble_is_adapted_member_by_member_and_an_unknown_mode_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train split that cannot rank (one class): "site" adapts the default's members only,
+    "either" keeps them as sent (nothing to choose between); a misspelt mode names the
+    valid ones."""
+    import shared.cnn_train as cnn_train
+
+    calls: list[int] = []
+    real = cnn_train.adapt_batchnorm
+
+    def spy(model: torch.nn.Module, images: np.ndarray, batch: int = 256) -> torch.nn.Module:
+        calls.append(1)
+        return real(model, images, batch)
+
+    monkeypatch.setattr(cnn_train, "adapt_batchnorm", spy)
+    nets = [ResNetClassifier(2, width=4).eval() for _ in range(4)]
+    x = np.random.default_rng(6).integers(0, 255, (40, 32, 32), dtype=np.uint8)
+    y = np.zeros(40, np.int64)
+    model, rec = select_on_train(nets, [2, 3], x, y, batchnorm="site")
+    assert rec["split"] is None and rec["picked"] == [2, 3] and len(calls) == 2
+    assert all(m is not nets[i] for m, i in zip(model.members, [2, 3], strict=True))
+    calls.clear()
+    model, rec = select_on_train(nets, [2, 3], x, y, batchnorm="either")
+    assert not calls
+    assert all(m is nets[i] for m, i in zip(model.members, [2, 3], strict=True))
+    with pytest.raises(ValueError, match=r"batchnorm='adabn'.*sent, site, either"):
+        select_on_train(nets, [0], x, np.array([0, 1] * 20), batchnorm="adabn")

@@ -93,3 +93,29 @@ def test_rank_auc_is_sklearns_auc() -> None:
     hit = rng.random(50) < 0.3
     s = np.round(rng.random(50), 1)  # ties
     assert _rank_auc(hit, s) == pytest.approx(roc_auc_score(hit, s), abs=1e-12)
+
+
+def test_delong_contrast_of_a_mean_over_runs_agrees_with_the_pairwise_tests() -> None:
+    """The mean of two runs' gains over a baseline, ½(B1 + B2) − A: its variance follows from
+    the three pairwise DeLong variances (½V(B1−A) + ½V(B2−A) − ¼V(B1−B2)), and [−1, 1] is
+    the paired test itself."""
+    from shared.metrics.paired import delong_contrast
+
+    rng = np.random.default_rng(7)
+    y = np.array([0] * 40 + [1] * 30)
+    a = y * 0.8 + rng.normal(0, 1, y.size)
+    b1 = y * 1.2 + rng.normal(0, 1, y.size)
+    b2 = y * 1.0 + rng.normal(0, 1, y.size) + 0.5 * a
+    pair = delong_paired(y, a, b1)
+    aucs, d, se = delong_contrast(y, [a, b1], [-1, 1])
+    assert math.isclose(d, pair.delta) and math.isclose(se, pair.se)
+    assert np.allclose(aucs, [pair.auc_a, pair.auc_b])
+    v1, v2 = delong_paired(y, a, b1).se ** 2, delong_paired(y, a, b2).se ** 2
+    v12 = delong_paired(y, b2, b1).se ** 2
+    _, d_mean, se_mean = delong_contrast(y, [a, b1, b2], [-1, 0.5, 0.5])
+    assert math.isclose(d_mean, (pair.delta + delong_paired(y, a, b2).delta) / 2)
+    assert math.isclose(se_mean ** 2, 0.5 * v1 + 0.5 * v2 - 0.25 * v12, rel_tol=1e-9)
+    # The same run given twice is the same evidence, not twice as much.
+    assert math.isclose(delong_contrast(y, [a, b1, b1], [-1, 0.5, 0.5])[2], pair.se)
+    with pytest.raises(MetricError, match="2 weights for 3 score vectors"):
+        delong_contrast(y, [a, b1, b2], [-1, 1])
