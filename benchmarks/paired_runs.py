@@ -31,6 +31,7 @@ Run::
         /tmp/ms-ada1 --out /tmp/paired-ada.json
     python benchmarks/paired_runs.py --twins /tmp/ab-s1 /tmp/ab-s2   # runs with --adapt-bn
     python benchmarks/paired_runs.py --vs-local /tmp/ms-s1 /tmp/ms-rep1 /tmp/ms-rep1b
+    python benchmarks/paired_runs.py --candidates /tmp/ei-dp-s5   # per candidate, --adapt-bn
 """
 
 from __future__ import annotations
@@ -113,6 +114,37 @@ def compare_twins(run: Path, suffixes: tuple[str, ...] = TWIN_SUFFIXES) -> dict[
     return out
 
 
+def candidate_table(run: Path) -> dict[str, Any]:
+    """Every candidate's own test AUC, as sent and adapted, with what each BatchNorm mode
+    picked (``multisite.py --adapt-bn`` saves both): does a twin's gain or loss come from
+    how each candidate scores after adaptation, or from which candidates the choice took?
+    Per selected arm and test: ``sent``/``site`` (AUC per candidate), ``picks`` (mode →
+    picked indices, and under "either" whether each pick was the adapted copy)."""
+    from sklearn.metrics import roc_auc_score
+
+    path = run / "candidate-scores.npz"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no per-candidate scores (run multisite.py with --adapt-bn)")
+    z = _scores(run)
+    with np.load(path) as c:
+        cand = {k: c[k] for k in c.files}
+    try:
+        selection = json.loads((run / "results.json").read_text())["selection"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{run}/results.json: no selection record ({exc})") from None
+    out: dict[str, Any] = {"run": str(run), "arms": {}}
+    for key in sorted(cand):
+        arm, _, test, how, i = key.split("/")
+        cell = out["arms"].setdefault(arm, {}).setdefault(test, {"sent": {}, "site": {}})
+        cell[how][int(i)] = float(roc_auc_score(z[f"labels/{test}"], cand[key]))
+    for arm, tests in out["arms"].items():
+        for test, cell in tests.items():
+            cell["sent"] = [cell["sent"][i] for i in sorted(cell["sent"])]
+            cell["site"] = [cell["site"][i] for i in sorted(cell["site"])]
+            cell["picks"] = selection.get(arm, {}).get(test, {})
+    return out
+
+
 def versus_local(runs: list[Path], arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
     """Pooled − local real per site, over generator runs of one partition seed (module
     docstring). Refused when the runs' test labels differ (not one partition) or an arm is
@@ -179,11 +211,27 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--twins", nargs="+", type=Path, metavar="RUN",
                      help="within each run, every arm against its '-adabn' and '-either' "
                           "twins")
+    how.add_argument("--candidates", type=Path, metavar="RUN",
+                     help="each candidate's test AUC as sent and adapted, and each mode's "
+                          "picks (a multisite.py --adapt-bn run)")
     how.add_argument("--vs-local", nargs="+", type=Path, metavar="RUN",
                      help="pooled − local real per site over generator runs, grouped by "
                           "partition seed")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.candidates:
+        table = candidate_table(args.candidates)
+        for arm, tests in table["arms"].items():
+            for test, cell in tests.items():
+                print(f"{arm} {test}: candidate AUC sent / adapted")
+                for i, (a_, b_) in enumerate(zip(cell["sent"], cell["site"], strict=True)):
+                    print(f"  {i:2d}  {a_:.3f} / {b_:.3f}  {b_ - a_:+.3f}")
+                for mode, rec in cell["picks"].items():
+                    print(f"  picks ({mode}): {rec.get('picked')}"
+                          + (f" adapted {rec['adapted']}" if "adapted" in rec else ""))
+        if args.out is not None:
+            args.out.write_text(json.dumps(table, indent=2) + "\n")
+        return 0
     if args.vs_local:
         groups: dict[int | None, list[Path]] = {}
         for run in args.vs_local:

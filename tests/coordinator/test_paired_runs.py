@@ -115,3 +115,31 @@ def test_vs_local_averages_generator_runs_and_counts_their_spread(tmp_path: Path
     other = _gen_run(tmp_path / "other", y[::-1].copy(), local, local)
     with pytest.raises(SystemExit, match="differs"):
         mod.versus_local([agree[0], other])
+
+
+def test_candidates_table_scores_each_candidate_sent_and_adapted_with_the_picks(
+        tmp_path: Path) -> None:
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 30)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "scores.npz", **{"labels/site-a": y, "pooled-selected/site-a": y * 1.0})
+    cand = {f"pooled-selected/cand/site-a/{how}/{i}": y * k + rng.normal(0, 1, y.size)
+            for how, k in (("sent", 0.5), ("site", 2.0)) for i in range(3)}
+    np.savez(run / "candidate-scores.npz", **cand)
+    picks = {"sent": {"picked": [2]}, "either": {"picked": [1, 2], "adapted": [True, False]}}
+    (run / "results.json").write_text(json.dumps(
+        {"selection": {"pooled-selected": {"site-a": picks}}}))
+    mod = _mod()
+    cell = mod.candidate_table(run)["arms"]["pooled-selected"]["site-a"]
+    assert len(cell["sent"]) == len(cell["site"]) == 3
+    assert cell["site"][1] == roc_auc_score(y, cand["pooled-selected/cand/site-a/site/1"])
+    assert all(b > a for a, b in zip(cell["sent"], cell["site"], strict=True))
+    assert cell["picks"] == picks
+    (run / "candidate-scores.npz").unlink()
+    with pytest.raises(SystemExit, match="--adapt-bn"):
+        mod.candidate_table(run)
