@@ -293,7 +293,7 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
                  more_pools: list[tuple[U8, I64]] = (),  # type: ignore[assignment]
                  adapt_bn: bool = False,
                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]],
-                            dict[str, U8]]:
+                            dict[str, npt.NDArray[np.float64]]]:
     """The 'pooled-selected' arm: candidates from the coordinator's ``train_pooled``, each
     test target's ensemble chosen on its own real train split (``node.selection``).
 
@@ -309,7 +309,7 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
     import tempfile
 
     from coordinator.train import train_pooled
-    from node.selection import adapt_to_site, select_on_train
+    from node.selection import adapt_to_site, sample_for_selection, select_on_train
     from shared.cnn_train import predict_scores
     from shared.metrics.auc import auc_with_ci
     from shared.synthetic import SyntheticSet
@@ -329,7 +329,7 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
     modes = ["sent", *TWINS] if adapt_bn else ["sent"]
     outs: dict[str, dict[str, Any]] = {m: {"auc": {}, "probs": {}} for m in modes}
     picked: dict[str, Any] = {}
-    per_candidate: dict[str, U8] = {}
+    per_candidate: dict[str, npt.NDArray[np.float64]] = {}
     for tname, (tx, ty) in tests.items():
         if tname not in chooser:
             continue
@@ -341,10 +341,10 @@ def selected_arm(pooled_x: U8, pooled_y: I64, cfg: Any, members: int,
             outs[mode]["auc"][tname] = auc_with_ci(ty, p, n_boot=args.n_boot,
                                                    seed=args.seed).to_dict()
             picked.setdefault(tname, {})[mode] = {
-                k: rec.get(k) for k in ("candidates", "picked", "adapted", "n_images")
-                if k in rec}
-        if adapt_bn:
-            adapted, _ = adapt_to_site(nets, cx)
+                k: rec.get(k) for k in ("candidates", "picked", "adapted", "n_images",
+                                        "batchnorm") if k in rec}
+        if adapt_bn:  # the copies the twins chose among: adapted on the same sample
+            adapted, _ = adapt_to_site(nets, cx[sample_for_selection(cy)])
             for how, group in (("sent", nets), ("site", adapted)):
                 for i, m in enumerate(group):
                     per_candidate[f"cand/{tname}/{how}/{i}"] = predict_scores(m, tx)[:, 1]
@@ -747,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         "common_val": common,
         "utility_ratio_common": ratio_common,
         "pooled_arms": ablation,
-        "selection": selection,
+        "selection": selection,  # arm → test → BatchNorm mode → picks
+        "selection_format": 2,
         "teacher": args.teacher,
         "round2_source": args.round2_source if args.round2 else None,
         "synthetic_factor": args.synthetic_factor,

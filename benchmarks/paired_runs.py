@@ -23,7 +23,10 @@ judged over several generator runs instead of one. One run moves a 92-image site
 one run's sign says little. Runs are grouped by partition seed (same test images); for each
 seed, arm and test the table gives each run's pooled − local, their mean with DeLong's SE over
 the test images (:func:`shared.metrics.paired.delong_contrast`, the runs held fixed), the SD
-between runs, and a 95 % CI from both (SE² + SD²/R: test images and generator runs).
+between runs, and a 95 % CI from both (SE² + SD²/R: test images and generator runs), with a
+t quantile whose degrees of freedom come from the run term (Welch-Satterthwaite: R − 1 when
+the runs' spread dominates, as it does on a small site; 12.7 × SE for two runs, not 1.96).
+A seed with one run is refused: it says nothing about the spread between runs.
 
 Run::
 
@@ -129,9 +132,13 @@ def candidate_table(run: Path) -> dict[str, Any]:
     with np.load(path) as c:
         cand = {k: c[k] for k in c.files}
     try:
-        selection = json.loads((run / "results.json").read_text())["selection"]
+        doc = json.loads((run / "results.json").read_text())
+        selection = doc["selection"] if doc.get("selection_format") == 2 else None
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise SystemExit(f"{run}/results.json: no selection record ({exc})") from None
+    if selection is None:
+        raise SystemExit(f"{run}/results.json: selection record of an older multisite.py "
+                         "(no per-mode picks); re-run it with --reuse-gans --adapt-bn")
     out: dict[str, Any] = {"run": str(run), "arms": {}}
     for key in sorted(cand):
         arm, _, test, how, i = key.split("/")
@@ -150,6 +157,11 @@ def versus_local(runs: list[Path], arms: tuple[str, ...] = ARMS) -> dict[str, An
     docstring). Refused when the runs' test labels differ (not one partition) or an arm is
     missing from a run. The common val has no local CNN: there the runs' pooled ÷
     centralised ratios are given instead."""
+    from scipy.stats import t as student_t
+
+    if len(runs) < 2:
+        raise SystemExit(f"{', '.join(map(str, runs))}: one generator run of this seed says "
+                         "nothing about the spread between runs; give ≥ 2 per seed")
     zs = [_scores(r) for r in runs]
     tests = sorted(k.split("/", 1)[1] for k in zs[0] if k.startswith("labels/"))
     for r, z in zip(runs[1:], zs[1:], strict=True):
@@ -175,12 +187,18 @@ def versus_local(runs: list[Path], arms: tuple[str, ...] = ARMS) -> dict[str, An
             r_n = len(runs)
             per_run = [delong_paired(y, z[local], z[f"{arm}/{t}"]).delta for z in zs]
             _, mean, se_img = delong_contrast(y, vecs, [-1 / r_n] * r_n + [1 / r_n] * r_n)
-            sd = float(np.std(per_run, ddof=1)) if r_n > 1 else 0.0
-            se = float(np.sqrt(se_img ** 2 + sd ** 2 / r_n))
+            sd = float(np.std(per_run, ddof=1))
+            run_var = sd ** 2 / r_n
+            se = float(np.sqrt(se_img ** 2 + run_var))
+            # Welch-Satterthwaite: the image term's df is large (hundreds of images), the
+            # run term's is R − 1.
+            df = (se ** 4 / (run_var ** 2 / (r_n - 1))) if run_var > 0 else float("inf")
+            q = float(student_t.ppf(0.975, df)) if np.isfinite(df) else 1.959964
+            p = (float(2 * student_t.sf(abs(mean) / se, df)) if se > 0 and np.isfinite(df)
+                 else z_and_p(mean, se)[1])
             cells[t] = {"per_run": per_run, "mean": mean, "se_images": se_img,
-                        "sd_runs": sd, "se": se, "ci": [mean - 1.959964 * se,
-                                                        mean + 1.959964 * se],
-                        "p_value": z_and_p(mean, se)[1], "n_runs": r_n}
+                        "sd_runs": sd, "se": se, "df": df,
+                        "ci": [mean - q * se, mean + q * se], "p_value": p, "n_runs": r_n}
         if "common-val" in tests and all("centralised/common-val" in z for z in zs):
             from sklearn.metrics import roc_auc_score
 

@@ -110,7 +110,11 @@ BATCHNORM = {
 }
 """How :func:`select_on_train` treats the candidates' BatchNorm statistics. Only "sent" is
 the product's; the others are the levers the benchmarks measure (BENCHMARKS.md § BatchNorm
-statistics from the site's own images)."""
+statistics from the site's own images). Under "either" the adapted copies are normalised on
+the very train images the choice then scores them on (no labels are used for that, but it
+can tilt a small split's choice towards them), and the choice scores up to twice as many
+networks as were sent; neither matters while only benchmarks use it, and a product path
+would have to count the copies against the site's candidate cap."""
 
 
 def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
@@ -119,11 +123,12 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     """The ensemble this site evaluates, and the record of how it was chosen.
 
     ``images``/``labels``: the site's real train split, already at the CNN's input size.
-    With one candidate there is nothing to choose; with a train split that cannot rank them
-    (:data:`MIN_PER_CLASS`) the sender's ``default`` is used (adapted under "site", as sent
-    under "either": there is no choice to make). ``batchnorm``: a key of :data:`BATCHNORM`.
-    Under "either" the record's ``picked`` still names the sender's candidates, and
-    ``adapted`` says for each pick whether its adapted copy was the one taken.
+    With a train split that cannot rank them (:data:`MIN_PER_CLASS`) the sender's
+    ``default`` is used (adapted under "site", as sent under "either": there is no choice to
+    make). ``batchnorm``: a key of :data:`BATCHNORM`. Under "either" the record's ``picked``
+    still names the sender's candidates, ``adapted`` says for each pick whether its adapted
+    copy was the one taken, and ``distinct`` counts networks (an adapted copy apart from its
+    original).
     """
     from shared.cnn_train import predict_scores
 
@@ -185,13 +190,18 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
     if len(images) < MIN_ADAPT_IMAGES:
         return list(models), (f"the sender's: fewer than {MIN_ADAPT_IMAGES} train images "
                               f"({len(images)})")
-    out = []
+    out: list[torch.nn.Module] = []
     for m in models:
+        if not any(isinstance(b, torch.nn.modules.batchnorm._BatchNorm) for b in m.modules()):
+            out.append(m)  # nothing to re-estimate: the sender's network itself
+            continue
         a = adapt_batchnorm(m, images)
         # One overflowing image makes a BatchNorm's statistics undefined for every image: such
         # a candidate keeps the sender's statistics (and its per-image "no opinion" rows).
         finite = all(torch.isfinite(b).all() for b in a.buffers() if b.is_floating_point())
         out.append(a if finite else m)
+    if all(a is m for a, m in zip(out, models, strict=True)):
+        return out, "the sender's: no candidate has BatchNorm statistics to re-estimate"
     return out, f"re-estimated on {len(images)} train images"
 
 

@@ -52,6 +52,7 @@ def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s
     can be traced), and every mode's picks are recorded."""
     from types import SimpleNamespace
 
+    from node.selection import MAX_SELECTION_IMAGES
     from shared.cnn_train import ClassifierConfig
     from tests.conftest import blob_images
 
@@ -60,9 +61,16 @@ def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s
     cfg = ClassifierConfig(epochs=1, width=4, batch=16, patience=0, norm="batch")
     tests = {"site-a": (x[64:], y[64:]), "common-val": (x[64:], y[64:])}
     trains = {"a": (x[32:64], y[32:64])}
+    # The common val's chooser is larger than the choice samples: the saved adapted scores
+    # must come from the copies the twins used (adapted on that sample), not on every image.
+    big = MAX_SELECTION_IMAGES + 200
+    rng = np.random.default_rng(2)
+    cx = np.clip(np.resize(x[:64], (big, 28, 28)).astype(int) + rng.integers(
+        -40, 40, (big, 28, 28)), 0, 255).astype(np.uint8)
+    cy = np.resize(y[:64], big)
     args = SimpleNamespace(n_boot=50, seed=0)
     arm, picked, twins, per_cand = multisite.selected_arm(
-        x[:32], y[:32], cfg, 2, tests, trains, x[:64], y[:64], args, adapt_bn=True)
+        x[:32], y[:32], cfg, 2, tests, trains, cx, cy, args, adapt_bn=True)
     assert set(twins) == {"-adabn", "-either"}
     k = picked["site-a"]["sent"]["candidates"]
     assert k == 2 and all(picked["site-a"][m]["candidates"] == k for m in ("site", "either"))
@@ -74,6 +82,10 @@ def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s
     sent = picked["site-a"]["sent"]["picked"]
     ens = np.mean([per_cand[f"cand/site-a/sent/{i}"] for i in sent], axis=0)
     np.testing.assert_allclose(arm["probs"]["site-a"], ens, atol=1e-5)
+    for t in tests:
+        site_picks = picked[t]["site"]["picked"]
+        ens_site = np.mean([per_cand[f"cand/{t}/site/{i}"] for i in site_picks], axis=0)
+        np.testing.assert_allclose(twins["-adabn"]["probs"][t], ens_site, atol=1e-5)
     # Without the switch there are no twins and no per-candidate scores.
     _, picked0, twins0, per0 = multisite.selected_arm(
         x[:32], y[:32], cfg, 2, tests, trains, x[:64], y[:64], args)

@@ -107,11 +107,23 @@ def test_vs_local_averages_generator_runs_and_counts_their_spread(tmp_path: Path
     out = mod.versus_local(agree)["arms"]["pooled"]["site-c"]
     assert out["n_runs"] == 3 and np.isclose(out["mean"], np.mean(out["per_run"]))
     assert out["mean"] > 0 and out["sd_runs"] < 0.01
-    assert np.isclose(out["se"] ** 2, out["se_images"] ** 2 + out["sd_runs"] ** 2 / 3)
-    spread = [_gen_run(tmp_path / f"spread{i}", y, local, y * k + rng.normal(0, 1.0, y.size))
-              for i, k in enumerate((0.3, 1.3, 2.5))]
-    wide = mod.versus_local(spread)["arms"]["pooled"]["site-c"]
-    assert wide["sd_runs"] > 0.05 and wide["se"] > wide["se_images"] * 1.2
+    # The same run twice: the image SE is the paired test's, and no spread is invented.
+    from shared.metrics.paired import delong_paired
+
+    same = mod.versus_local([agree[0], agree[0]])["arms"]["pooled"]["site-c"]
+    paired = delong_paired(y, local, np.load(agree[0] / "scores.npz")["pooled/site-c"])
+    assert np.isclose(same["se_images"], paired.se) and same["sd_runs"] == 0
+    assert np.isclose(same["mean"], paired.delta)
+    # Two runs that disagree in sign: a mean between them is no finding, and the CI (t with
+    # one degree of freedom for the run term) says so.
+    split = [_gen_run(tmp_path / f"split{i}", y, local, y * k + rng.normal(0, 1.0, y.size))
+             for i, k in enumerate((0.2, 2.5))]
+    wide = mod.versus_local(split)["arms"]["pooled"]["site-c"]
+    assert wide["per_run"][0] < 0 < wide["per_run"][1]
+    assert wide["ci"][0] < 0 < wide["ci"][1] and wide["p_value"] > 0.05
+    assert wide["df"] < 2
+    with pytest.raises(SystemExit, match="one generator run"):
+        mod.versus_local([agree[0]])
     other = _gen_run(tmp_path / "other", y[::-1].copy(), local, local)
     with pytest.raises(SystemExit, match="differs"):
         mod.versus_local([agree[0], other])
@@ -133,13 +145,16 @@ def test_candidates_table_scores_each_candidate_sent_and_adapted_with_the_picks(
     np.savez(run / "candidate-scores.npz", **cand)
     picks = {"sent": {"picked": [2]}, "either": {"picked": [1, 2], "adapted": [True, False]}}
     (run / "results.json").write_text(json.dumps(
-        {"selection": {"pooled-selected": {"site-a": picks}}}))
+        {"selection": {"pooled-selected": {"site-a": picks}}, "selection_format": 2}))
     mod = _mod()
     cell = mod.candidate_table(run)["arms"]["pooled-selected"]["site-a"]
     assert len(cell["sent"]) == len(cell["site"]) == 3
     assert cell["site"][1] == roc_auc_score(y, cand["pooled-selected/cand/site-a/site/1"])
     assert all(b > a for a, b in zip(cell["sent"], cell["site"], strict=True))
     assert cell["picks"] == picks
+    (run / "results.json").write_text(json.dumps({"selection": {"site-a": picks["sent"]}}))
+    with pytest.raises(SystemExit, match=r"older multisite\.py"):
+        mod.candidate_table(run)  # an old run's record would give empty picks, silently
     (run / "candidate-scores.npz").unlink()
     with pytest.raises(SystemExit, match="--adapt-bn"):
         mod.candidate_table(run)

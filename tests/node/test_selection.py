@@ -366,3 +366,14 @@ def test_a_default_ensemble_is_adapted_member_by_member_and_an_unknown_mode_is_r
     assert all(m is nets[i] for m, i in zip(model.members, [2, 3], strict=True))
     with pytest.raises(ValueError, match=r"batchnorm='adabn'.*sent, site, either"):
         select_on_train(nets, [0], x, np.array([0, 1] * 20), batchnorm="adabn")
+
+
+def test_networks_without_batchnorm_are_not_copied_nor_said_to_be_adapted() -> None:
+    """GroupNorm candidates have no statistics to re-estimate: "either" must not offer K
+    identical copies, and the record must not claim an adaptation that did not happen."""
+    nets = [ResNetClassifier(2, width=4, norm="group").eval() for _ in range(2)]
+    x = np.random.default_rng(8).integers(0, 255, (40, 32, 32), dtype=np.uint8)
+    y = np.array([0, 1] * 20)
+    model, rec = select_on_train(nets, [0], x, y, batchnorm="either")
+    assert rec["batchnorm"].startswith("the sender's: no candidate has BatchNorm")
+    assert not any(rec["adapted"]) and all(any(m is n for n in nets) for m in model.members)

@@ -115,7 +115,34 @@ def test_delong_contrast_of_a_mean_over_runs_agrees_with_the_pairwise_tests() ->
     _, d_mean, se_mean = delong_contrast(y, [a, b1, b2], [-1, 0.5, 0.5])
     assert math.isclose(d_mean, (pair.delta + delong_paired(y, a, b2).delta) / 2)
     assert math.isclose(se_mean ** 2, 0.5 * v1 + 0.5 * v2 - 0.25 * v12, rel_tol=1e-9)
+    # Against DeLong written out with the O(m·n) kernel, for three vectors with ties.
+    bt = np.round(b2, 1)
+    _, _, se_ref = _contrast_reference(y, [a, b1, bt], [-1, 0.5, 0.5])
+    assert math.isclose(delong_contrast(y, [a, b1, bt], [-1, 0.5, 0.5])[2], se_ref,
+                        rel_tol=1e-9)
     # The same run given twice is the same evidence, not twice as much.
     assert math.isclose(delong_contrast(y, [a, b1, b1], [-1, 0.5, 0.5])[2], pair.se)
     with pytest.raises(MetricError, match="2 weights for 3 score vectors"):
         delong_contrast(y, [a, b1, b2], [-1, 1])
+
+
+def _contrast_reference(y: np.ndarray, scores: list[np.ndarray], c: list[float]
+                        ) -> tuple[list[float], float, float]:
+    """DeLong et al. (1988) § 3 for k vectors: Var(c·θ) = c S cᵀ, S from the O(m·n) kernel."""
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    aucs, v10s, v01s = [], [], []
+    for s in scores:
+        psi = np.array([[1.0 if x > v else 0.5 if x == v else 0.0 for v in s[neg]]
+                        for x in s[pos]])
+        aucs.append(float(psi.mean()))
+        v10s.append(psi.mean(1))
+        v01s.append(psi.mean(0))
+    k = len(scores)
+    var = 0.0
+    for i in range(k):
+        for j in range(k):
+            s10 = float(((v10s[i] - v10s[i].mean()) * (v10s[j] - v10s[j].mean())).sum()) / (m - 1)
+            s01 = float(((v01s[i] - v01s[i].mean()) * (v01s[j] - v01s[j].mean())).sum()) / (n - 1)
+            var += c[i] * c[j] * (s10 / m + s01 / n)
+    return aucs, float(np.dot(c, aucs)), math.sqrt(var)
