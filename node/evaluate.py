@@ -157,19 +157,22 @@ MAX_INPUT_SIZE = 1024
 
 def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Path,
                           classes: str, input_size: int | None,
-                          expect_names: list[str] | None = None, batchnorm: str = "sent"
-                          ) -> tuple[Any, dict[str, Any]]:
+                          expect_names: list[str] | None = None,
+                          batchnorm: str | None = None) -> tuple[Any, dict[str, Any]]:
     """(the model to score, how it was chosen): :func:`node.selection.select_on_train` on
     the site's real train split, resized to the CNN's input size like the test split. The
     class list is checked first, as for the test split: labels of other classes than the
     networks predict would otherwise reach the AUC (a crash, not a refusal). ``batchnorm``:
     whether the candidates' BatchNorm statistics are re-estimated on that train split
-    (:data:`node.selection.BATCHNORM`)."""
-    from node.selection import sample_for_selection, select_on_train
+    (:data:`node.selection.BATCHNORM`; None: :data:`node.selection.DEFAULT_BATCHNORM`). A
+    single network is scored as sent in every mode: adapting one was never measured, and the
+    admin's own weights (the local baseline) must score as they were trained."""
+    from node.selection import DEFAULT_BATCHNORM, sample_for_selection, select_on_train
     from node.store import SiteStore
 
-    if len(models) == 1 and batchnorm == "sent":
+    if len(models) == 1:
         return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
+    batchnorm = batchnorm or DEFAULT_BATCHNORM
     store = SiteStore.open(site_dir)
     check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
                   expect_names)
@@ -205,6 +208,7 @@ def evaluate_weights(
     threshold_from_meta: bool = True,
     compare_local: bool = True,
     max_candidates: int | None = None,
+    batchnorm: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate CNN ``weights`` (npz) on the site's real test split.
 
@@ -217,11 +221,11 @@ def evaluate_weights(
     A candidate file (several networks, :func:`shared.weights_io.save_candidates`) is first
     narrowed to the ensemble that scores best on the site's real *train* split
     (:mod:`node.selection`); the test split is scored once, with that ensemble, and the record
-    says how it was chosen under ``selection``. (The candidates are scored as sent: adapting
-    their BatchNorm statistics to the site first, ``choose_on_train_split(batchnorm=...)``,
-    was measured and not kept; BENCHMARKS.md § BatchNorm statistics from the site's own
-    images.) ``max_candidates``: the site policy's cap on how many networks one file may
-    hold.
+    says how it was chosen under ``selection``. ``batchnorm``: the site policy's
+    (:data:`node.selection.BATCHNORM`): by default each candidate is offered to the choice as
+    sent and with BatchNorm statistics of the site's train split, and the record's
+    ``adapted`` says which picks were adapted copies. ``max_candidates``: the site policy's
+    cap on how many networks one file may hold.
 
     Returns the unsigned record ``{"kind": "evaluation", auc, ci_low, ci_high, n_test,
     weights_sha256, ...}`` and, when ``write``, saves it as
@@ -260,7 +264,7 @@ def evaluate_weights(
     if compare_local and local.is_file() and local.resolve() != weights.resolve():
         reference = load_classifier(local)
     model, selection = choose_on_train_split(models, meta, site_dir, classes, input_size,
-                                             expect_names=expect)
+                                             expect_names=expect, batchnorm=batchnorm)
     record: dict[str, Any] = {
         "kind": EVAL_KIND,
         "weights_sha256": digest,

@@ -603,7 +603,8 @@ def _evaluate(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, 
                                       threshold=policy.eval_threshold,
                                       threshold_from_meta=False,
                                       compare_local=role == "pooled",
-                                      max_candidates=policy.max_candidates)
+                                      max_candidates=policy.max_candidates,
+                                      batchnorm=policy.batchnorm)
         except WeightsError as exc:
             raise RequestRefusedError(f"{role} weights refused: {exc}") from None
         record.update(role=role, **binding)

@@ -103,23 +103,30 @@ def choose(scores: list[npt.NDArray[np.float64]], labels: npt.NDArray[np.int64],
 
 
 BATCHNORM = {
-    "sent": "the candidates as sent (the product's default)",
+    "sent": "the candidates as sent",
     "site": "every candidate with BatchNorm statistics of the site's train images "
             "(adapt_to_site)",
     "either": "each candidate as sent and adapted, the choice picking among both",
 }
-"""How :func:`select_on_train` treats the candidates' BatchNorm statistics. Only "sent" is
-the product's; the others are the levers the benchmarks measure (BENCHMARKS.md § BatchNorm
-statistics from the site's own images). Under "either" the adapted copies are normalised on
-the very train images the choice then scores them on (no labels are used for that, but it
-can tilt a small split's choice towards them), and the choice scores up to twice as many
-networks as were sent; neither matters while only benchmarks use it, and a product path
-would have to count the copies against the site's candidate cap."""
+"""How :func:`select_on_train` treats the candidates' BatchNorm statistics.
+
+"either" is the product's (:data:`DEFAULT_BATCHNORM`; the site policy's ``batchnorm`` may
+say "sent"); "site" is a lever the benchmarks measure and did not keep (BENCHMARKS.md §
+BatchNorm statistics from the site's own images; § Choosing among sent and adapted
+candidates). Why "either" and not "site": adaptation lifts some candidates and sinks others
+(at one DP seed it cost the best candidates 0.04-0.09 AUC at a site), and only the site's
+train split can tell which; "either" lets that split choose per candidate. The adapted
+copies are normalised on the very train images the choice then scores them on (no labels
+are used for that, but it can tilt a small split's choice towards them), and the choice
+scores up to twice as many networks as were sent (the work stays bounded: ≤ 2 × the policy's
+``max_candidates`` networks on ≤ :data:`MAX_SELECTION_IMAGES` images)."""
+DEFAULT_BATCHNORM = "either"
+"""The site's default (``SitePolicy.batchnorm``)."""
 
 
 def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
                     images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
-                    batchnorm: str = "sent") -> tuple[MeanEnsemble, dict[str, Any]]:
+                    batchnorm: str = DEFAULT_BATCHNORM) -> tuple[MeanEnsemble, dict[str, Any]]:
     """The ensemble this site evaluates, and the record of how it was chosen.
 
     ``images``/``labels``: the site's real train split, already at the CNN's input size.
@@ -180,8 +187,8 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
     untouched, the adapted copies never leave the site, and the test split is not used. The
     statistics are still computed from the train split, so a crafted candidate can make its
     test scores depend on them, a channel like the one the choice opens (SECURITY.md §
-    Choosing among candidate CNNs); the product does not adapt (BENCHMARKS.md § BatchNorm
-    statistics from the site's own images).
+    Choosing among candidate CNNs). The product offers the adapted copies next to the sent
+    ones (:data:`BATCHNORM` "either"); replacing the sent ones ("site") was not kept.
     Fewer than :data:`MIN_ADAPT_IMAGES` images would give noisy statistics: the sender's are
     kept then.
     """

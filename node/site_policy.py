@@ -20,6 +20,7 @@ Example ``SITE/site.toml``::
     max_evaluations_per_run = 2
     max_evaluations_per_day = 10
     max_candidates = 32          # candidate CNNs one evaluation may choose among
+    batchnorm = "either"         # offer each candidate with this site's BatchNorm statistics too
     max_pretrain_images = 50000  # round 2: other sites' synthetic images (0 = no round 2)
     max_train_minutes = 60       # GAN loop
     max_spine_minutes = 20       # SpineGAN's classifier S
@@ -39,6 +40,9 @@ from typing import Any
 
 from shared.protocol import DEFAULT_SITE_CANDIDATES
 
+BATCHNORM_CHOICES = ("either", "sent")
+"""The ``batchnorm`` values a policy may set (modes of ``node.selection.BATCHNORM``; its
+measured-only "site" mode is not offered)."""
 POLICY_FILE = "site.toml"
 """Default policy file inside the site folder."""
 
@@ -66,6 +70,14 @@ class SitePolicy:
     on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
     is a few bits about that split, so this caps what one evaluation can reveal (with K
     candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). 1 = accept single networks only."""
+    batchnorm: str = "either"
+    """How the choice treats the candidates' BatchNorm statistics (:mod:`node.selection`):
+    "either" offers each candidate as sent and with statistics re-estimated on this site's
+    real train images (images only, no labels), and the choice keeps whichever scores better
+    there; "sent" scores the candidates as they came. "either" doubles what the choice
+    picks among (≤ 5·log2(2K) bits per evaluation: 30 at 32) and lets a candidate's scores
+    depend on the train split's image statistics (SECURITY.md § Choosing among candidate
+    CNNs); a site that wants its ε to bound everything sets "sent" with ``max_candidates = 1``."""
     max_pretrain_images: int = 50_000
     """Most synthetic images of other sites a round-2 request may bring for this site's GAN to
     pretrain on (:mod:`shared.pretrain_set`); 0 = this site takes no part in a second round.
@@ -98,6 +110,9 @@ class SitePolicy:
         if not 1 <= self.max_candidates <= 64:
             raise ValueError(f"max_candidates must be in 1..64 (1 = single networks only), "
                              f"got {self.max_candidates}")
+        if self.batchnorm not in BATCHNORM_CHOICES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_CHOICES)}, got "
+                             f"{self.batchnorm!r}")
         if self.eval_threshold is not None and not 0.0 < self.eval_threshold < 1.0:
             raise ValueError(f"eval_threshold must be in (0, 1), got {self.eval_threshold}")
 

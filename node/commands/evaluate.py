@@ -29,9 +29,10 @@ def command(
         raise typer.BadParameter("give --weights FILE.npz or --request request.json")
     from node.site_policy import load_policy
 
-    # the admin's own policy caps candidate files here too, as for a coordinator's request
-    record = evaluate_weights(site_dir, weights,
-                              max_candidates=load_policy(site_dir).max_candidates)
+    # the admin's own policy applies here too, as for a coordinator's request
+    policy = load_policy(site_dir)
+    record = evaluate_weights(site_dir, weights, max_candidates=policy.max_candidates,
+                              batchnorm=policy.batchnorm)
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
     else:

@@ -18,7 +18,7 @@ from node.selection import MeanEnsemble, choose, select_on_train
 from node.store import SiteStore
 from shared.classifier import ResNetClassifier
 from shared.cnn_train import ClassifierConfig, predict_scores
-from shared.weights_io import load_classifier, save_candidates
+from shared.weights_io import load_classifier, save_candidates, save_weights
 
 CFG = ClassifierConfig(epochs=3, width=4, batch=16, patience=0, norm="group")
 
@@ -225,8 +225,8 @@ def test_adapt_bn_chooses_and_scores_with_the_site_s_statistics_and_leaves_the_s
     np.testing.assert_allclose(predict_scores(model, x), predict_scores(adapt_batchnorm(net, x), x),
                                atol=1e-6)
     assert not np.allclose(predict_scores(model, x), predict_scores(net, x), atol=1e-3)
-    # Without the switch, the sender's statistics score.
-    plain, rec_plain = select_on_train([net], [0], x, y)
+    # Under "sent", the sender's statistics score.
+    plain, rec_plain = select_on_train([net], [0], x, y, batchnorm="sent")
     assert "batchnorm" not in rec_plain and plain.members[0] is net
 
 
@@ -245,8 +245,9 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
         tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``choose_on_train_split(batchnorm="site")`` (the AdaBN arm the benchmarks measure): the
     candidates get BatchNorm statistics of the site's real TRAIN images, never the test
-    split; a candidate that overflows is no crash. The site's own evaluation scores
-    candidates as sent (the lever was not kept), and says nothing about BatchNorm."""
+    split; a candidate that overflows is no crash. The site's own evaluation offers the
+    adapted copies next to the sent ones by default (adapting on the train split only), and
+    not at all under the policy's "sent"; a single network is scored as sent."""
     import shared.cnn_train as cnn_train
     from node.evaluate import choose_on_train_split
 
@@ -273,7 +274,17 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
     save_candidates(nets, path, {"class_names": ["normal", "abnormal"]},
                     [{"epoch": 1}, {"epoch": 2}], default=[0])
     ev = evaluate_weights(tiny_site, path, n_boot=100, write=False, compare_local=False)
-    assert not seen and "batchnorm" not in ev["selection"]
+    assert len(seen) == 2 and all(np.array_equal(s, x_tr) for s in seen)
+    assert ev["selection"]["batchnorm"] == f"re-estimated on {len(x_tr)} train images"
+    assert len(ev["selection"]["adapted"]) == len(ev["selection"]["picked"])
+    seen.clear()
+    ev_sent = evaluate_weights(tiny_site, path, n_boot=100, write=False, compare_local=False,
+                               batchnorm="sent")
+    assert not seen and "batchnorm" not in ev_sent["selection"]
+    single = tmp_path / "single.npz"
+    save_weights(nets[0], single, {"class_names": ["normal", "abnormal"]})
+    ev_one = evaluate_weights(tiny_site, single, n_boot=100, write=False, compare_local=False)
+    assert not seen and ev_one["selection"]["rule"] == "one network: no choice"
 
     model_h, sel_h = choose_on_train_split(
         [nets[0], _overflow_probe()], {"default": [1], "candidates": [{}, {}]}, tiny_site,
@@ -311,7 +322,7 @@ def test_either_chooses_among_the_candidates_as_sent_and_adapted_and_names_the_s
     assert not torch.equal(first.stem_bn.running_mean, nets[1].stem_bn.running_mean)
     # "sent" never sees an adapted copy, and says nothing of BatchNorm or adaptation.
     seen.clear()
-    _, rec_sent = select_on_train(nets, [0], x, y)
+    _, rec_sent = select_on_train(nets, [0], x, y, batchnorm="sent")
     assert seen == [3] and "adapted" not in rec_sent and "batchnorm" not in rec_sent
 
 

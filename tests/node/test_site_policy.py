@@ -249,3 +249,30 @@ def test_an_evaluation_that_breaks_part_way_is_logged_and_counted(
     assert second["status"] == "refused" and "max_evaluations_per_run" in second["reason"]
     assert [e["verdict"] for e in entries(site)] == ["failed", "refused"]
     assert "Input contains NaN" in entries(site)[0]["reason"]
+
+
+def test_the_site_s_policy_decides_whether_candidates_get_its_batchnorm_statistics(
+        site: Path, tmp_path: Path) -> None:
+    """A coordinator's candidate file is chosen among with adapted copies offered by default;
+    an admin's ``batchnorm = "sent"`` turns that off for the signed reply; a value the
+    policy does not offer stops with the choices."""
+    from node.selection import DEFAULT_BATCHNORM
+    from node.site_policy import SitePolicy
+    from shared.classifier import ResNetClassifier
+    from shared.weights_io import save_candidates
+
+    assert SitePolicy().batchnorm == DEFAULT_BATCHNORM
+    with pytest.raises(ValueError, match="batchnorm must be one of either, sent, got 'site'"):
+        SitePolicy(batchnorm="site")
+    path = tmp_path / "candidates.npz"
+    save_candidates([ResNetClassifier(2, width=4) for _ in range(2)], path,
+                    {"classes": "binary", "class_names": ["normal", "abnormal"]},
+                    [{"epoch": 1}, {"epoch": 2}], default=[0])
+    data = path.read_bytes()
+    cfg = ask(site, eval_request(data, "r1"), "evaluate", {"pooled": data})
+    sel = cfg["reply-json"]["evaluations"]["pooled"]["payload"]["selection"]
+    assert sel["batchnorm"].startswith("re-estimated on") and "adapted" in sel
+    (site / "site.toml").write_text('[policy]\nbatchnorm = "sent"\n')
+    cfg = ask(site, eval_request(data, "r2"), "evaluate", {"pooled": data})
+    sel = cfg["reply-json"]["evaluations"]["pooled"]["payload"]["selection"]
+    assert "batchnorm" not in sel and "adapted" not in sel
