@@ -201,7 +201,8 @@ def score_selected(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
         train_pooled(pool, path, replace(cnn, epochs=epochs, patience=0), progress=False,
                      device="cpu", members=members)
         nets, meta = load_candidates(path)
-    model, rec = select_on_train(nets, meta["default"], *chooser)
+    # as sent: the mode the stored --select cells were measured with
+    model, rec = select_on_train(nets, meta["default"], *chooser, batchnorm="sent")
     out: dict[str, Any] = {"cnn_train_s": time.monotonic() - t, "candidates": len(nets),
                            "picked": rec.get("picked")}
     for name, (x, y) in tests.items():

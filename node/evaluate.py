@@ -172,7 +172,8 @@ def choose_on_train_split(models: list[Any], meta: dict[str, Any], site_dir: Pat
 
     if len(models) == 1:
         return models[0], {"candidates": 1, "picked": [0], "rule": "one network: no choice"}
-    batchnorm = batchnorm or DEFAULT_BATCHNORM
+    if batchnorm is None:
+        batchnorm = DEFAULT_BATCHNORM
     store = SiteStore.open(site_dir)
     check_classes(store, site_dir, classes, int(getattr(models[0], "num_classes", 2)),
                   expect_names)

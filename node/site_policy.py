@@ -50,7 +50,8 @@ POLICY_FILE = "site.toml"
 @dataclass(frozen=True)
 class SitePolicy:
     """The admin's limits. Defaults are the conservative choice (DESIGN §2: the site stays in
-    control): no training on request, DP required, few evaluations."""
+    control): no training on request, DP required, few evaluations; ``batchnorm`` is the one
+    exception (its docstring says why)."""
 
     allow_train: bool = False
     """Train a GAN when the coordinator asks (``train`` mode). Off unless the admin says so."""
@@ -69,15 +70,18 @@ class SitePolicy:
     """Most candidate CNNs one weights file may hold. The site picks its ensemble among them
     on its real train split (:mod:`node.selection`) and signs which ones it picked: each pick
     is a few bits about that split, so this caps what one evaluation can reveal (with K
-    candidates and ≤ 5 picks, ≤ 5·log2(K) bits; 25 at 32). 1 = accept single networks only."""
+    candidates and ≤ 5 picks, ≤ 5·log2(K) bits, 25 at 32; ≤ 5·log2(2K), 30, under
+    ``batchnorm = "either"``). 1 = accept single networks only, scored as sent."""
     batchnorm: str = "either"
     """How the choice treats the candidates' BatchNorm statistics (:mod:`node.selection`):
     "either" offers each candidate as sent and with statistics re-estimated on this site's
     real train images (images only, no labels), and the choice keeps whichever scores better
     there; "sent" scores the candidates as they came. "either" doubles what the choice
-    picks among (≤ 5·log2(2K) bits per evaluation: 30 at 32) and lets a candidate's scores
-    depend on the train split's image statistics (SECURITY.md § Choosing among candidate
-    CNNs); a site that wants its ε to bound everything sets "sent" with ``max_candidates = 1``."""
+    picks among (≤ 5·log2(2K) bits per evaluation: 30 at 32) and lets a crafted candidate's
+    test scores depend on the train split's image statistics, a channel only the evaluation
+    limits bound (SECURITY.md § Choosing among candidate CNNs). The one policy default that
+    is not the most conservative value: it is what lifts the DP utility. "sent", or
+    ``max_candidates = 1``, closes that channel."""
     max_pretrain_images: int = 50_000
     """Most synthetic images of other sites a round-2 request may bring for this site's GAN to
     pretrain on (:mod:`shared.pretrain_set`); 0 = this site takes no part in a second round.

@@ -104,7 +104,8 @@ def command(
                f"{effective.max_epsilon_per_run:g} per run, lifetime "
                f"{effective.lifetime_epsilon if effective.lifetime_epsilon else 'uncapped'}); "
                f"≤ {effective.max_evaluations_per_run} evaluations per run, "
-               f"{effective.max_evaluations_per_day} per day")
+               f"{effective.max_evaluations_per_day} per day; ≤ {effective.max_candidates} "
+               f"candidate CNNs, BatchNorm {effective.batchnorm}")
     if site:
         cfg["site-name"] = site
     if accept_risk:

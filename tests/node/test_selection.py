@@ -277,6 +277,7 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
     assert len(seen) == 2 and all(np.array_equal(s, x_tr) for s in seen)
     assert ev["selection"]["batchnorm"] == f"re-estimated on {len(x_tr)} train images"
     assert len(ev["selection"]["adapted"]) == len(ev["selection"]["picked"])
+    assert all(type(a) is bool for a in ev["selection"]["adapted"])
     seen.clear()
     ev_sent = evaluate_weights(tiny_site, path, n_boot=100, write=False, compare_local=False,
                                batchnorm="sent")
@@ -292,6 +293,12 @@ def test_adapting_at_the_site_uses_its_train_split_only_and_survives_a_hostile_c
     assert sel_h["picked"] == [0]  # the probe is no opinion everywhere: never the better pick
     assert np.isfinite(predict_scores(model_h, x_tr)).all()
     assert np.isfinite(predict_scores(model_h, x_te)).all()
+    # Every candidate overflowing: the signed text must not say so (it would be an answer
+    # about the train split outside the picks); it names the attempt and the count only.
+    _, sel_all = choose_on_train_split(
+        [_overflow_probe(), _overflow_probe()], {"default": [0], "candidates": [{}, {}]},
+        tiny_site, "binary", None, batchnorm="either")
+    assert sel_all["batchnorm"] == f"re-estimated on {len(x_tr)} train images"
 
 
 def test_either_chooses_among_the_candidates_as_sent_and_adapted_and_names_the_sender_s(

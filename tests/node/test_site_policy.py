@@ -256,14 +256,20 @@ def test_the_site_s_policy_decides_whether_candidates_get_its_batchnorm_statisti
     """A coordinator's candidate file is chosen among with adapted copies offered by default;
     an admin's ``batchnorm = "sent"`` turns that off for the signed reply; a value the
     policy does not offer stops with the choices."""
+    from node.federation import settings_from_node_config
     from node.selection import DEFAULT_BATCHNORM
     from node.site_policy import SitePolicy
     from shared.classifier import ResNetClassifier
+    from shared.errors import ConfigError
     from shared.weights_io import save_candidates
 
     assert SitePolicy().batchnorm == DEFAULT_BATCHNORM
     with pytest.raises(ValueError, match="batchnorm must be one of either, sent, got 'site'"):
         SitePolicy(batchnorm="site")
+    with pytest.raises(ConfigError, match="batchnorm"):  # the node-config path too
+        settings_from_node_config({"site-dir": str(site), "batchnorm": "site"}).policy()
+    assert settings_from_node_config({"site-dir": str(site), "batchnorm": "sent"}
+                                     ).policy().batchnorm == "sent"
     path = tmp_path / "candidates.npz"
     save_candidates([ResNetClassifier(2, width=4) for _ in range(2)], path,
                     {"classes": "binary", "class_names": ["normal", "abnormal"]},
