@@ -160,8 +160,7 @@ def select_on_train(models: Sequence[torch.nn.Module], default: list[int],
     if batchnorm != "sent":
         adapted, record["batchnorm"] = adapt_to_site(models, images)
         if batchnorm == "site":
-            pool, origin = adapted, [(i, a is not m) for i, (a, m) in
-                                     enumerate(zip(adapted, models, strict=True))]
+            pool = adapted
         else:  # both; a copy that kept the sender's statistics would only repeat its original
             extra = [i for i in range(k) if adapted[i] is not models[i]]
             pool += [adapted[i] for i in extra]
@@ -197,9 +196,11 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
     if len(images) < MIN_ADAPT_IMAGES:
         return list(models), (f"the sender's: fewer than {MIN_ADAPT_IMAGES} train images "
                               f"({len(images)})")
+    has_bn = [any(isinstance(b, torch.nn.modules.batchnorm._BatchNorm) for b in m.modules())
+              for m in models]
     out: list[torch.nn.Module] = []
-    for m in models:
-        if not any(isinstance(b, torch.nn.modules.batchnorm._BatchNorm) for b in m.modules()):
+    for m, bn in zip(models, has_bn, strict=True):
+        if not bn:
             out.append(m)  # nothing to re-estimate: the sender's network itself
             continue
         a = adapt_batchnorm(m, images)
@@ -209,8 +210,7 @@ def adapt_to_site(models: Sequence[torch.nn.Module], images: npt.NDArray[np.uint
         out.append(a if finite else m)
     # The text depends on the architectures and the count only: which candidates overflowed
     # is data-dependent, and the record is signed and sent.
-    if not any(isinstance(b, torch.nn.modules.batchnorm._BatchNorm)
-               for m in models for b in m.modules()):
+    if not any(has_bn):
         return out, "the sender's: no candidate has BatchNorm statistics to re-estimate"
     return out, f"re-estimated on {len(images)} train images"
 
