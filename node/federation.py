@@ -632,8 +632,12 @@ def handle_evaluate(settings: NodeSettings, request: Mapping[str, Any],
 
 
 def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = None,
-                        key_dir: Path | None = None) -> Path:
-    """Air-gapped path: answer ``request.json`` (weights beside it) with a signed reply file."""
+                        key_dir: Path | None = None,
+                        policy_file: Path | None = None) -> Path:
+    """Air-gapped path: answer ``request.json`` (weights beside it) with a signed reply file.
+
+    ``policy_file`` is the admin's policy TOML when it is not ``SITE/site.toml`` (what
+    ``node join --policy`` passes as node config): the same limits as over Flower."""
     from shared.files import atomic_write_bytes
 
     request_file = Path(request_file)
@@ -654,7 +658,8 @@ def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = N
         if not path.is_file():
             raise RequestRefusedError(f"{path}: weights file named by the request is missing")
         weights[str(role)] = path
-    settings = NodeSettings(site_dir=str(site_dir), key_dir=str(key_dir or ""))
+    settings = NodeSettings(site_dir=str(site_dir), key_dir=str(key_dir or ""),
+                            policy_file=str(policy_file or ""))
     reply = evaluate_documents(settings, doc["request"], weights)
     out = out or request_file.parent / f"reply-{safe_name(settings.name)}.json"
     atomic_write_bytes(out, (json.dumps(reply, indent=2, sort_keys=True) + "\n").encode())

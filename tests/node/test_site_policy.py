@@ -282,3 +282,42 @@ def test_the_site_s_policy_decides_whether_candidates_get_its_batchnorm_statisti
     cfg = ask(site, eval_request(data, "r2"), "evaluate", {"pooled": data})
     sel = cfg["reply-json"]["evaluations"]["pooled"]["payload"]["selection"]
     assert "batchnorm" not in sel and "adapted" not in sel
+
+
+def test_a_policy_file_outside_the_site_binds_the_cli_and_air_gapped_evaluations(
+        site: Path, tmp_path: Path) -> None:
+    """An admin who keeps the policy outside ``SITE/site.toml`` (``node join --policy FILE``)
+    gets the same limits from ``node evaluate --weights`` and ``--request``: before, both read
+    only ``SITE/site.toml`` and fell back to the defaults."""
+    from typer.testing import CliRunner
+
+    from node.cli import app
+    from node.federation import answer_request_file
+    from shared.classifier import ResNetClassifier
+    from shared.errors import ConfigError
+    from shared.weights_io import save_candidates
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[policy]\nbatchnorm = "sent"\n')
+    path = tmp_path / "candidates.npz"
+    save_candidates([ResNetClassifier(2, width=4) for _ in range(2)], path,
+                    {"classes": "binary", "class_names": ["normal", "abnormal"]},
+                    [{"epoch": 1}, {"epoch": 2}], default=[0])
+
+    def cli(*extra: str) -> dict[str, Any]:
+        res = CliRunner().invoke(app, ["evaluate", "--site-dir", str(site), "--weights",
+                                       str(path), "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["selection"]
+
+    assert "adapted" in cli()  # the default offers adapted copies
+    assert "adapted" not in cli("--policy", str(policy))
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"request": eval_request(path.read_bytes(), "f1"),
+                                   "weights": {"pooled": path.name}}))
+    reply = json.loads(answer_request_file(request, site, policy_file=policy).read_text())
+    sel = reply["evaluations"]["pooled"]["payload"]["selection"]
+    assert "batchnorm" not in sel and "adapted" not in sel
+    with pytest.raises(ConfigError, match="policy file not found"):
+        answer_request_file(request, site, policy_file=tmp_path / "missing.toml")
