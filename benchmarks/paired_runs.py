@@ -28,6 +28,13 @@ t quantile whose degrees of freedom come from the run term (Welch-Satterthwaite:
 the runs' spread dominates, as it does on a small site; 12.7 × SE for two runs, not 1.96).
 A seed with one run is refused: it says nothing about the spread between runs.
 
+``--ceiling``: how much a site could gain at all. The centralised CNN, trained on every site's
+*real* train images, is what pooled synthetic data imitates; its AUC on a site's own test
+minus the local CNN's (DeLong paired, same images) is the headroom the per-site target
+needs. Where even all the real data gains < 0.02 over the local CNN, the small site's
+"+0.02" asks the synthetic set to beat real data. One run per seed suffices (both CNNs
+depend on the partition only); several runs of a seed are checked to agree.
+
 Run::
 
     python benchmarks/paired_runs.py --pair /tmp/ms-s0 /tmp/ms-ada0 --pair /tmp/ms-s1 \\
@@ -35,6 +42,7 @@ Run::
     python benchmarks/paired_runs.py --twins /tmp/ab-s1 /tmp/ab-s2   # runs with --adapt-bn
     python benchmarks/paired_runs.py --vs-local /tmp/ms-s1 /tmp/ms-rep1 /tmp/ms-rep1b
     python benchmarks/paired_runs.py --candidates /tmp/ei-dp-s5   # per candidate, --adapt-bn
+    python benchmarks/paired_runs.py --ceiling /tmp/ms-s0 /tmp/ms-s1 /tmp/ms-s2
 """
 
 from __future__ import annotations
@@ -213,6 +221,41 @@ def versus_local(runs: list[Path], arms: tuple[str, ...] = ARMS) -> dict[str, An
     return out
 
 
+def ceiling(runs: list[Path]) -> dict[str, Any]:
+    """Centralised real − local real per site and seed (module docstring), with the pooled
+    arms' mean gap beside it for scale. Runs of one seed must carry the same local and
+    centralised scores (else they are not the same partition and recipe)."""
+    by_seed: dict[int | None, list[Path]] = {}
+    for run in runs:
+        by_seed.setdefault(_seed(run), []).append(run)
+    out: dict[str, Any] = {}
+    for seed, group in by_seed.items():
+        zs = [_scores(r) for r in group]
+        sites = sorted(k.split("/", 1)[1] for k in zs[0]
+                       if k.startswith("labels/site-"))
+        cells: dict[str, Any] = {}
+        for t in sites:
+            local, central = f"local-{t.removeprefix('site-')}/{t}", f"centralised/{t}"
+            for r, z in zip(group[1:], zs[1:], strict=True):
+                for key in (f"labels/{t}", local, central):
+                    if key not in z or not np.array_equal(z[key], zs[0][key]):
+                        raise SystemExit(f"{r}: {key!r} differs from {group[0]}'s (another "
+                                         "partition, machine or CNN recipe)")
+            if local not in zs[0] or central not in zs[0]:
+                raise SystemExit(f"{group[0]}: no {local!r} or {central!r} scores")
+            y = zs[0][f"labels/{t}"]
+            d = delong_paired(y, zs[0][local], zs[0][central])
+            cell: dict[str, Any] = {"local": d.auc_a, "centralised": d.auc_b,
+                                    "headroom": d.delta, "se": d.se, "p_value": d.p_value}
+            for arm in ARMS:
+                if all(f"{arm}/{t}" in z for z in zs):
+                    cell[f"{arm}_minus_local"] = float(np.mean(
+                        [delong_paired(y, z[local], z[f"{arm}/{t}"]).delta for z in zs]))
+            cells[t] = cell
+        out[str(seed)] = {"runs": [str(r) for r in group], "sites": cells}
+    return out
+
+
 def _seed(run: Path) -> int | None:
     try:
         seed = json.loads((run / "results.json").read_text())["partition"]["seed"]
@@ -235,8 +278,27 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--vs-local", nargs="+", type=Path, metavar="RUN",
                      help="pooled − local real per site over generator runs, grouped by "
                           "partition seed")
+    how.add_argument("--ceiling", nargs="+", type=Path, metavar="RUN",
+                     help="centralised real − local real per site: the most pooling could "
+                          "give (one run per seed suffices)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.ceiling:
+        found = ceiling(args.ceiling)
+        print("| seed | runs | test | local real | centralised real | headroom (SE, p) | "
+              + " | ".join(f"{arm} − local (mean)" for arm in ARMS) + " |\n"
+              "|---|---|---|---|---|---|" + "---|" * len(ARMS))
+        for seed, res in found.items():
+            for t, c in res["sites"].items():
+                print(f"| {seed} | {len(res['runs'])} | {t} | {c['local']:.3f} | "
+                      f"{c['centralised']:.3f} | {c['headroom']:+.3f} ({c['se']:.3f}, "
+                      f"{c['p_value']:.3f}) | "
+                      + " | ".join(f"{c[f'{arm}_minus_local']:+.3f}"
+                                   if f"{arm}_minus_local" in c else "–" for arm in ARMS)
+                      + " |")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"ceiling": found}, indent=2) + "\n")
+        return 0
     if args.candidates:
         table = candidate_table(args.candidates)
         for arm, tests in table["arms"].items():

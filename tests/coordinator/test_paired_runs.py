@@ -158,3 +158,32 @@ def test_candidates_table_scores_each_candidate_sent_and_adapted_with_the_picks(
     (run / "candidate-scores.npz").unlink()
     with pytest.raises(SystemExit, match="--adapt-bn"):
         mod.candidate_table(run)
+
+
+def test_ceiling_is_centralised_minus_local_and_refuses_runs_of_another_recipe(
+        tmp_path: Path) -> None:
+    """The headroom pooling real data would give a site: positive where the centralised CNN
+    ranks better, checked equal across runs of one seed (else they are not comparable)."""
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], 100)
+    local = y + rng.normal(0, 1.5, y.size)
+    central = y + rng.normal(0, 0.5, y.size)
+
+    def run(name: str, c: np.ndarray, pooled: np.ndarray) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        np.savez(folder / "scores.npz", **{"labels/site-a": y, "local-a/site-a": local,
+                                           "centralised/site-a": c, "pooled/site-a": pooled})
+        return folder
+
+    mod = _mod()
+    one = run("one", central, local.copy())  # pooled ranks exactly like local: gap 0
+    two = run("two", central, central.copy())  # pooled ranks like central: gap = headroom
+    cell = mod.ceiling([one, two])["None"]["sites"]["site-a"]
+    assert cell["headroom"] > 0.05 and cell["p_value"] < 0.05
+    assert cell["centralised"] - cell["local"] == pytest.approx(cell["headroom"])
+    assert cell["pooled_minus_local"] == pytest.approx(cell["headroom"] / 2)
+    assert "pooled-selected_minus_local" not in cell  # an arm the runs lack is not invented
+    other = run("other", central + rng.normal(0, 0.1, y.size), local.copy())
+    with pytest.raises(SystemExit, match="centralised/site-a"):
+        mod.ceiling([one, other])
