@@ -45,6 +45,7 @@ Run::
 
     python benchmarks/multisite.py --out /tmp/multisite            # full run
     python benchmarks/multisite.py --out /tmp/ms-quick --quick     # plumbing check, ~3 min
+    python benchmarks/multisite.py --out /tmp/ms-small --small-train 100 ...  # see partition()
 """
 
 from __future__ import annotations
@@ -100,8 +101,14 @@ def load_split(path: Path, split: str) -> tuple[U8, I64]:
         )
 
 
-def partition(labels: I64, seed: int) -> dict[str, dict[str, I64]]:
-    """Indices into the train split per site, split into site train / site test (stratified)."""
+def partition(labels: I64, seed: int, small_train: int | None = None
+              ) -> dict[str, dict[str, I64]]:
+    """Indices into the train split per site, split into site train / site test (stratified).
+
+    ``small_train`` keeps only that many of the small site's train images (stratified, the
+    first of its seeded permutation) and its test split as it is: a clinic whose own data is
+    far from enough, scored on the same 92 test images. The images left out go nowhere, so
+    sites a and b and every test split are those of the default partition of this seed."""
     rng = np.random.default_rng(seed)
     pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in (0, 1)}
     taken = {0: 0, 1: 0}
@@ -116,6 +123,13 @@ def partition(labels: I64, seed: int) -> dict[str, dict[str, I64]]:
             k = round(TEST_FRACTION * n)
             test_parts.append(idx[:k])
             train_parts.append(idx[k:])
+        if small_train is not None and spec is min(SITES, key=lambda s: s.normal + s.pneumonia):
+            have = sum(len(t) for t in train_parts)
+            if not 2 <= small_train <= have:
+                raise SystemExit(f"--small-train {small_train}: the small site has {have} "
+                                 f"train images; give 2..{have}")
+            keep = [max(1, round(small_train * len(t) / have)) for t in train_parts]
+            train_parts = [t[:m] for t, m in zip(train_parts, keep, strict=True)]
         out[spec.name] = {"train": np.sort(np.concatenate(train_parts)),
                           "test": np.sort(np.concatenate(test_parts))}
     return out
@@ -370,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-per-site", type=int, default=None,
                     help="synthetic images per site (default: as many as its real train split)")
     ap.add_argument("--per-class", choices=("real", "balanced"), default="real")
+    ap.add_argument("--small-train", type=int, default=None, metavar="N",
+                    help="keep only N of the small site's train images (stratified; its test "
+                         "split unchanged): a site whose own data is far from enough")
     ap.add_argument("--truncation", type=float, default=1.0)
     ap.add_argument("--cnn-width", type=int, default=16)
     ap.add_argument("--cnn-epochs", type=int, default=12)
@@ -501,11 +518,20 @@ def main(argv: list[str] | None = None) -> int:
                      f"not {exposure or 'none'}; use another --out")
     else:
         stamp.write_text(json.dumps(exposure))
+    # A site-c GAN trained on all its images must not be reused for a --small-train run.
+    shrink = out / "small-train.json"
+    if ((out / "sites").exists() and shrink.is_file() != (args.small_train is not None)) or (
+            shrink.is_file() and json.loads(shrink.read_text()) != args.small_train):
+        ap.error(f"--small-train: {out}'s stores and GANs were made with "
+                 f"{shrink.read_text().strip() if shrink.is_file() else 'all'} small-site train "
+                 f"images, not {args.small_train or 'all'}; use another --out")
+    if args.small_train is not None:
+        shrink.write_text(json.dumps(args.small_train))
 
     with clock.stage("partition + stores"):
         images, labels = load_split(args.data, "train")
         val_x, val_y = load_split(args.data, "val")
-        parts = partition(labels, args.seed)
+        parts = partition(labels, args.seed, args.small_train)
         site_dirs = {}
         site_images = {n: expose(images, exposure.get(n, 1.0)) for n in site_names}
         for name in site_names:
@@ -735,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cuda": torch.cuda.is_available()},
         "quick": args.quick,
         "partition": {"seed": args.seed, "test_fraction": TEST_FRACTION,
+                      "small_train": args.small_train,
                       "sites": [dataclasses.asdict(s) for s in SITES],
                       "n_common_val": len(val_y)},
         "cnn_config": to_dict(cnn_cfg),

@@ -45,6 +45,33 @@ def test_a_folder_whose_stores_have_another_exposure_is_refused(tmp_path, capsys
     assert "written with none, not {'a': 0.8}" in capsys.readouterr().err
 
 
+def test_small_train_shrinks_only_the_small_site_s_train_split() -> None:
+    """The scenario of a site whose own data is far from enough: the other sites and every
+    test split stay those of the default partition, so runs pair with the default's."""
+    labels = np.repeat([0, 1], [1213, 3469])
+    full, small = multisite.partition(labels, 3), multisite.partition(labels, 3, 100)
+    for site in ("a", "b"):
+        assert np.array_equal(full[site]["train"], small[site]["train"])
+    for site in ("a", "b", "c"):
+        assert np.array_equal(full[site]["test"], small[site]["test"])
+    kept = small["c"]["train"]
+    assert len(kept) == 100 and np.isin(kept, full["c"]["train"]).all()
+    assert np.bincount(labels[kept]).tolist() == [57, 43]  # the site's class mix, 208:160
+    with pytest.raises(SystemExit, match="368 train images"):
+        multisite.partition(labels, 3, 369)
+
+
+def test_a_folder_made_with_all_small_site_images_is_refused_for_small_train(
+        tmp_path, capsys) -> None:
+    """Its site-c GAN saw the images --small-train leaves out: reusing it would leak them."""
+    (tmp_path / "sites").mkdir()
+    with pytest.raises(SystemExit) as e:
+        multisite.main(["--out", str(tmp_path), "--small-train", "100",
+                        "--data", str(tmp_path / "absent.npz")])
+    assert e.value.code == 2
+    assert "made with all small-site train images, not 100" in capsys.readouterr().err
+
+
 def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s_scores(
 ) -> None:
     """``--adapt-bn``: '-adabn' and '-either' are chosen from the very candidates the arm
