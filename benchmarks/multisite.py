@@ -532,6 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = load_split(args.data, "train")
         val_x, val_y = load_split(args.data, "val")
         parts = partition(labels, args.seed, args.small_train)
+        from node.errors import TrainingError
+        from node.training.data import check_class_counts
+
+        for name in site_names:  # before any CNN: a GAN the node would refuse stops here
+            try:
+                check_class_counts(labels[parts[name]["train"]], ["normal", "abnormal"],
+                                   gan_cfg, f"site {name}")
+            except TrainingError as e:
+                ap.error(f"--small-train {args.small_train}: {e}")
         site_dirs = {}
         site_images = {n: expose(images, exposure.get(n, 1.0)) for n in site_names}
         for name in site_names:

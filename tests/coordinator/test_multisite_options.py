@@ -117,3 +117,20 @@ def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s
     _, picked0, twins0, per0 = multisite.selected_arm(
         x[:32], y[:32], cfg, 2, tests, trains, x[:64], y[:64], args)
     assert twins0 == {} and per0 == {} and set(picked0["site-a"]) == {"sent"}
+
+
+def test_a_small_site_too_small_for_a_gan_stops_before_any_cnn(tmp_path, capsys) -> None:
+    """The node refuses a GAN under 50 images per class; the benchmark says so at once
+    instead of after the local CNNs (a run of --small-train 100 lost ten minutes that way)."""
+    labels = np.repeat([0, 1], [1213, 3469])
+    data = tmp_path / "fake.npz"
+    np.savez(data, train_images=np.zeros((labels.size, 28, 28), np.uint8),
+             train_labels=labels, val_images=np.zeros((4, 28, 28), np.uint8),
+             val_labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(SystemExit) as e:
+        multisite.main(["--out", str(tmp_path / "out"), "--small-train", "100",
+                        "--data", str(data)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--small-train 100" in err and "'abnormal': 43 (minimum 50 per class" in err
+    assert not (tmp_path / "out" / "results.json").exists()
