@@ -117,3 +117,17 @@ def test_site_strings_are_printed_as_text_not_rich_markup(tmp_path: Path) -> Non
     assert r.exit_code == 3
     flat = "".join(r.output.split())
     assert "".join(fake.split()) in flat  # the reason, verbatim
+
+
+def test_a_json_file_that_is_not_plain_json_is_a_named_failure(tmp_path: Path) -> None:
+    """An integer over 4300 digits or deep nesting used to end the auditor's run in a
+    traceback (and no JSON verdict with --json)."""
+    _, trust = setup(tmp_path)
+    for label, text in {"huge-int": '{"a": ' + "1" * 5000 + "}", "deep": "[" * 100_000,
+                        "twice": '{"sites": 1, "sites": 2}'}.items():
+        path = tmp_path / f"{label}.json"
+        path.write_text(text)
+        r = runner.invoke(app, ["audit", "verify", str(path), "--trust", str(trust), "--json"])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (label, r.exception)
+        verdict = json.loads(r.output)
+        assert verdict["failed"] == "corrupt" and f"{label}.json" in verdict["message"]
