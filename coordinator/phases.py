@@ -37,7 +37,8 @@ from coordinator.pipeline import (
     weights_for,
 )
 from coordinator.state import PHASES, CoordinatorState
-from shared.files import atomic_write_bytes, atomic_write_json
+from shared.errors import ProtocolError
+from shared.files import UntrustedJSONError, atomic_write_bytes, atomic_write_json, loads_untrusted
 from shared.names import SITE_RE, safe_name
 from shared.protocol import PROTOCOL, Outcome, Transport
 
@@ -199,6 +200,19 @@ def _print(msg: str) -> None:
     _logger.info(msg)
 
 
+def reply_document(o: Outcome) -> dict[str, Any]:
+    """A reply's ``reply-json`` as an object, or :class:`shared.errors.ProtocolError` saying
+    why not. The site chose those bytes: a huge integer or deep nesting must fail this one
+    reply (:func:`shared.files.loads_untrusted`), never the run."""
+    try:
+        doc = loads_untrusted(str(o.config.get("reply-json", "{}")))
+    except UntrustedJSONError as exc:
+        raise ProtocolError(f"reply-json is {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("reply-json is not a JSON object")
+    return doc
+
+
 class Run:
     """One coordinator run over a transport, resumable from its state file."""
 
@@ -261,12 +275,11 @@ class Run:
         if not site:
             return "", f"site name {claimed!r} is not a pseudonym"
         try:
-            doc = json.loads(str(o.config.get("reply-json", "{}")))
-            record = doc.get("ping") if isinstance(doc, dict) else None
+            record = reply_document(o).get("ping")
             payload = verify_record(record or {}, Path(self.s.trust_dir))
             check_signer(payload.get("site"), str(record["key_fingerprint"]),  # type: ignore[index]
                          Path(self.s.trust_dir), "ping")
-        except (SigningError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (SigningError, ProtocolError, KeyError, TypeError) as exc:
             return site, (f"unsigned or untrusted ping [{getattr(exc, 'reason', 'malformed')}]: "
                           f"{str(exc)[:300]}")
         if payload.get("site") != site:
@@ -454,12 +467,9 @@ class Run:
                 self._mark(site, "failed", f"evaluation: {o.config.get('reason')}")
                 continue
             try:
-                doc = json.loads(str(o.config.get("reply-json", "{}")))
-            except json.JSONDecodeError as exc:
-                self._mark(site, "failed", f"evaluation: reply is not JSON ({exc})")
-                continue
-            if not isinstance(doc, dict):
-                self._mark(site, "failed", "evaluation: reply is not a JSON object")
+                doc = reply_document(o)
+            except ProtocolError as exc:
+                self._mark(site, "failed", f"evaluation: {exc}")
                 continue
             answered += accept_reply(self.state, self.run, site, doc, requests[node], trained,
                                      Path(self.s.trust_dir), self.log)

@@ -28,7 +28,7 @@ import numpy as np
 
 from node.site_policy import SitePolicy
 from shared.errors import RequestRefusedError
-from shared.files import sha256_bytes
+from shared.files import UntrustedJSONError, loads_untrusted, sha256_bytes
 from shared.names import safe_name
 from shared.protocol import (
     ACTIONS,
@@ -129,9 +129,9 @@ def _json_field(request: Mapping[str, Any], key: str) -> dict[str, Any]:
     if raw in (None, ""):
         return {}
     try:
-        doc = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
-        raise RequestRefusedError(f"{key} is not JSON ({exc})") from None
+        doc = loads_untrusted(str(raw))
+    except UntrustedJSONError as exc:
+        raise RequestRefusedError(f"{key} is {exc}") from None
     if not isinstance(doc, dict):
         raise RequestRefusedError(f"{key} must be a JSON object")
     return doc
@@ -642,8 +642,8 @@ def answer_request_file(request_file: Path, site_dir: Path, out: Path | None = N
 
     request_file = Path(request_file)
     try:
-        doc = json.loads(request_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = loads_untrusted(request_file.read_bytes())
+    except (OSError, UntrustedJSONError) as exc:
         raise RequestRefusedError(
             f"{request_file}: not a readable evaluation request ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("request"), dict):

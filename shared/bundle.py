@@ -40,7 +40,6 @@ import base64
 import binascii
 import csv
 import io
-import json
 import os
 import re
 import struct
@@ -58,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import BundleError
-from shared.files import sha256_bytes
+from shared.files import UntrustedJSONError, loads_untrusted, sha256_bytes
 from shared.names import SITE_RE
 from shared.signing import (
     SignatureError,
@@ -414,7 +413,10 @@ def read_manifest_unverified(path: Path) -> dict[str, Any]:
         infos = _check_members(zf, Path(path))
         if MANIFEST not in infos:
             raise BundleError("no manifest.json", "missing-member", path)
-        doc = json.loads(_read(zf, infos[MANIFEST], Path(path)))
+        try:
+            doc = loads_untrusted(_read(zf, infos[MANIFEST], Path(path)))
+        except UntrustedJSONError as exc:
+            raise BundleError(f"manifest.json is {exc}", "bad-manifest", path) from None
     if not isinstance(doc, dict):
         raise BundleError("manifest.json is not an object", "bad-manifest", path)
     return doc
@@ -461,10 +463,10 @@ def verify_bundle(
         except SignatureError as exc:
             raise BundleError(str(exc), exc.reason, path) from None
         try:
-            manifest = json.loads(manifest_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"manifest.json is signed but not JSON ({exc})", "bad-manifest",
-                              path) from None
+            manifest = loads_untrusted(manifest_bytes)
+        except UntrustedJSONError as exc:
+            raise BundleError(f"manifest.json is signed but not plain JSON: {exc}",
+                              "bad-manifest", path) from None
         if not isinstance(manifest, dict):
             raise BundleError("manifest.json is not a JSON object", "bad-manifest", path)
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -549,7 +551,10 @@ def verify_signed_manifest(signed: Any, trust_dir: Path) -> dict[str, Any]:
         raise SignatureError("signed manifest is not base64", reason="bad-signature") from None
     fp = str(signed.get("key_fingerprint"))
     verify_bytes(data, sig, fp, load_trust(trust_dir), what="bundle manifest")
-    manifest = json.loads(data.decode("utf-8"))
+    try:
+        manifest = loads_untrusted(data)
+    except UntrustedJSONError as exc:
+        raise SignatureError(f"signed manifest is {exc}", reason="malformed") from None
     if not isinstance(manifest, dict):
         raise SignatureError("signed manifest is not an object", reason="malformed")
     check_signer(manifest.get("site"), fp, trust_dir, "bundle manifest")
@@ -573,10 +578,10 @@ def _format_error(version: Any, path: Path, fmt: Any = FORMAT) -> BundleError:
 
 def _parse_sig(data: bytes, path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BundleError("manifest.sig is not a signature document", "bad-signature",
-                          path) from None
+        doc = loads_untrusted(data)
+    except UntrustedJSONError as exc:
+        raise BundleError(f"manifest.sig is not a signature document ({exc})",
+                          "bad-signature", path) from None
     if not isinstance(doc, dict) or doc.get("algorithm") != "ed25519":
         raise BundleError("manifest.sig is not an Ed25519 signature document", "bad-signature",
                           path)

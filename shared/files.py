@@ -69,3 +69,76 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting a JSON document from another party may have. synthlearn's own documents
+(manifests, replies, requests, reports) nest about ten deep; a few kilobytes of ``[[[[`` would
+otherwise exhaust the interpreter's stack in the parser or in any recursive check after it."""
+
+
+class UntrustedJSONError(ValueError):
+    """Bytes from another party that are not one plain JSON document (see
+    :func:`loads_untrusted`); the message says why, the caller names the file or sender."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise UntrustedJSONError(f"key {key[:64]!r} appears twice in one object (parsers "
+                                     "disagree on which value counts)")
+        doc[key] = value
+    return doc
+
+
+def _depth_ok(doc: Any) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+    return True
+
+
+def loads_untrusted(data: str | bytes) -> Any:
+    """``json.loads`` for a document that crossed a site boundary (a bundle's manifest or
+    signature, a reply, a request, a report handed to an auditor).
+
+    Every way such bytes can fail is one :class:`UntrustedJSONError` (a ``ValueError``), never
+    a ``RecursionError`` or the bare ``ValueError`` of an integer over Python's 4300-digit
+    limit, which callers catching ``JSONDecodeError`` would let through and crash on. It also
+    refuses nesting deeper than :data:`MAX_JSON_DEPTH`, a key twice in one object, and
+    NaN/Infinity (not JSON; canonical JSON cannot hold them).
+
+    >>> loads_untrusted(b'{"auc": 0.9}')
+    {'auc': 0.9}
+    >>> for bad in ('{"a": 1, "a": 2}', "[" * 100_000, "1" * 5000, "[" * 65 + "]" * 65):
+    ...     try:
+    ...         loads_untrusted(bad)
+    ...     except UntrustedJSONError as exc:
+    ...         print(str(exc)[:60])
+    key 'a' appears twice in one object (parsers disagree on whi
+    nested deeper than 64 levels
+    not JSON (Exceeds the limit (4300 digits) for integer string
+    nested deeper than 64 levels
+    """
+    def no_constant(name: str) -> Any:
+        raise UntrustedJSONError(f"{name} is not a JSON number")
+
+    try:
+        doc = json.loads(data, object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=no_constant)
+    except UntrustedJSONError:
+        raise
+    except RecursionError:
+        raise UntrustedJSONError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a huge integer
+        raise UntrustedJSONError(f"not JSON ({str(exc)[:200]})") from None
+    if not _depth_ok(doc):
+        raise UntrustedJSONError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc

@@ -24,7 +24,6 @@ sent.
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import ProtocolError, RequestRefusedError
-from shared.files import atomic_write_json
+from shared.files import UntrustedJSONError, atomic_write_json, loads_untrusted
 
 PROTOCOL = 1
 """Version of the request/reply documents below; both sides refuse another version."""
@@ -237,8 +236,8 @@ def read_reply_files(folder: Path) -> list[dict[str, Any]]:
     for path in sorted(set(Path(folder).glob("reply-*.json")) |
                        set(Path(folder).glob("*/reply-*.json"))):
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            doc = loads_untrusted(path.read_bytes())
+        except (OSError, UntrustedJSONError) as exc:
             raise ProtocolError(f"{path}: not a readable reply ({exc}); ask the site to send "
                               "it again") from None
         if not isinstance(doc, dict):

@@ -27,6 +27,8 @@ BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_coun
                  "metrics": "metrics", "key_fingerprint": "key_fingerprint"}
 """Report field of a pooled bundle → the manifest field it must equal."""
 UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
+ROLE_KINDS = {"baseline": "local_real_baseline", "own": "evaluation", "pooled": "evaluation"}
+"""The kind of signed record each report column must hold."""
 
 
 def resize_view(value: object) -> dict[str, int] | None:
@@ -78,7 +80,32 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _site_numbers(row: dict[str, Any], where: str, trust: Path) -> list[tuple[str, str]]:
+def _binding_problems(payload: dict[str, Any], role: str, run: Any,
+                      pooled_sha: Any) -> list[str]:
+    """Why a genuine signed record does not belong in this report's ``role`` column: another
+    kind or role (the site's own-synthetic or real-data AUC shown as the pooled CNN's),
+    another run (an old reply), or other weights than the report's pooled CNN."""
+    kind = ROLE_KINDS[role]
+    if payload.get("kind") != kind:
+        return [f"the signed record is a {str(payload.get('kind'))[:40]!r} record, not "
+                f"{kind!r}"]
+    out = []
+    if kind == "evaluation" and payload.get("role") != role:
+        out.append(f"the signed record evaluates the {str(payload.get('role'))[:40]!r} "
+                   f"weights, not the {role!r} ones")
+    if payload.get("run_tag") != run:
+        out.append(f"the signed record is for run {str(payload.get('run_tag'))[:64]!r}, the "
+                   f"report is run {str(run)[:64]!r}")
+    if role == "pooled" and isinstance(pooled_sha, str) \
+            and payload.get("weights_sha256") != pooled_sha:
+        out.append(f"the signed record evaluates weights "
+                   f"{str(payload.get('weights_sha256'))[:64]}, the report's pooled CNN is "
+                   f"{pooled_sha[:64]}")
+    return out
+
+
+def _site_numbers(row: dict[str, Any], where: str, trust: Path, run: Any = None,
+                  pooled_sha: Any = None) -> list[tuple[str, str]]:
     from shared.signing import SigningError, check_signer, verify_record
 
     out: list[tuple[str, str]] = []
@@ -102,6 +129,10 @@ def _site_numbers(row: dict[str, Any], where: str, trust: Path) -> list[tuple[st
         if payload.get("site") != site:
             out.append((path, f"signed for site {payload.get('site')!r}, the report row is "
                               f"{site!r}"))
+        unbound = _binding_problems(payload, role, run, pooled_sha)
+        if unbound:
+            out += [(path, problem) for problem in unbound]
+            continue
         for key, value in rec.items():
             if key in UNSIGNED_ROLE_KEYS:
                 continue
@@ -151,9 +182,11 @@ def check_report(doc: dict[str, Any], trust: Path) -> list[tuple[str, str]]:
     """(JSON path, what is wrong) for every site-attested number that its signature does not
     back; empty when every one checks out."""
     out: list[tuple[str, str]] = []
+    cnn = doc.get("cnn") if isinstance(doc.get("cnn"), dict) else {}
     for i, row in enumerate(doc.get("sites") or []):
         if isinstance(row, dict):
-            out += _site_numbers(row, f"$.sites[{i}]", trust)
+            out += _site_numbers(row, f"$.sites[{i}]", trust, doc.get("run"),
+                                 cnn.get("weights_sha256"))
         else:
             out.append((f"$.sites[{i}]", "not a site row"))
     for key in ("pool", "pool_round1"):  # a two-round run's first pool trained CNNs too

@@ -142,12 +142,13 @@ def _verify_records(path: Path, trust: Path, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from shared.files import UntrustedJSONError, loads_untrusted
     from shared.signing import SignatureError, SigningError, load_trust, trusted_names
     from shared.signing import verify_record as verify
 
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = loads_untrusted(path.read_bytes())
+    except (OSError, UntrustedJSONError) as exc:
         _fail("corrupt", f"{path}: neither a bundle nor readable JSON ({exc})", as_json)
     records = _records(doc)
     if not records:

@@ -140,3 +140,23 @@ def test_import_png_reads_only_its_documented_formats_and_skips_bombs(tmp_path: 
 def test_scrubbing_hides_paths_with_spaces_completely(text: str, expected: str) -> None:
     assert scrub_paths(text) == expected
     assert "Smith" not in scrub_paths(text) and "Marys" not in scrub_paths(text)
+
+
+HOSTILE_JSON = {"huge-int": '{"request": ' + "1" * 5000 + "}", "deep": "[" * 100_000,
+                "twice": '{"request": {}, "request": {"action": "evaluate"}}'}
+
+
+@pytest.mark.parametrize("label", sorted(HOSTILE_JSON))
+def test_a_request_that_is_not_plain_json_is_refused_by_name(label: str,
+                                                            tmp_path: Path) -> None:
+    """A coordinator's request file or JSON field with an integer over 4300 digits (a bare
+    ValueError) or deep nesting (RecursionError) was a traceback, not a refusal."""
+    from node.federation import _json_field, answer_request_file
+    from shared.errors import RequestRefusedError
+
+    request = tmp_path / "request.json"
+    request.write_text(HOSTILE_JSON[label])
+    with pytest.raises(RequestRefusedError, match=r"request\.json: not a readable evaluation"):
+        answer_request_file(request, tmp_path)
+    with pytest.raises(RequestRefusedError, match="gan-config is "):
+        _json_field({"gan-config": HOSTILE_JSON[label]}, "gan-config")

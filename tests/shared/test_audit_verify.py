@@ -117,3 +117,63 @@ def test_site_strings_are_printed_as_text_not_rich_markup(tmp_path: Path) -> Non
     assert r.exit_code == 3
     flat = "".join(r.output.split())
     assert "".join(fake.split()) in flat  # the reason, verbatim
+
+
+def test_a_json_file_that_is_not_plain_json_is_a_named_failure(tmp_path: Path) -> None:
+    """An integer over 4300 digits or deep nesting used to end the auditor's run in a
+    traceback (and no JSON verdict with --json)."""
+    _, trust = setup(tmp_path)
+    for label, text in {"huge-int": '{"a": ' + "1" * 5000 + "}", "deep": "[" * 100_000,
+                        "twice": '{"sites": 1, "sites": 2}'}.items():
+        path = tmp_path / f"{label}.json"
+        path.write_text(text)
+        r = runner.invoke(app, ["audit", "verify", str(path), "--trust", str(trust), "--json"])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (label, r.exception)
+        verdict = json.loads(r.output)
+        assert verdict["failed"] == "corrupt" and f"{label}.json" in verdict["message"]
+
+
+def test_a_report_may_show_a_signed_record_only_in_its_own_column_and_run(
+        tmp_path: Path) -> None:
+    """A hostile coordinator holds every genuine record a site ever signed for it. The
+    numbers of each matched their signature, so `audit verify` passed a report that showed
+    the site's own-synthetic or real-data AUC, or an older run's, as the pooled CNN's."""
+    from shared.report_verify import check_report
+
+    keys, trust = setup(tmp_path)
+    pooled_sha, own_sha = "a" * 64, "b" * 64
+
+    def column(role: str, run: str, sha: str | None, auc: float,
+               kind: str = "evaluation") -> dict:
+        payload = {"kind": kind, "site": "site-a", "auc": auc, "n_test": 100, "role": role,
+                   "run_tag": run, "request_id": f"req-{run}", "weights_sha256": sha}
+        if kind != "evaluation":
+            del payload["role"], payload["weights_sha256"]
+        signed = sign_record(payload, keys)
+        return {"auc": auc, "n_test": 100, "verified": True,
+                "key_fingerprint": signed["key_fingerprint"], "signed": signed}
+
+    def report(**roles: dict) -> dict:
+        return {"format": "synthlearn-report", "run": "r2",
+                "cnn": {"weights_sha256": pooled_sha},
+                "sites": [{"site": "site-a", "utility_ratio": None, **roles}]}
+
+    honest = report(pooled=column("pooled", "r2", pooled_sha, 0.7),
+                    own=column("own", "r2", own_sha, 0.8),
+                    baseline=column("baseline", "r2", None, 0.9, "local_real_baseline"))
+    honest["sites"][0]["utility_ratio"] = round(0.7 / 0.9, 4)
+    assert check_report(honest, trust) == []
+    cases = {
+        "own as pooled": (column("own", "r2", own_sha, 0.95), "evaluates the 'own' weights"),
+        "baseline as pooled": (column("baseline", "r2", None, 0.95, "local_real_baseline"),
+                               "a 'local_real_baseline' record, not 'evaluation'"),
+        "older run": (column("pooled", "r1", pooled_sha, 0.95),
+                      "for run 'r1', the report is run 'r2'"),
+        "other weights": (column("pooled", "r2", "c" * 64, 0.95),
+                          "the report's pooled CNN is " + pooled_sha),
+    }
+    for label, (rec, why) in cases.items():
+        problems = check_report(report(pooled=rec), trust)
+        assert any(p == "$.sites[0].pooled" and why in m for p, m in problems), (label, problems)
+    assert any("not 'local_real_baseline'" in m for _, m in check_report(
+        report(baseline=column("own", "r2", own_sha, 0.9)), trust))

@@ -255,6 +255,49 @@ def test_signed_but_malformed_contents_are_a_clean_error(env: dict[str, Path]) -
     assert code == "bad-manifest"
 
 
+
+def _resign_bytes(path: Path, env: dict[str, Path], dst: str, manifest: bytes) -> Path:
+    """``manifest`` as the exact signed bytes: a hostile site signs whatever bytes it likes."""
+    sig, _fp = sign_bytes(manifest, env["keys"])
+    sig_doc = json.loads(member(path, SIGNATURE))
+    sig_doc["signature"] = base64.b64encode(sig).decode()
+    return rewrite(path, env["tmp"] / dst, {MANIFEST: manifest,
+                                            SIGNATURE: canonical_json(sig_doc)})
+
+
+HOSTILE_JSON = {"huge-int": b"1" * 5000, "deep": b"[" * 100_000, "nested": b"[" * 70 + b"]" * 70}
+
+
+def test_hostile_json_in_the_signature_or_manifest_is_a_bundle_error(
+        env: dict[str, Path]) -> None:
+    """Python's parser raises RecursionError on deep nesting and a bare ValueError on an
+    integer over 4300 digits; either used to escape verify_bundle and stop the whole pool.
+    manifest.sig is read before any signature check, so anyone on the path could do that."""
+    from coordinator.pool import pool_bundles
+    from coordinator.state import CoordinatorState
+
+    path = make(env)
+    text = member(path, MANIFEST)
+    for label, value in HOSTILE_JSON.items():
+        unsigned = rewrite(path, env["tmp"] / f"sig-{label}.slbundle",
+                           {SIGNATURE: b'{"algorithm":"ed25519","x":' + value + b"}"})
+        code, msg = reason(unsigned, env)
+        assert code == "bad-signature" and "manifest.sig" in msg, (label, msg)
+        signed = _resign_bytes(path, env, f"man-{label}.slbundle",
+                               text[:-1] + b',"zz":' + value + b"}")
+        code, msg = reason(signed, env)
+        assert code == "bad-manifest" and "manifest.json" in msg, (label, msg)
+    # Two values for one key: another parser could believe the other one.
+    twice = _resign_bytes(path, env, "dup.slbundle", text[:-1] + b',"site":"site-b"}')
+    code, msg = reason(twice, env)
+    assert code == "bad-manifest" and "'site' appears twice" in msg
+    # The pool records them as rejected and goes on with the good bundle.
+    state = CoordinatorState(env["tmp"] / "state.db")
+    res = pool_bundles([path, env["tmp"] / "sig-deep.slbundle", twice], env["trust"], state,
+                       "hostile-json")
+    assert [a["path"] for a in res.accepted] == [str(path)]
+    assert sorted(r["reason"] for r in res.rejected) == ["bad-manifest", "bad-signature"]
+
 def _with_teacher(n: int = 6) -> SyntheticSet:
     syn = synthetic(n)
     p1 = np.linspace(0.1, 0.9, n, dtype=np.float32)
