@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.files import atomic_write_bytes
-from shared.report_verify import DERIVED_VIEWS
+from shared.report_verify import DERIVED_VIEWS, OWN_FROM_BUNDLE
 
 RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
                "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
@@ -115,7 +115,7 @@ def build_report(*, run: str, sites: dict[str, dict[str, Any]], pool: dict[str, 
                 if isinstance(gt, dict) else {}
             if nums.get("auc") is not None:
                 row["own"] = {**{k: v for k, v in nums.items() if v is not None},
-                              "source": "site GAN-train score (signed in its bundle)"}
+                              "source": OWN_FROM_BUNDLE}
         if centralised:
             row["utility_ratio_centralised"] = utility_ratio(row["pooled"], centralised)
         rows.append(row)

@@ -5,7 +5,10 @@ trustworthy is that each one was signed by the site that measured it: every per-
 and count sits next to the signed record it came from (``sites[i].<role>.signed``), and every
 pooled bundle's facts (images, classes, DP ε, the site's cumulative ε from its privacy ledger,
 audit verdict, metrics such as a reader study) next to the bundle's signed manifest
-(``pool.accepted[i].signed_manifest``).
+(``pool.accepted[i].signed_manifest``). An own-synthetic column taken from the site's
+GAN-train score (``own.source`` = :data:`OWN_FROM_BUNDLE`, run config ``own-synthetic =
+false``, as in the demo) is checked against the signed manifest of the pooled bundle its row
+names.
 ``synthlearn audit verify report.json --trust KEYS`` runs :func:`check_report`: a number that
 differs from its signed source, a record signed by another site's key, or a number without a
 signed source fails, named by its JSON path.
@@ -29,6 +32,11 @@ BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_coun
 UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
 ROLE_KINDS = {"baseline": "local_real_baseline", "own": "evaluation", "pooled": "evaluation"}
 """The kind of signed record each report column must hold."""
+OWN_FROM_BUNDLE = "site GAN-train score (signed in its bundle)"
+"""``own.source`` of a row whose own-synthetic numbers are the site's GAN-train score (run
+config ``own-synthetic = false``): they are backed by the bundle's signed manifest, not by a
+record of their own."""
+OWN_FROM_BUNDLE_KEYS = ("auc", "ci_low", "ci_high", "n_test")
 
 
 def resize_view(value: object) -> dict[str, int] | None:
@@ -104,8 +112,38 @@ def _binding_problems(payload: dict[str, Any], role: str, run: Any,
     return out
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a peer's field may be anything)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _own_from_bundle(row: dict[str, Any], rec: dict[str, Any], path: str,
+                     manifests: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """An own-synthetic column taken from the site's GAN-train score: every number must equal
+    the score in the signed manifest of the bundle the row names, and that bundle must be a
+    verified pooled bundle of the row's site."""
+    bundle = _obj(row.get("bundle"))
+    manifest = manifests.get(str(bundle.get("bundle_id")))
+    if manifest is None or manifest.get("site") != row.get("site"):
+        return [(path, "says it is the site's GAN-train score, but no verified pooled bundle "
+                       "of this site in the report carries it")]
+    signed = _obj(_obj(_obj(manifest.get("metrics")).get("synthetic-quality")).get("gan_train"))
+    out = []
+    for key, value in rec.items():
+        if key == "source":
+            continue
+        if key not in OWN_FROM_BUNDLE_KEYS or not _same(value, signed.get(key)):
+            out.append((f"{path}.{key}", f"the report says {value!r:.120}, the bundle's signed "
+                                         f"GAN-train score says {signed.get(key)!r:.120}"))
+    if "auc" not in rec:
+        out.append((f"{path}.auc", "missing"))
+    return out
+
+
 def _site_numbers(row: dict[str, Any], where: str, trust: Path, run: Any = None,
-                  pooled_sha: Any = None) -> list[tuple[str, str]]:
+                  pooled_sha: Any = None,
+                  manifests: dict[str, dict[str, Any]] | None = None
+                  ) -> list[tuple[str, str]]:
     from shared.signing import SigningError, check_signer, verify_record
 
     out: list[tuple[str, str]] = []
@@ -116,6 +154,10 @@ def _site_numbers(row: dict[str, Any], where: str, trust: Path, run: Any = None,
         if rec is None:
             continue
         path = f"{where}.{role}"
+        if role == "own" and isinstance(rec, dict) and rec.get("source") == OWN_FROM_BUNDLE \
+                and "signed" not in rec:
+            out += _own_from_bundle(row, rec, path, manifests or {})
+            continue
         if not isinstance(rec, dict) or not isinstance(rec.get("signed"), dict):
             out.append((path, "numbers without the signed record they came from"))
             continue
@@ -158,20 +200,23 @@ def _site_numbers(row: dict[str, Any], where: str, trust: Path, run: Any = None,
     return out
 
 
-def _bundle_numbers(acc: dict[str, Any], where: str, trust: Path) -> list[tuple[str, str]]:
+def _bundle_numbers(acc: dict[str, Any], where: str, trust: Path
+                    ) -> tuple[list[tuple[str, str]], dict[str, Any] | None]:
+    """Problems with a pooled bundle's row, and its verified manifest (None if it failed)."""
     from shared.bundle import verify_signed_manifest
     from shared.signing import SigningError
 
     try:
         manifest = verify_signed_manifest(acc.get("signed_manifest"), trust)
     except (SigningError, ValueError) as exc:
-        return [(f"{where}.signed_manifest", f"{getattr(exc, 'reason', 'invalid')}: {exc}")]
+        return [(f"{where}.signed_manifest",
+                 f"{getattr(exc, 'reason', 'invalid')}: {exc}")], None
     out = []
     for field, mfield in BUNDLE_FIELDS.items():
         if field in acc and not _same(acc[field], manifest.get(mfield)):
             out.append((f"{where}.{field}", f"the report says {acc[field]!r:.120}, the signed "
                                             f"manifest says {manifest.get(mfield)!r:.120}"))
-    return out
+    return out, manifest
 
 
 def is_report(doc: Any) -> bool:
@@ -182,16 +227,21 @@ def check_report(doc: dict[str, Any], trust: Path) -> list[tuple[str, str]]:
     """(JSON path, what is wrong) for every site-attested number that its signature does not
     back; empty when every one checks out."""
     out: list[tuple[str, str]] = []
-    cnn = doc.get("cnn") if isinstance(doc.get("cnn"), dict) else {}
-    for i, row in enumerate(doc.get("sites") or []):
-        if isinstance(row, dict):
-            out += _site_numbers(row, f"$.sites[{i}]", trust, doc.get("run"),
-                                 cnn.get("weights_sha256"))
-        else:
-            out.append((f"$.sites[{i}]", "not a site row"))
+    manifests: dict[str, dict[str, Any]] = {}  # bundle id → its verified signed manifest
     for key in ("pool", "pool_round1"):  # a two-round run's first pool trained CNNs too
         pool: dict[str, Any] = doc[key] if isinstance(doc.get(key), dict) else {}
         for i, acc in enumerate(pool.get("accepted") or []):
             if isinstance(acc, dict):
-                out += _bundle_numbers(acc, f"$.{key}.accepted[{i}]", trust)
-    return out
+                problems, manifest = _bundle_numbers(acc, f"$.{key}.accepted[{i}]", trust)
+                out += problems
+                if manifest is not None and not problems:
+                    manifests.setdefault(str(manifest.get("bundle_id")), manifest)
+    cnn = _obj(doc.get("cnn"))
+    rows = []
+    for i, row in enumerate(doc.get("sites") or []):
+        if isinstance(row, dict):
+            rows += _site_numbers(row, f"$.sites[{i}]", trust, doc.get("run"),
+                                  cnn.get("weights_sha256"), manifests)
+        else:
+            rows.append((f"$.sites[{i}]", "not a site row"))
+    return rows + out

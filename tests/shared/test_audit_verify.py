@@ -177,3 +177,55 @@ def test_a_report_may_show_a_signed_record_only_in_its_own_column_and_run(
         assert any(p == "$.sites[0].pooled" and why in m for p, m in problems), (label, problems)
     assert any("not 'local_real_baseline'" in m for _, m in check_report(
         report(baseline=column("own", "r2", own_sha, 0.9)), trust))
+
+
+def test_an_own_column_from_the_site_s_bundle_is_checked_against_its_signed_manifest(
+        tmp_path: Path) -> None:
+    """Without a coordinator-side own-synthetic CNN (the demo's run config), the report shows
+    each site's GAN-train score from its bundle. Every honest demo report failed `audit
+    verify` ("numbers without the signed record") because the check looked only for a record
+    of its own; now the numbers must equal the bundle's signed manifest, and only that."""
+    from coordinator.report import build_report
+    from shared.bundle import verify_bundle
+    from shared.report_verify import check_report
+
+    keys, trust = setup(tmp_path)
+    syn = SyntheticSet(np.full((4, 8, 8), 9, np.uint8), np.array([0, 1, 0, 1]), ["n", "a"])
+    score = {"auc": 0.8125, "ci_low": 0.7, "ci_high": 0.9, "n_test": 40}
+    path = tmp_path / "b.slbundle"
+    write_bundle(path, syn, site="site-a", key_dir=keys,
+                 metrics={"synthetic-quality": {"gan_train": score}}, audit=GOOD,
+                 dp={"epsilon_spent": 3.0, "delta": 1e-4}, config={})
+    vb = verify_bundle(path, trust)
+    acc = {"site": "site-a", "bundle_id": vb.bundle_id, "images": 4,
+           "metrics": vb.manifest.get("metrics"), "signed_manifest": vb.signed_manifest}
+
+    def report(bundle: dict) -> dict:
+        return build_report(run="r1", sites={"site-a": {"bundle": bundle}},
+                            pool={"accepted": [acc]}, cnn=None)
+
+    honest = report(acc)
+    assert honest["sites"][0]["own"]["auc"] == 0.8125
+    assert check_report(honest, trust) == []
+    honest["sites"][0]["own"]["auc"] = 0.95
+    assert [p for p, _ in check_report(honest, trust)] == ["$.sites[0].own.auc"]
+    extra = report(acc)
+    extra["sites"][0]["own"]["n_pos"] = 20  # a number the bundle never signed
+    assert [p for p, _ in check_report(extra, trust)] == ["$.sites[0].own.n_pos"]
+    # a row pointing at a bundle the report's pool does not hold: nothing backs its numbers
+    stray = report({**acc, "bundle_id": "another"})
+    stray["pool"]["accepted"][0] = acc
+    assert any(p == "$.sites[0].own" and "no verified pooled bundle" in m
+               for p, m in check_report(stray, trust))
+    # a tampered manifest backs nothing either
+    forged = report(acc)
+    import base64
+
+    manifest = {**vb.manifest, "metrics": {"synthetic-quality": {"gan_train": {
+        **score, "auc": 0.95}}}}
+    forged["pool"]["accepted"][0] = {**acc, "signed_manifest": {
+        **acc["signed_manifest"],
+        "manifest_b64": base64.b64encode(json.dumps(manifest).encode()).decode()}}
+    forged["sites"][0]["own"]["auc"] = 0.95
+    paths = [p for p, _ in check_report(forged, trust)]
+    assert "$.sites[0].own" in paths and "$.pool.accepted[0].signed_manifest" in paths
