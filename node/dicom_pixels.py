@@ -6,10 +6,13 @@ hospital admin can fix the source instead of guessing.
 
 Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
 
-1. **Modality LUT.** A non-empty Modality LUT Sequence when present (pydicom's
-   ``apply_modality_lut``), else Rescale Slope/Intercept (also when the sequence is present but
-   empty). A missing slope/intercept means 1/0; a slope of 0 (invalid: a flat image) means no
-   rescale at all, as in dcmtk; a slope or intercept that is not a number is skipped as
+1. **Modality LUT.** A non-empty Modality LUT Sequence when present (its first item; inputs
+   below/above the table take its first/last entry), else Rescale Slope/Intercept (also when
+   the sequence is present but empty). An unusable Modality LUT (no LUT Data, a descriptor
+   without three values, fewer entries than declared) is skipped as ``unsupported-pixels``
+   before decoding: there is no fallback for what the stored values mean. A missing
+   slope/intercept means 1/0; a slope of 0 (invalid: a flat image) means no rescale at all,
+   as in dcmtk; a slope or intercept that is not a number is skipped as
    ``unsupported-pixels``.
 2. **VOI.** When several transforms are present, the **first VOI LUT in the VOI LUT Sequence**
    wins (the vendor's display curve, as pydicom prefers) if it is usable, else the **first
@@ -271,7 +274,9 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
                        "grayscale (MONOCHROME1/2) radiographs are ingested")
     bits = int(ds.BitsAllocated)
     _fill_image_header(ds, photometric, label)
-    if not ds.get("ModalityLUTSequence"):  # an unusable rescale is skipped before decoding
+    if ds.get("ModalityLUTSequence"):  # an unusable modality transform is skipped before
+        modality_lut(ds, label)         # decoding
+    else:
         _rescale(ds, label)
     if bits not in (8, 16, 32):
         raise SkipFileError(UNSUPPORTED, f"{label}: {bits} bits allocated per pixel is not "
@@ -406,12 +411,24 @@ def decode(ds: Any, label: str) -> npt.NDArray[Any]:
 
 
 def _modality(values: npt.NDArray[Any], ds: Any) -> npt.NDArray[np.float64]:
-    from pydicom.pixels import apply_modality_lut
-
     if ds.get("ModalityLUTSequence"):  # an empty sequence means: use the rescale
-        return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+        lut = modality_lut(ds)
+        idx = np.clip(np.rint(values.astype(np.float64)) - lut.first, 0, len(lut.table) - 1)
+        return lut.table[idx.astype(np.int64)]
     slope, intercept = _rescale(ds)
     return values.astype(np.float64) * slope + intercept
+
+
+def modality_lut(ds: Any, label: str = "dataset") -> Lut:
+    """The first Modality LUT of a non-empty Modality LUT Sequence (raw output values), or
+    SkipFileError: unlike a VOI LUT there is no next step to fall back to, since the LUT
+    defines what the stored values mean (PS3.3 C.11.1)."""
+    try:
+        return _lut_item(ds.ModalityLUTSequence[0], ds)
+    except Exception as exc:
+        why = exc.args[0] if isinstance(exc, ValueError) and exc.args else "malformed"
+        raise SkipFileError(UNSUPPORTED, f"{label}: the Modality LUT Sequence is unusable "
+                            f"({why}); the stored values cannot be mapped") from None
 
 
 def _rescale(ds: Any, label: str = "dataset") -> tuple[float, float]:
@@ -458,11 +475,45 @@ def _window(ds: Any) -> tuple[float, float, str] | None:
 
 
 @dataclass(frozen=True)
-class VoiLut:
-    """A usable VOI LUT: entries already normalised to [0, 1], and the first mapped value."""
+class Lut:
+    """A parsed LUT item: its entries (as floats), the first mapped input value and the
+    declared bits per entry."""
 
     table: npt.NDArray[np.float64]
     first: int
+    bits: int = 16
+
+
+VoiLut = Lut
+"""A usable VOI LUT: :class:`Lut` with entries already normalised to [0, 1]."""
+
+
+def _lut_item(item: Any, ds: Any) -> Lut:
+    """LUT Descriptor + LUT Data of one Modality or VOI LUT item, or ValueError saying why.
+
+    The number of entries 0 means 65536; 8-bit entries are read one per 16-bit word when the
+    data holds ≥ 2 bytes per entry, else one per byte (module docstring, step 2)."""
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        raise ValueError("LUT Descriptor or LUT Data missing")
+    desc = list(item.LUTDescriptor) if hasattr(item.LUTDescriptor, "__len__") else []
+    if len(desc) != 3:
+        raise ValueError("LUT Descriptor does not hold 3 values")
+    n, first, bits = (int(v) for v in desc)
+    n = n or 65536
+    if not 1 <= bits <= 16:
+        raise ValueError(f"{bits} bits per LUT entry")
+    data = item.LUTData
+    if isinstance(data, bytes):
+        if bits <= 8 and len(data) < 2 * n:
+            lut = np.frombuffer(data, np.uint8)  # one entry per byte
+        else:  # one entry per 16-bit word (8-bit entries too, when there is room)
+            little = _little_endian(ds)
+            lut = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little else ">u2")
+    else:
+        lut = np.asarray(data).ravel()
+    if len(lut) < n:
+        raise ValueError(f"{len(lut)} LUT entries, {n} declared")
+    return Lut(lut[:n].astype(np.float64), first, bits)
 
 
 def voi_lut(ds: Any) -> VoiLut | None:
@@ -475,30 +526,15 @@ def voi_lut(ds: Any) -> VoiLut | None:
     if not seq:
         return None
     try:
-        item = seq[0]
-        n, first, bits = (int(v) for v in item.LUTDescriptor)
-        n = n or 65536
-        if not 1 <= bits <= 16:
-            return None
-        data = item.LUTData
-        if isinstance(data, bytes):
-            if bits <= 8 and len(data) < 2 * n:
-                lut = np.frombuffer(data, np.uint8)  # one entry per byte
-            else:  # one entry per 16-bit word (8-bit entries too, when there is room)
-                little = _little_endian(ds)
-                lut = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little else ">u2")
-        else:
-            lut = np.asarray(data).ravel()
-        if len(lut) < n:
-            return None
-        table = lut[:n].astype(np.float64)
+        lut = _lut_item(seq[0], ds)
+        table = lut.table
         lo, hi = float(table.min()), float(table.max())
         if not hi > lo:
             return None
         # Normalise by the declared output range; a table exceeding it (a vendor error) by its
         # own maximum.
-        scale = max(float((1 << bits) - 1), hi)
-        return VoiLut(np.clip(table / scale, 0.0, 1.0), first)
+        scale = max(float((1 << lut.bits) - 1), hi)
+        return Lut(np.clip(table / scale, 0.0, 1.0), lut.first, lut.bits)
     except Exception:  # malformed VOI LUT: fall back to the next policy step
         return None
 

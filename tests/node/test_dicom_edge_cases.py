@@ -267,3 +267,39 @@ def test_files_that_are_not_dicom_are_skipped_naming_them(tmp_path: Path) -> Non
         with pytest.raises(dp.SkipFileError) as e:
             dp.load_file(tmp_path / name, 32, name)
         assert e.value.reason == dp.NOT_DICOM and name in e.value.detail, name
+
+
+def _modality_lut(descriptor: list[int], data: list[int] | None) -> Dataset:
+    from pydicom.sequence import Sequence
+
+    ds = make_ds(RAMP12)
+    item = Dataset()
+    item.add_new(0x00283002, "US", descriptor)  # LUT Descriptor
+    if data is not None:
+        item.add_new(0x00283006, "US", data)  # LUT Data
+    item.ModalityLUTType = "OD"
+    ds.ModalityLUTSequence = Sequence([item])
+    return roundtrip(ds)
+
+
+@pytest.mark.parametrize(("descriptor", "data"), [
+    ([4096, 0, 16], [1, 2, 3]),  # fewer entries than the descriptor declares
+    ([0, 0, 16], list(range(100))),  # 0 declares 65536 entries (PS3.3 C.11.1.1.1)
+    ([4096, 0, 16], None),  # no LUT Data at all
+    ([4096, 0], list(range(4096))),  # descriptor with two values, not three
+])
+def test_unusable_modality_lut_sequence_is_skipped_naming_the_file(
+    descriptor: list[int], data: list[int] | None
+) -> None:
+    ds = _modality_lut(descriptor, data)
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(ds, 32, "mlut.dcm")
+    assert e.value.reason == dp.UNSUPPORTED
+    assert "mlut.dcm" in e.value.detail and "Modality LUT" in e.value.detail
+
+
+def test_usable_modality_lut_sequence_is_applied() -> None:
+    # An inverting modality LUT: high stored values → low modality values (dark).
+    ds = _modality_lut([4096, 0, 16], [4095 - i for i in range(4096)])
+    dp.check_image(ds, "mlut.dcm")
+    assert np.allclose(dp.normalised(ds), 1.0 - RAMP12 / 4095.0, atol=1e-6)
