@@ -113,6 +113,15 @@ DECODE_ERROR = "decode-error"
 DUPLICATE = "duplicate-image-id"
 BURNED_IN = "burned-in-annotation"
 FRAME_SIZE = "frame-size-mismatch"
+FOR_PROCESSING = "for-processing"
+
+FOR_PROCESSING_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray Image - For Processing
+})
+"""SOP classes whose images are raw detector data, not for display (PS3.3 C.8.11.1.1.1)."""
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -247,7 +256,12 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
 
     ``BurnedInAnnotation = YES`` (PS3.3 C.7.6.1.1.7: text such as a name is part of the
     pixels) is skipped unless the admin passes ``allow_burned_in``: a GAN can learn to
-    reproduce such text, and it would leave the site inside synthetic images."""
+    reproduce such text, and it would leave the site inside synthetic images.
+
+    A FOR PROCESSING image (Presentation Intent Type, or a For Processing SOP class) is
+    skipped as ``for-processing``: it is detector data "intended to be further processed
+    before being displayed" (PS3.3 C.8.11.1.1.1), usually archived next to the FOR
+    PRESENTATION image of the same exposure, which is the one a reader sees."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
@@ -255,6 +269,13 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
     if burned == "YES" and not allow_burned_in:
         raise SkipFileError(BURNED_IN, f"{label}: BurnedInAnnotation is YES (identifying text "
                             "may be part of the pixels); skipped unless --allow-burned-in")
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(
+        getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
+    if intent == "FOR PROCESSING" or sop_class in FOR_PROCESSING_CLASSES:
+        raise SkipFileError(FOR_PROCESSING, f"{label}: a FOR PROCESSING image (raw detector "
+                            "data meant to be processed before display, PS3.3 C.8.11.1.1.1); "
+                            "ingest the FOR PRESENTATION image of the same exposure")
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if other:

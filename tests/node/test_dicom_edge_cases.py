@@ -303,3 +303,26 @@ def test_usable_modality_lut_sequence_is_applied() -> None:
     ds = _modality_lut([4096, 0, 16], [4095 - i for i in range(4096)])
     dp.check_image(ds, "mlut.dcm")
     assert np.allclose(dp.normalised(ds), 1.0 - RAMP12 / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("sop_class", "intent"), [
+    ("1.2.840.10008.5.1.4.1.1.1.1", "FOR PROCESSING"),  # DX SOP class for presentation, but
+    ("1.2.840.10008.5.1.4.1.1.1.1.1", "FOR PROCESSING"),  # the series says for processing
+    ("1.2.840.10008.5.1.4.1.1.1.2.1", None),  # MG For Processing, intent missing
+    ("1.2.840.10008.5.1.4.1.1.1.3.1", None),  # Intra-oral For Processing
+])
+def test_for_processing_images_are_skipped(sop_class: str, intent: str | None) -> None:
+    # PS3.3 C.8.11.1.1.1: FOR PROCESSING images are detector-corrected raw data meant to be
+    # processed before display; the FOR PRESENTATION copy of the same exposure is the image.
+    tags = {"PresentationIntentType": intent} if intent else {}
+    ds = make_ds(RAMP12, **tags)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(roundtrip(ds), 32, "raw.dcm")
+    assert e.value.reason == dp.FOR_PROCESSING and "raw.dcm" in e.value.detail
+
+
+def test_for_presentation_images_are_ingested() -> None:
+    ds = make_ds(RAMP12, PresentationIntentType="FOR PRESENTATION")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    assert dp.store_pixels(roundtrip(ds), 32, "dx.dcm")[0].std() > 10
