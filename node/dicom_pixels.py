@@ -158,21 +158,34 @@ class Geometry:
 
 def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
     """Read a DICOM file fully, or raise SkipFileError (not-dicom / truncated / unreadable)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     label = name or str(path)
+    if not isinstance(path, Path):
+        return _read_open(path, label)
+    try:
+        fp = path.open("rb")
+    except OSError as exc:
+        raise SkipFileError(UNREADABLE, f"{label}: cannot be read ({exc.strerror})") from None
+    with fp:
+        return _read_open(fp, label)
+
+
+def _read_open(fp: IO[bytes], label: str) -> Any:
+    import pydicom
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    start = fp.tell()
+    size = fp.seek(0, io.SEEK_END)
+    fp.seek(start)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                ds = pydicom.dcmread(path)
+                ds = pydicom.dcmread(fp)
             except InvalidDicomError:
                 # Old files may lack the 128-byte preamble; accept them only if, read by force,
                 # they look like an image object at all.
-                if not isinstance(path, Path):
-                    path.seek(0)
-                ds = pydicom.dcmread(path, force=True)
+                fp.seek(start)
+                ds = pydicom.dcmread(fp, force=True)
                 if "PixelData" not in ds or "Rows" not in ds:
                     raise SkipFileError(
                         NOT_DICOM, f"{label}: not a DICOM image (no 'DICM' file header, and no "
@@ -187,6 +200,11 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
             raise SkipFileError(UNREADABLE, f"{label}: cannot be read ({exc.strerror})") from None
         raise SkipFileError(TRUNCATED, f"{label}: file ends early ({exc})") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
+        if isinstance(exc, (struct.error, BytesLengthException)) and fp.tell() >= size:
+            # a short read at the end of the file: it ends inside an element's header
+            raise SkipFileError(TRUNCATED, f"{label}: file ends inside its DICOM header "
+                                "(an element is cut short); copy it again from the archive"
+                                ) from None
         raise SkipFileError(
             UNREADABLE, f"{label}: DICOM header could not be parsed ({type(exc).__name__}: "
             f"{_one_line(exc)})"
@@ -194,7 +212,7 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
     for w in caught:
         if "End of file reached" in str(w.message):
             raise SkipFileError(TRUNCATED, f"{label}: file ends before the pixel data is complete")
-    _check_not_truncated(ds, label)
+    _check_not_truncated(ds, label, size)
     _fill_transfer_syntax(ds)
     return ds
 
@@ -225,8 +243,12 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _check_not_truncated(ds: Any, label: str) -> None:
-    """pydicom silently shortens the last element of a cut file; compare it with its header."""
+def _check_not_truncated(ds: Any, label: str, size: int | None = None) -> None:
+    """pydicom silently shortens the last element of a cut file; compare it with its header.
+
+    It also stops silently when fewer than 8 bytes (less than an element header) follow the
+    last element: with ``size`` (the file's length) such a tail before the pixel data is a
+    cut file, not a complete object without pixels."""
     keys = list(ds.keys())
     if not keys:
         if getattr(ds, "preamble", None) is not None:  # 'DICM' was there: a cut file
@@ -248,6 +270,21 @@ def _check_not_truncated(ds: Any, label: str) -> None:
             f"{label}: file ends early (element {raw.tag} declares {length} bytes, "
             f"{len(value)} present); copy it again from the archive",
         )
+    tell = getattr(raw, "value_tell", None)
+    meta = getattr(ds, "file_meta", None)
+    deflated = getattr(meta, "TransferSyntaxUID", None) == "1.2.840.10008.1.2.1.99"
+    if (
+        size is not None
+        and "PixelData" not in ds
+        and not deflated  # offsets count the inflated stream, not the file
+        and isinstance(tell, int)
+        and length is not None
+        and length != 0xFFFFFFFF
+        and 0 < size - (tell + length) < 8
+    ):
+        raise SkipFileError(
+            TRUNCATED, f"{label}: file ends inside the header of the element after "
+            f"{raw.tag}, before the pixel data; copy it again from the archive")
 
 
 def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
@@ -280,6 +317,11 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if other:
             raise SkipFileError(UNSUPPORTED, f"{label}: {other} (float pixels) is not a radiograph")
+        if ("Rows" in ds and "Columns" in ds) or _is_image_class(sop_class):
+            raise SkipFileError(MISSING_PIXELS, f"{label}: no PixelData element, although the "
+                                "header describes an image (its SOP class, or Rows and "
+                                "Columns); the file may be cut short: copy it again from the "
+                                "archive")
         raise SkipFileError(MISSING_PIXELS, f"{label}: no PixelData element (not an image object)")
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if ds.get(kw) in (None, "", 0):
@@ -387,6 +429,15 @@ def _check_frame_size(ds: Any, rows: int, cols: int, label: str) -> None:
     if (r, c) != (rows, cols) and r != 0:  # JPEG may leave rows 0 (set by a DNL marker)
         raise SkipFileError(FRAME_SIZE, f"{label}: the compressed frame declares {r}×{c} px "
                             f"but Rows×Columns is {rows}×{cols}; not decoded")
+
+
+def _is_image_class(uid: str) -> bool:
+    """Whether a SOP Class UID is a known image storage class (by pydicom's UID names)."""
+    from pydicom.uid import UID
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an invalid UI value warns
+        return "Image Storage" in UID(uid).name
 
 
 def _header_int(ds: Any, keyword: str, default: int, label: str) -> int:

@@ -326,3 +326,33 @@ def test_for_presentation_images_are_ingested() -> None:
     ds = make_ds(RAMP12, PresentationIntentType="FOR PRESENTATION")
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     assert dp.store_pixels(roundtrip(ds), 32, "dx.dcm")[0].std() > 10
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_file_cut_anywhere_in_its_header_is_reported_as_cut(tmp_path: Path,
+                                                              implicit: bool) -> None:
+    """Every cut between the end of the preamble and the pixel values gives ``truncated``;
+    only a cut exactly between two elements (which leaves a shorter, well-formed header) can
+    be missing-pixel-data, and then its detail says the file may be cut short."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = make_ds(RAMP12, WindowCenter="2000", WindowWidth="4000", RescaleSlope="1",
+                 RescaleIntercept="0")
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = dataset_bytes(ds)
+    pixels = data.index(b"\xe0\x7f\x10\x00")
+    path = tmp_path / "cut.dcm"
+    wrong = []
+    for keep in range(132, pixels + 16):
+        path.write_bytes(data[:keep])
+        try:
+            dp.check_image(dp.read_dataset(path, "cut.dcm"), "cut.dcm")
+            wrong.append((keep, "accepted"))
+        except dp.SkipFileError as e:
+            assert "cut.dcm" in e.detail and "\n" not in e.detail
+            if e.reason == dp.MISSING_PIXELS and "cut short" in e.detail:
+                continue
+            if e.reason != dp.TRUNCATED:
+                wrong.append((keep, e.reason))
+    assert not wrong, wrong
