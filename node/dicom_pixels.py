@@ -36,6 +36,9 @@ Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
    not image: they are left out of the min–max range and shown black (0 after step 3, i.e. a
    dark background), whatever the VOI.
 
+A kept square that displays as one grey level (a flat exposure, all padding, a window or VOI
+LUT outside every pixel value) is skipped as ``blank-image``, not stored as a flat square.
+
 Geometry: centre-crop to the square of the smallest side (the seed method), refuse images
 whose smallest side is under ``min_side`` (128 px, the seed rule) or whose Rows × Columns is
 over :data:`MAX_PIXELS` (``too-large``, decided from the header), then resize with PIL's
@@ -114,6 +117,7 @@ DUPLICATE = "duplicate-image-id"
 BURNED_IN = "burned-in-annotation"
 FRAME_SIZE = "frame-size-mismatch"
 FOR_PROCESSING = "for-processing"
+BLANK = "blank-image"
 
 FOR_PROCESSING_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
@@ -797,7 +801,12 @@ def checked_store_pixels(ds: Any, size: int, label: str) -> tuple[npt.NDArray[np
     rows, cols = arr.shape
     top, left, side = centre_square(rows, cols)
     crop = arr[top : top + side, left : left + side]
-    image = resize_square(displayed(crop, ds), size)
+    shown = displayed(crop, ds)
+    if shown.min() == shown.max():
+        raise SkipFileError(BLANK, f"{label}: the kept square displays as one grey level "
+                            "(a flat exposure, all padding, or a window/VOI LUT outside every "
+                            "pixel value); nothing to learn from it")
+    image = resize_square(shown, size)
     return to_uint8(image), Geometry(rows, cols, top, left, side, size)
 
 

@@ -356,3 +356,28 @@ def test_a_file_cut_anywhere_in_its_header_is_reported_as_cut(tmp_path: Path,
             if e.reason != dp.TRUNCATED:
                 wrong.append((keep, e.reason))
     assert not wrong, wrong
+
+
+def _out_of_range_voi_lut() -> Dataset:
+    """A VOI LUT whose first mapped value (60000) lies above every 12-bit value, e.g. a
+    negative first value written as US: every pixel takes its first entry."""
+    from pydicom.sequence import Sequence
+
+    ds = make_ds(RAMP12)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 60000, 16])
+    item.add_new(0x00283006, "US", list(range(0, 65536, 16)))
+    ds.VOILUTSequence = Sequence([item])
+    return roundtrip(ds)
+
+
+@pytest.mark.parametrize("ds", [
+    roundtrip(make_ds(np.full((160, 160), 700, np.uint16))),  # a flat exposure
+    roundtrip(make_ds(np.full((160, 160), 0, np.uint16), PixelPaddingValue=0)),  # all padding
+    roundtrip(make_ds(RAMP12, WindowCenter="9000", WindowWidth="100")),  # window above all
+    _out_of_range_voi_lut(),
+], ids=["flat", "all-padding", "window-outside", "voi-lut-outside"])
+def test_an_image_that_displays_as_one_grey_level_is_skipped_as_blank(ds: Dataset) -> None:
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(ds, 32, "blank.dcm")
+    assert e.value.reason == dp.BLANK and "blank.dcm" in e.value.detail
