@@ -6,10 +6,13 @@ hospital admin can fix the source instead of guessing.
 
 Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
 
-1. **Modality LUT.** A non-empty Modality LUT Sequence when present (pydicom's
-   ``apply_modality_lut``), else Rescale Slope/Intercept (also when the sequence is present but
-   empty). A missing slope/intercept means 1/0; a slope of 0 (invalid: a flat image) means no
-   rescale at all, as in dcmtk; a slope or intercept that is not a number is skipped as
+1. **Modality LUT.** A non-empty Modality LUT Sequence when present (its first item; inputs
+   below/above the table take its first/last entry), else Rescale Slope/Intercept (also when
+   the sequence is present but empty). An unusable Modality LUT (no LUT Data, a descriptor
+   without three values, fewer entries than declared) is skipped as ``unsupported-pixels``
+   before decoding: there is no fallback for what the stored values mean. A missing
+   slope/intercept means 1/0; a slope of 0 (invalid: a flat image) means no rescale at all,
+   as in dcmtk; a slope or intercept that is not a number is skipped as
    ``unsupported-pixels``.
 2. **VOI.** When several transforms are present, the **first VOI LUT in the VOI LUT Sequence**
    wins (the vendor's display curve, as pydicom prefers) if it is usable, else the **first
@@ -32,6 +35,9 @@ Display policy (DICOM PS3.3 C.11 order: modality LUT → VOI → presentation):
    [Pixel Padding Value, Pixel Padding Range Limit (0028,0121)] when the limit is present, are
    not image: they are left out of the min–max range and shown black (0 after step 3, i.e. a
    dark background), whatever the VOI.
+
+A kept square that displays as one grey level (a flat exposure, all padding, a window or VOI
+LUT outside every pixel value) is skipped as ``blank-image``, not stored as a flat square.
 
 Geometry: centre-crop to the square of the smallest side (the seed method), refuse images
 whose smallest side is under ``min_side`` (128 px, the seed rule) or whose Rows × Columns is
@@ -110,6 +116,16 @@ DECODE_ERROR = "decode-error"
 DUPLICATE = "duplicate-image-id"
 BURNED_IN = "burned-in-annotation"
 FRAME_SIZE = "frame-size-mismatch"
+FOR_PROCESSING = "for-processing"
+BLANK = "blank-image"
+
+FOR_PROCESSING_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray Image - For Processing
+})
+"""SOP classes whose images are raw detector data, not for display (PS3.3 C.8.11.1.1.1)."""
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -146,21 +162,34 @@ class Geometry:
 
 def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
     """Read a DICOM file fully, or raise SkipFileError (not-dicom / truncated / unreadable)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     label = name or str(path)
+    if not isinstance(path, Path):
+        return _read_open(path, label)
+    try:
+        fp = path.open("rb")
+    except OSError as exc:
+        raise SkipFileError(UNREADABLE, f"{label}: cannot be read ({exc.strerror})") from None
+    with fp:
+        return _read_open(fp, label)
+
+
+def _read_open(fp: IO[bytes], label: str) -> Any:
+    import pydicom
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    start = fp.tell()
+    size = fp.seek(0, io.SEEK_END)
+    fp.seek(start)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                ds = pydicom.dcmread(path)
+                ds = pydicom.dcmread(fp)
             except InvalidDicomError:
                 # Old files may lack the 128-byte preamble; accept them only if, read by force,
                 # they look like an image object at all.
-                if not isinstance(path, Path):
-                    path.seek(0)
-                ds = pydicom.dcmread(path, force=True)
+                fp.seek(start)
+                ds = pydicom.dcmread(fp, force=True)
                 if "PixelData" not in ds or "Rows" not in ds:
                     raise SkipFileError(
                         NOT_DICOM, f"{label}: not a DICOM image (no 'DICM' file header, and no "
@@ -175,6 +204,11 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
             raise SkipFileError(UNREADABLE, f"{label}: cannot be read ({exc.strerror})") from None
         raise SkipFileError(TRUNCATED, f"{label}: file ends early ({exc})") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
+        if isinstance(exc, (struct.error, BytesLengthException)) and fp.tell() >= size:
+            # a short read at the end of the file: it ends inside an element's header
+            raise SkipFileError(TRUNCATED, f"{label}: file ends inside its DICOM header "
+                                "(an element is cut short); copy it again from the archive"
+                                ) from None
         raise SkipFileError(
             UNREADABLE, f"{label}: DICOM header could not be parsed ({type(exc).__name__}: "
             f"{_one_line(exc)})"
@@ -182,7 +216,7 @@ def read_dataset(path: Path | IO[bytes], name: str | None = None) -> Any:
     for w in caught:
         if "End of file reached" in str(w.message):
             raise SkipFileError(TRUNCATED, f"{label}: file ends before the pixel data is complete")
-    _check_not_truncated(ds, label)
+    _check_not_truncated(ds, label, size)
     _fill_transfer_syntax(ds)
     return ds
 
@@ -213,8 +247,12 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _check_not_truncated(ds: Any, label: str) -> None:
-    """pydicom silently shortens the last element of a cut file; compare it with its header."""
+def _check_not_truncated(ds: Any, label: str, size: int | None = None) -> None:
+    """pydicom silently shortens the last element of a cut file; compare it with its header.
+
+    It also stops silently when fewer than 8 bytes (less than an element header) follow the
+    last element: with ``size`` (the file's length) such a tail before the pixel data is a
+    cut file, not a complete object without pixels."""
     keys = list(ds.keys())
     if not keys:
         if getattr(ds, "preamble", None) is not None:  # 'DICM' was there: a cut file
@@ -236,6 +274,21 @@ def _check_not_truncated(ds: Any, label: str) -> None:
             f"{label}: file ends early (element {raw.tag} declares {length} bytes, "
             f"{len(value)} present); copy it again from the archive",
         )
+    tell = getattr(raw, "value_tell", None)
+    meta = getattr(ds, "file_meta", None)
+    deflated = getattr(meta, "TransferSyntaxUID", None) == "1.2.840.10008.1.2.1.99"
+    if (
+        size is not None
+        and "PixelData" not in ds
+        and not deflated  # offsets count the inflated stream, not the file
+        and isinstance(tell, int)
+        and length is not None
+        and length != 0xFFFFFFFF
+        and 0 < size - (tell + length) < 8
+    ):
+        raise SkipFileError(
+            TRUNCATED, f"{label}: file ends inside the header of the element after "
+            f"{raw.tag}, before the pixel data; copy it again from the archive")
 
 
 def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
@@ -244,7 +297,12 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
 
     ``BurnedInAnnotation = YES`` (PS3.3 C.7.6.1.1.7: text such as a name is part of the
     pixels) is skipped unless the admin passes ``allow_burned_in``: a GAN can learn to
-    reproduce such text, and it would leave the site inside synthetic images."""
+    reproduce such text, and it would leave the site inside synthetic images.
+
+    A FOR PROCESSING image (Presentation Intent Type, or a For Processing SOP class) is
+    skipped as ``for-processing``: it is detector data "intended to be further processed
+    before being displayed" (PS3.3 C.8.11.1.1.1), usually archived next to the FOR
+    PRESENTATION image of the same exposure, which is the one a reader sees."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
@@ -252,10 +310,22 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
     if burned == "YES" and not allow_burned_in:
         raise SkipFileError(BURNED_IN, f"{label}: BurnedInAnnotation is YES (identifying text "
                             "may be part of the pixels); skipped unless --allow-burned-in")
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(
+        getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
+    if intent == "FOR PROCESSING" or sop_class in FOR_PROCESSING_CLASSES:
+        raise SkipFileError(FOR_PROCESSING, f"{label}: a FOR PROCESSING image (raw detector "
+                            "data meant to be processed before display, PS3.3 C.8.11.1.1.1); "
+                            "ingest the FOR PRESENTATION image of the same exposure")
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if other:
             raise SkipFileError(UNSUPPORTED, f"{label}: {other} (float pixels) is not a radiograph")
+        if ("Rows" in ds and "Columns" in ds) or _is_image_class(sop_class):
+            raise SkipFileError(MISSING_PIXELS, f"{label}: no PixelData element, although the "
+                                "header describes an image (its SOP class, or Rows and "
+                                "Columns); the file may be cut short: copy it again from the "
+                                "archive")
         raise SkipFileError(MISSING_PIXELS, f"{label}: no PixelData element (not an image object)")
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if ds.get(kw) in (None, "", 0):
@@ -271,7 +341,9 @@ def check_image(ds: Any, label: str, min_side: int = MIN_SIDE, *,
                        "grayscale (MONOCHROME1/2) radiographs are ingested")
     bits = int(ds.BitsAllocated)
     _fill_image_header(ds, photometric, label)
-    if not ds.get("ModalityLUTSequence"):  # an unusable rescale is skipped before decoding
+    if ds.get("ModalityLUTSequence"):  # an unusable modality transform is skipped before
+        modality_lut(ds, label)         # decoding
+    else:
         _rescale(ds, label)
     if bits not in (8, 16, 32):
         raise SkipFileError(UNSUPPORTED, f"{label}: {bits} bits allocated per pixel is not "
@@ -363,6 +435,15 @@ def _check_frame_size(ds: Any, rows: int, cols: int, label: str) -> None:
                             f"but Rows×Columns is {rows}×{cols}; not decoded")
 
 
+def _is_image_class(uid: str) -> bool:
+    """Whether a SOP Class UID is a known image storage class (by pydicom's UID names)."""
+    from pydicom.uid import UID
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an invalid UI value warns
+        return "Image Storage" in UID(uid).name
+
+
 def _header_int(ds: Any, keyword: str, default: int, label: str) -> int:
     """An integer header value (missing or empty → ``default``), or SkipFileError."""
     try:
@@ -406,12 +487,24 @@ def decode(ds: Any, label: str) -> npt.NDArray[Any]:
 
 
 def _modality(values: npt.NDArray[Any], ds: Any) -> npt.NDArray[np.float64]:
-    from pydicom.pixels import apply_modality_lut
-
     if ds.get("ModalityLUTSequence"):  # an empty sequence means: use the rescale
-        return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+        lut = modality_lut(ds)
+        idx = np.clip(np.rint(values.astype(np.float64)) - lut.first, 0, len(lut.table) - 1)
+        return lut.table[idx.astype(np.int64)]
     slope, intercept = _rescale(ds)
     return values.astype(np.float64) * slope + intercept
+
+
+def modality_lut(ds: Any, label: str = "dataset") -> Lut:
+    """The first Modality LUT of a non-empty Modality LUT Sequence (raw output values), or
+    SkipFileError: unlike a VOI LUT there is no next step to fall back to, since the LUT
+    defines what the stored values mean (PS3.3 C.11.1)."""
+    try:
+        return _lut_item(ds.ModalityLUTSequence[0], ds)
+    except Exception as exc:
+        why = exc.args[0] if isinstance(exc, ValueError) and exc.args else "malformed"
+        raise SkipFileError(UNSUPPORTED, f"{label}: the Modality LUT Sequence is unusable "
+                            f"({why}); the stored values cannot be mapped") from None
 
 
 def _rescale(ds: Any, label: str = "dataset") -> tuple[float, float]:
@@ -458,11 +551,45 @@ def _window(ds: Any) -> tuple[float, float, str] | None:
 
 
 @dataclass(frozen=True)
-class VoiLut:
-    """A usable VOI LUT: entries already normalised to [0, 1], and the first mapped value."""
+class Lut:
+    """A parsed LUT item: its entries (as floats), the first mapped input value and the
+    declared bits per entry."""
 
     table: npt.NDArray[np.float64]
     first: int
+    bits: int = 16
+
+
+VoiLut = Lut
+"""A usable VOI LUT: :class:`Lut` with entries already normalised to [0, 1]."""
+
+
+def _lut_item(item: Any, ds: Any) -> Lut:
+    """LUT Descriptor + LUT Data of one Modality or VOI LUT item, or ValueError saying why.
+
+    The number of entries 0 means 65536; 8-bit entries are read one per 16-bit word when the
+    data holds ≥ 2 bytes per entry, else one per byte (module docstring, step 2)."""
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        raise ValueError("LUT Descriptor or LUT Data missing")
+    desc = list(item.LUTDescriptor) if hasattr(item.LUTDescriptor, "__len__") else []
+    if len(desc) != 3:
+        raise ValueError("LUT Descriptor does not hold 3 values")
+    n, first, bits = (int(v) for v in desc)
+    n = n or 65536
+    if not 1 <= bits <= 16:
+        raise ValueError(f"{bits} bits per LUT entry")
+    data = item.LUTData
+    if isinstance(data, bytes):
+        if bits <= 8 and len(data) < 2 * n:
+            lut = np.frombuffer(data, np.uint8)  # one entry per byte
+        else:  # one entry per 16-bit word (8-bit entries too, when there is room)
+            little = _little_endian(ds)
+            lut = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little else ">u2")
+    else:
+        lut = np.asarray(data).ravel()
+    if len(lut) < n:
+        raise ValueError(f"{len(lut)} LUT entries, {n} declared")
+    return Lut(lut[:n].astype(np.float64), first, bits)
 
 
 def voi_lut(ds: Any) -> VoiLut | None:
@@ -475,30 +602,15 @@ def voi_lut(ds: Any) -> VoiLut | None:
     if not seq:
         return None
     try:
-        item = seq[0]
-        n, first, bits = (int(v) for v in item.LUTDescriptor)
-        n = n or 65536
-        if not 1 <= bits <= 16:
-            return None
-        data = item.LUTData
-        if isinstance(data, bytes):
-            if bits <= 8 and len(data) < 2 * n:
-                lut = np.frombuffer(data, np.uint8)  # one entry per byte
-            else:  # one entry per 16-bit word (8-bit entries too, when there is room)
-                little = _little_endian(ds)
-                lut = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little else ">u2")
-        else:
-            lut = np.asarray(data).ravel()
-        if len(lut) < n:
-            return None
-        table = lut[:n].astype(np.float64)
+        lut = _lut_item(seq[0], ds)
+        table = lut.table
         lo, hi = float(table.min()), float(table.max())
         if not hi > lo:
             return None
         # Normalise by the declared output range; a table exceeding it (a vendor error) by its
         # own maximum.
-        scale = max(float((1 << bits) - 1), hi)
-        return VoiLut(np.clip(table / scale, 0.0, 1.0), first)
+        scale = max(float((1 << lut.bits) - 1), hi)
+        return Lut(np.clip(table / scale, 0.0, 1.0), lut.first, lut.bits)
     except Exception:  # malformed VOI LUT: fall back to the next policy step
         return None
 
@@ -689,7 +801,12 @@ def checked_store_pixels(ds: Any, size: int, label: str) -> tuple[npt.NDArray[np
     rows, cols = arr.shape
     top, left, side = centre_square(rows, cols)
     crop = arr[top : top + side, left : left + side]
-    image = resize_square(displayed(crop, ds), size)
+    shown = displayed(crop, ds)
+    if shown.min() == shown.max():
+        raise SkipFileError(BLANK, f"{label}: the kept square displays as one grey level "
+                            "(a flat exposure, all padding, or a window/VOI LUT outside every "
+                            "pixel value); nothing to learn from it")
+    image = resize_square(shown, size)
     return to_uint8(image), Geometry(rows, cols, top, left, side, size)
 
 

@@ -267,3 +267,117 @@ def test_files_that_are_not_dicom_are_skipped_naming_them(tmp_path: Path) -> Non
         with pytest.raises(dp.SkipFileError) as e:
             dp.load_file(tmp_path / name, 32, name)
         assert e.value.reason == dp.NOT_DICOM and name in e.value.detail, name
+
+
+def _modality_lut(descriptor: list[int], data: list[int] | None) -> Dataset:
+    from pydicom.sequence import Sequence
+
+    ds = make_ds(RAMP12)
+    item = Dataset()
+    item.add_new(0x00283002, "US", descriptor)  # LUT Descriptor
+    if data is not None:
+        item.add_new(0x00283006, "US", data)  # LUT Data
+    item.ModalityLUTType = "OD"
+    ds.ModalityLUTSequence = Sequence([item])
+    return roundtrip(ds)
+
+
+@pytest.mark.parametrize(("descriptor", "data"), [
+    ([4096, 0, 16], [1, 2, 3]),  # fewer entries than the descriptor declares
+    ([0, 0, 16], list(range(100))),  # 0 declares 65536 entries (PS3.3 C.11.1.1.1)
+    ([4096, 0, 16], None),  # no LUT Data at all
+    ([4096, 0], list(range(4096))),  # descriptor with two values, not three
+])
+def test_unusable_modality_lut_sequence_is_skipped_naming_the_file(
+    descriptor: list[int], data: list[int] | None
+) -> None:
+    ds = _modality_lut(descriptor, data)
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(ds, 32, "mlut.dcm")
+    assert e.value.reason == dp.UNSUPPORTED
+    assert "mlut.dcm" in e.value.detail and "Modality LUT" in e.value.detail
+
+
+def test_usable_modality_lut_sequence_is_applied() -> None:
+    # An inverting modality LUT: high stored values → low modality values (dark).
+    ds = _modality_lut([4096, 0, 16], [4095 - i for i in range(4096)])
+    dp.check_image(ds, "mlut.dcm")
+    assert np.allclose(dp.normalised(ds), 1.0 - RAMP12 / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("sop_class", "intent"), [
+    ("1.2.840.10008.5.1.4.1.1.1.1", "FOR PROCESSING"),  # DX SOP class for presentation, but
+    ("1.2.840.10008.5.1.4.1.1.1.1.1", "FOR PROCESSING"),  # the series says for processing
+    ("1.2.840.10008.5.1.4.1.1.1.2.1", None),  # MG For Processing, intent missing
+    ("1.2.840.10008.5.1.4.1.1.1.3.1", None),  # Intra-oral For Processing
+])
+def test_for_processing_images_are_skipped(sop_class: str, intent: str | None) -> None:
+    # PS3.3 C.8.11.1.1.1: FOR PROCESSING images are detector-corrected raw data meant to be
+    # processed before display; the FOR PRESENTATION copy of the same exposure is the image.
+    tags = {"PresentationIntentType": intent} if intent else {}
+    ds = make_ds(RAMP12, **tags)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(roundtrip(ds), 32, "raw.dcm")
+    assert e.value.reason == dp.FOR_PROCESSING and "raw.dcm" in e.value.detail
+
+
+def test_for_presentation_images_are_ingested() -> None:
+    ds = make_ds(RAMP12, PresentationIntentType="FOR PRESENTATION")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    assert dp.store_pixels(roundtrip(ds), 32, "dx.dcm")[0].std() > 10
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_file_cut_anywhere_in_its_header_is_reported_as_cut(tmp_path: Path,
+                                                              implicit: bool) -> None:
+    """Every cut between the end of the preamble and the pixel values gives ``truncated``;
+    only a cut exactly between two elements (which leaves a shorter, well-formed header) can
+    be missing-pixel-data, and then its detail says the file may be cut short."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = make_ds(RAMP12, WindowCenter="2000", WindowWidth="4000", RescaleSlope="1",
+                 RescaleIntercept="0")
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = dataset_bytes(ds)
+    pixels = data.index(b"\xe0\x7f\x10\x00")
+    path = tmp_path / "cut.dcm"
+    wrong = []
+    for keep in range(132, pixels + 16):
+        path.write_bytes(data[:keep])
+        try:
+            dp.check_image(dp.read_dataset(path, "cut.dcm"), "cut.dcm")
+            wrong.append((keep, "accepted"))
+        except dp.SkipFileError as e:
+            assert "cut.dcm" in e.detail and "\n" not in e.detail
+            if e.reason == dp.MISSING_PIXELS and "cut short" in e.detail:
+                continue
+            if e.reason != dp.TRUNCATED:
+                wrong.append((keep, e.reason))
+    assert not wrong, wrong
+
+
+def _out_of_range_voi_lut() -> Dataset:
+    """A VOI LUT whose first mapped value (60000) lies above every 12-bit value, e.g. a
+    negative first value written as US: every pixel takes its first entry."""
+    from pydicom.sequence import Sequence
+
+    ds = make_ds(RAMP12)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 60000, 16])
+    item.add_new(0x00283006, "US", list(range(0, 65536, 16)))
+    ds.VOILUTSequence = Sequence([item])
+    return roundtrip(ds)
+
+
+@pytest.mark.parametrize("ds", [
+    roundtrip(make_ds(np.full((160, 160), 700, np.uint16))),  # a flat exposure
+    roundtrip(make_ds(np.full((160, 160), 0, np.uint16), PixelPaddingValue=0)),  # all padding
+    roundtrip(make_ds(RAMP12, WindowCenter="9000", WindowWidth="100")),  # window above all
+    _out_of_range_voi_lut(),
+], ids=["flat", "all-padding", "window-outside", "voi-lut-outside"])
+def test_an_image_that_displays_as_one_grey_level_is_skipped_as_blank(ds: Dataset) -> None:
+    with pytest.raises(dp.SkipFileError) as e:
+        dp.store_pixels(ds, 32, "blank.dcm")
+    assert e.value.reason == dp.BLANK and "blank.dcm" in e.value.detail
