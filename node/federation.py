@@ -131,7 +131,7 @@ def _json_field(request: Mapping[str, Any], key: str) -> dict[str, Any]:
     try:
         doc = loads_untrusted(str(raw))
     except UntrustedJSONError as exc:
-        raise RequestRefusedError(f"{key} is {exc}") from None
+        raise RequestRefusedError(f"{key}: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestRefusedError(f"{key} must be a JSON object")
     return doc

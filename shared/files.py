@@ -128,7 +128,7 @@ def loads_untrusted(data: str | bytes) -> Any:
     nested deeper than 64 levels
     """
     def no_constant(name: str) -> Any:
-        raise UntrustedJSONError(f"{name} is not a JSON number")
+        raise UntrustedJSONError(f"{name} is not a finite number (JSON has no NaN or Infinity)")
 
     try:
         doc = json.loads(data, object_pairs_hook=_no_duplicate_keys,

@@ -158,5 +158,5 @@ def test_a_request_that_is_not_plain_json_is_refused_by_name(label: str,
     request.write_text(HOSTILE_JSON[label])
     with pytest.raises(RequestRefusedError, match=r"request\.json: not a readable evaluation"):
         answer_request_file(request, tmp_path)
-    with pytest.raises(RequestRefusedError, match="gan-config is "):
+    with pytest.raises(RequestRefusedError, match="gan-config: "):
         _json_field({"gan-config": HOSTILE_JSON[label]}, "gan-config")
