@@ -34,15 +34,20 @@ def test_exposure_is_a_monotone_intensity_map_that_keeps_black_and_white() -> No
     assert dark.mean() < x.mean() < bright.mean()
 
 
-def test_a_folder_whose_stores_have_another_exposure_is_refused(tmp_path, capsys) -> None:
-    """Stores already written keep their exposure: re-running into them with another one
-    would expose the tests but not the GANs' training images."""
+@pytest.mark.parametrize(("option", "message"), [
+    (["--site-exposure", "a=0.8"], "written with none, not {'a': 0.8}"),
+    (["--small-train", "100"], "made with all small-site train images, not 100"),
+])
+def test_a_folder_made_with_other_stores_is_refused(tmp_path, capsys, option, message) -> None:
+    """Stores and GANs already written keep what they were made from: re-running into them
+    with another exposure would expose the tests but not the GANs' training images, and a
+    site-c GAN that saw all its images would leak the ones --small-train leaves out."""
     (tmp_path / "sites").mkdir()
     with pytest.raises(SystemExit) as e:
-        multisite.main(["--out", str(tmp_path), "--site-exposure", "a=0.8",
+        multisite.main(["--out", str(tmp_path), *option,
                         "--data", str(tmp_path / "absent.npz")])
     assert e.value.code == 2
-    assert "written with none, not {'a': 0.8}" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_small_train_shrinks_only_the_small_site_s_train_split() -> None:
@@ -59,17 +64,6 @@ def test_small_train_shrinks_only_the_small_site_s_train_split() -> None:
     assert np.bincount(labels[kept]).tolist() == [57, 43]  # the site's class mix, 208:160
     with pytest.raises(SystemExit, match="368 train images"):
         multisite.partition(labels, 3, 369)
-
-
-def test_a_folder_made_with_all_small_site_images_is_refused_for_small_train(
-        tmp_path, capsys) -> None:
-    """Its site-c GAN saw the images --small-train leaves out: reusing it would leak them."""
-    (tmp_path / "sites").mkdir()
-    with pytest.raises(SystemExit) as e:
-        multisite.main(["--out", str(tmp_path), "--small-train", "100",
-                        "--data", str(tmp_path / "absent.npz")])
-    assert e.value.code == 2
-    assert "made with all small-site train images, not 100" in capsys.readouterr().err
 
 
 def test_the_selected_arm_s_twins_share_its_candidates_and_keep_each_candidate_s_scores(
