@@ -225,11 +225,8 @@ def ceiling(runs: list[Path]) -> dict[str, Any]:
     """Centralised real − local real per site and seed (module docstring), with the pooled
     arms' mean gap beside it for scale. Runs of one seed must carry the same local and
     centralised scores (else they are not the same partition and recipe)."""
-    by_seed: dict[int | None, list[Path]] = {}
-    for run in runs:
-        by_seed.setdefault(_seed(run), []).append(run)
     out: dict[str, Any] = {}
-    for seed, group in by_seed.items():
+    for seed, group in _by_seed(runs).items():
         zs = [_scores(r) for r in group]
         sites = sorted(k.split("/", 1)[1] for k in zs[0]
                        if k.startswith("labels/site-"))
@@ -262,6 +259,14 @@ def _seed(run: Path) -> int | None:
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
     return int(seed)
+
+
+def _by_seed(runs: list[Path]) -> dict[int | None, list[Path]]:
+    """Runs grouped by partition seed (same test images), in the order given."""
+    groups: dict[int | None, list[Path]] = {}
+    for run in runs:
+        groups.setdefault(_seed(run), []).append(run)
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,10 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(table, indent=2) + "\n")
         return 0
     if args.vs_local:
-        groups: dict[int | None, list[Path]] = {}
-        for run in args.vs_local:
-            groups.setdefault(_seed(run), []).append(run)
-        found = {seed: versus_local(runs) for seed, runs in groups.items()}
+        found = {seed: versus_local(runs) for seed, runs in _by_seed(args.vs_local).items()}
         print("| seed | runs | arm | test | pooled − local per run | mean (95 % CI) | p |\n"
               "|---|---|---|---|---|---|---|")
         for seed, res in found.items():
