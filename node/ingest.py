@@ -27,9 +27,16 @@ Why it is built this way:
 * **Never fatal for one file.** Each bad file is skipped with a short reason and a one-line
   detail naming it (printed, stored in the catalog, listed in the report). Only a missing
   folder, an unusable label sheet or an incompatible store stop a run.
-* **No PHI in the store.** Pixels, the label, a salted hash of PatientID, the label sheet's
-  image id and the source's relative path (the local provenance map) are written; no tag
-  value is. Skip details quote only geometry and transfer syntaxes, never tag values.
+* **One DICOM instance, one image.** Archive exports often hold the same instance under two
+  file names (two study folders, a re-export, another transfer syntax). A sheet keyed by file
+  name gives each copy its own row and, possibly, its own split: a train/test leak. The first
+  copy processed is stored; the others are skipped as ``duplicate-instance`` naming the image
+  id kept. With several workers "first" is completion order; the copies hold one instance, so
+  only their label rows can differ, and the skip line names both.
+* **No PHI in the store.** Pixels, the label, salted hashes of PatientID and SOP Instance
+  UID, the label sheet's image id and the source's relative path (the local provenance map)
+  are written; no tag value is. Skip details quote only geometry and transfer syntaxes,
+  never tag values.
 
 The report (this run's counts, every skip, and the store summary) is returned and written to
 ``SITE/store/preprocess-report.json``; the resolved settings to
@@ -52,6 +59,7 @@ from node.dicom_pixels import (
     BURNED_IN,
     DECODE_ERROR,
     DUPLICATE,
+    DUPLICATE_INSTANCE,
     MIN_SIDE,
     UNKNOWN_LABEL,
     UNLABELLED,
@@ -119,7 +127,8 @@ def process_file(rel: str) -> Accepted | Skipped:
         ds = read_dataset(_ROOT / rel, rel)
         # A non-image is skipped as such, not as unlabelled.
         check_image(ds, rel, _MIN_SIDE, allow_burned_in=_ALLOW_BURNED_IN)
-        keys = match_keys(rel, str(ds.get("SOPInstanceUID", "")) or None)
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip() or None
+        keys = match_keys(rel, uid)
         row = _SHEET.lookup(keys)
         if row is None and (why := _SHEET.rejection(keys)) is not None:
             return Skipped(rel, UNKNOWN_LABEL, f"{rel}: {why}")
@@ -143,6 +152,7 @@ def process_file(rel: str) -> Accepted | Skipped:
             split=row.split,  # type: ignore[arg-type]  # validated by load_labels
             bbox=mapped,
             note=note,
+            instance_uid=uid,
         )
     except SkipFileError as exc:
         return Skipped(rel, exc.reason, exc.detail)
@@ -185,6 +195,34 @@ def _resolved(p: Path) -> Path:
         return p.resolve()
     except (OSError, RuntimeError):  # symlink loops
         return p
+
+
+def _index_instances(writer: StoreWriter, dicom_dir: Path) -> list[str]:
+    """Record the SOP Instance UIDs of a store made before they were kept (one header read per
+    stored file). Returns one line per pair of stored images that are the same instance: they
+    were stored twice, and the admin must remove one row from the label sheet and rebuild."""
+    import pydicom
+
+    seen: dict[str, str] = {}
+    lines: list[str] = []
+    for rel, image_id in sorted(writer.accepted_sources().items()):
+        try:
+            ds = pydicom.dcmread(dicom_dir / rel, stop_before_pixels=True,
+                                 specific_tags=["SOPInstanceUID"])
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        except Exception:  # moved, deleted, not DICOM (an importer's PNG): nothing to index
+            continue
+        if not uid:
+            continue
+        if uid in seen:
+            lines.append(f"image ids '{seen[uid]}' and '{image_id}' are the same DICOM instance, "
+                         "stored twice before this version checked; remove one row from the "
+                         "label sheet and preprocess into a new --site-dir")
+            continue
+        seen[uid] = image_id
+    writer.add_instances(list(seen.items()))
+    writer.mark_instances_indexed()
+    return lines
 
 
 def default_workers() -> int:
@@ -338,11 +376,13 @@ def preprocess(
             retried += writer.forget_skipped(BURNED_IN)
         known = writer.known_sources()
         known_ids = writer.known_image_ids()
+        stored_twice = [] if writer.instances_indexed() else _index_instances(writer, dicom_dir)
+        known_instances = writer.known_instances()
         found = scan(dicom_dir, exclude=(labels_csv, site_dir))
         todo = [rel for rel in found if rel not in known]
         accepted_n = 0
         skipped_rows: list[Skipped] = []
-        notes: list[str] = list(sheet.notes) if todo else []
+        notes: list[str] = (list(sheet.notes) if todo else []) + stored_twice
         batch: list[Accepted] = []
         skip_batch: list[Skipped] = []
         last_flush = time.monotonic()
@@ -365,11 +405,21 @@ def preprocess(
                     result = Skipped(result.source_key, DUPLICATE,
                                      f"{result.source_key}: image id '{result.image_id}' is "
                                      "already in the store from another file")
+                elif isinstance(result, Accepted) and result.instance_uid and (
+                        kept := known_instances.get(writer.instance_key(result.instance_uid))):
+                    result = Skipped(result.source_key, DUPLICATE_INSTANCE,
+                                     f"{result.source_key}: the same DICOM instance (SOP "
+                                     f"Instance UID) is already stored as image id '{kept}'; "
+                                     "a copy is stored once, so it cannot sit on both sides "
+                                     "of the train/test split")
                 if isinstance(result, Accepted):
                     if result.note:
                         notes.append(result.note)
                         say(f"label note: {result.note}")
                     known_ids.add(result.image_id)
+                    if result.instance_uid:
+                        known_instances[writer.instance_key(result.instance_uid)] = \
+                            result.image_id
                     batch.append(result)
                     accepted_n += 1
                 else:

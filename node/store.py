@@ -71,7 +71,15 @@ CREATE TABLE IF NOT EXISTS skipped (
     detail      TEXT NOT NULL          -- one line for the admin
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    instance_key TEXT PRIMARY KEY,     -- HMAC-SHA256(salt, 'sop:' + SOP Instance UID), hex
+    image_id     TEXT NOT NULL         -- the accepted image holding that DICOM instance
+);
 """
+
+_INDEXED = "instances_indexed"
+"""meta key: every accepted DICOM source's SOP Instance UID is in ``instances``. Stores made
+before that table existed lack it until ``node preprocess`` re-reads their headers."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class Accepted:
     note: str | None = None
     """One line for the admin about a row the image was accepted despite (e.g. its box was
     dropped); printed and kept in the import report, not stored."""
+    instance_uid: str | None = None
+    """SOP Instance UID of a DICOM source (None for other sources). Only its salted hash
+    touches disk (:meth:`StoreWriter.instance_key`): one DICOM instance is stored once, however
+    many files and label rows carry it, so no copy can sit on both sides of the split."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,8 @@ class StoreWriter:
         self._salt = self._load_salt()
         self._con = _connect(self.site_dir / "store" / "catalog.sqlite")
         self._drop_orphans()
+        if self._con.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None:
+            self.mark_instances_indexed()  # nothing stored yet: nothing to re-read
 
     def _load_salt(self) -> bytes:
         path = self.site_dir / "salt"
@@ -192,6 +206,33 @@ class StoreWriter:
     def known_image_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT image_id FROM images")}
 
+    def instance_key(self, instance_uid: str) -> str:
+        """Salted hash of a SOP Instance UID (UIDs can name the hospital and the date)."""
+        raw = "sop:" + instance_uid.strip()
+        return hmac.new(self._salt, raw.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def known_instances(self) -> dict[str, str]:
+        """Instance key → image id, for every stored DICOM instance."""
+        return dict(self._con.execute("SELECT instance_key, image_id FROM instances"))
+
+    def instances_indexed(self) -> bool:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (_INDEXED,)).fetchone()
+        return row is not None
+
+    def mark_instances_indexed(self) -> None:
+        with self._con:
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_INDEXED,))
+
+    def accepted_sources(self) -> dict[str, str]:
+        """Source key → image id of every accepted image."""
+        return dict(self._con.execute("SELECT source_key, image_id FROM images"))
+
+    def add_instances(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Record (SOP Instance UID, image id) pairs of images already stored."""
+        with self._con:
+            self._con.executemany("INSERT OR IGNORE INTO instances VALUES (?,?)",
+                                  [(self.instance_key(u), i) for u, i in pairs if u.strip()])
+
     def add_batch(self, accepted: Sequence[Accepted], skipped: Sequence[Skipped] = ()) -> None:
         """Write one shard (if any accepted) and its catalog rows, atomically."""
         rows = []
@@ -220,6 +261,11 @@ class StoreWriter:
         with self._con:
             self._con.executemany(
                 "INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?)", rows
+            )
+            self._con.executemany(
+                "INSERT OR IGNORE INTO instances VALUES (?,?)",
+                [(self.instance_key(a.instance_uid), a.image_id) for a in accepted
+                 if a.instance_uid and a.instance_uid.strip()],
             )
             self._con.executemany(
                 "INSERT OR REPLACE INTO skipped VALUES (?,?,?)",

@@ -363,3 +363,87 @@ def test_label_sheets_as_spreadsheets_save_them(tmp_path: Path, data: bytes,
     # A site word outside the vocabulary counts only through the site's label map.
     words = {spelling_key("Fracture vertébrale"): "Vertebral collapse"}
     assert {k: r.lesion for k, r in load_labels(path, words).rows.items()} == expected
+
+
+def _instance_copies(src: Path) -> tuple[pydicom.Dataset, Path]:
+    """IMG1 and IMG2 (two instances of patient P1), IMG1 again as b/export_0001, and a sheet
+    keyed by file name that puts the copy on the other side of the split."""
+    from tests.node.test_dicom_pixels import make_ds
+
+    for sub in ("a", "b", "c"):
+        (src / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ds = make_ds(rng.integers(0, 4000, (160, 160)).astype(np.uint16), PatientID="P1")
+    ds.save_as(src / "a" / "IMG1.dcm", enforce_file_format=True)
+    ds.save_as(src / "b" / "export_0001.dcm", enforce_file_format=True)
+    make_ds(rng.integers(0, 4000, (160, 160)).astype(np.uint16), PatientID="P1").save_as(
+        src / "a" / "IMG2.dcm", enforce_file_format=True)
+    labels = src.parent / "labels.csv"
+    labels.write_text("image_id,lesion_type,split\nIMG1,No finding,train\n"
+                      "export_0001,No finding,test\nIMG2,No finding,train\n"
+                      "late_copy,No finding,test\n")
+    return ds, labels
+
+
+def test_one_dicom_instance_under_several_names_is_stored_once(tmp_path: Path) -> None:
+    """A copy of a train image labelled 'test' would put the same radiograph on both sides of
+    the split: every baseline and audit would then score an image the model trained on."""
+    src = tmp_path / "dicom"
+    ds, labels = _instance_copies(src)
+    site = tmp_path / "site"
+    report = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert report["accepted"] == 2
+    (dup,) = report["skipped_files"]
+    assert dup["file"] == "b/export_0001.dcm" and dup["reason"] == "duplicate-instance"
+    assert "b/export_0001.dcm" in dup["detail"] and "'IMG1'" in dup["detail"]
+    assert str(ds.SOPInstanceUID) not in dup["detail"]  # UIDs can name the hospital
+    # A copy arriving in a later run is recognised too, and nothing stored changes.
+    before = store_view(site)
+    ds.save_as(src / "c" / "late_copy.dcm", enforce_file_format=True)
+    again = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert again["accepted"] == 0 and again["skip_reasons"] == {"duplicate-instance": 1}
+    assert store_view(site) == before
+    assert {s.image_id: s.split for s in SiteStore.open(site).samples()} == {
+        "IMG1": "train", "IMG2": "train"}
+    raw = b"".join(p.read_bytes() for p in site.rglob("*") if p.is_file())
+    assert str(ds.SOPInstanceUID).encode() not in raw
+
+
+def test_a_store_from_before_instances_were_kept_is_indexed_on_its_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores made by earlier versions have no instance table: the next run reads the stored
+    files' headers once, then refuses new copies, and names pairs that were stored twice."""
+    import dataclasses
+
+    import node.ingest
+    from node.store import Accepted
+
+    src = tmp_path / "dicom"
+    ds, labels = _instance_copies(src)
+    site = tmp_path / "site"
+    real = node.ingest.process_file
+
+    def old_version(rel: str) -> object:  # read no SOP Instance UID
+        result = real(rel)
+        return dataclasses.replace(result, instance_uid=None) if isinstance(
+            result, Accepted) else result
+
+    with monkeypatch.context() as m:
+        m.setattr(node.ingest, "process_file", old_version)
+        assert preprocess(src, labels, site, size=SIZE, workers=1,
+                          progress=False)["accepted"] == 3
+    con = sqlite3.connect(site / "store" / "catalog.sqlite")
+    with con:
+        con.execute("DELETE FROM instances")
+        con.execute("DELETE FROM meta WHERE key = 'instances_indexed'")
+    con.close()
+    ds.save_as(src / "c" / "late_copy.dcm", enforce_file_format=True)
+    report = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert report["accepted"] == 0 and report["skip_reasons"] == {"duplicate-instance": 1}
+    (twice,) = [n for n in report["label_notes"] if "stored twice" in n]
+    assert "'IMG1'" in twice and "'export_0001'" in twice
+    # Indexed once: a further run reads no stored header again.
+    monkeypatch.setattr("node.ingest._index_instances",
+                        lambda *a: pytest.fail("re-indexed an indexed store"))
+    assert preprocess(src, labels, site, size=SIZE, workers=1, progress=False)["processed"] == 0
