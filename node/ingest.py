@@ -31,8 +31,11 @@ Why it is built this way:
   file names (two study folders, a re-export, another transfer syntax). A sheet keyed by file
   name gives each copy its own row and, possibly, its own split: a train/test leak. The first
   copy processed is stored; the others are skipped as ``duplicate-instance`` naming the image
-  id kept. With several workers "first" is completion order; the copies hold one instance, so
-  only their label rows can differ, and the skip line names both.
+  id kept (the instance is the SOP Instance UID, else the file meta's copy of it). A store
+  from before this check has its stored files' headers read once; files not there to re-read
+  are retried on later runs and named in a note until they are. With several workers
+  "first" is completion order; the copies hold one instance, so only their label rows can
+  differ, and the skip line names both.
 * **No PHI in the store.** Pixels, the label, salted hashes of PatientID and SOP Instance
   UID, the label sheet's image id and the source's relative path (the local provenance map)
   are written; no tag value is. Skip details quote only geometry and transfer syntaxes,
@@ -152,7 +155,7 @@ def process_file(rel: str) -> Accepted | Skipped:
             split=row.split,  # type: ignore[arg-type]  # validated by load_labels
             bbox=mapped,
             note=note,
-            instance_uid=uid,
+            instance_uid=sop_instance_uid(ds),
         )
     except SkipFileError as exc:
         return Skipped(rel, exc.reason, exc.detail)
@@ -197,32 +200,81 @@ def _resolved(p: Path) -> Path:
         return p
 
 
-def _index_instances(writer: StoreWriter, dicom_dir: Path) -> list[str]:
-    """Record the SOP Instance UIDs of a store made before they were kept (one header read per
-    stored file). Returns one line per pair of stored images that are the same instance: they
-    were stored twice, and the admin must remove one row from the label sheet and rebuild."""
-    import pydicom
+def sop_instance_uid(ds: Any) -> str | None:
+    """The instance a DICOM holds: SOP Instance UID, else the file meta's Media Storage SOP
+    Instance UID (some exports drop the former). Read the same way at ingest and when indexing
+    an older store, so that one instance always gets one key."""
+    meta = getattr(ds, "file_meta", None)
+    for value in (ds.get("SOPInstanceUID"),
+                  meta.get("MediaStorageSOPInstanceUID") if meta is not None else None):
+        if isinstance(value, bytes):  # a UID stored under a wrong VR
+            value = value.decode("ascii", "replace")
+        uid = str(value or "").strip(" \0\t\r\n")
+        if uid:
+            return uid
+    return None
 
-    seen: dict[str, str] = {}
-    lines: list[str] = []
-    for rel, image_id in sorted(writer.accepted_sources().items()):
+
+def _read_instance_uid(path: Path) -> str | None:
+    """The SOP Instance UID of a stored source's header, read as :func:`read_dataset` reads
+    files (a file without the 'DICM' preamble by force); None when it is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    def read(force: bool) -> Any:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=force,
+                               specific_tags=["SOPInstanceUID"])
+
+    try:
         try:
-            ds = pydicom.dcmread(dicom_dir / rel, stop_before_pixels=True,
-                                 specific_tags=["SOPInstanceUID"])
-            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-        except Exception:  # moved, deleted, not DICOM (an importer's PNG): nothing to index
+            ds = read(False)
+        except InvalidDicomError:
+            ds = read(True)
+        return sop_instance_uid(ds)
+    except Exception:  # not DICOM (an importer's PNG), unparsable: nothing to index
+        return None
+
+
+def _index_instances(writer: StoreWriter, dicom_dir: Path) -> tuple[list[str], int]:
+    """Record the SOP Instance UIDs of images stored before they were kept (one header read
+    per stored file; on later runs, only those whose file was missing). Returns one line per
+    pair of stored images found to be the same instance — stored twice: the admin must remove
+    one row from the label sheet and rebuild — and the number of stored sources still not
+    indexed because their file is not under ``dicom_dir`` (moved, deleted, another folder):
+    a copy of those is not recognised, so the store does not pretend they were checked."""
+    todo = writer.unindexed_sources() if writer.instances_indexed() else \
+        writer.accepted_sources()
+    seen = writer.known_instances()
+    pairs: list[tuple[str, str]] = []
+    twice: list[tuple[str, str]] = []
+    missing: dict[str, str] = {}
+    for rel, image_id in sorted(todo.items()):
+        path = dicom_dir / rel
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            regular = False
+        if not regular:  # gone, or a FIFO that a read would wait on forever
+            missing[rel] = image_id
             continue
-        if not uid:
+        uid = _read_instance_uid(path)
+        if uid is None:
             continue
-        if uid in seen:
-            lines.append(f"image ids '{seen[uid]}' and '{image_id}' are the same DICOM instance, "
-                         "stored twice before this version checked; remove one row from the "
-                         "label sheet and preprocess into a new --site-dir")
+        key = writer.instance_key(uid)
+        if key in seen:
+            if seen[key] != image_id:
+                twice.append((seen[key], image_id))
             continue
-        seen[uid] = image_id
-    writer.add_instances(list(seen.items()))
-    writer.mark_instances_indexed()
-    return lines
+        seen[key] = image_id
+        pairs.append((uid, image_id))
+    writer.record_index(pairs, missing, twice)
+    return [_stored_twice_line(a, b) for a, b in writer.stored_twice()], len(missing)
+
+
+def _stored_twice_line(a: str, b: str) -> str:
+    return (f"image ids '{a}' and '{b}' are the same DICOM instance, stored twice before this "
+            "version checked (they may sit on both sides of the train/test split); remove one "
+            "row from the label sheet and preprocess into a new --site-dir")
 
 
 def default_workers() -> int:
@@ -376,13 +428,22 @@ def preprocess(
             retried += writer.forget_skipped(BURNED_IN)
         known = writer.known_sources()
         known_ids = writer.known_image_ids()
-        stored_twice = [] if writer.instances_indexed() else _index_instances(writer, dicom_dir)
+        if writer.instances_indexed() and not writer.unindexed_sources():
+            stored_twice = [_stored_twice_line(a, b) for a, b in writer.stored_twice()]
+            unindexed = 0
+        else:
+            stored_twice, unindexed = _index_instances(writer, dicom_dir)
         known_instances = writer.known_instances()
         found = scan(dicom_dir, exclude=(labels_csv, site_dir))
         todo = [rel for rel in found if rel not in known]
         accepted_n = 0
         skipped_rows: list[Skipped] = []
         notes: list[str] = (list(sheet.notes) if todo else []) + stored_twice
+        if unindexed:
+            notes.append(f"{unindexed} image(s) stored before DICOM instances were checked "
+                         "have no file in the DICOM folder to re-read (moved or deleted): "
+                         "a copy of them under another file name is not recognised; run with "
+                         "the folder they were ingested from to check them")
         batch: list[Accepted] = []
         skip_batch: list[Skipped] = []
         last_flush = time.monotonic()

@@ -75,11 +75,19 @@ CREATE TABLE IF NOT EXISTS instances (
     instance_key TEXT PRIMARY KEY,     -- HMAC-SHA256(salt, 'sop:' + SOP Instance UID), hex
     image_id     TEXT NOT NULL         -- the accepted image holding that DICOM instance
 );
+CREATE TABLE IF NOT EXISTS unindexed (
+    source_key TEXT PRIMARY KEY,       -- a source stored before instances were kept, whose
+    image_id   TEXT NOT NULL           -- file was not there to re-read; retried every run
+);
 """
 
 _INDEXED = "instances_indexed"
-"""meta key: every accepted DICOM source's SOP Instance UID is in ``instances``. Stores made
-before that table existed lack it until ``node preprocess`` re-reads their headers."""
+"""meta key: every accepted DICOM source's SOP Instance UID is in ``instances``, except the
+sources listed in ``unindexed`` (their files were gone when re-read). Stores made before that
+table existed lack it until ``node preprocess`` re-reads their headers."""
+_STORED_TWICE = "instances_stored_twice"
+"""meta key: JSON list of [image id, image id] pairs found, when indexing, to be one DICOM
+instance stored twice (both may sit in the split); every later run repeats them."""
 
 
 @dataclass(frozen=True)
@@ -227,11 +235,31 @@ class StoreWriter:
         """Source key → image id of every accepted image."""
         return dict(self._con.execute("SELECT source_key, image_id FROM images"))
 
-    def add_instances(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Record (SOP Instance UID, image id) pairs of images already stored."""
+    def unindexed_sources(self) -> dict[str, str]:
+        """Source key → image id of stored sources whose instance is not known yet."""
+        return dict(self._con.execute("SELECT source_key, image_id FROM unindexed"))
+
+    def stored_twice(self) -> list[tuple[str, str]]:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?",
+                                (_STORED_TWICE,)).fetchone()
+        return [(a, b) for a, b in json.loads(row[0])] if row else []
+
+    def record_index(self, pairs: Sequence[tuple[str, str]], missing: dict[str, str],
+                     twice: Sequence[tuple[str, str]]) -> None:
+        """One indexing pass, atomically: (SOP Instance UID, image id) pairs of stored images,
+        the sources whose files were not there (replacing the previous list), the pairs of
+        image ids found to be one instance; then the store counts as indexed."""
         with self._con:
             self._con.executemany("INSERT OR IGNORE INTO instances VALUES (?,?)",
                                   [(self.instance_key(u), i) for u, i in pairs if u.strip()])
+            self._con.execute("DELETE FROM unindexed")
+            self._con.executemany("INSERT INTO unindexed VALUES (?,?)", sorted(missing.items()))
+            known = self.stored_twice()
+            both = [*known, *(p for p in twice if p not in known)]
+            if both:
+                self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                  (_STORED_TWICE, json.dumps([list(p) for p in both])))
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_INDEXED,))
 
     def add_batch(self, accepted: Sequence[Accepted], skipped: Sequence[Skipped] = ()) -> None:
         """Write one shard (if any accepted) and its catalog rows, atomically."""

@@ -446,4 +446,84 @@ def test_a_store_from_before_instances_were_kept_is_indexed_on_its_next_run(
     # Indexed once: a further run reads no stored header again.
     monkeypatch.setattr("node.ingest._index_instances",
                         lambda *a: pytest.fail("re-indexed an indexed store"))
-    assert preprocess(src, labels, site, size=SIZE, workers=1, progress=False)["processed"] == 0
+    later = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert later["processed"] == 0
+    assert twice in later["label_notes"]  # the leak is named on every run, not just once
+
+
+def _as_before_instances(site: Path) -> None:
+    """Make ``site`` look like a store from before SOP Instance UIDs were kept."""
+    con = sqlite3.connect(site / "store" / "catalog.sqlite")
+    with con:
+        con.execute("DELETE FROM instances")
+        con.execute("DELETE FROM unindexed")
+        con.execute("DELETE FROM meta WHERE key LIKE 'instances_%'")
+    con.close()
+
+
+def test_a_copy_known_by_its_file_meta_uid_alone_is_a_duplicate(tmp_path: Path) -> None:
+    """Some exports drop SOPInstanceUID from the dataset and keep the file meta's copy."""
+    src = tmp_path / "dicom"
+    ds, labels = _instance_copies(src)
+    del ds.SOPInstanceUID
+    ds.save_as(src / "b" / "export_0001.dcm", enforce_file_format=True)
+    report = preprocess(src, labels, tmp_path / "site", size=SIZE, workers=1, progress=False)
+    assert report["accepted"] == 2 and report["skip_reasons"] == {"duplicate-instance": 1}
+    assert report["skipped_files"][0]["file"] == "b/export_0001.dcm"
+
+
+def test_copies_are_stored_once_with_parallel_workers(tmp_path: Path) -> None:
+    src = tmp_path / "dicom"
+    ds, labels = _instance_copies(src)
+    for i in range(3):
+        ds.save_as(src / "c" / f"copy{i}.dcm", enforce_file_format=True)
+    labels.write_text(labels.read_text()
+                      + "".join(f"copy{i},No finding,test\n" for i in range(3)))
+    report = preprocess(src, labels, tmp_path / "site", size=SIZE, workers=2, progress=False)
+    assert report["accepted"] == 2 and report["skip_reasons"] == {"duplicate-instance": 4}
+    kept = {s.image_id for s in SiteStore.open(tmp_path / "site").samples()}
+    # Which copy is kept follows completion order; exactly one of them is.
+    assert "IMG2" in kept and len(kept - {"IMG2"}) == 1
+
+
+def test_indexing_an_older_store_reads_every_file_ingest_reads_and_waits_for_missing_ones(
+    tmp_path: Path,
+) -> None:
+    """Indexing must not mark the store checked while a stored file is not there to re-read
+    (the copy of it would then pass for good), and must read what ingest reads: a DICOM
+    without the 128-byte preamble, read by force."""
+    import io
+
+    src = tmp_path / "dicom"
+    ds, labels = _instance_copies(src)
+    (src / "b" / "export_0001.dcm").unlink()
+    raw = pydicom.dcmread(src / "a" / "IMG1.dcm")
+    del raw.file_meta
+    raw.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    (src / "a" / "IMG1.dcm").write_bytes(buf.getvalue())  # no preamble, no file meta
+    site = tmp_path / "site"
+    assert preprocess(src, labels, site, size=SIZE, workers=1, progress=False)["accepted"] == 2
+    _as_before_instances(site)
+    img2 = pydicom.dcmread(src / "a" / "IMG2.dcm")
+    (src / "a" / "IMG2.dcm").rename(tmp_path / "IMG2.away")
+    if hasattr(os, "mkfifo"):  # a special file in its place: reading it would never end
+        os.mkfifo(src / "a" / "IMG2.dcm")
+    (src / "b" / "export_0001.dcm").write_bytes(buf.getvalue())  # copy of IMG1
+    img2.save_as(src / "c" / "late_copy.dcm", enforce_file_format=True)  # copy of IMG2
+    report = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert report["skipped_files"][0]["file"] == "b/export_0001.dcm"
+    assert report["skip_reasons"] == {"duplicate-instance": 1}
+    assert report["accepted"] == 1  # IMG2 could not be re-read: its copy is not recognised …
+    assert any("1 image(s) stored before" in n for n in report["label_notes"])  # … and said
+    # The file is back: the next run indexes it and names the pair stored twice.
+    (src / "a" / "IMG2.dcm").unlink(missing_ok=True)
+    (tmp_path / "IMG2.away").rename(src / "a" / "IMG2.dcm")
+    again = preprocess(src, labels, site, size=SIZE, workers=1, progress=False)
+    assert not any("image(s) stored before" in n for n in again["label_notes"])
+    (twice,) = [n for n in again["label_notes"] if "stored twice" in n]
+    assert "'IMG2'" in twice and "'late_copy'" in twice
+    raw_bytes = b"".join(p.read_bytes() for p in site.rglob("*") if p.is_file())
+    assert str(ds.SOPInstanceUID).encode() not in raw_bytes
+    assert str(img2.SOPInstanceUID).encode() not in raw_bytes

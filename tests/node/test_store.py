@@ -47,3 +47,16 @@ def test_size_mismatch_is_refused(tmp_path: Path) -> None:
     StoreWriter(tmp_path, size=8).close()
     with pytest.raises(StoreError, match="holds 8"):
         StoreWriter(tmp_path, size=16)
+
+
+def test_instance_keys_are_salted_per_site(tmp_path: Path) -> None:
+    """A SOP Instance UID names the hospital and a date: its key must not be a plain hash
+    that anyone holding the UID (or a list of likely UIDs) could recompute or link."""
+    import hashlib
+
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    with StoreWriter(tmp_path / "a", size=8) as a, StoreWriter(tmp_path / "b", size=8) as b:
+        ka, kb = a.instance_key(uid), b.instance_key(uid)
+        assert ka == a.instance_key(f" {uid}\n") and ka != kb
+    for raw in (uid, "sop:" + uid):
+        assert hashlib.sha256(raw.encode()).hexdigest() not in (ka, kb)
