@@ -9,8 +9,9 @@ finished run under each recipe of :data:`RECIPES` (one lever each) on the very s
 images, scores it on the same test images, and compares it, DeLong paired, with the run's
 stored local CNN and with its pooled arms.
 
-The ``bench`` recipe is the run's own configuration: it must reproduce the stored local AUC
-(same images, same order, same seed), which checks that the comparison is like for like. The
+The ``bench`` recipe is the run's own local configuration (its CNN config and
+``local_min_steps``; 0 for runs made before that option): it must reproduce the stored local
+AUC (same images, same order, same seed), which checks that the comparison is like for like. The
 table reports every recipe, and "best local" is the best of them *on the test split*. That
 choice favours the local side (no site could pick its recipe on its test images), so a gain
 of the pooled arm over the best local recipe is a conservative figure.
@@ -76,7 +77,8 @@ def run_recipes(run: Path, site: str, recipes: list[str]) -> dict[str, Any]:
     tx, ty = site_split(run, site, "test")
     if not np.array_equal(ty, stored[f"labels/{test}"]):
         raise SystemExit(f"{run}: site {site}'s store test split is not the one scored")
-    base_cfg = ClassifierConfig(**results["cnn_config"])
+    base_cfg = dataclasses.replace(ClassifierConfig(**results["cnn_config"]),
+                                   min_steps=results.get("local_min_steps", 0))
     local_stored = stored[f"local-{site}/{test}"]
     out: dict[str, Any] = {"run": str(run), "site": site, "n_train": len(y),
                            "n_test": len(ty), "stored_local_auc":
