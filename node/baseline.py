@@ -26,6 +26,23 @@ from shared.vocabulary import class_ids
 
 BASELINE_KIND = "local_real_baseline"
 WITH_SYNTHETIC_KIND = "local_real_plus_synthetic"
+FEW_STEPS = 200
+"""An early-stopped baseline under this many optimizer steps gets a warning. On a 120-image
+site the CNN stopped after 20-40 steps, 0.10-0.22 AUC below the same site trained 200 steps
+(BENCHMARKS.md, § Is the local CNN a fair opponent?): a yardstick that low makes joining
+look better than it is."""
+
+
+def few_steps_warning(record: dict[str, Any]) -> str | None:
+    """One line for the admin when early stopping ended the baseline after very few steps."""
+    steps = record.get("optimizer_steps")
+    if record.get("stopped") != "early-stopping" or not isinstance(steps, int) or \
+            steps >= FEW_STEPS:
+        return None
+    return (f"early stopping ended this CNN after {steps} optimizer steps (on "
+            f"{record.get('n_val')} validation images): on a small site that can understate "
+            f"what its own data gives. Set min_steps = {FEW_STEPS} in the [classifier] table "
+            "of --config and run it again")
 
 
 def run_baseline(
@@ -98,6 +115,7 @@ def run_baseline(
         "threshold": trained.threshold,
         "best_epoch": trained.val_metrics.get("best_epoch"),
         "epochs_run": len(trained.history),
+        "optimizer_steps": trained.steps,
         "stopped": trained.stopped,
         "device": trained.device,
         "train_seconds": round(train_seconds, 2),

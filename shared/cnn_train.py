@@ -125,6 +125,8 @@ class TrainedClassifier:
     """Why training ended: 'epochs', 'early-stopping', 'time-budget' or 'step-budget'."""
     n_train: int = 0
     n_val: int = 0
+    steps: int = 0
+    """Optimizer steps taken in all (a small set's few epochs can be very few steps)."""
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -543,6 +545,7 @@ def train_classifier(
         stopped=stopped,
         n_train=int(n),
         n_val=len(va_y),
+        steps=total_steps,
     )
 
 

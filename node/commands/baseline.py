@@ -51,7 +51,7 @@ def command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
-    from node.baseline import run_baseline
+    from node.baseline import few_steps_warning, run_baseline
     from shared.cnn_train import ClassifierConfig
     from shared.config import resolve
 
@@ -65,3 +65,5 @@ def command(
         print_record(record, f"Local {'real' if with_synthetic is None else 'real + synthetic'}"
                              f" baseline: {site_dir}")
         typer.echo(f"saved {site_dir / 'metrics' / (stem + '.json')} and {stem}-cnn.npz")
+    if (warning := few_steps_warning(record)) is not None:
+        typer.echo(f"warning: {warning}", err=True)
