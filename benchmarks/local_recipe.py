@@ -58,9 +58,7 @@ def site_split(run: Path, site: str, split: str) -> tuple[np.ndarray, np.ndarray
     site_dir = run / "sites" / f"site-{site}"
     if not (site_dir / "site.json").is_file():
         raise SystemExit(f"{site_dir}: no site store (give a finished multisite.py run)")
-    rows = [s for s in SiteStore.open(site_dir).samples() if s.split == split]
-    return (np.stack([s.array for s in rows]).astype(np.uint8),
-            np.array([s.label for s in rows], np.int64))
+    return SiteStore.open(site_dir).load(split)  # type: ignore[arg-type]
 
 
 def run_recipes(run: Path, site: str, recipes: list[str]) -> dict[str, Any]:
