@@ -44,6 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "steps400": {"min_steps": 400},
     "val20": {"val_fraction": 0.2},
     "epochs30": {"epochs": 30, "patience": 5},
+    "epochs30-steps200": {"epochs": 30, "patience": 5, "min_steps": 200},
 }
 """Recipe name → the ClassifierConfig fields it changes from the run's own configuration.
 ``min_steps`` trains at least that many optimizer steps before early stopping may end it."""
@@ -94,6 +95,9 @@ def run_recipes(run: Path, site: str, recipes: list[str]) -> dict[str, Any]:
             "epochs_run": len(trained.history), "stopped": trained.stopped,
             "best_epoch": trained.val_metrics.get("best_epoch"),
             "seconds": round(time.monotonic() - t0, 1),
+            # DeLong paired against every recipe run before it on the same test images.
+            "vs_recipes": {other: delong_paired(ty, probs[other], p).to_dict()
+                           for other in probs if other != name},
         }
     if "bench" in probs:
         out["bench_reproduces_stored"] = bool(np.allclose(probs["bench"], local_stored,
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:9s} AUC {r['auc']:.3f}  vs stored local {d['delta']:+.3f} "
                   f"(p {d['p_value']:.3f})  {r['epochs_run']} ep, {r['stopped']}, "
                   f"{r['seconds']} s")
+            for other, d in r.get("vs_recipes", {}).items():
+                print(f"    − {other}: {d['delta']:+.3f} (p {d['p_value']:.3f})")
         for arm, d in row["pooled_vs_best_local"].items():
             print(f"  {arm} − best local ({row['best_local']}): {d['delta']:+.3f} "
                   f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] p {d['p_value']:.4f}")

@@ -52,6 +52,11 @@ def test_bench_recipe_reproduces_the_stored_local_cnn_and_others_are_compared(
     assert row["recipes"]["bench"]["vs_stored_local"]["delta"] == 0.0
     assert row["n_train"] == 44 and row["n_test"] == 16
     assert row["best_local"] in ("bench", "steps200")
+    # each recipe against the ones before it, on the same test images
+    versus = row["recipes"]["steps200"]["vs_recipes"]["bench"]
+    assert versus["auc_a"] == row["recipes"]["bench"]["auc"]
+    assert versus["auc_b"] == row["recipes"]["steps200"]["auc"]
+    assert row["recipes"]["bench"]["vs_recipes"] == {}
     assert row["pooled_vs_best_local"]["pooled"]["auc_b"] == 1.0
 
 
