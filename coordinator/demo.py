@@ -201,9 +201,10 @@ def keys_and_trust(site_dirs: dict[str, Path], trust: Path) -> Path:
 def demo_node_config(site_dirs: dict[str, Path], gan_minutes: float) -> dict[str, dict[str, Any]]:
     """What each demo site's admin would pass to `synthlearn node join`."""
     # The demo's admins allow training on request without DP: phantom data, no patient
-    # (a hospital's default policy refuses both: node.site_policy).
+    # (a hospital's default policy refuses both: node.site_policy). They also take the
+    # coordinator's baseline recipe, sized for the demo's 10 minutes, instead of their own.
     return {name: {"site-dir": str(site), "max-train-minutes": gan_minutes * 2,
-                   "allow-train": True, "require-dp": False,
+                   "allow-train": True, "require-dp": False, "baseline-recipe": "request",
                    "accept-risk": "built-in phantom demo data: no patient exists; tiny "
                                   "training budget"}
             for name, site in site_dirs.items()}

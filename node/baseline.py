@@ -33,6 +33,29 @@ site the CNN stopped after 20-40 steps, 0.10-0.22 AUC below the same site traine
 look better than it is."""
 
 
+BASELINE_DEFAULTS: dict[str, Any] = {"min_steps": FEW_STEPS}
+"""The site's yardstick recipe: :class:`shared.cnn_train.ClassifierConfig`'s defaults with
+these changed. At least 200 optimizer steps, because early stopping on a small site's few
+validation images ended its CNN after 20-40 steps, 0.10-0.22 AUC below the same CNN trained
+200 steps; on larger sites the floor changed nothing measurable (BENCHMARKS.md, § Is the local
+CNN a fair opponent?, and § A step floor for the site's yardstick)."""
+
+
+def site_recipe(site_dir: Path, toml: Path | None = None, ctx: Any = None) -> ClassifierConfig:
+    """The recipe of this site's local real baseline: :data:`BASELINE_DEFAULTS`, then the
+    ``[classifier]`` table of ``toml`` (else of ``SITE/site.toml`` when there is one), then the
+    CLI options in ``ctx``. The one resolver for `node baseline` and for a baseline trained
+    on a coordinator's request under the site policy ``baseline_recipe = "site"``."""
+    from node.site_policy import policy_path
+    from shared.config import resolve
+
+    path: Path | None = Path(toml) if toml is not None else policy_path(site_dir)
+    if toml is None and path is not None and not path.is_file():
+        path = None
+    return resolve(ClassifierConfig, ctx, toml=path, table="classifier",
+                   defaults=BASELINE_DEFAULTS)
+
+
 def few_steps_warning(record: dict[str, Any]) -> str | None:
     """One line for the admin when early stopping ended the baseline after very few steps."""
     steps = record.get("optimizer_steps")
@@ -41,8 +64,9 @@ def few_steps_warning(record: dict[str, Any]) -> str | None:
         return None
     return (f"early stopping ended this CNN after {steps} optimizer steps (on "
             f"{record.get('n_val')} validation images): on a small site that can understate "
-            f"what its own data gives. Set min_steps = {FEW_STEPS} in the [classifier] table "
-            "of --config and run it again")
+            f"what its own data gives. Set min_steps = {FEW_STEPS} (the default) in the "
+            "[classifier] table of SITE/site.toml or --config, or pass --min-steps "
+            f"{FEW_STEPS}, and run it again")
 
 
 def run_baseline(
@@ -54,6 +78,7 @@ def run_baseline(
     device: str | None = None,
     with_synthetic: Path | None = None,
     synthetic_share: float = 0.5,
+    recipe: str = "site",
 ) -> dict[str, Any]:
     """Train on the site's real train split, score its real test split, save both.
 
@@ -61,6 +86,9 @@ def run_baseline(
     back): the other way a site gains by joining — its CNN trains on its real images plus
     synthetic ones making up ``synthetic_share`` of the mix, early-stopped on real images only.
     Written next to (never over) the real-only baseline, as ``baseline-with-synthetic.*``.
+
+    ``recipe`` says, in the record the site signs, who chose ``cfg``: "site" (its admin,
+    :func:`site_recipe`) or "request" (a coordinator, under ``baseline_recipe = "request"``).
     """
     from node.evaluate import score_test_split
     from node.store import SiteStore
@@ -121,6 +149,7 @@ def run_baseline(
         "train_seconds": round(train_seconds, 2),
         "weights_sha256": sha256_file(weights),
         "config": to_dict(cfg),
+        "recipe": recipe,
         "software_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

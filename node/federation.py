@@ -479,20 +479,28 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
 def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any],
                      log: Log) -> None:
     """Train the local real baseline once if the site has none (it is signed at evaluation),
-    within the admin's time cap."""
+    within the admin's time cap, with the site's own recipe unless its policy says
+    ``baseline_recipe = "request"`` (:class:`node.site_policy.SitePolicy` says why)."""
     if (settings.site / "metrics" / "baseline.json").exists():
         return
-    from node.baseline import run_baseline
+    from node.baseline import run_baseline, site_recipe
     from shared.cnn_train import ClassifierConfig
     from shared.config import from_mapping
 
     doc = _json_field(request, "baseline-config")
     classes = str(doc.pop("classes", "binary"))
-    cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
+    if policy.baseline_recipe == "site":
+        # The request's recipe is not even parsed: the yardstick is the site's.
+        cfg = site_recipe(settings.site, Path(settings.policy_file)
+                          if settings.policy_file else None)
+    else:
+        cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
     cap = policy.max_baseline_minutes
     cfg = dataclasses.replace(cfg, max_minutes=min(cfg.max_minutes or cap, cap))
-    log(f"{settings.name}: local real baseline CNN (≤ {cfg.max_minutes} min)")
-    run_baseline(settings.site, cfg, classes=classes, progress=False)
+    log(f"{settings.name}: local real baseline CNN, the {policy.baseline_recipe}'s recipe "
+        f"(≤ {cfg.max_minutes} min)")
+    run_baseline(settings.site, cfg, classes=classes, progress=False,
+                 recipe=policy.baseline_recipe)
 
 
 def _score_synthetic(settings: NodeSettings, request: Mapping[str, Any], synthetic_name: str,

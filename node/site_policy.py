@@ -25,6 +25,11 @@ Example ``SITE/site.toml``::
     max_train_minutes = 60       # GAN loop
     max_spine_minutes = 20       # SpineGAN's classifier S
     max_baseline_minutes = 20    # the local real baseline CNN
+    baseline_recipe = "site"     # the baseline CNN's recipe is this file's [classifier] table
+
+    [classifier]                 # this site's yardstick (what `node baseline` trains)
+    width = 32
+
 
     [audit]                      # the memorization-audit gates (node.audit.config)
     max_copy_rate = 0.05
@@ -40,6 +45,8 @@ from typing import Any
 
 from shared.protocol import DEFAULT_SITE_CANDIDATES
 
+BASELINE_RECIPE_CHOICES = ("site", "request")
+"""Who sets the local real baseline CNN's recipe (``baseline_recipe``)."""
 BATCHNORM_CHOICES = ("either", "sent")
 """The ``batchnorm`` values a policy may set (modes of ``node.selection.BATCHNORM``; its
 measured-only "site" mode is not offered)."""
@@ -94,6 +101,15 @@ class SitePolicy:
     """Cap on SpineGAN's abnormality classifier S per request."""
     max_baseline_minutes: float = 30.0
     """Cap on the local real baseline CNN trained on request."""
+    baseline_recipe: str = "site"
+    """Whose recipe trains the local real baseline CNN on request. "site": this site's own,
+    the ``[classifier]`` table of the site TOML over :data:`node.baseline.BASELINE_DEFAULTS`,
+    which is what ``synthlearn node baseline`` trains; the request's ``baseline-config`` is
+    not used. "request": the coordinator's ``baseline-config`` (capped in time as above).
+    The baseline is the yardstick every "gained by joining" claim is measured against, and a
+    site signs it: under "request" a coordinator could ask for one epoch of a width-1 network
+    and get a signed, honest-looking gain. Set "request" only to trade the site's own
+    recipe for the coordinator's budget (the phantom demo does)."""
     eval_threshold: float | None = None
     """Decision threshold for sensitivity/specificity in evaluation replies. None: replies hold
     AUC and its CI only. The coordinator can never set it (weights carrying one are refused)."""
@@ -117,6 +133,9 @@ class SitePolicy:
         if self.batchnorm not in BATCHNORM_CHOICES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_CHOICES)}, got "
                              f"{self.batchnorm!r}")
+        if self.baseline_recipe not in BASELINE_RECIPE_CHOICES:
+            raise ValueError(f"baseline_recipe must be one of "
+                             f"{', '.join(BASELINE_RECIPE_CHOICES)}, got {self.baseline_recipe!r}")
         if self.eval_threshold is not None and not 0.0 < self.eval_threshold < 1.0:
             raise ValueError(f"eval_threshold must be in (0, 1), got {self.eval_threshold}")
 

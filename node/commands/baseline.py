@@ -36,11 +36,15 @@ def command(
     classes: str = typer.Option("binary", "--classes", help="'binary' or 'lesion'."),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30)."),
     width: int | None = typer.Option(None, "--width", help="CNN base width (default 64)."),
+    min_steps: int | None = typer.Option(
+        None, "--min-steps", help="Train at least this many optimizer steps before early "
+        "stopping may end it (default 200; 0 = off)."),
     max_minutes: float | None = typer.Option(None, "--max-minutes",
                                              help="Stop training after this wall-clock time."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
-    config: Path | None = typer.Option(None, "--config",
-                                       help="TOML file; its [classifier] table sets the recipe."),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file whose [classifier] table sets the recipe (default: "
+        "SITE/site.toml's, which a coordinator's request also trains under)."),
     with_synthetic: Path | None = typer.Option(
         None, "--with-synthetic", help="A synthetic set folder (e.g. the pooled set sent back "
         "by the coordinator): train on real + synthetic; saved as baseline-with-synthetic.*"),
@@ -51,11 +55,9 @@ def command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
-    from node.baseline import few_steps_warning, run_baseline
-    from shared.cnn_train import ClassifierConfig
-    from shared.config import resolve
+    from node.baseline import few_steps_warning, run_baseline, site_recipe
 
-    cfg = resolve(ClassifierConfig, ctx, toml=config, table="classifier")
+    cfg = site_recipe(site_dir, config, ctx)
     record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress,
                           with_synthetic=with_synthetic, synthetic_share=synthetic_share)
     stem = "baseline" if with_synthetic is None else "baseline-with-synthetic"

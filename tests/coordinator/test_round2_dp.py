@@ -33,8 +33,10 @@ def test_two_dp_rounds_stay_within_each_sites_lifetime_epsilon(tmp_path: Path) -
            "round2-gan-config": json.dumps({"dp_epsilon": 3.0, "init_pretrain_kimg": 0.1}),
            "baseline-config": json.dumps({"epochs": 1, "width": 8}), "n-synthetic": 16,
            "expected-sites": 2, "node-wait-s": 1.0, "stop-after": "round2"}
+    # The admins take the coordinator's 1-epoch baseline recipe: this test is about ε.
     node_cfg = {name: {"site-dir": str(site), "allow-train": True, "require-dp": True,
-                       "lifetime-epsilon": 10.0, "accept-risk": RISK}
+                       "lifetime-epsilon": 10.0, "accept-risk": RISK,
+                       "baseline-recipe": "request"}
                 for name, site in sites.items()}
     run = Run(settings_from_run_config(cfg), LocalTransport(node_cfg))
     run.execute()

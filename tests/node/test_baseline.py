@@ -71,6 +71,35 @@ def test_baseline_cli(tiny_site: Path) -> None:
     assert json.loads(res.output)["kind"] == "local_real_baseline"
 
 
+def test_the_cli_trains_the_site_s_own_recipe_from_its_site_toml(tiny_site: Path) -> None:
+    """`node baseline` and a coordinator's request train the same yardstick: the site TOML's
+    [classifier] table over the step floor, then what the admin types."""
+    from node.baseline import FEW_STEPS
+    from node.cli import app
+    from shared.errors import ConfigError
+
+    (tiny_site / "site.toml").write_text(
+        "[policy]\nallow_train = true\n\n[classifier]\nwidth = 4\nepochs = 1\nbatch = 16\n"
+        "norm = 'group'\n")
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--epochs", "2",
+                                   "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output)
+    assert (record["config"]["width"], record["config"]["epochs"]) == (4, 2)
+    assert record["config"]["min_steps"] == FEW_STEPS and record["recipe"] == "site"
+    assert record["optimizer_steps"] >= FEW_STEPS
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--min-steps",
+                                   "0", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["optimizer_steps"] < FEW_STEPS  # one epoch
+    (tiny_site / "site.toml").write_text("[classifier]\nwidth = 0\n")
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
+    # `synthlearn` turns it into one line and exit 2 (shared.cli.main)
+    assert isinstance(res.exception, ConfigError), res.output
+    assert "site.toml [classifier]" in str(res.exception) and "width must be ≥ 1" in str(
+        res.exception)
+
+
 def test_baseline_with_synthetic_trains_on_both_and_keeps_the_real_baseline(
     tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,7 +151,7 @@ def test_a_baseline_stopped_after_few_steps_is_flagged_and_a_step_floor_clears_i
     assert f"after {record['optimizer_steps']} optimizer steps" in warning
     config = tmp_path / "c.toml"
     recipe = "[classifier]\nepochs = 30\nwidth = 4\nbatch = 16\npatience = 1\nnorm = 'group'\n"
-    config.write_text(recipe + "lr = 0.5\n")
+    config.write_text(recipe + "lr = 0.5\nmin_steps = 0\n")  # the floor turned off
     res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--config",
                                    str(config), "--no-progress"])
     assert res.exit_code == 0 and "warning: early stopping ended" in res.output, res.output

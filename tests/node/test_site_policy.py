@@ -118,6 +118,67 @@ def test_time_caps_and_audit_gates_are_the_admins(site: Path,
     assert "baseline stop" in cfg["reason"] and baseline["cfg"].max_minutes == 1.5
 
 
+def _baseline_asked_for(site: Path, monkeypatch: pytest.MonkeyPatch, baseline_config: str,
+                        node_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config and ``recipe`` a training request's baseline step was run with."""
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.training
+
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: None)
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    seen: dict[str, Any] = {}
+
+    def run_baseline(s: Path, cfg: Any, **kw: Any) -> None:
+        seen.update(cfg=cfg, **kw)
+        raise node.audit.AuditError("baseline stop")
+
+    monkeypatch.setattr(node.baseline, "run_baseline", run_baseline)
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}), "baseline-config": baseline_config}
+    reply = ask(site, req, "train", node=node_config)
+    assert "baseline stop" in reply["reason"], reply
+    return seen
+
+
+def test_the_yardstick_is_trained_with_the_site_s_recipe_not_the_coordinator_s(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator that wants joining to look good asks for a crippled local baseline (one
+    epoch of a width-1 network at a vanishing learning rate). The site signs its baseline, so
+    it trains its own recipe: SITE/site.toml's [classifier] over the 200-step floor, what
+    `node baseline` trains. Only an admin's ``baseline_recipe = "request"`` hands it over."""
+    from node.baseline import FEW_STEPS
+
+    (site / "site.toml").write_text(
+        "[policy]\nallow_train = true\nmax_baseline_minutes = 2\n\n"
+        "[classifier]\nwidth = 8\nepochs = 3\n")
+    crippled = json.dumps({"epochs": 1, "width": 1, "lr": 1e-9, "min_steps": 0,
+                           "classes": "binary"})
+    seen = _baseline_asked_for(site, monkeypatch, crippled)
+    cfg = seen["cfg"]
+    assert (cfg.width, cfg.epochs, cfg.lr, cfg.min_steps) == (8, 3, 1e-3, FEW_STEPS)
+    assert cfg.max_minutes == 2 and seen["recipe"] == "site" and seen["classes"] == "binary"
+    # Not even parsed: a recipe the site would refuse cannot stop its baseline.
+    assert _baseline_asked_for(site, monkeypatch, json.dumps({"width": -5}))["recipe"] == "site"
+
+    seen = _baseline_asked_for(site, monkeypatch, crippled, node_config={"baseline-recipe": "request"})
+    assert (seen["cfg"].width, seen["cfg"].lr, seen["cfg"].min_steps) == (1, 1e-9, 0)
+    assert seen["recipe"] == "request" and seen["cfg"].max_minutes == 2
+
+
+def test_a_bad_site_recipe_or_recipe_owner_stops_with_the_file_and_key(site: Path) -> None:
+    from node.baseline import site_recipe
+    from node.federation import settings_from_node_config
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline_recipe must be one of site, request"):
+        settings_from_node_config({"site-dir": str(site), "baseline-recipe": "coordinator"})
+    (site / "site.toml").write_text("[classifier]\nwidht = 8\n")
+    with pytest.raises(ConfigError, match=r"site\.toml \[classifier\].*unknown key 'widht'"):
+        site_recipe(site)
+
+
 def test_node_config_overrides_the_site_toml_and_a_bad_policy_stops(site: Path) -> None:
     from node.federation import settings_from_node_config
     from shared.errors import ConfigError
