@@ -32,7 +32,7 @@ from shared.report_verify import DERIVED_VIEWS, OWN_FROM_BUNDLE
 RECORD_KEYS = ("auc", "ci_low", "ci_high", "n_test", "n_pos", "n_neg", "n_boot", "verified",
                "key_fingerprint", "weights_sha256", "sensitivity", "specificity", "classes",
                "class_names", "class_ids", "per_class_auc", "absent_classes", "paired_vs_local",
-               "signed")
+               "recipe", "optimizer_steps", "signed")
 """What the report keeps of a verified evaluation record."""
 
 ROLES = (("baseline", "Local real"), ("own", "Own synthetic"), ("pooled", "Pooled synthetic"))
@@ -227,7 +227,23 @@ def _auc_cell(rec: dict[str, Any] | None) -> str:
         return '<td class="n">–</td>'
     mark = ' <span title="signature verified">✔</span>' if rec.get("verified") else ""
     return (f'<td class="n">{_num(rec["auc"])}{mark}<br><small>[{_num(rec.get("ci_low"))}, '
-            f'{_num(rec.get("ci_high"))}]</small>{_selection_note(rec)}</td>')
+            f'{_num(rec.get("ci_high"))}]</small>{_selection_note(rec)}{_recipe_note(rec)}</td>')
+
+
+RECIPE_OWNERS = {"site": "the site's own recipe", "request": "the coordinator's recipe"}
+"""How the report names who chose a local baseline's recipe (the record's signed ``recipe``)."""
+
+
+def _recipe_note(rec: dict[str, Any]) -> str:
+    """Whose recipe trained a local baseline and for how many optimizer steps, as its site
+    signed them: a yardstick the coordinator chose, or one stopped after a few steps, makes
+    a gain by joining look larger than it is. Records from before either field say nothing."""
+    owner = rec.get("recipe")
+    parts = [RECIPE_OWNERS[owner]] if isinstance(owner, str) and owner in RECIPE_OWNERS else []
+    steps = _finite(rec.get("optimizer_steps"))
+    if steps is not None and steps == int(steps) and 0 < steps < 1e9:
+        parts.append(f"{int(steps)} steps")
+    return f"<br><small>{', '.join(parts)}</small>" if parts else ""
 
 
 def _selection_note(rec: dict[str, Any]) -> str:

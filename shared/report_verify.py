@@ -32,6 +32,10 @@ BUNDLE_FIELDS = {"site": "site", "bundle_id": "bundle_id", "images": "image_coun
 UNSIGNED_ROLE_KEYS = frozenset({"verified", "key_fingerprint", "signed"})
 ROLE_KINDS = {"baseline": "local_real_baseline", "own": "evaluation", "pooled": "evaluation"}
 """The kind of signed record each report column must hold."""
+SHOWN_IF_SIGNED = {"baseline": ("recipe", "optimizer_steps")}
+"""Fields a report must show when the site signed them: who chose the local baseline's recipe
+and how long it trained. A report leaving them out would hide a yardstick the coordinator
+chose, or one stopped after a few steps, behind numbers that all verify."""
 OWN_FROM_BUNDLE = "site GAN-train score (signed in its bundle)"
 """``own.source`` of a row whose own-synthetic numbers are the site's GAN-train score (run
 config ``own-synthetic = false``): they are backed by the bundle's signed manifest, not by a
@@ -187,6 +191,10 @@ def _site_numbers(row: dict[str, Any], where: str, trust: Path, run: Any = None,
             if key not in payload or not _same(value, payload[key]):
                 out.append((f"{path}.{key}", f"the report says {value!r}, the signed record "
                                              f"says {payload.get(key)!r}"))
+        for key in SHOWN_IF_SIGNED.get(role, ()):
+            if key in payload and key not in rec:
+                out.append((f"{path}.{key}", f"the signed record says {payload[key]!r:.200}; "
+                                             "the report leaves it out"))
         if rec.get("key_fingerprint") not in (None, rec["signed"].get("key_fingerprint")):
             out.append((f"{path}.key_fingerprint", "differs from the signing key"))
         signed_auc[role] = payload.get("auc")

@@ -237,6 +237,30 @@ def test_the_pooled_cell_says_how_the_site_chose_among_candidates(tmp_path: Path
     assert "<script>" not in page and "<b>9</b>" not in page and "<i>x</i>" not in page
 
 
+def test_the_local_cell_says_whose_recipe_trained_the_yardstick(tmp_path: Path) -> None:
+    """A site signs who chose its baseline's recipe and how long it trained; the table shows
+    both, so a coordinator-chosen or 20-step yardstick is visible. Hostile values print
+    nothing."""
+    sites = {"site-a": {"status": "ok", "pooled": _rec(0.9),
+                        "baseline": {**_rec(0.8), "recipe": "site", "optimizer_steps": 412}},
+             "site-b": {"status": "ok", "pooled": _rec(0.9),
+                        "baseline": {**_rec(0.7), "recipe": "request", "optimizer_steps": 20}},
+             "site-c": {"status": "ok", "pooled": _rec(0.9),
+                        "baseline": {**_rec(0.6), "recipe": {"x": 1},
+                                     "optimizer_steps": 1e300}},
+             "site-d": {"status": "ok", "pooled": _rec(0.9),
+                        "baseline": {**_rec(0.6), "recipe": "<script>r</script>",
+                                     "optimizer_steps": 2.5}}}
+    doc = build_report(run="r", sites=sites, pool=None, cnn=None)
+    assert doc["sites"][1]["baseline"]["recipe"] == "request"  # kept in report.json
+    page = write_report(doc, tmp_path)[0].read_text()
+    assert "the site&#x27;s own recipe, 412 steps" in page or "the site's own recipe, 412 steps" \
+        in page
+    assert "the coordinator&#x27;s recipe, 20 steps" in page or "the coordinator's recipe, " \
+        "20 steps" in page
+    assert "<script>" not in page and page.count(" steps</small>") == 2
+
+
 def test_a_selection_count_that_is_no_count_is_not_printed(tmp_path: Path) -> None:
     """n_images from a peer: 1e300 printed 300 digits, -8 printed "chosen on -8 images"."""
     rows = {}

@@ -179,6 +179,31 @@ def test_a_report_may_show_a_signed_record_only_in_its_own_column_and_run(
         report(baseline=column("own", "r2", own_sha, 0.9)), trust))
 
 
+def test_a_report_must_show_whose_recipe_trained_the_yardstick(tmp_path: Path) -> None:
+    """The site signs who chose its baseline's recipe; a report that leaves it out, or shows
+    the coordinator's recipe as the site's, fails, though every number in it verifies."""
+    from shared.report_verify import check_report
+
+    keys, trust = setup(tmp_path)
+    signed = sign_record({"kind": "local_real_baseline", "site": "site-a", "auc": 0.7,
+                          "n_test": 100, "run_tag": "r2", "request_id": "req-r2",
+                          "recipe": "request", "optimizer_steps": 20}, keys)
+    row = {"auc": 0.7, "n_test": 100, "verified": True,
+           "key_fingerprint": signed["key_fingerprint"], "signed": signed,
+           "recipe": "request", "optimizer_steps": 20}
+
+    def report(baseline: dict) -> dict:
+        return {"format": "synthlearn-report", "run": "r2", "cnn": {"weights_sha256": "a" * 64},
+                "sites": [{"site": "site-a", "utility_ratio": None, "baseline": baseline}]}
+
+    assert check_report(report(row), trust) == []
+    hidden = {k: v for k, v in row.items() if k != "recipe"}
+    assert ("$.sites[0].baseline.recipe", "the signed record says 'request'; the report "
+            "leaves it out") in check_report(report(hidden), trust)
+    relabelled = check_report(report({**row, "recipe": "site"}), trust)
+    assert any(p == "$.sites[0].baseline.recipe" for p, _ in relabelled), relabelled
+
+
 def test_an_own_column_from_the_site_s_bundle_is_checked_against_its_signed_manifest(
         tmp_path: Path) -> None:
     """Without a coordinator-side own-synthetic CNN (the demo's run config), the report shows
