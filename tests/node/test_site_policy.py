@@ -162,7 +162,8 @@ def test_the_yardstick_is_trained_with_the_site_s_recipe_not_the_coordinator_s(
     # Not even parsed: a recipe the site would refuse cannot stop its baseline.
     assert _baseline_asked_for(site, monkeypatch, json.dumps({"width": -5}))["recipe"] == "site"
 
-    seen = _baseline_asked_for(site, monkeypatch, crippled, node_config={"baseline-recipe": "request"})
+    seen = _baseline_asked_for(site, monkeypatch, crippled,
+                               node_config={"baseline-recipe": "request"})
     assert (seen["cfg"].width, seen["cfg"].lr, seen["cfg"].min_steps) == (1, 1e-9, 0)
     assert seen["recipe"] == "request" and seen["cfg"].max_minutes == 2
 
