@@ -480,9 +480,18 @@ def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, request: Mappin
                      log: Log) -> None:
     """Train the local real baseline once if the site has none (it is signed at evaluation),
     within the admin's time cap, with the site's own recipe unless its policy says
-    ``baseline_recipe = "request"`` (:class:`node.site_policy.SitePolicy` says why)."""
-    if (settings.site / "metrics" / "baseline.json").exists():
-        return
+    ``baseline_recipe = "request"`` (:class:`node.site_policy.SitePolicy` says why).
+
+    Under "site", a baseline on disk whose record does not say ``recipe = "site"`` (trained
+    on an earlier request while the admin had said "request", or before records named their
+    recipe's owner) is trained again: else a coordinator whose crippled recipe was trained
+    once would keep that yardstick for every later run."""
+    existing = settings.site / "metrics" / "baseline.json"
+    if existing.exists():
+        if policy.baseline_recipe != "site" or _recipe_of(existing) == "site":
+            return
+        log(f"{settings.name}: its local baseline was not trained with its own recipe; "
+            "training it again with the site's")
     from node.baseline import run_baseline, site_recipe
     from shared.cnn_train import ClassifierConfig
     from shared.config import from_mapping
@@ -501,6 +510,18 @@ def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, request: Mappin
         f"(≤ {cfg.max_minutes} min)")
     run_baseline(settings.site, cfg, classes=classes, progress=False,
                  recipe=policy.baseline_recipe)
+
+
+def _recipe_of(path: Path) -> str | None:
+    """Who chose the recipe of the baseline record at ``path`` (None: unreadable or unsaid)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("payload"), dict):
+        doc = doc["payload"]
+    recipe = doc.get("recipe") if isinstance(doc, dict) else None
+    return recipe if isinstance(recipe, str) else None
 
 
 def _score_synthetic(settings: NodeSettings, request: Mapping[str, Any], synthetic_name: str,

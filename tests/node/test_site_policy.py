@@ -168,6 +168,54 @@ def test_the_yardstick_is_trained_with_the_site_s_recipe_not_the_coordinator_s(
     assert seen["recipe"] == "request" and seen["cfg"].max_minutes == 2
 
 
+@pytest.mark.parametrize("earlier", [
+    {"recipe": "request"},  # trained on an earlier request under baseline_recipe = "request"
+    {},  # trained before records named their recipe's owner (the coordinator's, on request)
+])
+def test_a_yardstick_on_disk_that_the_site_did_not_choose_is_trained_again(
+        site: Path, monkeypatch: pytest.MonkeyPatch, earlier: dict[str, Any]) -> None:
+    """A coordinator that got its crippled recipe trained once (before this site upgraded, or
+    while its admin had said "request") must not keep that yardstick for ever: under "site"
+    a baseline on disk whose record does not say "site" is trained again, the site's way."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    (site / "metrics").mkdir(exist_ok=True)
+    (site / "metrics" / "baseline.json").write_text(json.dumps(
+        {"kind": "local_real_baseline", "auc": 0.5, "config": {"width": 1}, **earlier}))
+    crippled = json.dumps({"epochs": 1, "width": 1})
+    seen = _baseline_asked_for(site, monkeypatch, crippled)
+    assert seen["cfg"].width == 8 and seen["recipe"] == "site"
+
+
+def test_a_yardstick_the_site_chose_is_kept(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.quality
+    import node.training
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n")
+    (site / "metrics").mkdir(exist_ok=True)
+    (site / "metrics" / "baseline.json").write_text(json.dumps(
+        {"kind": "local_real_baseline", "auc": 0.8, "recipe": "site"}))
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: None)
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    trained: list[Any] = []
+    monkeypatch.setattr(node.baseline, "run_baseline", lambda *a, **kw: trained.append(kw))
+
+    def stop(*a: Any, **kw: Any) -> None:
+        raise node.audit.AuditError("quality stop")
+
+    monkeypatch.setattr(node.quality, "score_synthetic", stop)
+    reply = ask(site, train_request({"kimg": 1, "dp_epsilon": 5.0}), "train")
+    assert "quality stop" in reply["reason"] and trained == []
+    # Under "request" the site keeps whatever it has: the admin handed the recipe over.
+    (site / "metrics" / "baseline.json").write_text(json.dumps({"recipe": "request"}))
+    reply = ask(site, train_request({"kimg": 1, "dp_epsilon": 5.0}), "train",
+                node={"baseline-recipe": "request"})
+    assert "quality stop" in reply["reason"] and trained == []
+
+
 def test_a_bad_site_recipe_or_recipe_owner_stops_with_the_file_and_key(site: Path) -> None:
     from node.baseline import site_recipe
     from node.federation import settings_from_node_config
