@@ -216,6 +216,66 @@ def test_a_yardstick_the_site_chose_is_kept(site: Path, monkeypatch: pytest.Monk
     assert "quality stop" in reply["reason"] and trained == []
 
 
+def _gan_train_recipe(site: Path, monkeypatch: pytest.MonkeyPatch, baseline_config: str,
+                      node_config: dict[str, Any] | None = None) -> Any:
+    """The recipe the GAN-train CNN of a training request was trained with."""
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.quality
+    import node.training
+
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: None)
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    monkeypatch.setattr(node.baseline, "run_baseline", lambda *a, **kw: None)
+    seen: dict[str, Any] = {}
+
+    def score(site_dir: Path, name: str, cfg: Any = None, **kw: Any) -> None:
+        seen["cfg"] = cfg
+        raise node.audit.AuditError("quality stop")
+
+    monkeypatch.setattr(node.quality, "score_synthetic", score)
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}), "baseline-config": baseline_config}
+    reply = ask(site, req, "train", node=node_config)
+    assert "quality stop" in reply["reason"], reply
+    return seen["cfg"]
+
+
+def test_the_gan_train_cnn_follows_the_baseline_s_recipe_owner(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GAN-train is the site's signed "own synthetic" AUC (the report's column when the
+    coordinator trains no own-synthetic CNN) and is read beside the local real AUC: under
+    "site" the coordinator's crippled recipe must not train it either, and a recipe the site
+    would refuse must not fail the export after the baseline."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    crippled = json.dumps({"epochs": 1, "width": 1, "lr": 1e-9, "max_minutes": 30})
+    cfg = _gan_train_recipe(site, monkeypatch, crippled)
+    assert (cfg.width, cfg.lr, cfg.max_minutes) == (8, 1e-3, 1.0)
+    assert _gan_train_recipe(site, monkeypatch, json.dumps({"width": -5})).width == 8
+    cfg = _gan_train_recipe(site, monkeypatch, crippled, {"baseline-recipe": "request"})
+    assert (cfg.width, cfg.lr, cfg.max_minutes) == (1, 1e-9, 1.0)
+
+
+@pytest.mark.parametrize("toml, baseline_config, node_config, why", [
+    ("[classifier]\nwidht = 8\n", "{}", None, "unknown key 'widht'"),
+    ("", json.dumps({"width": -5}), {"baseline-recipe": "request"}, "width must be ≥ 1"),
+])
+def test_a_bad_baseline_recipe_stops_a_training_request_before_the_gan_trains(
+        site: Path, monkeypatch: pytest.MonkeyPatch, toml: str, baseline_config: str,
+        node_config: dict[str, Any] | None, why: str) -> None:
+    """A typo in the site's [classifier] (or a recipe it would refuse, under "request") used
+    to surface only after up to an hour of GAN training and auditing."""
+    import node.training
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n" + toml)
+    trained: list[Any] = []
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: trained.append(a))
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}), "baseline-config": baseline_config}
+    reply = ask(site, req, "train", node=node_config)
+    assert reply["status"] == "failed" and why in reply["reason"], reply
+    assert trained == []
+
 def test_a_bad_site_recipe_or_recipe_owner_stops_with_the_file_and_key(site: Path) -> None:
     from node.baseline import site_recipe
     from node.federation import settings_from_node_config
