@@ -491,3 +491,31 @@ def test_a_policy_file_outside_the_site_binds_the_cli_and_air_gapped_evaluations
     assert "batchnorm" not in sel and "adapted" not in sel
     with pytest.raises(ConfigError, match="policy file not found"):
         answer_request_file(request, site, policy_file=tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("in_policy_file", [False, True])
+def test_node_join_stops_on_a_bad_site_recipe_before_the_supernode_starts(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        in_policy_file: bool) -> None:
+    """The [classifier] table is read on a training request, maybe hours after `node join`:
+    a typo in it stops `node join`, naming the file and key, the way a bad [policy] does."""
+    from typer.testing import CliRunner
+
+    import shared.flower_proc
+    from shared.cli import app
+    from shared.errors import ConfigError
+
+    def start(*a: Any, **kw: Any) -> None:
+        raise AssertionError("the SuperNode started")
+
+    monkeypatch.setattr(shared.flower_proc, "start_supernode", start)
+    bad = "[policy]\nallow_train = true\n\n[classifier]\nwidht = 8\n"
+    policy = tmp_path / "hospital-policy.toml"
+    (policy if in_policy_file else site / "site.toml").write_text(bad)
+    args = ["node", "join", "--superlink", "127.0.0.1:9092", "--insecure", "--app-key",
+            str(tmp_path / "app-signing.pub"), "--site-dir", str(site)]
+    res = CliRunner().invoke(app, args + (["--policy", str(policy)] if in_policy_file else []))
+    assert isinstance(res.exception, ConfigError), res.output
+    where = "hospital-policy.toml" if in_policy_file else "site.toml"
+    assert f"{where} [classifier]" in str(res.exception)
+    assert "unknown key 'widht'" in str(res.exception)
