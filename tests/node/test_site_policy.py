@@ -168,6 +168,18 @@ def test_the_yardstick_is_trained_with_the_site_s_recipe_not_the_coordinator_s(
     assert seen["recipe"] == "request" and seen["cfg"].max_minutes == 2
 
 
+
+def test_a_policy_file_given_to_node_join_sets_the_yardstick_not_site_toml(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`node join --policy FILE` (node config policy-file): FILE's [classifier] trains the
+    baseline, as its [policy] and [audit] apply; SITE/site.toml is not read."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    policy = tmp_path / "hospital-policy.toml"
+    policy.write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 16\n")
+    seen = _baseline_asked_for(site, monkeypatch, json.dumps({"width": 1}),
+                               node_config={"policy-file": str(policy)})
+    assert seen["cfg"].width == 16 and seen["recipe"] == "site"
+
 @pytest.mark.parametrize("earlier", [
     {"recipe": "request"},  # trained on an earlier request under baseline_recipe = "request"
     {},  # trained before records named their recipe's owner (the coordinator's, on request)
