@@ -80,7 +80,9 @@ class RunSettings:
     """Most synthetic images sent to one site in round 2 (a stratified sample of the others'
     images when they hold more); each site's own cap is its ``max_pretrain_images``."""
     baseline_config: str = "{}"
-    """JSON object of ClassifierConfig values (+ "classes") for a site's missing baseline."""
+    """JSON object of ClassifierConfig values (+ "classes") for a site's missing baseline and
+    its GAN-train CNN. Advice: a site trains them with its own recipe (site policy
+    ``baseline_recipe = "site"``, the default) and takes only ``classes`` from it."""
     n_synthetic: int = 200
     seed: int = 0
     cnn_epochs: int = 10

@@ -65,8 +65,8 @@ def few_steps_warning(record: dict[str, Any]) -> str | None:
     return (f"early stopping ended this CNN after {steps} optimizer steps (on "
             f"{record.get('n_val')} validation images): on a small site that can understate "
             f"what its own data gives. Set min_steps = {FEW_STEPS} (the default) in the "
-            "[classifier] table of SITE/site.toml or --config, or pass --min-steps "
-            f"{FEW_STEPS}, and run it again")
+            "[classifier] table of the recipe's TOML (--config, else SITE/site.toml), or pass "
+            f"--min-steps {FEW_STEPS}, and run it again")
 
 
 def run_baseline(

@@ -276,10 +276,12 @@ def handle_export(settings: NodeSettings, request: Mapping[str, Any],
             raise RequestRefusedError(
                 "this site does not train on request (site policy allow_train = false); ask "
                 "its admin to train and audit locally, then use mode 'collect'")
+        # Resolved first: a bad recipe stops here, not after an hour of GAN training.
+        recipe, classes = _baseline_recipe(settings, policy, request)
         synthetic_name = _train_generate_audit(settings, policy, request, tag, log,
                                                pretrain if round_no == 2 else None)
-        _ensure_baseline(settings, policy, request, log)
-        _score_synthetic(settings, request, synthetic_name, log)
+        _ensure_baseline(settings, policy, recipe, classes, log)
+        _score_synthetic(settings, recipe, synthetic_name, log)
     from node.export import export_bundle
 
     # A name of its own per export: the same request asked twice within one second (a
@@ -476,45 +478,74 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
     return tag
 
 
-def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any],
-                     log: Log) -> None:
-    """Train the local real baseline once if the site has none (it is signed at evaluation),
-    within the admin's time cap, with the site's own recipe unless its policy says
-    ``baseline_recipe = "request"`` (:class:`node.site_policy.SitePolicy` says why)."""
-    if (settings.site / "metrics" / "baseline.json").exists():
-        return
-    from node.baseline import run_baseline, site_recipe
+def _baseline_recipe(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any]
+                     ) -> tuple[Any, str]:
+    """The recipe (:class:`shared.cnn_train.ClassifierConfig`) of the local real baseline and
+    of the GAN-train CNN, and the baseline's classes: the site's own
+    (:func:`node.baseline.site_recipe`, the policy file's ``[classifier]``) unless its policy
+    says ``baseline_recipe = "request"`` (:class:`node.site_policy.SitePolicy` says why).
+    Only ``classes`` is taken from the request either way."""
+    from node.baseline import site_recipe
     from shared.cnn_train import ClassifierConfig
     from shared.config import from_mapping
 
     doc = _json_field(request, "baseline-config")
     classes = str(doc.pop("classes", "binary"))
+    if classes not in ("binary", "lesion"):
+        raise RequestRefusedError(f"baseline-config classes must be 'binary' or 'lesion', got "
+                                  f"{classes!r}")
     if policy.baseline_recipe == "site":
         # The request's recipe is not even parsed: the yardstick is the site's.
-        cfg = site_recipe(settings.site, Path(settings.policy_file)
-                          if settings.policy_file else None)
-    else:
-        cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
+        return site_recipe(settings.site, Path(settings.policy_file)
+                           if settings.policy_file else None), classes
+    return from_mapping(ClassifierConfig, doc, source="request baseline-config"), classes
+
+
+def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, recipe: Any, classes: str,
+                     log: Log) -> None:
+    """Train the local real baseline once if the site has none (it is signed at evaluation),
+    with ``recipe`` (:func:`_baseline_recipe`) within the admin's time cap.
+
+    Under "site", a baseline on disk whose record does not say ``recipe = "site"`` (trained
+    on an earlier request while the admin had said "request", or before records named their
+    recipe's owner) is trained again: else a coordinator whose crippled recipe was trained
+    once would keep that yardstick for every later run."""
+    existing = settings.site / "metrics" / "baseline.json"
+    if existing.exists():
+        if policy.baseline_recipe != "site" or _recipe_of(existing) == "site":
+            return
+        log(f"{settings.name}: its local baseline was not trained with its own recipe; "
+            "training it again with the site's")
+    from node.baseline import run_baseline
+
     cap = policy.max_baseline_minutes
-    cfg = dataclasses.replace(cfg, max_minutes=min(cfg.max_minutes or cap, cap))
+    cfg = dataclasses.replace(recipe, max_minutes=min(recipe.max_minutes or cap, cap))
     log(f"{settings.name}: local real baseline CNN, the {policy.baseline_recipe}'s recipe "
         f"(≤ {cfg.max_minutes} min)")
     run_baseline(settings.site, cfg, classes=classes, progress=False,
                  recipe=policy.baseline_recipe)
 
 
-def _score_synthetic(settings: NodeSettings, request: Mapping[str, Any], synthetic_name: str,
+def _recipe_of(path: Path) -> str | None:
+    """Who chose the recipe of the baseline record at ``path`` (None: unreadable or unsaid)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("payload"), dict):
+        doc = doc["payload"]
+    recipe = doc.get("recipe") if isinstance(doc, dict) else None
+    return recipe if isinstance(recipe, str) else None
+
+
+def _score_synthetic(settings: NodeSettings, recipe: Any, synthetic_name: str,
                      log: Log) -> None:
     """GAN-train / GAN-test / distribution scores on this site's real images, exported (and so
-    signed) with the bundle's metrics; the baseline's CNN recipe trains the GAN-train CNN."""
+    signed) with the bundle's metrics; the baseline's recipe (:func:`_baseline_recipe`, so its
+    owner too) trains the GAN-train CNN, capped at one minute."""
     from node.quality import score_synthetic
-    from shared.cnn_train import ClassifierConfig
-    from shared.config import from_mapping
 
-    doc = _json_field(request, "baseline-config")
-    doc.pop("classes", None)
-    cfg = from_mapping(ClassifierConfig, doc, source="request baseline-config")
-    cfg = dataclasses.replace(cfg, max_minutes=min(cfg.max_minutes or 1.0, 1.0))
+    cfg = dataclasses.replace(recipe, max_minutes=min(recipe.max_minutes or 1.0, 1.0))
     log(f"{settings.name}: GAN-train / GAN-test / distribution scores")
     score_synthetic(settings.site, synthetic_name, cfg)
 

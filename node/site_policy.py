@@ -105,7 +105,9 @@ class SitePolicy:
     """Whose recipe trains the local real baseline CNN on request. "site": this site's own,
     the ``[classifier]`` table of the site TOML over :data:`node.baseline.BASELINE_DEFAULTS`,
     which is what ``synthlearn node baseline`` trains; the request's ``baseline-config`` is
-    not used. "request": the coordinator's ``baseline-config`` (capped in time as above).
+    not used (but for its ``classes``). "request": the coordinator's ``baseline-config``
+    (capped in time as above). The GAN-train CNN (node.quality) trains the same recipe,
+    capped at one minute.
     The baseline is the yardstick every "gained by joining" claim is measured against, and a
     site signs it: under "request" a coordinator could ask for one epoch of a width-1 network
     and get a signed, honest-looking gain. Set "request" only to trade the site's own

@@ -43,8 +43,9 @@ def command(
                                              help="Stop training after this wall-clock time."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     config: Path | None = typer.Option(
-        None, "--config", help="TOML file whose [classifier] table sets the recipe (default: "
-        "SITE/site.toml's, which a coordinator's request also trains under)."),
+        None, "--config", help="TOML file whose [classifier] table sets the recipe, instead "
+        "of SITE/site.toml's (a coordinator's request trains the policy file's: SITE/site.toml, "
+        "or the file given to `node join --policy`)."),
     with_synthetic: Path | None = typer.Option(
         None, "--with-synthetic", help="A synthetic set folder (e.g. the pooled set sent back "
         "by the coordinator): train on real + synthetic; saved as baseline-with-synthetic.*"),

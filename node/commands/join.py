@@ -38,9 +38,9 @@ def command(
                                             "GAN training time per request, whatever is asked "
                                             "(default, or [policy] in SITE/site.toml).",
                                             callback=positive),
-    policy: Path = typer.Option(None, "--policy", help="Site policy TOML ([policy] and "
-                                "[audit] tables; default SITE/site.toml): what the coordinator "
-                                "may ask of this site."),
+    policy: Path = typer.Option(None, "--policy", help="Site policy TOML ([policy], [audit] "
+                                "and [classifier] tables; default SITE/site.toml): what the "
+                                "coordinator may ask of this site."),
     accept_risk: str = typer.Option("", "--accept-risk", help="Export even when an audit gate "
                                     "fails, with this reason signed into the bundle."),
     port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's ClientApp API.",
@@ -99,13 +99,19 @@ def command(
         cfg["policy-file"] = str(policy.absolute())
     effective = load_policy(site_dir, policy, {k: given[k] for k in
                                                ("allow_train", "max_train_minutes") if k in given})
+    if effective.baseline_recipe == "site":
+        from node.baseline import site_recipe
+
+        # Read on a training request, maybe hours from now: a typo in [classifier] stops here.
+        site_recipe(site_dir, policy)
     typer.echo(f"site policy: train on request {'yes' if effective.allow_train else 'no'}; "
                f"DP {'required' if effective.require_dp else 'optional'} (ε ≤ "
                f"{effective.max_epsilon_per_run:g} per run, lifetime "
                f"{effective.lifetime_epsilon if effective.lifetime_epsilon else 'uncapped'}); "
                f"≤ {effective.max_evaluations_per_run} evaluations per run, "
                f"{effective.max_evaluations_per_day} per day; ≤ {effective.max_candidates} "
-               f"candidate CNNs, BatchNorm {effective.batchnorm}")
+               f"candidate CNNs, BatchNorm {effective.batchnorm}; baseline recipe: the "
+               f"{effective.baseline_recipe}'s")
     if site:
         cfg["site-name"] = site
     if accept_risk:

@@ -168,6 +168,126 @@ def test_the_yardstick_is_trained_with_the_site_s_recipe_not_the_coordinator_s(
     assert seen["recipe"] == "request" and seen["cfg"].max_minutes == 2
 
 
+
+def test_a_policy_file_given_to_node_join_sets_the_yardstick_not_site_toml(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`node join --policy FILE` (node config policy-file): FILE's [classifier] trains the
+    baseline, as its [policy] and [audit] apply; SITE/site.toml is not read."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    policy = tmp_path / "hospital-policy.toml"
+    policy.write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 16\n")
+    seen = _baseline_asked_for(site, monkeypatch, json.dumps({"width": 1}),
+                               node_config={"policy-file": str(policy)})
+    assert seen["cfg"].width == 16 and seen["recipe"] == "site"
+
+@pytest.mark.parametrize("earlier", [
+    {"recipe": "request"},  # trained on an earlier request under baseline_recipe = "request"
+    {},  # trained before records named their recipe's owner (the coordinator's, on request)
+])
+def test_a_yardstick_on_disk_that_the_site_did_not_choose_is_trained_again(
+        site: Path, monkeypatch: pytest.MonkeyPatch, earlier: dict[str, Any]) -> None:
+    """A coordinator that got its crippled recipe trained once (before this site upgraded, or
+    while its admin had said "request") must not keep that yardstick for ever: under "site"
+    a baseline on disk whose record does not say "site" is trained again, the site's way."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    (site / "metrics").mkdir(exist_ok=True)
+    (site / "metrics" / "baseline.json").write_text(json.dumps(
+        {"kind": "local_real_baseline", "auc": 0.5, "config": {"width": 1}, **earlier}))
+    crippled = json.dumps({"epochs": 1, "width": 1})
+    seen = _baseline_asked_for(site, monkeypatch, crippled)
+    assert seen["cfg"].width == 8 and seen["recipe"] == "site"
+
+
+def test_a_yardstick_the_site_chose_is_kept(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.quality
+    import node.training
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n")
+    (site / "metrics").mkdir(exist_ok=True)
+    (site / "metrics" / "baseline.json").write_text(json.dumps(
+        {"kind": "local_real_baseline", "auc": 0.8, "recipe": "site"}))
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: None)
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    trained: list[Any] = []
+    monkeypatch.setattr(node.baseline, "run_baseline", lambda *a, **kw: trained.append(kw))
+
+    def stop(*a: Any, **kw: Any) -> None:
+        raise node.audit.AuditError("quality stop")
+
+    monkeypatch.setattr(node.quality, "score_synthetic", stop)
+    reply = ask(site, train_request({"kimg": 1, "dp_epsilon": 5.0}), "train")
+    assert "quality stop" in reply["reason"] and trained == []
+    # Under "request" the site keeps whatever it has: the admin handed the recipe over.
+    (site / "metrics" / "baseline.json").write_text(json.dumps({"recipe": "request"}))
+    reply = ask(site, train_request({"kimg": 1, "dp_epsilon": 5.0}), "train",
+                node={"baseline-recipe": "request"})
+    assert "quality stop" in reply["reason"] and trained == []
+
+
+def _gan_train_recipe(site: Path, monkeypatch: pytest.MonkeyPatch, baseline_config: str,
+                      node_config: dict[str, Any] | None = None) -> Any:
+    """The recipe the GAN-train CNN of a training request was trained with."""
+    import node.audit
+    import node.baseline
+    import node.generate
+    import node.quality
+    import node.training
+
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: None)
+    monkeypatch.setattr(node.generate, "generate", lambda *a, **kw: None)
+    monkeypatch.setattr(node.audit, "run_audit", lambda *a, **kw: None)
+    monkeypatch.setattr(node.baseline, "run_baseline", lambda *a, **kw: None)
+    seen: dict[str, Any] = {}
+
+    def score(site_dir: Path, name: str, cfg: Any = None, **kw: Any) -> None:
+        seen["cfg"] = cfg
+        raise node.audit.AuditError("quality stop")
+
+    monkeypatch.setattr(node.quality, "score_synthetic", score)
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}), "baseline-config": baseline_config}
+    reply = ask(site, req, "train", node=node_config)
+    assert "quality stop" in reply["reason"], reply
+    return seen["cfg"]
+
+
+def test_the_gan_train_cnn_follows_the_baseline_s_recipe_owner(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GAN-train is the site's signed "own synthetic" AUC (the report's column when the
+    coordinator trains no own-synthetic CNN) and is read beside the local real AUC: under
+    "site" the coordinator's crippled recipe must not train it either, and a recipe the site
+    would refuse must not fail the export after the baseline."""
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n[classifier]\nwidth = 8\n")
+    crippled = json.dumps({"epochs": 1, "width": 1, "lr": 1e-9, "max_minutes": 30})
+    cfg = _gan_train_recipe(site, monkeypatch, crippled)
+    assert (cfg.width, cfg.lr, cfg.max_minutes) == (8, 1e-3, 1.0)
+    assert _gan_train_recipe(site, monkeypatch, json.dumps({"width": -5})).width == 8
+    cfg = _gan_train_recipe(site, monkeypatch, crippled, {"baseline-recipe": "request"})
+    assert (cfg.width, cfg.lr, cfg.max_minutes) == (1, 1e-9, 1.0)
+
+
+@pytest.mark.parametrize("toml, baseline_config, node_config, why", [
+    ("[classifier]\nwidht = 8\n", "{}", None, "unknown key 'widht'"),
+    ("", json.dumps({"width": -5}), {"baseline-recipe": "request"}, "width must be ≥ 1"),
+])
+def test_a_bad_baseline_recipe_stops_a_training_request_before_the_gan_trains(
+        site: Path, monkeypatch: pytest.MonkeyPatch, toml: str, baseline_config: str,
+        node_config: dict[str, Any] | None, why: str) -> None:
+    """A typo in the site's [classifier] (or a recipe it would refuse, under "request") used
+    to surface only after up to an hour of GAN training and auditing."""
+    import node.training
+
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n\n" + toml)
+    trained: list[Any] = []
+    monkeypatch.setattr(node.training, "train", lambda *a, **kw: trained.append(a))
+    req = {**train_request({"kimg": 1, "dp_epsilon": 5.0}), "baseline-config": baseline_config}
+    reply = ask(site, req, "train", node=node_config)
+    assert reply["status"] == "failed" and why in reply["reason"], reply
+    assert trained == []
+
 def test_a_bad_site_recipe_or_recipe_owner_stops_with_the_file_and_key(site: Path) -> None:
     from node.baseline import site_recipe
     from node.federation import settings_from_node_config
@@ -383,3 +503,31 @@ def test_a_policy_file_outside_the_site_binds_the_cli_and_air_gapped_evaluations
     assert "batchnorm" not in sel and "adapted" not in sel
     with pytest.raises(ConfigError, match="policy file not found"):
         answer_request_file(request, site, policy_file=tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("in_policy_file", [False, True])
+def test_node_join_stops_on_a_bad_site_recipe_before_the_supernode_starts(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        in_policy_file: bool) -> None:
+    """The [classifier] table is read on a training request, maybe hours after `node join`:
+    a typo in it stops `node join`, naming the file and key, the way a bad [policy] does."""
+    from typer.testing import CliRunner
+
+    import shared.flower_proc
+    from shared.cli import app
+    from shared.errors import ConfigError
+
+    def start(*a: Any, **kw: Any) -> None:
+        raise AssertionError("the SuperNode started")
+
+    monkeypatch.setattr(shared.flower_proc, "start_supernode", start)
+    bad = "[policy]\nallow_train = true\n\n[classifier]\nwidht = 8\n"
+    policy = tmp_path / "hospital-policy.toml"
+    (policy if in_policy_file else site / "site.toml").write_text(bad)
+    args = ["node", "join", "--superlink", "127.0.0.1:9092", "--insecure", "--app-key",
+            str(tmp_path / "app-signing.pub"), "--site-dir", str(site)]
+    res = CliRunner().invoke(app, args + (["--policy", str(policy)] if in_policy_file else []))
+    assert isinstance(res.exception, ConfigError), res.output
+    where = "hospital-policy.toml" if in_policy_file else "site.toml"
+    assert f"{where} [classifier]" in str(res.exception)
+    assert "unknown key 'widht'" in str(res.exception)
