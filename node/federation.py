@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from shared.protocol import (
     Reply,
     software_version,
 )
+
+if TYPE_CHECKING:  # torch is imported only when a request trains
+    from shared.cnn_train import ClassifierConfig
 
 
 @dataclass(frozen=True)
@@ -479,7 +482,7 @@ def _train_generate_audit(settings: NodeSettings, policy: SitePolicy,
 
 
 def _baseline_recipe(settings: NodeSettings, policy: SitePolicy, request: Mapping[str, Any]
-                     ) -> tuple[Any, str]:
+                     ) -> tuple[ClassifierConfig, str]:
     """The recipe (:class:`shared.cnn_train.ClassifierConfig`) of the local real baseline and
     of the GAN-train CNN, and the baseline's classes: the site's own
     (:func:`node.baseline.site_recipe`, the policy file's ``[classifier]``) unless its policy
@@ -501,8 +504,8 @@ def _baseline_recipe(settings: NodeSettings, policy: SitePolicy, request: Mappin
     return from_mapping(ClassifierConfig, doc, source="request baseline-config"), classes
 
 
-def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, recipe: Any, classes: str,
-                     log: Log) -> None:
+def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, recipe: ClassifierConfig,
+                     classes: str, log: Log) -> None:
     """Train the local real baseline once if the site has none (it is signed at evaluation),
     with ``recipe`` (:func:`_baseline_recipe`) within the admin's time cap.
 
@@ -538,7 +541,7 @@ def _recipe_of(path: Path) -> str | None:
     return recipe if isinstance(recipe, str) else None
 
 
-def _score_synthetic(settings: NodeSettings, recipe: Any, synthetic_name: str,
+def _score_synthetic(settings: NodeSettings, recipe: ClassifierConfig, synthetic_name: str,
                      log: Log) -> None:
     """GAN-train / GAN-test / distribution scores on this site's real images, exported (and so
     signed) with the bundle's metrics; the baseline's recipe (:func:`_baseline_recipe`, so its
