@@ -58,7 +58,11 @@ def command(
 ) -> None:
     """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
     from node.baseline import few_steps_warning, run_baseline, site_recipe
+    from node.site_policy import load_policy
 
+    # The same file holds the policy this recipe answers to (`baseline_recipe`): a bad value
+    # there stops here, not later at `node join` or `node evaluate`.
+    load_policy(site_dir)
     cfg = site_recipe(site_dir, config, ctx)
     record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress,
                           with_synthetic=with_synthetic, synthetic_share=synthetic_share)

@@ -101,6 +101,11 @@ def test_the_cli_trains_the_site_s_own_recipe_from_its_site_toml(tiny_site: Path
             for line in res.output.splitlines() if line.count("│") == 3}
     assert rows["recipe"] == "site" and int(rows["optimizer_steps"]) >= 3
     assert int(rows["epochs_run"]) >= 1
+    (tiny_site / "site.toml").write_text('[policy]\nbaseline_recipe = "sites"\n')
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
+    assert isinstance(res.exception, ConfigError), res.output  # it trained, saying nothing
+    assert "site.toml [policy]" in str(res.exception) and "baseline_recipe must be one of" in \
+        str(res.exception)
     (tiny_site / "site.toml").write_text("[classifier]\nwidth = 0\n")
     res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
     # `synthlearn` turns it into one line and exit 2 (shared.cli.main)
