@@ -63,6 +63,14 @@ def command(
     # The same file holds the policy this recipe answers to (`baseline_recipe`): a bad value
     # there stops here, not later at `node join` or `node evaluate`.
     load_policy(site_dir)
+    if config is not None:
+        from shared.config import read_table
+        from shared.errors import ConfigError
+
+        if "classifier" not in read_table(config):
+            # e.g. `[classifer]`: the defaults would train, under the admin's name for them.
+            raise ConfigError("no [classifier] table; the recipe's keys (width, epochs, "
+                              "min_steps, …) go under [classifier]", config)
     cfg = site_recipe(site_dir, config, ctx)
     record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress,
                           with_synthetic=with_synthetic, synthetic_share=synthetic_share)

@@ -101,6 +101,12 @@ def test_the_cli_trains_the_site_s_own_recipe_from_its_site_toml(tiny_site: Path
             for line in res.output.splitlines() if line.count("│") == 3}
     assert rows["recipe"] == "site" and int(rows["optimizer_steps"]) >= 3
     assert int(rows["epochs_run"]) >= 1
+    other = tiny_site.parent / "recipe.toml"
+    other.write_text("[classifer]\nwidth = 4\n")
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--config",
+                                   str(other), "--no-progress"])
+    assert isinstance(res.exception, ConfigError), res.output  # it trained the defaults
+    assert str(res.exception).startswith(f"{other}: no [classifier] table")
     (tiny_site / "site.toml").write_text('[policy]\nbaseline_recipe = "sites"\n')
     res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
     assert isinstance(res.exception, ConfigError), res.output  # it trained, saying nothing
