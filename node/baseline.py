@@ -52,6 +52,10 @@ def site_recipe(site_dir: Path, toml: Path | None = None, ctx: Any = None) -> Cl
     path: Path | None = Path(toml) if toml is not None else policy_path(site_dir)
     if toml is None and path is not None and not path.is_file():
         path = None
+    elif toml is None and path is not None:
+        from node.site_policy import check_site_tables
+
+        check_site_tables(path)  # a `[classifer]` typo must not leave the defaults silently
     return resolve(ClassifierConfig, ctx, toml=path, table="classifier",
                    defaults=BASELINE_DEFAULTS)
 

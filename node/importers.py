@@ -131,6 +131,15 @@ def import_npz(
         missing = [f"{s}_labels" for s in splits if f"{s}_labels" not in keys]
         if missing:
             raise IngestError(f"{path}: {', '.join(missing)} missing for the images present")
+        if class_names:
+            # Checked before anything is written: a re-import adds only new images, so a
+            # store built under the wrong names (`"No finding;Pneumonia"` is one name) stays.
+            top = max(int(np.max(npz[f"{s}_labels"], initial=0)) for s in splits)
+            if len(class_names) <= top:
+                raise IngestError(
+                    f"{path}: --class-names gives {len(class_names)} name(s) "
+                    f"({', '.join(class_names)}) but the labels run 0…{top}; give one name "
+                    "per label, separated by commas")
         shapes = {s: npz[f"{s}_images"].shape for s in splits}
         native = min(min(sh[1], sh[2]) for sh in shapes.values())
         out_size = size or native

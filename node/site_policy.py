@@ -52,6 +52,9 @@ BATCHNORM_CHOICES = ("either", "sent")
 measured-only "site" mode is not offered)."""
 POLICY_FILE = "site.toml"
 """Default policy file inside the site folder."""
+SITE_TABLES = ("audit", "classifier", "policy")
+"""The tables a site TOML holds; anything else in it (``[classifer]``) is a typo that would
+silently leave the admin's settings at their defaults, so it stops with the file's name."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,17 @@ def policy_path(site_dir: Path, policy_file: str | Path | None = None) -> Path:
     return Path(policy_file) if policy_file else Path(site_dir) / POLICY_FILE
 
 
+def check_site_tables(path: Path) -> None:
+    """Refuse a site TOML with a top-level table or key outside :data:`SITE_TABLES`."""
+    from shared.config import read_table
+    from shared.errors import ConfigError
+
+    unknown = sorted(set(read_table(Path(path))) - set(SITE_TABLES))
+    if unknown:
+        raise ConfigError(f"unknown table {', '.join(f'[{k}]' for k in unknown)} (known: "
+                          f"{', '.join(f'[{k}]' for k in SITE_TABLES)})", path)
+
+
 def load_policy(site_dir: Path, policy_file: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None) -> SitePolicy:
     """Defaults → the site TOML's ``[policy]`` → the admin's node-config overrides."""
@@ -160,6 +174,8 @@ def load_policy(site_dir: Path, policy_file: str | Path | None = None,
         from shared.errors import ConfigError
 
         raise ConfigError("policy file not found (node-config policy-file)", path)
+    if path.is_file():
+        check_site_tables(path)
     base = resolve(SitePolicy, toml=path if path.is_file() else None, table="policy")
     if not overrides:
         return base
@@ -173,4 +189,6 @@ def load_audit_config(site_dir: Path, policy_file: str | Path | None = None) -> 
     from shared.config import resolve
 
     path = policy_path(site_dir, policy_file)
+    if path.is_file():
+        check_site_tables(path)
     return resolve(AuditConfig, toml=path if path.is_file() else None, table="audit")

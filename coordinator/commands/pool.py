@@ -21,15 +21,22 @@ def command(
     """Verify every bundle, reject bad ones with the reason, pool the good ones."""
     from rich.table import Table
 
+    from coordinator.errors import PoolError
     from coordinator.phases import RunSettings
     from coordinator.pipeline import pool_step
     from coordinator.state import CoordinatorState
     from shared.bundle import iter_bundle_files
     from shared.progress import say, stderr_console
 
+    # Checked before the state is touched: a mistyped folder must not undo the last pool.
+    if not bundles.is_dir():
+        raise PoolError(f"{bundles}: bundle folder not found")
+    paths = list(iter_bundle_files(bundles))
+    if not paths:
+        raise PoolError(f"{bundles}: no *.slbundle or *.zip file in this folder")
     state = CoordinatorState(work / "state.db")
     state.start_phase(run_name, "pool")
-    summary = pool_step(state, run_name, list(iter_bundle_files(bundles)), trust, work,
+    summary = pool_step(state, run_name, paths, trust, work,
                         balance=balance, seed=RunSettings().seed)
     table = Table(title=f"Bundles in {bundles}")
     for col in ("site", "verdict", "images / reason"):

@@ -23,7 +23,8 @@ def print_record(record: dict[str, object], title: str) -> None:
     label = "AUC" if record.get("classes", "binary") == "binary" else "macro AUC"
     table.add_row(label, f"{auc:.3f}  (95% CI {lo:.3f}–{hi:.3f})")
     for key in ("sensitivity", "specificity", "threshold", "accuracy", "n_train", "n_test",
-                "n_pos", "n_neg", "stopped", "weights_sha256"):
+                "n_pos", "n_neg", "recipe", "epochs_run", "optimizer_steps", "stopped",
+                "weights_sha256"):
         if record.get(key) is not None:
             v = record[key]
             table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
@@ -34,11 +35,12 @@ def command(
     ctx: typer.Context,
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory (with a store)."),
     classes: str = typer.Option("binary", "--classes", help="'binary' or 'lesion'."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30; more "
+                                  "when needed to reach --min-steps)."),
     width: int | None = typer.Option(None, "--width", help="CNN base width (default 64)."),
     min_steps: int | None = typer.Option(
-        None, "--min-steps", help="Train at least this many optimizer steps before early "
-        "stopping may end it (default 200; 0 = off)."),
+        None, "--min-steps", help="Train at least this many optimizer steps (even past "
+        "--epochs) before early stopping may end it (default 200; 0 = off)."),
     max_minutes: float | None = typer.Option(None, "--max-minutes",
                                              help="Stop training after this wall-clock time."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
@@ -57,7 +59,19 @@ def command(
 ) -> None:
     """Train a CNN on the site's real train split; save AUC + CI on its real test split."""
     from node.baseline import few_steps_warning, run_baseline, site_recipe
+    from node.site_policy import load_policy
 
+    # The same file holds the policy this recipe answers to (`baseline_recipe`): a bad value
+    # there stops here, not later at `node join` or `node evaluate`.
+    load_policy(site_dir)
+    if config is not None:
+        from shared.config import read_table
+        from shared.errors import ConfigError
+
+        if "classifier" not in read_table(config):
+            # e.g. `[classifer]`: the defaults would train, under the admin's name for them.
+            raise ConfigError("no [classifier] table; the recipe's keys (width, epochs, "
+                              "min_steps, …) go under [classifier]", config)
     cfg = site_recipe(site_dir, config, ctx)
     record = run_baseline(site_dir, cfg, classes=classes, progress=not no_progress,
                           with_synthetic=with_synthetic, synthetic_share=synthetic_share)

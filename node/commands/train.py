@@ -49,3 +49,7 @@ def command(
     cfg = resolve(GanConfig, ctx, toml=config, table="gan", defaults=preset_defaults(name))
     run_dir = train(site_dir, cfg, run_name=run_name, init_from=init_from)
     typer.echo(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
+    # After 50 lines of JSON, where the run is and what comes next (stderr: stdout stays JSON).
+    named = "" if run_name == "default" else f" --run-name {run_name}"
+    typer.echo(f"run saved in {run_dir} (the same command continues it); next: synthlearn "
+               f"node generate --site-dir {site_dir}{named} -n N", err=True)

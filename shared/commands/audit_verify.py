@@ -55,7 +55,10 @@ def print_gates(summary: dict[str, Any]) -> None:
         verdict = "[green]PASS[/]" if g.get("passed") else "[bold red]FAIL[/]"
         if g.get("note"):
             verdict += f" ({escape(str(g['note']))})"
-        table.add_row(escape(str(name)), escape(shown), escape(f"≤ {g.get('max')}"), verdict)
+        limit = g.get("max")
+        # A derived limit (data_copying: level / cells) printed 0.0019047619047619048.
+        limit_shown = f"{limit:.4g}" if isinstance(limit, float) else str(limit)
+        table.add_row(escape(str(name)), escape(shown), escape(f"≤ {limit_shown}"), verdict)
     Console().print(table)
 
 

@@ -3,6 +3,7 @@ survives a restart."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -230,3 +231,27 @@ def test_class_ids_that_do_not_fit_the_names_are_refused(tmp_path: Path,
     res = pool_bundles([bad], trust, CoordinatorState(tmp_path / "s.db"), "r1")
     (rej,) = res.rejected
     assert rej["reason"] == "class-mismatch" and "[7, 6, 5" in rej["message"]
+
+
+def test_a_mistyped_bundle_folder_names_it_and_keeps_the_last_pool(tmp_path: Path) -> None:
+    """`coordinator pool bundle` (for `bundles`) used to blame `WORK/bundles` and leave the
+    finished pool marked as running, so `coordinator train` no longer found it."""
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    trust = tmp_path / "trust"
+    make_bundle(tmp_path, "site-a", seed=1, trust=trust)
+    work = tmp_path / "work"
+    args = ["pool", "--trust", str(trust), "--work", str(work)]
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "bundles")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "empty").mkdir()
+    for folder, reason in (("bundle", "bundle folder not found"),
+                           ("empty", r"no \*\.slbundle or \*\.zip file in this folder")):
+        res = CliRunner().invoke(app, [*args, str(tmp_path / folder)])
+        assert isinstance(res.exception, PoolError)
+        assert str(res.exception).startswith(f"{tmp_path / folder}: ")
+        assert re.search(reason, str(res.exception))
+        state = CoordinatorState(work / "state.db")
+        assert state.phase_result("files", "pool") is not None  # the earlier pool still counts

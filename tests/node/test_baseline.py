@@ -92,6 +92,26 @@ def test_the_cli_trains_the_site_s_own_recipe_from_its_site_toml(tiny_site: Path
                                    "0", "--json", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["optimizer_steps"] < FEW_STEPS  # one epoch
+    # The table says whose recipe ran and how long: the floor can run far past --epochs
+    # (31 images at batch 32: 200 epochs under "--epochs 30"), which it did not show.
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--epochs", "1",
+                                   "--min-steps", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in res.output.splitlines() if line.count("│") == 3}
+    assert rows["recipe"] == "site" and int(rows["optimizer_steps"]) >= 3
+    assert int(rows["epochs_run"]) >= 1
+    other = tiny_site.parent / "recipe.toml"
+    other.write_text("[classifer]\nwidth = 4\n")
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--config",
+                                   str(other), "--no-progress"])
+    assert isinstance(res.exception, ConfigError), res.output  # it trained the defaults
+    assert str(res.exception).startswith(f"{other}: no [classifier] table")
+    (tiny_site / "site.toml").write_text('[policy]\nbaseline_recipe = "sites"\n')
+    res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
+    assert isinstance(res.exception, ConfigError), res.output  # it trained, saying nothing
+    assert "site.toml [policy]" in str(res.exception) and "baseline_recipe must be one of" in \
+        str(res.exception)
     (tiny_site / "site.toml").write_text("[classifier]\nwidth = 0\n")
     res = CliRunner().invoke(app, ["baseline", "--site-dir", str(tiny_site), "--no-progress"])
     # `synthlearn` turns it into one line and exit 2 (shared.cli.main)

@@ -49,6 +49,11 @@ def test_npz_resize_colour_and_bad_layouts(tmp_path: Path) -> None:
     store = SiteStore.open(tmp_path / "s")
     assert store.size == 16 and len(store) == 8
     assert store.lesion_classes() == ["No finding", "class-1", "class-2"]
+    # Too few names (a `;` where the CLI splits on `,`) used to fill in `class-2` silently.
+    with pytest.raises(IngestError, match=r"toy\.npz: --class-names gives 2 name\(s\) "
+                                          r"\(No finding;A, B\) but the labels run 0…2"):
+        import_npz(path, tmp_path / "s4", class_names=["No finding;A", "B"], progress=False)
+    assert not (tmp_path / "s4").exists()
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=rgb[..., 0], train_labels=np.zeros((6, 3)))
     with pytest.raises(IngestError, match="multi-label"):

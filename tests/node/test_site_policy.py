@@ -300,6 +300,24 @@ def test_a_bad_site_recipe_or_recipe_owner_stops_with_the_file_and_key(site: Pat
         site_recipe(site)
 
 
+def test_a_misspelt_table_in_the_site_toml_stops_instead_of_leaving_the_defaults(
+        site: Path) -> None:
+    """`[classifer]` used to be ignored: `node baseline` trained the default recipe (and a
+    `[polcy]` left every limit at its default) while the admin believed theirs applied."""
+    from node.baseline import site_recipe
+    from node.site_policy import load_audit_config, load_policy
+    from shared.errors import ConfigError
+
+    (site / "site.toml").write_text("[classifer]\nwidth = 8\n")
+    for load in (site_recipe, load_policy, load_audit_config):
+        with pytest.raises(ConfigError, match=r"site\.toml: unknown table \[classifer\] "
+                                              r"\(known: \[audit\], \[classifier\], \[policy\]\)"):
+            load(site)
+    (site / "site.toml").write_text("[policy]\nallow_train = true\n[audit]\n[classifier]\n"
+                                    "width = 8\n")
+    assert site_recipe(site).width == 8 and load_policy(site).allow_train is True
+
+
 def test_node_config_overrides_the_site_toml_and_a_bad_policy_stops(site: Path) -> None:
     from node.federation import settings_from_node_config
     from shared.errors import ConfigError

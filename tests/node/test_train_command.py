@@ -38,6 +38,9 @@ def test_dp_flags_train_privately_and_record_epsilon(tiny_site: Path, tmp_path: 
     assert code == 0, out
     metrics = json.loads((tiny_site / "runs" / "dp" / "metrics.json").read_text())
     assert metrics["dp"]["delta"] == 0.001
+    # The last line names the run and the next step (the JSON alone named neither).
+    assert (f"run saved in {tiny_site / 'runs' / 'dp'} (the same command continues it); next: "
+            f"synthlearn node generate --site-dir {tiny_site} --run-name dp -n N") in out
     assert 0 < metrics["dp"]["epsilon_spent"] <= 40.0
     resolved = json.loads((tiny_site / "runs" / "dp" / "config.json").read_text())
     assert resolved["dp_epsilon"] == 40.0

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from shared.bundle import write_bundle
@@ -254,3 +255,13 @@ def test_an_own_column_from_the_site_s_bundle_is_checked_against_its_signed_mani
     forged["sites"][0]["own"]["auc"] = 0.95
     paths = [p for p, _ in check_report(forged, trust)]
     assert "$.sites[0].own" in paths and "$.pool.accepted[0].signed_manifest" in paths
+
+
+def test_gate_limits_are_printed_rounded(capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.commands.audit_verify import print_gates
+
+    print_gates({"gates": {"data_copying": {"value": 0.0, "max": 0.0019047619047619048,
+                                            "passed": True},
+                           "near_copies": {"value": 0, "max": 0, "passed": True}}})
+    out = capsys.readouterr().out
+    assert "≤ 0.001905" in out and "0.0019047619" not in out and "≤ 0 " in out
