@@ -18,9 +18,10 @@ ZERO_ALLOWED = {
     ("node", "train", "--seed"), ("node", "baseline", "--seed"), ("node", "generate", "--seed"),
     ("node", "audit", "--max-copy-rate"), ("coordinator", "train", "--patience"),
     ("node", "reader-study", "--seed"), ("demo", "--seed"),
-    ("node", "train-patches", "--seed"),
+    ("node", "train-patches", "--seed"), ("node", "baseline", "--min-steps"),
 }
-"""Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early)."""
+"""Where 0 means something (a seed; 'automatic'; a zero-tolerance gate; never stop early; no
+step floor)."""
 
 
 def _commands() -> list[tuple[tuple[str, ...], click.Command]]:
