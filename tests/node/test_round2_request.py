@@ -47,7 +47,9 @@ def _request(data: bytes | None, **extra: Any) -> dict[str, Any]:
     return req
 
 
-NODE = {"allow-train": True, "require-dp": False, "accept-risk": RISK}
+# The admin takes the request's 1-epoch baseline recipe: these tests are about round 2.
+NODE = {"allow-train": True, "require-dp": False, "accept-risk": RISK,
+        "baseline-recipe": "request"}
 GOOD = _payload()
 
 
