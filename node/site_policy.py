@@ -30,7 +30,6 @@ Example ``SITE/site.toml``::
     [classifier]                 # this site's yardstick (what `node baseline` trains)
     width = 32
 
-
     [audit]                      # the memorization-audit gates (node.audit.config)
     max_copy_rate = 0.05
 """
