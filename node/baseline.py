@@ -46,16 +46,13 @@ def site_recipe(site_dir: Path, toml: Path | None = None, ctx: Any = None) -> Cl
     ``[classifier]`` table of ``toml`` (else of ``SITE/site.toml`` when there is one), then the
     CLI options in ``ctx``. The one resolver for `node baseline` and for a baseline trained
     on a coordinator's request under the site policy ``baseline_recipe = "site"``."""
-    from node.site_policy import policy_path
+    from node.site_policy import check_site_tables, policy_path
     from shared.config import resolve
 
-    path: Path | None = Path(toml) if toml is not None else policy_path(site_dir)
-    if toml is None and path is not None and not path.is_file():
-        path = None
-    elif toml is None and path is not None:
-        from node.site_policy import check_site_tables
-
-        check_site_tables(path)  # a `[classifer]` typo must not leave the defaults silently
+    path: Path | None = Path(toml) if toml is not None else None
+    if toml is None and (site_toml := policy_path(site_dir)).is_file():
+        check_site_tables(site_toml)  # a `[classifer]` typo must not leave the defaults silently
+        path = site_toml
     return resolve(ClassifierConfig, ctx, toml=path, table="classifier",
                    defaults=BASELINE_DEFAULTS)
 

@@ -529,15 +529,22 @@ def _ensure_baseline(settings: NodeSettings, policy: SitePolicy, recipe: Classif
                  recipe=policy.baseline_recipe)
 
 
+def _baseline_record(path: Path) -> dict[str, Any] | None:
+    """The baseline record at ``path`` (unwrapped if it was saved signed); None if it is no
+    JSON object. Raises OSError/ValueError when the file cannot be read or parsed."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(doc, dict) and "payload" in doc and "signature" in doc:
+        doc = doc["payload"]
+    return doc if isinstance(doc, dict) else None
+
+
 def _recipe_of(path: Path) -> str | None:
     """Who chose the recipe of the baseline record at ``path`` (None: unreadable or unsaid)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = _baseline_record(path)
     except (OSError, ValueError):
         return None
-    if isinstance(doc, dict) and isinstance(doc.get("payload"), dict):
-        doc = doc["payload"]
-    recipe = doc.get("recipe") if isinstance(doc, dict) else None
+    recipe = doc.get("recipe") if doc is not None else None
     return recipe if isinstance(recipe, str) else None
 
 
@@ -561,10 +568,8 @@ def load_baseline(settings: NodeSettings, binding: Mapping[str, str] | None = No
     path = settings.site / "metrics" / "baseline.json"
     if not path.exists():
         return None
-    doc = json.loads(path.read_text())
-    if isinstance(doc, dict) and "payload" in doc and "signature" in doc:
-        doc = doc["payload"]
-    if not isinstance(doc, dict):
+    doc = _baseline_record(path)
+    if doc is None:
         return None
     return sign_numbers({**doc, **(binding or {})}, settings)
 
